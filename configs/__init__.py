@@ -1,0 +1,1 @@
+"""robench's Hydra config groups (installed as the package ``robench.configs``)."""

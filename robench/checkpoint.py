@@ -1,0 +1,77 @@
+"""Checkpoints: weights plus metadata, at a conventional path per (dataset, model, defense).
+
+``<checkpoint_dir>/<dataset tag>/<model tag>/<defense>.pt`` where a tag is the plugin name plus any
+non-default options (``small_cnn-depth4-width64``, ``mnist-torchvision``), so ``robench attack`` with
+the same triple finds what ``robench train-defense`` wrote. Files hold only tensors and plain types
+and load with ``torch.load(weights_only=True)``.
+"""
+from __future__ import annotations
+
+import os
+import shlex
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+import torch
+from torch import nn
+
+from robench.errors import RobenchError
+
+
+def _kv_tag(name: str, opts: Mapping[str, Any]) -> str:
+    parts = [name] + [f"{k}{v}" for k, v in sorted(opts.items()) if v is not None]
+    return "-".join(str(p).replace("/", "_").replace(" ", "") for p in parts)
+
+
+def dataset_tag(dcfg: Mapping[str, Any]) -> str:
+    """Dataset name, plus the source when it is not the default one (the data decides the weights)."""
+    src = dcfg.get("source")
+    return dcfg["name"] if src in (None, "embedded", "default") else f"{dcfg['name']}-{src}"
+
+
+def model_tag(mcfg: Mapping[str, Any]) -> str:
+    return _kv_tag(mcfg["name"], dict(mcfg.get("params") or {}))
+
+
+def checkpoint_path(checkpoint_dir: str, dcfg, mcfg, defense_name: str) -> Path:
+    return Path(checkpoint_dir) / dataset_tag(dcfg) / model_tag(mcfg) / f"{defense_name}.pt"
+
+
+def train_command(dcfg, mcfg, defense_name: str, checkpoint_dir: str) -> str:
+    args = ["robench", "train-defense", f"dataset={dcfg['name']}", f"model={mcfg['name']}", f"defense={defense_name}"]
+    if dcfg.get("source") not in (None, "embedded"):
+        args.append(f"dataset.source={dcfg['source']}")
+    for k, v in sorted(dict(mcfg.get("params") or {}).items()):
+        args.append(f"model.params.{k}={v}")
+    if str(checkpoint_dir) != "checkpoints":
+        args.append(f"checkpoint_dir={checkpoint_dir}")
+    return " ".join(shlex.quote(a) for a in args)
+
+
+def save_checkpoint(path: Path, model: nn.Module, meta: dict) -> None:
+    """Atomic save (temp file + rename): an interrupted save never leaves a half-written checkpoint."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    torch.save({"state_dict": state, "meta": meta}, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path, model: nn.Module, remake: Optional[str] = None) -> dict:
+    """Load weights into ``model``; returns the metadata. Missing or corrupt files fail with one line."""
+    hint = f": create it with `{remake}`" if remake else ""
+    if not path.exists():
+        raise RobenchError(f"no checkpoint at {path}{hint}")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        state, meta = blob["state_dict"], blob.get("meta", {})
+    except Exception as e:
+        raise RobenchError(f"checkpoint {path} is unreadable ({e.__class__.__name__}); delete it and re-create it"
+                           + (f" with `{remake}`" if remake else "")) from None
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0]
+        raise RobenchError(f"checkpoint {path} does not fit model {meta.get('model', '?')} ({first}); "
+                           f"re-create it{(' with `' + remake + '`') if remake else ''}") from None
+    return meta

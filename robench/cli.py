@@ -1,0 +1,125 @@
+"""``robench <command>``: dispatches to the Hydra apps (attack, train-defense) and to report and list.
+
+Every user-fixable error prints one line (``robench: error: ...``) and exits with code 2.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Callable, List
+
+from robench.errors import RobenchError
+
+USAGE = """usage: robench <command> [args]
+
+commands:
+  attack          run an attack: robench attack dataset=mnist model=cw_mnist attack=pgd budget=linf_0.3 [key=value ...]
+  train-defense   train a victim with a recipe: robench train-defense defense=none [train.epochs=8 ...]
+  report          aggregate runs into one table: robench report results/ [--out DIR]
+  list            registered datasets, models, attacks, defenses and config presets: robench list [group]
+
+attack and train-defense are Hydra apps: key=value overrides, -m/--multirun sweeps, --cfg job,
+hydra.run.dir=..., hydra.sweep.dir=... all work. See README.md.
+"""
+
+
+def die(msg: str, code: int = 2) -> None:
+    print(f"robench: error: {msg}", file=sys.stderr)
+    sys.exit(code)
+
+
+def _precheck_groups(args: List[str]) -> None:
+    """Fail fast, in one line, on a config-group choice that does not exist (e.g. attack=foo)."""
+    from robench.config import GROUPS, group_options
+
+    if any(a.startswith("hydra.searchpath") for a in args):
+        return  # configs from elsewhere: let Hydra resolve them
+    for a in args:
+        if "=" not in a or a.startswith(("-", "+", "~")):
+            continue
+        key, val = a.split("=", 1)
+        if key not in GROUPS or any(c in val for c in "()[]{}$*"):
+            continue
+        opts = group_options(key)
+        for v in val.split(","):
+            if v not in opts:
+                raise RobenchError(f"unknown {key} '{v}'; valid: {', '.join(opts)} (see `robench list`)")
+
+
+def _hydra_command(prog: str, config_name: str, job: Callable, args: List[str]) -> None:
+    import hydra
+    from hydra.core.hydra_config import HydraConfig
+
+    from robench.config import configs_dir
+
+    _precheck_groups(args)
+
+    @hydra.main(version_base="1.3", config_path=str(configs_dir()), config_name=config_name)
+    def app(cfg) -> None:
+        run_dir = Path(HydraConfig.get().runtime.output_dir)
+        try:
+            job(cfg, run_dir)
+        except RobenchError as e:
+            die(str(e))
+
+    sys.argv = [prog] + args
+    app()
+
+
+def main(argv: List[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE, end="")
+        return
+    cmd, rest = argv[0], argv[1:]
+    try:
+        if cmd == "attack":
+            from robench.run import run_attack
+            _hydra_command("robench attack", "run_attack", run_attack, rest)
+        elif cmd == "train-defense":
+            from robench.run import run_train
+            _hydra_command("robench train-defense", "run_train", run_train, rest)
+        elif cmd == "report":
+            from robench.report import main as report_main
+            report_main(rest)
+        elif cmd == "list":
+            list_plugins(rest)
+        else:
+            raise RobenchError(f"unknown command '{cmd}'; valid: attack, train-defense, report, list")
+    except RobenchError as e:
+        die(str(e))
+    except KeyboardInterrupt:
+        die("interrupted (records written so far are kept in the run folder)", 130)
+
+
+def list_plugins(args: List[str]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from robench.config import group_options
+    from robench.registry import REGISTRIES
+
+    groups = ["datasets", "models", "attacks", "defenses", "budgets"]
+    want = [a.rstrip("s") + "s" for a in args] or groups
+    for w in want:
+        if w not in groups:
+            raise RobenchError(f"robench list: unknown group '{w}'; valid: {', '.join(groups)}")
+    console = Console()
+    for w in want:
+        t = Table(title=w, title_justify="left", show_header=True, header_style="bold")
+        t.add_column("name")
+        t.add_column("config")
+        t.add_column("description")
+        if w == "budgets":
+            import yaml
+
+            from robench.config import configs_dir
+            for o in group_options("budget"):
+                b = yaml.safe_load((configs_dir() / "budget" / f"{o}.yaml").read_text())
+                t.add_row(o, f"budget={o}", f"{b['norm']} eps={b['eps']}, max {b['max_queries']} queries")
+        else:
+            reg = REGISTRIES[w]
+            opts = set(group_options(w[:-1]))
+            for name, _ in reg.items():
+                t.add_row(name, f"{w[:-1]}={name}" if name in opts else f"{w[:-1]}.name={name}", reg.describe(name))
+        console.print(t)

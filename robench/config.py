@@ -1,0 +1,81 @@
+"""Config validation: every bad value fails with one line that says how to fix it (exit code 2)."""
+from __future__ import annotations
+
+import numbers
+from pathlib import Path
+from typing import Any, List
+
+import torch
+
+from robench.errors import RobenchError
+
+NORMS = ("linf", "l2")
+TARGET_MODES = ("random", "least_likely")
+GROUPS = ("dataset", "model", "attack", "defense", "budget")
+
+
+def configs_dir() -> Path:
+    """The config folder shipped inside the package (``robench/configs``, mapped from ``configs/``)."""
+    import robench.configs as c
+
+    return Path(c.__file__).parent
+
+
+def group_options(group: str) -> List[str]:
+    d = configs_dir() / group
+    return sorted(p.stem for p in d.glob("*.yaml")) if d.is_dir() else []
+
+
+def _num(v: Any) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
+def validate_budget(b: Any, num_classes: int | None) -> None:
+    norm = b.get("norm")
+    if norm not in NORMS:
+        raise RobenchError(f"budget.norm must be one of {', '.join(NORMS)}, got '{norm}'")
+    eps = b.get("eps")
+    if eps is not None and (not _num(eps) or eps < 0):
+        raise RobenchError(f"budget.eps must be a number >= 0 (or null for minimal-distortion attacks), got '{eps}'")
+    mq = b.get("max_queries")
+    if not isinstance(mq, int) or isinstance(mq, bool) or mq < 1:
+        raise RobenchError(f"budget.max_queries must be an integer >= 1, got '{mq}'")
+    if not isinstance(b.get("targeted"), bool):
+        raise RobenchError(f"budget.targeted must be true or false, got '{b.get('targeted')}'")
+    t = b.get("target")
+    if isinstance(t, bool) or not (t in TARGET_MODES or isinstance(t, int)):
+        raise RobenchError(f"budget.target must be random, least_likely or a class index, got '{t}'")
+    if isinstance(t, int) and num_classes is not None and not 0 <= t < num_classes:
+        raise RobenchError(f"budget.target={t} is out of range: this dataset has classes 0..{num_classes - 1}")
+
+
+def validate_common(cfg: Any) -> None:
+    seed = cfg.get("seed")
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise RobenchError(f"seed must be an integer >= 0, got '{seed}'")
+    resolve_device(cfg.get("device", "auto"))
+
+
+def validate_names(cfg: Any, groups=GROUPS) -> None:
+    from robench.registry import REGISTRIES
+
+    for g in groups:
+        if g == "budget" or cfg.get(g) is None:
+            continue
+        name = cfg[g].get("name")
+        REGISTRIES[g + "s"].get(name)  # raises 'unknown <kind> ... valid: ...'
+
+
+def resolve_device(spec: Any) -> torch.device:
+    s = str(spec).lower()
+    if s == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(s)
+    except RuntimeError:
+        raise RobenchError(f"device must be auto, cpu, cuda or cuda:N, got '{spec}'") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RobenchError(f"device={spec} but CUDA is not available here: use device=auto or device=cpu")
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise RobenchError(f"device must be auto, cpu, cuda or cuda:N, got '{spec}'")
+    return dev

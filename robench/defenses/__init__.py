@@ -1,0 +1,5 @@
+"""Defenses: training recipes (train-time) and input transformations (inference-time), one config
+group so that ``defense=X`` means the same to ``robench train-defense`` and ``robench attack``
+(DESIGN.md, "Defenses")."""
+from robench.defenses.base import InputDefense, TrainingRecipe  # noqa: F401
+from robench.defenses import natural  # noqa: F401  (registration)

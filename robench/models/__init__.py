@@ -1,0 +1,3 @@
+"""Architectures (normalisation inside the model) and checkpoints (DESIGN.md, "The pieces": models/)."""
+from robench.models.base import Normalize, build_model  # noqa: F401
+from robench.models import mnist_models, cifar_models, imagenet_models  # noqa: F401  (registration)

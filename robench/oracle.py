@@ -1,0 +1,297 @@
+"""The oracle: the only door from an attack to the victim (DESIGN.md, "The oracle is the referee").
+
+An attack gets an :class:`Oracle` for a batch of samples and nothing else. The oracle
+
+* answers at the attack's declared access level and no higher: ``gradient`` (white-box: logits,
+  scores, labels and input gradients), ``scores`` (probabilities and labels) or ``label`` (top-1 only);
+* counts queries per sample: one query = one input row evaluated by the victim; a forward+backward
+  row of a gradient call is one query too (and is also tallied in ``grad_queries``). A batched call
+  says, through ``idx``, which sample each row belongs to, so N candidates for sample i cost i N queries;
+* enforces the budget: a row whose sample has no queries left, or is done, is not evaluated and not
+  counted; its answer is NaN (scores/logits), -1 (labels) or a zero gradient;
+* judges success itself on every row it evaluates: untargeted ``label != y``, targeted
+  ``label == target``, inside ``[0, 1]`` and, when ``eps`` is set, inside the threat model's ball
+  (both up to ``tol``); it records the query number of the first success and keeps, per sample, the
+  adversarial point of smallest distortion (in the budget's norm) seen so far;
+* reports which samples are done (``active``), so batched attacks stop spending on them;
+* at the end re-checks every success with fresh, uncounted forward passes (``finalize``); with a
+  randomized victim the re-check repeats ``recheck_repeats`` times and success must hold every time.
+
+Everything stays on the victim's device; the hot path does not synchronise with the host except to
+skip rows that are not answered.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+
+ACCESS_LEVELS = ("gradient", "scores", "label")
+_RANK = {"label": 0, "scores": 1, "gradient": 2}
+
+
+class AccessError(RuntimeError):
+    """An attack asked the oracle for more than its declared access level allows."""
+
+
+def distortion(delta: torch.Tensor, norm: str) -> torch.Tensor:
+    """Per-row Lp norm of a perturbation batch (norm in {'linf', 'l2', 'l0'})."""
+    d = delta.flatten(1)
+    if norm == "linf":
+        return d.abs().amax(1)
+    if norm == "l2":
+        return d.norm(p=2, dim=1)
+    if norm == "l0":
+        return (d.abs() > L0_THRESHOLD).sum(1).to(d.dtype)
+    raise ValueError(f"unknown norm {norm!r}")
+
+
+#: an element counts as changed for L0 when it moved by more than this (well below 1/255)
+L0_THRESHOLD = 1e-6
+
+
+@dataclass
+class OracleResult:
+    """What the oracle certifies for one batch after :meth:`Oracle.finalize` (all tensors on CPU)."""
+
+    success: torch.Tensor             # bool: success held at first sight and in every re-check
+    claimed: torch.Tensor             # bool: success seen during the attack (before the re-check)
+    queries: torch.Tensor             # long: queries spent on each sample
+    grad_queries: torch.Tensor        # long: of which forward+backward rows
+    queries_at_success: torch.Tensor  # long: query number of the first success (-1: none)
+    seconds_at_success: torch.Tensor  # float: wall time from oracle creation to first success (nan: none)
+    adversarial: torch.Tensor         # bool: an adversarial point (any distortion) was seen
+    best_x: torch.Tensor              # the best adversarial point seen (x0 where none)
+    seconds: float                    # wall time of the whole batch
+
+
+class Oracle:
+    def __init__(self, model: nn.Module, x0: torch.Tensor, y: torch.Tensor, *, access: str,
+                 norm: str = "linf", eps: Optional[float] = None, max_queries: int = 10_000,
+                 targets: Optional[torch.Tensor] = None, stop_on_success: bool = True,
+                 recheck_repeats: int = 1, tol: float = 1e-5, num_classes: Optional[int] = None):
+        if access not in ACCESS_LEVELS:
+            raise ValueError(f"access must be one of {ACCESS_LEVELS}, got {access!r}")
+        if norm not in ("linf", "l2"):
+            raise ValueError(f"norm must be 'linf' or 'l2', got {norm!r}")
+        self._model = model
+        self.access = access
+        self.norm = norm
+        self.eps = None if eps is None else float(eps)
+        self.max_queries = int(max_queries)
+        self.stop_on_success = stop_on_success
+        self.recheck_repeats = int(recheck_repeats)
+        self.tol = tol
+        self.device = x0.device
+        self.x0 = x0.detach()
+        self.y = y.to(self.device)
+        self.targets = None if targets is None else targets.to(self.device)
+        self.targeted = targets is not None
+        n = self.n = x0.shape[0]
+        dev = self.device
+        self.queries = torch.zeros(n, dtype=torch.long, device=dev)
+        self.grad_queries = torch.zeros(n, dtype=torch.long, device=dev)
+        self.success = torch.zeros(n, dtype=torch.bool, device=dev)
+        self.queries_at_success = torch.full((n,), -1, dtype=torch.long, device=dev)
+        self._success_call = torch.full((n,), -1, dtype=torch.long, device=dev)
+        self.best_dist = torch.full((n,), float("inf"), device=dev)
+        self._best_key = self.best_dist.clone()
+        self.best_x = self.x0.clone()
+        self._call_times: list[float] = []
+        self._t0 = time.perf_counter()
+        self._finalized: Optional[OracleResult] = None
+        if num_classes is None:  # output width only, never shown to the attack: not a query
+            with torch.no_grad():
+                num_classes = int(model(self.x0[:1]).shape[1])
+        self._k = int(num_classes)
+
+    # ------------------------------------------------------------------ what an attack may read
+    @property
+    def active(self) -> torch.Tensor:
+        """Bool per sample: still worth querying (budget left and, for eps-bounded runs, not yet successful)."""
+        done = self.queries >= self.max_queries
+        if self.stop_on_success:
+            done = done | self.success
+        return ~done
+
+    def active_indices(self) -> torch.Tensor:
+        return self.active.nonzero().flatten()
+
+    @property
+    def remaining(self) -> torch.Tensor:
+        """Queries each sample has left."""
+        return (self.max_queries - self.queries).clamp_min(0)
+
+    @property
+    def num_classes(self) -> int:
+        return self._k
+
+    # ------------------------------------------------------------------ queries
+    def labels(self, x: torch.Tensor, idx: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Top-1 labels of rows ``x`` (row r belongs to sample ``idx[r]``); -1 where not answered."""
+        logits, ok = self._forward(x, idx)
+        out = torch.full((x.shape[0],), -1, dtype=torch.long, device=self.device)
+        if logits is not None:
+            out[ok] = logits.argmax(1)
+        return out
+
+    def scores(self, x: torch.Tensor, idx: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Softmax probabilities of rows ``x``; NaN rows where not answered. Needs access ``scores``."""
+        self._require("scores")
+        logits, ok = self._forward(x, idx)
+        return self._scatter_rows(None if logits is None else logits.softmax(1), ok, x.shape[0])
+
+    def logits(self, x: torch.Tensor, idx: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Logits of rows ``x``; NaN rows where not answered. Needs access ``gradient`` (white-box)."""
+        self._require("gradient")
+        logits, ok = self._forward(x, idx)
+        return self._scatter_rows(logits, ok, x.shape[0])
+
+    def gradient(self, x: torch.Tensor, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                 idx: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits, d loss / d x) for rows ``x``; ``loss_fn(logits, idx_rows)`` returns one loss per row.
+
+        Each answered row costs one query (a gradient query). Unanswered rows get NaN logits and a
+        zero gradient. Needs access ``gradient``.
+        """
+        self._require("gradient")
+        idx, rank, ok, all_ok = self._admit(x, idx)
+        grad = torch.zeros_like(x)
+        if not all_ok and not bool(ok.any()):
+            return self._scatter_rows(None, ok, x.shape[0]), grad
+        xr, ir, rr = (x, idx, rank) if all_ok else (x[ok], idx[ok], rank[ok])
+        xr = xr.detach().requires_grad_(True)
+        with torch.enable_grad():
+            logits = self._model(xr)
+            loss = loss_fn(logits, ir)
+            g, = torch.autograd.grad(loss.sum(), xr)
+        logits = logits.detach()
+        self._record(xr.detach(), ir, rr, logits, gradient=True)
+        if all_ok:
+            return logits, g
+        grad[ok] = g
+        return self._scatter_rows(logits, ok, x.shape[0]), grad
+
+    # ------------------------------------------------------------------ end of the attack
+    def finalize(self) -> OracleResult:
+        """Re-check every success with fresh, uncounted forward passes and freeze the result."""
+        if self._finalized is not None:
+            return self._finalized
+        confirmed = self.success.clone()
+        sel = self.success.nonzero().flatten()
+        if len(sel):
+            xs = self.best_x[sel]
+            ok = torch.ones(len(sel), dtype=torch.bool, device=self.device)
+            for _ in range(max(1, self.recheck_repeats)):
+                with torch.no_grad():
+                    pred = self._model(xs).argmax(1)
+                ok &= self._criterion(xs, sel, pred)[1]
+            confirmed[sel] = ok
+        call_times = torch.tensor([t - self._t0 for t in self._call_times] or [float("nan")], dtype=torch.float64)
+        sc = self._success_call.cpu()
+        secs = torch.where(sc >= 0, call_times[sc.clamp_min(0)], torch.tensor(float("nan"), dtype=torch.float64))
+        self._finalized = OracleResult(
+            success=confirmed.cpu(), claimed=self.success.cpu(), queries=self.queries.cpu(),
+            grad_queries=self.grad_queries.cpu(), queries_at_success=self.queries_at_success.cpu(),
+            seconds_at_success=secs, adversarial=torch.isfinite(self.best_dist).cpu(),
+            best_x=self.best_x.detach().cpu(), seconds=time.perf_counter() - self._t0)
+        return self._finalized
+
+    # ------------------------------------------------------------------ internals
+    def _require(self, level: str) -> None:
+        if _RANK[self.access] < _RANK[level]:
+            raise AccessError(f"an attack with access '{self.access}' asked for {level}-level answers")
+
+    def _admit(self, x: torch.Tensor, idx: Optional[torch.Tensor]):
+        """Rows that get answered: their sample is active and still has budget for this row."""
+        if self._finalized is not None:
+            raise RuntimeError("the oracle is finalized: no more queries")
+        if idx is None:
+            if x.shape[0] != self.n:
+                raise ValueError(f"{x.shape[0]} rows for {self.n} samples: pass idx (the sample of each row)")
+            idx = torch.arange(self.n, device=self.device)
+            rank = torch.zeros(self.n, dtype=torch.long, device=self.device)
+        else:
+            idx = idx.to(self.device, torch.long)
+            if idx.shape[0] != x.shape[0]:
+                raise ValueError("idx must give one sample index per row of x")
+            rank = _rank_within_group(idx, self.n)
+        ok = self.active[idx] & (rank < self.remaining[idx])
+        all_ok = bool(ok.all())
+        return idx, rank, ok, all_ok
+
+    def _forward(self, x: torch.Tensor, idx: Optional[torch.Tensor]):
+        idx, rank, ok, all_ok = self._admit(x, idx)
+        if not all_ok and not bool(ok.any()):
+            return None, ok
+        xr, ir, rr = (x, idx, rank) if all_ok else (x[ok], idx[ok], rank[ok])
+        with torch.no_grad():
+            logits = self._model(xr.detach())
+        self._record(xr.detach(), ir, rr, logits, gradient=False)
+        return logits, ok
+
+    def _scatter_rows(self, vals: Optional[torch.Tensor], ok: torch.Tensor, n_rows: int) -> torch.Tensor:
+        if vals is not None and vals.shape[0] == n_rows:
+            return vals
+        out = torch.full((n_rows, self._k), float("nan"), device=self.device)
+        if vals is not None:
+            out[ok] = vals
+        return out
+
+    def _criterion(self, x: torch.Tensor, idx: torch.Tensor, pred: torch.Tensor):
+        """(is adversarial and a valid image, is that and within eps, distortion) per row."""
+        is_adv = (pred == self.targets[idx]) if self.targeted else (pred != self.y[idx])
+        in_box = (x >= -self.tol).flatten(1).all(1) & (x <= 1 + self.tol).flatten(1).all(1)
+        dist = distortion(x - self.x0[idx], self.norm)
+        valid = is_adv & in_box
+        within = valid if self.eps is None else valid & (dist <= self.eps + self.tol)
+        return valid, within, dist
+
+    def _record(self, x: torch.Tensor, idx: torch.Tensor, rank: torch.Tensor, logits: torch.Tensor,
+                gradient: bool) -> None:
+        n = self.n
+        call = len(self._call_times)
+        self._call_times.append(time.perf_counter())
+        qnum = self.queries[idx] + rank + 1  # query number of each row, per sample
+        counts = torch.bincount(idx, minlength=n)
+        self.queries += counts
+        if gradient:
+            self.grad_queries += counts
+        valid, within, dist = self._criterion(x, idx, logits.argmax(1))
+        # first success: the smallest query number among this call's successful rows
+        big = torch.iinfo(torch.long).max
+        first = torch.full((n,), big, dtype=torch.long, device=self.device)
+        first.scatter_reduce_(0, idx, torch.where(within, qnum, big), "amin")
+        new = (~self.success) & (first < big)
+        self.queries_at_success = torch.where(new, first, self.queries_at_success)
+        self._success_call = torch.where(new, torch.full_like(self._success_call, call), self._success_call)
+        self.success |= new
+        # best adversarial point: smallest distortion, points inside the eps-ball ranked before any
+        # outside it, so a successful sample's best point is always a success-eligible one
+        inf = torch.full_like(dist, float("inf"))
+        key = torch.where(within, dist, torch.where(valid, dist + _OUTSIDE, inf))
+        old = self._best_key
+        self._best_key = old.scatter_reduce(0, idx, key, "amin")
+        improved = (key == self._best_key[idx]) & (key < old[idx])
+        if bool(improved.any()):
+            rows = improved.nonzero().flatten()
+            self.best_x[idx[rows]] = x[rows]
+            self.best_dist[idx[rows]] = dist[rows]
+
+
+#: added to the ranking key of adversarial points outside the eps-ball so any point inside ranks first
+_OUTSIDE = 1e6
+
+
+def _rank_within_group(idx: torch.Tensor, n: int) -> torch.Tensor:
+    """For each row, how many earlier rows of this call belong to the same sample (0, 1, 2, ...)."""
+    sorted_idx, order = torch.sort(idx, stable=True)
+    counts = torch.bincount(sorted_idx, minlength=n)
+    starts = torch.cumsum(counts, 0) - counts
+    rank_sorted = torch.arange(len(idx), device=idx.device) - starts[sorted_idx]
+    rank = torch.empty_like(rank_sorted)
+    rank[order] = rank_sorted
+    return rank

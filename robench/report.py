@@ -1,0 +1,81 @@
+"""``robench report DIR...``: aggregate attack runs (multirun sweep folders included) into one table."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import List
+
+import pandas as pd
+
+from robench.errors import RobenchError
+from robench.results import atomic_write_text
+
+#: report columns: (summary key, column name)
+COLUMNS = [("dataset", "dataset"), ("model", "model"), ("defense", "defense"), ("attack", "attack"),
+           ("budget", "budget"), ("n_samples", "samples"), ("clean_accuracy", "clean acc"),
+           ("success_rate", "success rate"), ("robust_accuracy", "robust acc"), ("mean_queries", "mean queries"),
+           ("median_queries", "median queries"), ("mean_l2", "mean L2"), ("median_l2", "median L2"),
+           ("mean_linf", "mean Linf"), ("median_linf", "median Linf"), ("seconds", "seconds"),
+           ("queries_per_second", "queries/s"), ("run", "run")]
+
+
+def collect(dirs: List[str]) -> pd.DataFrame:
+    rows = []
+    for d in dirs:
+        p = Path(d)
+        if not p.exists():
+            raise RobenchError(f"robench report: {p} does not exist")
+        files = [p] if p.is_file() else sorted(p.rglob("summary.json"))
+        for f in files:
+            try:
+                s = json.loads(f.read_text())
+            except (OSError, json.JSONDecodeError) as e:
+                raise RobenchError(f"robench report: {f} is not valid JSON ({e.__class__.__name__}); delete or re-run it") from None
+            if s.get("command") != "attack":
+                continue
+            s["run"] = str(f.parent)
+            rows.append(s)
+    if not rows:
+        raise RobenchError(f"robench report: no attack runs (summary.json) under {' '.join(dirs)}")
+    df = pd.DataFrame(rows)
+    for k, _ in COLUMNS:
+        if k not in df:
+            df[k] = float("nan")
+    return df[[k for k, _ in COLUMNS]].rename(columns=dict(COLUMNS))
+
+
+def to_markdown(df: pd.DataFrame) -> str:
+    cols = list(df.columns)
+    fmt = lambda v: "-" if isinstance(v, float) and pd.isna(v) else (f"{v:.4g}" if isinstance(v, float) else str(v))
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: List[str]) -> None:
+    ap = argparse.ArgumentParser(prog="robench report", description=__doc__)
+    ap.add_argument("dirs", nargs="+", help="run folders, sweep folders or summary.json files")
+    ap.add_argument("--out", help="folder for report.csv and report.md (default: the first DIR)")
+    args = ap.parse_args(argv)
+    df = collect(args.dirs)
+    out = Path(args.out) if args.out else Path(args.dirs[0])
+    if out.is_file():
+        out = out.parent
+    atomic_write_text(out / "report.csv", df.to_csv(index=False))
+    atomic_write_text(out / "report.md", to_markdown(df))
+    print_table(df)
+    print(f"wrote {out / 'report.csv'} and {out / 'report.md'}")
+
+
+def print_table(df: pd.DataFrame) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(show_header=True, header_style="bold")
+    shown = [c for c in df.columns if c != "run"]
+    for c in shown:
+        t.add_column(c, justify="left" if df[c].dtype == object else "right")
+    for row in df[shown].itertuples(index=False):
+        t.add_row(*("-" if isinstance(v, float) and pd.isna(v) else (f"{v:.4g}" if isinstance(v, float) else str(v)) for v in row))
+    Console(width=max(160, Console().width)).print(t)

@@ -1,0 +1,186 @@
+"""Per-sample records -> summary -> tables, written atomically (DESIGN.md, "Results").
+
+Files of an attack run folder:
+
+* ``config.yaml``: the composed, resolved config (Hydra's ``.hydra/`` folder holds the unresolved one
+  and the overrides);
+* ``records.csv``: one row per evaluated sample (columns :data:`RECORD_COLUMNS`), rewritten after
+  every batch;
+* ``summary.json``: :func:`summarize`'s dictionary, schema version :data:`SCHEMA_VERSION`;
+* ``summary.md``: the same numbers as a Markdown table.
+
+Summary schema, version 1 (README, "Metrics"):
+
+=====================  ====================================================================
+key                    meaning
+=====================  ====================================================================
+schema_version         1
+command                "attack"
+attack, model, dataset, defense, budget     plugin / config names
+norm, eps, max_queries, targeted, target    the threat model
+n_samples              samples evaluated (the slice of the test split)
+n_correct              of which classified correctly before the attack
+n_attacked             of which attacked (correct ones, minus targeted ones whose target is the label)
+n_success              attacked samples whose success the oracle saw and re-verified
+clean_accuracy         n_correct / n_samples
+success_rate           n_success / n_attacked (attack success rate, ASR)
+robust_accuracy        (n_correct - n_success) / n_samples
+mean_queries, median_queries   over successful samples: queries up to the first success
+mean_queries_all       over attacked samples: all queries spent
+mean_l2, median_l2, mean_linf, median_linf, mean_l0, median_l0   over successful samples
+success_at_queries     {budget: fraction of attacked samples successful within that many queries}
+recheck_failed         successes seen during the attack that the final re-check did not confirm
+total_queries          queries spent on all samples
+seconds                wall time of the attack phase (all batches)
+queries_per_second     total_queries / seconds
+device, seed, robench_version, started, finished
+=====================  ====================================================================
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Dict, Iterable, List
+
+import pandas as pd
+
+SCHEMA_VERSION = 1
+
+RECORD_COLUMNS = ["index", "label", "target", "clean_pred", "attacked", "success", "queries",
+                  "grad_queries", "queries_at_success", "l0", "l2", "linf", "seconds"]
+
+#: metric rows of the one-run table, in display order: (key, label, format)
+TABLE_ROWS = [
+    ("n_samples", "samples", "{:d}"), ("clean_accuracy", "clean accuracy", "{:.2%}"),
+    ("n_attacked", "attacked", "{:d}"), ("success_rate", "attack success rate", "{:.2%}"),
+    ("robust_accuracy", "robust accuracy", "{:.2%}"), ("mean_queries", "mean queries (successes)", "{:.1f}"),
+    ("median_queries", "median queries (successes)", "{:.1f}"), ("mean_l2", "mean L2", "{:.4f}"),
+    ("median_l2", "median L2", "{:.4f}"), ("mean_linf", "mean Linf", "{:.4f}"),
+    ("median_linf", "median Linf", "{:.4f}"), ("recheck_failed", "re-check failed", "{:d}"),
+    ("seconds", "seconds", "{:.2f}"), ("queries_per_second", "queries / second", "{:.0f}"),
+]
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write via a temp file in the same folder and rename: readers never see a partial file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_records(path: Path, records: List[Dict[str, Any]]) -> None:
+    atomic_write_text(path, pd.DataFrame(records, columns=RECORD_COLUMNS).to_csv(index=False))
+
+
+def _stat(vals: Iterable[float], fn) -> float:
+    v = [float(x) for x in vals if x is not None and not (isinstance(x, float) and math.isnan(x))]
+    return float(fn(v)) if v else float("nan")
+
+
+def _median(v):
+    return pd.Series(v).median()
+
+
+def _mean(v):
+    return sum(v) / len(v)
+
+
+def success_budgets(max_queries: int) -> List[int]:
+    """1, 10, 100, ... below max_queries, and max_queries itself."""
+    out, b = [], 1
+    while b < max_queries:
+        out.append(b)
+        b *= 10
+    return out + [int(max_queries)]
+
+
+def summarize(records: List[Dict[str, Any]], meta: Dict[str, Any]) -> Dict[str, Any]:
+    df = pd.DataFrame(records, columns=RECORD_COLUMNS)
+    n = len(df)
+    n_correct = int((df.clean_pred == df.label).sum())
+    att = df[df.attacked.astype(bool)]
+    succ = att[att.success.astype(bool)]
+    n_att, n_succ = len(att), len(succ)
+    total_q = int(df.queries.sum())
+    seconds = float(meta.get("seconds", float("nan")))
+    out = {
+        "schema_version": SCHEMA_VERSION, "command": "attack",
+        **{k: meta.get(k) for k in ("attack", "model", "dataset", "defense", "budget", "norm", "eps",
+                                    "max_queries", "targeted", "target")},
+        "n_samples": n, "n_correct": n_correct, "n_attacked": n_att, "n_success": n_succ,
+        "clean_accuracy": n_correct / n if n else float("nan"),
+        "success_rate": n_succ / n_att if n_att else float("nan"),
+        "robust_accuracy": (n_correct - n_succ) / n if n else float("nan"),
+        "mean_queries": _stat(succ.queries_at_success, _mean),
+        "median_queries": _stat(succ.queries_at_success, _median),
+        "mean_queries_all": _stat(att.queries, _mean),
+    }
+    for k in ("l2", "linf", "l0"):
+        out[f"mean_{k}"] = _stat(succ[k], _mean)
+        out[f"median_{k}"] = _stat(succ[k], _median)
+    mq = int(meta.get("max_queries") or 1)
+    out["success_at_queries"] = {str(b): (int((succ.queries_at_success <= b).sum()) / n_att if n_att else float("nan"))
+                                 for b in success_budgets(mq)}
+    out["recheck_failed"] = int(meta.get("recheck_failed", 0))
+    out["total_queries"] = total_q
+    out["seconds"] = seconds
+    out["queries_per_second"] = total_q / seconds if seconds and seconds > 0 else float("nan")
+    for k in ("device", "seed", "robench_version", "started", "finished"):
+        out[k] = meta.get(k)
+    return out
+
+
+def _fmt(v: Any, fmt: str) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    try:
+        return fmt.format(int(v) if fmt == "{:d}" else v)
+    except (ValueError, TypeError):
+        return str(v)
+
+
+def summary_rows(s: Dict[str, Any]) -> List[tuple]:
+    return [(label, _fmt(s.get(k), fmt)) for k, label, fmt in TABLE_ROWS]
+
+
+def title(s: Dict[str, Any]) -> str:
+    tgt = f", targeted ({s.get('target')})" if s.get("targeted") else ""
+    return (f"{s.get('attack')} on {s.get('dataset')}/{s.get('model')} (defense {s.get('defense')}), "
+            f"{s.get('norm')} eps={s.get('eps')}, max {s.get('max_queries')} queries{tgt}")
+
+
+def summary_markdown(s: Dict[str, Any]) -> str:
+    lines = [f"# {title(s)}", "", "| metric | value |", "|---|---|"]
+    lines += [f"| {a} | {b} |" for a, b in summary_rows(s)]
+    return "\n".join(lines) + "\n"
+
+
+def write_summary(run_dir: Path, s: Dict[str, Any]) -> None:
+    atomic_write_text(run_dir / "summary.json", json.dumps(s, indent=2, default=_json_default) + "\n")
+    atomic_write_text(run_dir / "summary.md", summary_markdown(s))
+
+
+def _json_default(o):
+    if hasattr(o, "item"):
+        return o.item()
+    return str(o)
+
+
+def print_summary(s: Dict[str, Any], console=None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    t = Table(title=title(s), show_header=True, header_style="bold")
+    t.add_column("metric")
+    t.add_column("value", justify="right")
+    for a, b in summary_rows(s):
+        t.add_row(a, b)
+    console.print(t)
