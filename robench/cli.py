@@ -53,6 +53,10 @@ def _hydra_command(prog: str, config_name: str, job: Callable, args: List[str]) 
     from robench.config import configs_dir
 
     _precheck_groups(args)
+    from robench.registry import PLUGIN_CONFIG_DIRS
+
+    if PLUGIN_CONFIG_DIRS and not any(a.startswith("hydra.searchpath") for a in args):
+        args = args + ["hydra.searchpath=[" + ",".join(f"file://{d}" for _, d in PLUGIN_CONFIG_DIRS) + "]"]
 
     @hydra.main(version_base="1.3", config_path=str(configs_dir()), config_name=config_name)
     def app(cfg) -> None:
@@ -113,9 +117,10 @@ def list_plugins(args: List[str]) -> None:
         if w == "budgets":
             import yaml
 
-            from robench.config import configs_dir
+            from robench.config import config_dirs
             for o in group_options("budget"):
-                b = yaml.safe_load((configs_dir() / "budget" / f"{o}.yaml").read_text())
+                f = next(d / "budget" / f"{o}.yaml" for d in config_dirs() if (d / "budget" / f"{o}.yaml").exists())
+                b = yaml.safe_load(f.read_text())
                 t.add_row(o, f"budget={o}", f"{b['norm']} eps={b['eps']}, max {b['max_queries']} queries")
         else:
             reg = REGISTRIES[w]

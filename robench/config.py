@@ -21,9 +21,16 @@ def configs_dir() -> Path:
     return Path(c.__file__).parent
 
 
+def config_dirs() -> List[Path]:
+    """robench's own config folder, then those of entry-point plugins that ship one."""
+    from robench.registry import PLUGIN_CONFIG_DIRS, load_plugins
+
+    load_plugins()
+    return [configs_dir()] + [d for _, d in PLUGIN_CONFIG_DIRS]
+
+
 def group_options(group: str) -> List[str]:
-    d = configs_dir() / group
-    return sorted(p.stem for p in d.glob("*.yaml")) if d.is_dir() else []
+    return sorted({p.stem for d in config_dirs() for p in (d / group).glob("*.yaml")})
 
 
 def _num(v: Any) -> bool:

@@ -10,12 +10,16 @@ Plugins register by decorator::
 
 Third-party packages add plugins through the entry-point group ``robench.plugins``: each entry point
 names a module (or a callable); loading it runs its ``@register`` decorators. Entry points are loaded
-lazily, the first time any registry is asked for a name it does not hold or for its full listing.
+lazily, the first time any registry is asked for a name it does not hold or for its full listing. A
+plugin package that has a ``configs/`` folder (e.g. ``configs/attack/my_attack.yaml``) gets it added to
+Hydra's search path, so ``attack=my_attack`` works like a built-in.
 """
 from __future__ import annotations
 
+import importlib.util
 import inspect
 from importlib import metadata
+from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Tuple
 
 from robench.errors import RobenchError
@@ -80,6 +84,8 @@ DEFENSES = Registry("defense")
 REGISTRIES = {"datasets": DATASETS, "models": MODELS, "attacks": ATTACKS, "defenses": DEFENSES}
 
 _loaded = False
+#: (module name, config folder) of entry-point plugins that ship Hydra configs in a ``configs/`` folder
+PLUGIN_CONFIG_DIRS: List[Tuple[str, "Path"]] = []
 
 
 def load_builtins() -> None:
@@ -104,3 +110,9 @@ def load_plugins() -> None:
             raise RobenchError(f"plugin entry point '{ep.name}' ({ep.value}) failed to load: {e}") from e
         if callable(obj) and not inspect.isclass(obj):
             obj()
+        mod = ep.value.split(":")[0]
+        spec = importlib.util.find_spec(mod)
+        if spec is not None and spec.submodule_search_locations:
+            cdir = Path(list(spec.submodule_search_locations)[0]) / "configs"
+            if cdir.is_dir():
+                PLUGIN_CONFIG_DIRS.append((mod, cdir))

@@ -17,7 +17,25 @@ COLUMNS = [("dataset", "dataset"), ("model", "model"), ("defense", "defense"), (
            ("success_rate", "success rate"), ("robust_accuracy", "robust acc"), ("mean_queries", "mean queries"),
            ("median_queries", "median queries"), ("mean_l2", "mean L2"), ("median_l2", "median L2"),
            ("mean_linf", "mean Linf"), ("median_linf", "median Linf"), ("seconds", "seconds"),
-           ("queries_per_second", "queries/s"), ("run", "run")]
+           ("queries_per_second", "queries/s"), ("overrides", "overrides"), ("run", "run")]
+
+#: the compact table printed to the terminal (CSV and Markdown hold every column)
+PRINTED = ["victim", "attack", "budget", "overrides", "samples", "clean acc", "success rate", "robust acc",
+           "median queries", "median L2", "median Linf", "seconds"]
+
+
+def run_overrides(run_dir: Path) -> str:
+    """The Hydra overrides that made this run (from .hydra/overrides.yaml), minus display-only ones."""
+    f = run_dir / ".hydra" / "overrides.yaml"
+    if not f.exists():
+        return ""
+    import yaml
+
+    try:
+        ov = yaml.safe_load(f.read_text()) or []
+    except yaml.YAMLError:
+        return ""
+    return " ".join(o for o in ov if not str(o).startswith(("progress=", "hydra.")))
 
 
 def collect(dirs: List[str]) -> pd.DataFrame:
@@ -35,6 +53,7 @@ def collect(dirs: List[str]) -> pd.DataFrame:
             if s.get("command") != "attack":
                 continue
             s["run"] = str(f.parent)
+            s["overrides"] = run_overrides(f.parent)
             rows.append(s)
     if not rows:
         raise RobenchError(f"robench report: no attack runs (summary.json) under {' '.join(dirs)}")
@@ -72,10 +91,12 @@ def print_table(df: pd.DataFrame) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    df = df.assign(victim=df["dataset"] + "/" + df["model"] + "/" + df["defense"])
     t = Table(show_header=True, header_style="bold")
-    shown = [c for c in df.columns if c != "run"]
-    for c in shown:
-        t.add_column(c, justify="left" if df[c].dtype == object else "right")
-    for row in df[shown].itertuples(index=False):
-        t.add_row(*("-" if isinstance(v, float) and pd.isna(v) else (f"{v:.4g}" if isinstance(v, float) else str(v)) for v in row))
-    Console(width=max(160, Console().width)).print(t)
+    for c in PRINTED:
+        t.add_column(c, justify="left" if df[c].dtype == object else "right", overflow="fold")
+    pct = {"clean acc", "success rate", "robust acc"}
+    for _, row in df[PRINTED].iterrows():
+        t.add_row(*("-" if isinstance(v, float) and pd.isna(v) else (f"{v:.2%}" if c in pct else f"{v:.4g}")
+                    if isinstance(v, float) else str(v) for c, v in row.items()))
+    Console(width=max(180, Console().width)).print(t)

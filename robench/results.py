@@ -178,7 +178,8 @@ def print_summary(s: Dict[str, Any], console=None) -> None:
     from rich.table import Table
 
     console = console or Console()
-    t = Table(title=title(s), show_header=True, header_style="bold")
+    console.print(f"[bold]{title(s)}")
+    t = Table(show_header=True, header_style="bold")
     t.add_column("metric")
     t.add_column("value", justify="right")
     for a, b in summary_rows(s):

@@ -1,0 +1,182 @@
+"""The oracle's counts are checked against an independent counter wrapped around the model."""
+import pytest
+import torch
+from torch import nn
+
+from robench.attacks.whitebox.pgd import PGD
+from robench.oracle import AccessError, Oracle
+
+
+class CountingModel(nn.Module):
+    """Counts every row the victim evaluates, attributing each to the nearest clean image (perturbations in
+    these tests are far smaller than the distance between two different images)."""
+
+    def __init__(self, model, x0):
+        super().__init__()
+        self.model, self.x0 = model, x0.flatten(1)
+        self.per_sample = torch.zeros(len(x0), dtype=torch.long)
+        self.rows = 0
+        self.enabled = True
+
+    def forward(self, x):
+        if self.enabled:
+            owner = torch.cdist(x.detach().flatten(1), self.x0).argmin(1)
+            self.per_sample += torch.bincount(owner, minlength=len(self.x0))
+            self.rows += len(x)
+        return self.model(x)
+
+
+class MeanModel(nn.Module):
+    """Toy 2-class victim: class 1 iff the mean pixel exceeds 0.5 (logits are +/- that margin)."""
+
+    def forward(self, x):
+        m = x.flatten(1).mean(1) - 0.5
+        return torch.stack([-m, m], 1) * 10
+
+
+def test_population_counts_match_independent_count(victim, test_xy):
+    x0, y = test_xy[0][:20], test_xy[1][:20]
+    cm = CountingModel(victim, x0)
+    o = Oracle(cm, x0, y, access="scores", norm="linf", eps=0.05, max_queries=37, num_classes=10)
+    g = torch.Generator().manual_seed(0)
+    asked = torch.zeros(20, dtype=torch.long)
+    for step in range(12):  # populations of 5 rows per sample, in shuffled order, some samples skipped
+        idx = torch.arange(20).repeat_interleave(5)
+        idx = idx[torch.randperm(len(idx), generator=g)]
+        idx = idx[idx % 7 != step % 7]
+        x = (x0[idx] + (torch.rand(len(idx), *x0.shape[1:], generator=g) * 2 - 1) * 0.05).clamp(0, 1)
+        p = o.scores(x, idx)
+        answered = ~torch.isnan(p).any(1)
+        asked += torch.bincount(idx, minlength=20)
+        # rows past a sample's budget are not evaluated and come back NaN
+        assert torch.equal(torch.bincount(idx[answered], minlength=20), torch.minimum(
+            torch.bincount(idx, minlength=20), 37 - (o.queries - torch.bincount(idx[answered], minlength=20))))
+    cm.enabled = False
+    o.finalize()
+    assert torch.equal(o.queries, cm.per_sample)
+    assert int(o.queries.sum()) == cm.rows
+    assert torch.equal(o.queries, torch.clamp(asked, max=37))
+    assert int(o.queries.max()) == 37  # the budget binds, and is never exceeded
+
+
+def test_gradient_queries_counted(victim, test_xy):
+    x0, y = test_xy[0][:30], test_xy[1][:30]
+    cm = CountingModel(victim, x0)
+    o = Oracle(cm, x0, y, access="gradient", norm="linf", eps=0.05, max_queries=10_000, num_classes=10)
+    PGD(steps=7, restarts=2, early_stop=False).run(o, torch.Generator().manual_seed(0))
+    cm.enabled = False
+    o.finalize()
+    assert torch.equal(o.queries, cm.per_sample)
+    # 7 gradient rows + 1 final forward per restart; a sample robust after restart 1 is attacked again;
+    # once the oracle has seen a sample succeed it answers no more of its rows
+    q, s = o.queries, o.success
+    assert (q[~s] == 16).all() and torch.equal(q[s], o.queries_at_success[s]) and (q[s] <= 16).all()
+    assert torch.equal(o.grad_queries[~s], torch.full_like(q[~s], 14))
+
+
+def test_pgd_respects_budget(victim, test_xy):
+    x0, y = test_xy[0][:30], test_xy[1][:30]
+    cm = CountingModel(victim, x0)
+    o = Oracle(cm, x0, y, access="gradient", norm="linf", eps=0.02, max_queries=5, num_classes=10)
+    PGD(steps=40, restarts=3).run(o, torch.Generator().manual_seed(0))
+    assert int(cm.per_sample.max()) <= 5 and torch.equal(o.queries, cm.per_sample)
+
+
+def test_access_levels_enforced(victim, test_xy):
+    x0, y = test_xy[0][:4], test_xy[1][:4]
+    o = Oracle(victim, x0, y, access="label", eps=0.1, max_queries=10, num_classes=10)
+    assert o.labels(x0).shape == (4,)
+    with pytest.raises(AccessError):
+        o.scores(x0)
+    with pytest.raises(AccessError):
+        o.gradient(x0, lambda lg, i: lg.sum(1))
+    o = Oracle(victim, x0, y, access="scores", eps=0.1, max_queries=10, num_classes=10)
+    o.scores(x0)
+    with pytest.raises(AccessError):
+        o.logits(x0)
+
+
+def test_first_success_query_number_and_criterion():
+    # 3 samples, all class 0 (mean 0.3); class 1 needs mean > 0.5
+    x0 = torch.full((3, 1, 4, 4), 0.3)
+    y = torch.zeros(3, dtype=torch.long)
+    o = Oracle(MeanModel(), x0, y, access="label", norm="linf", eps=0.25, max_queries=100, num_classes=2)
+    # sample 0: rows with mean 0.4, 0.52 (success: 2nd query), 0.54
+    # sample 1: mean 0.6 but outside the eps-ball (0.3 away) -> adversarial, not a success
+    # sample 2: mean 0.52 but one pixel above 1 -> not a valid image
+    bad = torch.full((1, 4, 4), 0.52)
+    bad[0, 0, 0] = 1.05
+    xs = torch.stack([torch.full((1, 4, 4), v) for v in (0.4, 0.52, 0.54, 0.6)] + [bad])
+    idx = torch.tensor([0, 0, 0, 1, 2])
+    assert o.labels(xs, idx).tolist() == [0, 1, 1, 1, 1]
+    assert o.success.tolist() == [True, False, False]
+    assert o.queries_at_success.tolist() == [2, -1, -1]
+    assert o.queries.tolist() == [3, 1, 1]
+    # eps-bounded run: a successful sample is done, its further rows are not answered nor counted
+    assert o.labels(xs[:1], idx[:1]).tolist() == [-1] and o.queries.tolist() == [3, 1, 1]
+    # the best point of sample 0 is the least distorted success (mean 0.52, Linf 0.22)
+    assert torch.allclose(o.best_x[0], torch.full((1, 4, 4), 0.52))
+    # sample 1 succeeds later, inside the ball: its query number counts every earlier row
+    o.labels(torch.full((2, 1, 4, 4), 0.45).index_put_((torch.tensor([1]),), torch.full((1, 4, 4), 0.53)), torch.tensor([1, 1]))
+    assert o.queries_at_success.tolist() == [2, 3, -1]
+    r = o.finalize()
+    assert r.success.tolist() == [True, True, False] and r.adversarial.tolist() == [True, True, False]  # out of [0,1] is no image
+
+
+def test_targeted_criterion():
+    x0 = torch.full((2, 1, 2, 2), 0.3)
+    y = torch.zeros(2, dtype=torch.long)
+    o = Oracle(MeanModel(), x0, y, access="label", eps=1.0, targets=torch.tensor([1, 0]), max_queries=10, num_classes=2)
+    o.labels(torch.full((2, 1, 2, 2), 0.9))
+    assert o.success.tolist() == [True, False]  # sample 1's "target" is its own label: predicted 1 != 0
+
+
+def test_minimal_distortion_mode_keeps_improving():
+    x0 = torch.full((1, 1, 2, 2), 0.3)
+    o = Oracle(MeanModel(), x0, torch.zeros(1, dtype=torch.long), access="label", norm="l2", eps=0.5,
+               max_queries=10, stop_on_success=False, num_classes=2)
+    for v in (0.9, 0.7, 0.55, 0.45, 0.8):
+        o.labels(torch.full((1, 1, 1, 2, 2), v)[0], torch.tensor([0]))
+    assert o.queries_at_success.tolist() == [3]  # L2 of 0.25*2=0.5 at the 3rd query (0.9, 0.7 too far)
+    assert torch.allclose(o.best_dist, torch.tensor([0.5])) and float(o.best_x.mean()) == pytest.approx(0.55)
+
+
+class FlakyModel(nn.Module):
+    """Misclassifies during the attack, then behaves: a success the victim does not confirm."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.fooled = model, True
+
+    def forward(self, x):
+        lg = self.model(x)
+        return -lg if self.fooled else lg
+
+
+def test_final_recheck_revokes_unconfirmed_successes(victim, test_xy):
+    x0, y = test_xy[0][:10], test_xy[1][:10]
+    fm = FlakyModel(victim)
+    o = Oracle(fm, x0, y, access="label", eps=0.1, max_queries=10, num_classes=10)
+    o.labels(x0)
+    assert bool(o.success.all())
+    fm.fooled = False
+    r = o.finalize()
+    assert r.claimed.all() and not r.success.any()
+    assert torch.equal(r.queries, torch.ones(10, dtype=torch.long))  # the re-check is not counted
+
+
+def test_an_attack_cannot_claim_success(victim, test_xy):
+    """Whatever an attack returns or sets on itself, success is what the oracle saw."""
+    from robench.attacks.base import Attack
+
+    class Liar(Attack):
+        access = "label"
+
+        def run(self, oracle, generator):
+            oracle.labels(oracle.x0)  # clean points: correct, so not adversarial
+            return torch.ones(oracle.n, dtype=torch.bool)
+
+    x0, y = test_xy[0][:10], test_xy[1][:10]
+    o = Oracle(victim, x0, y, access="label", eps=0.3, max_queries=10, num_classes=10)
+    Liar().run(o, torch.Generator())
+    assert not o.finalize().success.any()
