@@ -46,6 +46,42 @@ def _precheck_groups(args: List[str]) -> None:
                 raise RobenchError(f"unknown {key} '{v}'; valid: {', '.join(opts)} (see `robench list`)")
 
 
+#: Hydra's own command-line flags that take a value
+_FLAGS_WITH_VALUE = {"--cfg", "-c", "--config-name", "-cn", "--config-path", "-cp", "--config-dir", "-cd",
+                     "--package", "-p", "--info", "--experimental-rerun"}
+
+
+def _dry_compose(config_name: str, args: List[str]) -> None:
+    """Compose the config once (first value of each sweep) so that a bad override fails in one line,
+    before Hydra prints its multi-line report."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from robench.config import configs_dir
+
+    overrides, skip = [], False
+    for a in args:
+        if skip:
+            skip = False
+            continue
+        if a.startswith("-"):
+            skip = a in _FLAGS_WITH_VALUE
+            continue
+        overrides.append(a)
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+        plain = [f"{o.get_key_element()}={next(o.sweep_string_iterator())}" if o.is_sweep_override() else o.input_line
+                 for o in parsed if not o.get_key_element().lstrip("+~").startswith("hydra.")]
+        with initialize_config_dir(version_base="1.3", config_dir=str(configs_dir())):
+            compose(config_name=config_name, overrides=plain)
+    except Exception as e:  # Hydra's errors are multi-line: keep the first, it names the problem
+        msg = " ".join(str(e).strip().splitlines()[:2]).strip() or e.__class__.__name__
+        raise RobenchError(f"bad override: {msg}") from None
+    finally:
+        GlobalHydra.instance().clear()
+
+
 def _hydra_command(prog: str, config_name: str, job: Callable, args: List[str]) -> None:
     import hydra
     from hydra.core.hydra_config import HydraConfig
@@ -57,6 +93,8 @@ def _hydra_command(prog: str, config_name: str, job: Callable, args: List[str]) 
 
     if PLUGIN_CONFIG_DIRS and not any(a.startswith("hydra.searchpath") for a in args):
         args = args + ["hydra.searchpath=[" + ",".join(f"file://{d}" for _, d in PLUGIN_CONFIG_DIRS) + "]"]
+    if not any(a.startswith("hydra.searchpath") for a in args):
+        _dry_compose(config_name, args)
 
     @hydra.main(version_base="1.3", config_path=str(configs_dir()), config_name=config_name)
     def app(cfg) -> None:

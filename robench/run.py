@@ -18,7 +18,7 @@ import robench
 from robench import results as R
 from robench.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint, train_command
 from robench.config import resolve_device, validate_budget, validate_common, validate_names
-from robench.data import eval_slice, load_dataset
+from robench.data import eval_slice, load_dataset, parse_shard
 from robench.defenses.base import InputDefense, TrainingRecipe
 from robench.errors import RobenchError
 from robench.models import build_model
@@ -85,6 +85,7 @@ def run_attack(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     validate_common(cfg)
     validate_budget(cfg.budget, cfg.dataset.get("num_classes"))
     validate_names(cfg, ("dataset", "model", "attack", "defense"))
+    parse_shard(cfg.dataset.get("shard"))
     attack = instantiate(ATTACKS, cfg.attack.name, _plain(cfg.attack).get("params"), "attack")
     batch_size = int(cfg.attack.get("batch_size", 1000))
     if batch_size < 1:
@@ -95,8 +96,8 @@ def run_attack(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
 
     splits = load_dataset(cfg.dataset)
     validate_budget(cfg.budget, splits.num_classes)
-    model, meta = load_victim(cfg, splits, device)
     idx, x, y = eval_slice(splits, cfg.dataset.get("n_samples"), int(cfg.dataset.get("offset", 0)), cfg.dataset.get("shard"))
+    model, meta = load_victim(cfg, splits, device)
     logits = predict(model, x).cpu()
     clean_pred = logits.argmax(1)
     b = cfg.budget

@@ -18,7 +18,9 @@ SMALL = ["dataset.n_samples=40", "progress=false"]
     ("budget.target=12", "budget.target=12 is out of range"),
     ("attack=nope", "unknown attack 'nope'; valid: pgd"),
     ("model.name=nope", "unknown model 'nope'; valid: cw_cifar, cw_mnist"),
-    ("attack.params.wings=3", "attack 'pgd' has no parameter(s) wings; valid: steps"),
+    ("+attack.params.wings=3", "attack 'pgd' has no parameter(s) wings; valid: steps"),
+    ("attack.params.wings=3", "bad override: Could not override 'attack.params.wings'"),
+    ("budget.eps=[0.1", "bad override"),
     ("dataset=cifar10", "CIFAR-10 not found under"),
     ("dataset.shard=5/2", "dataset.shard=5/2"),
 ])
@@ -64,7 +66,7 @@ def test_train_then_attack_end_to_end(tmp_path):
     assert p.returncode == 0, p.stderr
     assert (ck / "mnist" / "cw_mnist" / "none.pt").exists()
     tsum = json.loads((tmp_path / "train" / "summary.json").read_text())
-    assert tsum["command"] == "train-defense" and tsum["clean_accuracy"] > 0.9
+    assert tsum["command"] == "train-defense" and tsum["clean_accuracy"] > 0.8
     assert len(pd.read_csv(tmp_path / "train" / "train_log.csv")) == 1
 
     run = tmp_path / "attack"

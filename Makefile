@@ -1,0 +1,28 @@
+# robench: `make demo` trains the default victim and attacks it; `make test` runs the tests.
+# Both create .venv and install robench into it on first use (fresh machine: nothing else needed).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test bench install clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/robench train-defense dataset=mnist model=cw_mnist defense=none
+	$(BIN)/robench attack dataset=mnist model=cw_mnist defense=none attack=pgd budget=linf_0.3
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_oracle.py
+
+clean:
+	rm -rf $(VENV) checkpoints results/attack results/train results/multirun
