@@ -190,6 +190,9 @@ def main(argv=None) -> int:
     console.print("(a) PGD early_stop=False, Oracle stop_on_success=False (equal work); (b) plain loop "
                   "(robust acc of the final iterate); info rows: 'robench default' early_stop=True, "
                   "'robench no-early' early_stop=False with the oracle's default stop_on_success=True")
+    paired = statistics.median(a / b for a, b in zip(ta, tb))
+    console.print(f"robench/direct: ratio of medians {ratio:.3f}, median of per-round ratios {paired:.3f}, "
+                  f"ratio of minimums {min(ta) / min(tb):.3f} (the last two resist load from other processes)")
     console.print(f"agreement: robust acc robench {acc_a:.1%} vs direct {acc_b:.1%} (final iterate), "
                   f"{abs(acc_a - acc_b) * n:.0f} sample(s) apart; robench successes vs direct 'fooled at any "
                   f"iterate': {mism} mismatch(es); full-work queries {full} per run")

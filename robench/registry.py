@@ -16,7 +16,7 @@ Hydra's search path, so ``attack=my_attack`` works like a built-in.
 """
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import inspect
 from importlib import metadata
 from pathlib import Path
@@ -111,8 +111,6 @@ def load_plugins() -> None:
         if callable(obj) and not inspect.isclass(obj):
             obj()
         mod = ep.value.split(":")[0]
-        spec = importlib.util.find_spec(mod)
-        if spec is not None and spec.submodule_search_locations:
-            cdir = Path(list(spec.submodule_search_locations)[0]) / "configs"
-            if cdir.is_dir():
-                PLUGIN_CONFIG_DIRS.append((mod, cdir))
+        for p in getattr(importlib.import_module(mod), "__path__", None) or []:
+            if (Path(p) / "configs").is_dir():
+                PLUGIN_CONFIG_DIRS.append((mod, Path(p) / "configs"))
