@@ -159,9 +159,8 @@ class Oracle:
         """
         self._require("gradient")
         idx, rank, ok, all_ok = self._admit(x, idx)
-        grad = torch.zeros_like(x)
         if not all_ok and not bool(ok.any()):
-            return self._scatter_rows(None, ok, x.shape[0]), grad
+            return self._scatter_rows(None, ok, x.shape[0]), torch.zeros_like(x)
         xr, ir, rr = (x, idx, rank) if all_ok else (x[ok], idx[ok], rank[ok])
         xr = xr.detach().requires_grad_(True)
         with torch.enable_grad():
@@ -172,6 +171,7 @@ class Oracle:
         self._record(xr.detach(), ir, rr, logits, gradient=True)
         if all_ok:
             return logits, g
+        grad = torch.zeros_like(x)
         grad[ok] = g
         return self._scatter_rows(logits, ok, x.shape[0]), grad
 

@@ -28,7 +28,9 @@ class PGD(Attack):
 
     Every step is one gradient query per active sample; the final iterate of each restart costs one
     more forward query (the oracle sees it). With ``early_stop`` (default) a sample leaves the batch
-    as soon as the oracle has seen it succeed.
+    as soon as the oracle has seen it succeed. (Which rows reach the model is the oracle's decision:
+    in an eps-bounded run it answers no row of a successful sample, so ``early_stop=False`` only keeps
+    PGD's own arrays full; the benchmark also sets the oracle's ``stop_on_success=False``.)
     """
 
     access = "gradient"
