@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional, Sequence, Tuple
+
+import torch
+from torch.utils.data import Dataset
+
+from robench.errors import RobenchError
+from robench.registry import DATASETS
+
+
+@dataclass
+class DatasetSplits:
+    name: str
+    train: Dataset
+    test: Dataset
+    num_classes: int
+    shape: Tuple[int, int, int]          # C, H, W of one image
+    mean: Sequence[float]                 # per-channel, used by the model's Normalize layer
+    std: Sequence[float]
+    class_names: Optional[Sequence[str]] = None
+    extra: dict = field(default_factory=dict)
+
+
+def load_dataset(cfg: Any) -> DatasetSplits:
+    """Build the dataset named ``cfg.name`` with the rest of ``cfg`` as its options."""
+    return DATASETS.get(cfg.name)(cfg)
+
+
+def parse_shard(shard: Any) -> Tuple[int, int]:
+    """``"i/n"`` (0-based shard i of n) -> (i, n); ``None`` -> (0, 1)."""
+    if shard in (None, "", "null"):
+        return 0, 1
+    try:
+        i, n = (int(s) for s in str(shard).split("/"))
+    except ValueError:
+        raise RobenchError(f"dataset.shard must look like i/n (e.g. 0/4), got '{shard}'") from None
+    if n < 1 or not 0 <= i < n:
+        raise RobenchError(f"dataset.shard={shard}: need n >= 1 and 0 <= i < n")
+    return i, n
+
+
+def eval_indices(n_total: int, n_samples: Optional[int], offset: int, shard: Any) -> torch.Tensor:
+    """Test-split indices for this evaluation: ``[offset, offset + n_samples)``, then shard i of n.
+
+    Shards are contiguous, as equal as possible (the first ``len % n`` shards hold one more); their
+    union is exactly the unsharded selection, so merging shard records reproduces the unsharded run.
+    """
+    if offset < 0 or offset >= n_total:
+        raise RobenchError(f"dataset.offset={offset} is outside the test split (0..{n_total - 1})")
+    if n_samples is not None and n_samples < 1:
+        raise RobenchError(f"dataset.n_samples must be >= 1 (or null for all), got {n_samples}")
+    end = n_total if n_samples is None else min(n_total, offset + n_samples)
+    idx = torch.arange(offset, end)
+    i, n = parse_shard(shard)
+    return torch.tensor_split(idx, n)[i]
+
+
+def eval_slice(splits: DatasetSplits, n_samples: Optional[int], offset: int = 0,
+               shard: Any = None) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Returns (dataset indices, images NCHW in [0,1], labels) of the evaluation slice."""
+    idx = eval_indices(len(splits.test), n_samples, offset, shard)
+    if len(idx) == 0:
+        raise RobenchError("the evaluation slice is empty: check dataset.n_samples, dataset.offset and dataset.shard")
+    xs, ys = zip(*(splits.test[int(i)] for i in idx))
+    return idx, torch.stack(xs).float(), torch.as_tensor(ys, dtype=torch.long)
