@@ -86,35 +86,48 @@ class Oracle:
         self.recheck_repeats = int(recheck_repeats)
         self.tol = tol
         self.device = x0.device
-        self.x0 = x0.detach()
-        self.y = y.to(self.device)
-        self.targets = None if targets is None else targets.to(self.device)
+        self._x0 = x0.detach()
+        self._y = y.to(self.device)
+        self._targets = None if targets is None else targets.to(self.device)
         self.targeted = targets is not None
         n = self.n = x0.shape[0]
         dev = self.device
-        self.queries = torch.zeros(n, dtype=torch.long, device=dev)
-        self.grad_queries = torch.zeros(n, dtype=torch.long, device=dev)
-        self.success = torch.zeros(n, dtype=torch.bool, device=dev)
-        self.queries_at_success = torch.full((n,), -1, dtype=torch.long, device=dev)
+        self._queries = torch.zeros(n, dtype=torch.long, device=dev)
+        self._grad_queries = torch.zeros(n, dtype=torch.long, device=dev)
+        self._success = torch.zeros(n, dtype=torch.bool, device=dev)
+        self._queries_at_success = torch.full((n,), -1, dtype=torch.long, device=dev)
         self._success_call = torch.full((n,), -1, dtype=torch.long, device=dev)
-        self.best_dist = torch.full((n,), float("inf"), device=dev)
-        self._best_key = self.best_dist.clone()
-        self.best_x = self.x0.clone()
+        self._best_dist = torch.full((n,), float("inf"), device=dev)
+        self._best_key = self._best_dist.clone()
+        self._best_x = self._x0.clone()
         self._call_times: list[float] = []
         self._t0 = time.perf_counter()
         self._finalized: Optional[OracleResult] = None
         if num_classes is None:  # output width only, never shown to the attack: not a query
             with torch.no_grad():
-                num_classes = int(model(self.x0[:1]).shape[1])
+                num_classes = int(model(self._x0[:1]).shape[1])
         self._k = int(num_classes)
 
     # ------------------------------------------------------------------ what an attack may read
+    # (copies: the oracle's own bookkeeping cannot be edited from outside)
+    x0 = property(lambda self: self._x0.clone(), doc="The clean images of the batch.")
+    y = property(lambda self: self._y.clone(), doc="Their true labels.")
+    targets = property(lambda self: None if self._targets is None else self._targets.clone(),
+                       doc="Target classes (targeted runs), else None.")
+    queries = property(lambda self: self._queries.clone(), doc="Queries spent per sample.")
+    grad_queries = property(lambda self: self._grad_queries.clone(), doc="Of which gradient (forward+backward) rows.")
+    success = property(lambda self: self._success.clone(), doc="Samples the oracle has seen succeed.")
+    queries_at_success = property(lambda self: self._queries_at_success.clone(),
+                                  doc="Query number of each sample's first success (-1: none yet).")
+    best_dist = property(lambda self: self._best_dist.clone(), doc="Distortion of each sample's best adversarial point.")
+    best_x = property(lambda self: self._best_x.clone(), doc="Each sample's best adversarial point (x0 where none).")
+
     @property
     def active(self) -> torch.Tensor:
         """Bool per sample: still worth querying (budget left and, for eps-bounded runs, not yet successful)."""
-        done = self.queries >= self.max_queries
+        done = self._queries >= self.max_queries
         if self.stop_on_success:
-            done = done | self.success
+            done = done | self._success
         return ~done
 
     def active_indices(self) -> torch.Tensor:
@@ -123,7 +136,7 @@ class Oracle:
     @property
     def remaining(self) -> torch.Tensor:
         """Queries each sample has left."""
-        return (self.max_queries - self.queries).clamp_min(0)
+        return (self.max_queries - self._queries).clamp_min(0)
 
     @property
     def num_classes(self) -> int:
@@ -180,10 +193,10 @@ class Oracle:
         """Re-check every success with fresh, uncounted forward passes and freeze the result."""
         if self._finalized is not None:
             return self._finalized
-        confirmed = self.success.clone()
-        sel = self.success.nonzero().flatten()
+        confirmed = self._success.clone()
+        sel = self._success.nonzero().flatten()
         if len(sel):
-            xs = self.best_x[sel]
+            xs = self._best_x[sel]
             ok = torch.ones(len(sel), dtype=torch.bool, device=self.device)
             for _ in range(max(1, self.recheck_repeats)):
                 with torch.no_grad():
@@ -194,10 +207,10 @@ class Oracle:
         sc = self._success_call.cpu()
         secs = torch.where(sc >= 0, call_times[sc.clamp_min(0)], torch.tensor(float("nan"), dtype=torch.float64))
         self._finalized = OracleResult(
-            success=confirmed.cpu(), claimed=self.success.cpu(), queries=self.queries.cpu(),
-            grad_queries=self.grad_queries.cpu(), queries_at_success=self.queries_at_success.cpu(),
-            seconds_at_success=secs, adversarial=torch.isfinite(self.best_dist).cpu(),
-            best_x=self.best_x.detach().cpu(), seconds=time.perf_counter() - self._t0)
+            success=confirmed.cpu(), claimed=self._success.cpu(), queries=self._queries.cpu(),
+            grad_queries=self._grad_queries.cpu(), queries_at_success=self._queries_at_success.cpu(),
+            seconds_at_success=secs, adversarial=torch.isfinite(self._best_dist).cpu(),
+            best_x=self._best_x.detach().cpu(), seconds=time.perf_counter() - self._t0)
         return self._finalized
 
     # ------------------------------------------------------------------ internals
@@ -243,9 +256,9 @@ class Oracle:
 
     def _criterion(self, x: torch.Tensor, idx: torch.Tensor, pred: torch.Tensor):
         """(is adversarial and a valid image, is that and within eps, distortion) per row."""
-        is_adv = (pred == self.targets[idx]) if self.targeted else (pred != self.y[idx])
+        is_adv = (pred == self._targets[idx]) if self.targeted else (pred != self._y[idx])
         in_box = (x >= -self.tol).flatten(1).all(1) & (x <= 1 + self.tol).flatten(1).all(1)
-        dist = distortion(x - self.x0[idx], self.norm)
+        dist = distortion(x - self._x0[idx], self.norm)
         valid = is_adv & in_box
         within = valid if self.eps is None else valid & (dist <= self.eps + self.tol)
         return valid, within, dist
@@ -255,20 +268,20 @@ class Oracle:
         n = self.n
         call = len(self._call_times)
         self._call_times.append(time.perf_counter())
-        qnum = self.queries[idx] + rank + 1  # query number of each row, per sample
+        qnum = self._queries[idx] + rank + 1  # query number of each row, per sample
         counts = torch.bincount(idx, minlength=n)
-        self.queries += counts
+        self._queries += counts
         if gradient:
-            self.grad_queries += counts
+            self._grad_queries += counts
         valid, within, dist = self._criterion(x, idx, logits.argmax(1))
         # first success: the smallest query number among this call's successful rows
         big = torch.iinfo(torch.long).max
         first = torch.full((n,), big, dtype=torch.long, device=self.device)
         first.scatter_reduce_(0, idx, torch.where(within, qnum, big), "amin")
-        new = (~self.success) & (first < big)
-        self.queries_at_success = torch.where(new, first, self.queries_at_success)
+        new = (~self._success) & (first < big)
+        self._queries_at_success = torch.where(new, first, self._queries_at_success)
         self._success_call = torch.where(new, torch.full_like(self._success_call, call), self._success_call)
-        self.success |= new
+        self._success |= new
         # best adversarial point: smallest distortion, points inside the eps-ball ranked before any
         # outside it, so a successful sample's best point is always a success-eligible one
         inf = torch.full_like(dist, float("inf"))
@@ -278,8 +291,8 @@ class Oracle:
         improved = (key == self._best_key[idx]) & (key < old[idx])
         if bool(improved.any()):
             rows = improved.nonzero().flatten()
-            self.best_x[idx[rows]] = x[rows]
-            self.best_dist[idx[rows]] = dist[rows]
+            self._best_x[idx[rows]] = x[rows]
+            self._best_dist[idx[rows]] = dist[rows]
 
 
 #: added to the ranking key of adversarial points outside the eps-ball so any point inside ranks first

@@ -174,9 +174,14 @@ def test_an_attack_cannot_claim_success(victim, test_xy):
 
         def run(self, oracle, generator):
             oracle.labels(oracle.x0)  # clean points: correct, so not adversarial
+            oracle.success[:] = True  # edits a copy: the bookkeeping is the oracle's own
+            oracle.queries[:] = 0
+            oracle.x0.add_(0.5)
             return torch.ones(oracle.n, dtype=torch.bool)
 
     x0, y = test_xy[0][:10], test_xy[1][:10]
     o = Oracle(victim, x0, y, access="label", eps=0.3, max_queries=10, num_classes=10)
     Liar().run(o, torch.Generator())
-    assert not o.finalize().success.any()
+    r = o.finalize()
+    assert not r.success.any() and not r.claimed.any()
+    assert r.queries.tolist() == [1] * 10 and torch.equal(o.x0, x0)
