@@ -24,6 +24,7 @@ hydra.run.dir=..., hydra.sweep.dir=... all work. See README.md.
 
 
 def die(msg: str, code: int = 2) -> None:
+    msg = " ".join(str(msg).split())  # always one line, whatever an underlying library put in it
     print(f"robench: error: {msg}", file=sys.stderr)
     sys.exit(code)
 

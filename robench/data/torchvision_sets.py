@@ -20,7 +20,9 @@ def torchvision_split(cls, cfg, train: bool, what: str, **kw):
         return cls(str(root), train=train, download=download, transform=T.ToTensor(), **kw)
     except RuntimeError as e:  # torchvision: "Dataset not found or corrupted. You can use download=True ..."
         if download:
-            raise RobenchError(f"{what} could not be downloaded to {root}: {e}") from None
+            first = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
+            raise RobenchError(f"{what} could not be downloaded to {root} ({first}); offline, put the files "
+                               f"there or set dataset.root=DIR") from None
         raise RobenchError(f"{what} not found under {root}: pass dataset.download=true (needs internet) "
                            f"or dataset.root=DIR pointing at an existing copy") from None
     except OSError as e:  # download attempted offline
