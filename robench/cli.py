@@ -29,11 +29,15 @@ def die(msg: str, code: int = 2) -> None:
     sys.exit(code)
 
 
+def _user_searchpath(args: List[str]) -> bool:
+    return any(a.startswith("hydra.searchpath") for a in args)
+
+
 def _precheck_groups(args: List[str]) -> None:
     """Fail fast, in one line, on a config-group choice that does not exist (e.g. attack=foo)."""
     from robench.config import GROUPS, group_options
 
-    if any(a.startswith("hydra.searchpath") for a in args):
+    if _user_searchpath(args):
         return  # configs from elsewhere: let Hydra resolve them
     for a in args:
         if "=" not in a or a.startswith(("-", "+", "~")):
@@ -72,8 +76,9 @@ def _dry_compose(config_name: str, args: List[str]) -> None:
         overrides.append(a)
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
+        keep = lambda k: not k.startswith("hydra.") or k.startswith("hydra.searchpath")  # search path: plugin configs
         plain = [f"{o.get_key_element()}={next(o.sweep_string_iterator())}" if o.is_sweep_override() else o.input_line
-                 for o in parsed if not o.get_key_element().lstrip("+~").startswith("hydra.")]
+                 for o in parsed if keep(o.get_key_element().lstrip("+~"))]
         with initialize_config_dir(version_base="1.3", config_dir=str(configs_dir())):
             compose(config_name=config_name, overrides=plain)
     except Exception as e:  # Hydra's errors are multi-line: keep the first, it names the problem
@@ -88,14 +93,13 @@ def _hydra_command(prog: str, config_name: str, job: Callable, args: List[str]) 
     from hydra.core.hydra_config import HydraConfig
 
     from robench.config import configs_dir
+    from robench.registry import PLUGIN_CONFIG_DIRS, load_plugins
 
+    load_plugins()  # fills PLUGIN_CONFIG_DIRS
     _precheck_groups(args)
-    from robench.registry import PLUGIN_CONFIG_DIRS
-
-    if PLUGIN_CONFIG_DIRS and not any(a.startswith("hydra.searchpath") for a in args):
+    if PLUGIN_CONFIG_DIRS and not _user_searchpath(args):
         args = args + ["hydra.searchpath=[" + ",".join(f"file://{d}" for _, d in PLUGIN_CONFIG_DIRS) + "]"]
-    if not any(a.startswith("hydra.searchpath") for a in args):
-        _dry_compose(config_name, args)
+    _dry_compose(config_name, args)
 
     @hydra.main(version_base="1.3", config_path=str(configs_dir()), config_name=config_name)
     def app(cfg) -> None:

@@ -154,3 +154,7 @@ def test_entry_point_plugin_package(tmp_path, ckpt_dir):
     s = json.loads((run / "summary.json").read_text())
     assert s["attack"] == "example_fgsm" and s["success_rate"] > 0.3
     assert pd.read_csv(run / "records.csv").query("attacked").queries.max() <= 2  # one gradient + one label query
+    # overrides of a plugin's config are checked up front too, in one line
+    p = run_cli("attack", "attack=example_fgsm", "attack.params.nope=1", f"checkpoint_dir={ckpt_dir}",
+                f"hydra.run.dir={tmp_path}/bad", env=env, cwd=tmp_path)
+    assert p.returncode == 2 and p.stderr.startswith("robench: error: bad override: Could not override"), p.stderr
