@@ -72,7 +72,8 @@ class Oracle:
     def __init__(self, model: nn.Module, x0: torch.Tensor, y: torch.Tensor, *, access: str,
                  norm: str = "linf", eps: Optional[float] = None, max_queries: int = 10_000,
                  targets: Optional[torch.Tensor] = None, stop_on_success: bool = True,
-                 recheck_repeats: int = 1, tol: float = 1e-5, num_classes: Optional[int] = None):
+                 recheck_repeats: int = 1, tol: float = 1e-5, num_classes: Optional[int] = None,
+                 eot_samples: int = 1):
         if access not in ACCESS_LEVELS:
             raise ValueError(f"access must be one of {ACCESS_LEVELS}, got {access!r}")
         if norm not in ("linf", "l2"):
@@ -84,6 +85,9 @@ class Oracle:
         self.max_queries = int(max_queries)
         self.stop_on_success = stop_on_success
         self.recheck_repeats = int(recheck_repeats)
+        if int(eot_samples) < 1:
+            raise ValueError(f"eot_samples must be >= 1, got {eot_samples}")
+        self.eot_samples = int(eot_samples)
         self.tol = tol
         self.device = x0.device
         self._x0 = x0.detach()
@@ -169,8 +173,30 @@ class Oracle:
 
         Each answered row costs one query (a gradient query). Unanswered rows get NaN logits and a
         zero gradient. Needs access ``gradient``.
+
+        EOT (expectation over transformation, Athalye et al. 2018): with ``eot_samples = k > 1`` each
+        row is evaluated k times (k forward+backward rows, k queries, each judged for success: the
+        victim's randomized input defense draws afresh every time) and the returned gradient is the
+        mean over the answered copies; the logits returned are those of the first copy. When the
+        victim's forward has no gradient path at all (a non-differentiable input defense without
+        BPDA), the gradient is zero: that is exactly what a naive attacker gets.
         """
         self._require("gradient")
+        k = self.eot_samples
+        if k == 1:
+            return self._gradient_rows(x, loss_fn, idx)
+        if idx is None:
+            if x.shape[0] != self.n:
+                raise ValueError(f"{x.shape[0]} rows for {self.n} samples: pass idx (the sample of each row)")
+            idx = torch.arange(self.n, device=self.device)
+        m = x.shape[0]
+        logits, g = self._gradient_rows(x.repeat(k, *([1] * (x.dim() - 1))), loss_fn, idx.to(self.device).repeat(k))
+        answered = ~torch.isnan(logits[:, 0])
+        cnt = answered.view(k, m).sum(0).clamp_min(1).to(g.dtype)
+        g = g.view(k, m, *x.shape[1:]).sum(0) / cnt.view(-1, *([1] * (x.dim() - 1)))
+        return logits[:m], g
+
+    def _gradient_rows(self, x, loss_fn, idx):
         idx, rank, ok, all_ok = self._admit(x, idx)
         if not all_ok and not bool(ok.any()):
             return self._scatter_rows(None, ok, x.shape[0]), torch.zeros_like(x)
@@ -179,7 +205,12 @@ class Oracle:
         with torch.enable_grad():
             logits = self._model(xr)
             loss = loss_fn(logits, ir)
-            g, = torch.autograd.grad(loss.sum(), xr)
+            if loss.requires_grad:
+                g, = torch.autograd.grad(loss.sum(), xr, allow_unused=True)
+            else:
+                g = None
+        if g is None:
+            g = torch.zeros_like(xr)
         logits = logits.detach()
         self._record(xr.detach(), ir, rr, logits, gradient=True)
         if all_ok:

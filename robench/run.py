@@ -19,7 +19,7 @@ from robench import results as R
 from robench.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint, train_command
 from robench.config import resolve_device, validate_budget, validate_common, validate_names
 from robench.data import eval_slice, load_dataset, parse_shard
-from robench.defenses.base import InputDefense, TrainingRecipe
+from robench.defenses.base import InputDefense, TrainingRecipe, set_bpda
 from robench.errors import RobenchError
 from robench.models import build_model
 from robench.oracle import Oracle, distortion
@@ -98,6 +98,10 @@ def run_attack(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     validate_budget(cfg.budget, splits.num_classes)
     idx, x, y = eval_slice(splits, cfg.dataset.get("n_samples"), int(cfg.dataset.get("offset", 0)), cfg.dataset.get("shard"))
     model, meta = load_victim(cfg, splits, device)
+    bpda, eot_samples = bool(cfg.attack.get("bpda", False)), int(cfg.attack.get("eot_samples", 1))
+    if eot_samples < 1:
+        raise RobenchError(f"attack.eot_samples must be an integer >= 1, got {eot_samples}")
+    set_bpda(model, bpda)
     logits = predict(model, x).cpu()
     clean_pred = logits.argmax(1)
     b = cfg.budget
@@ -128,7 +132,8 @@ def run_attack(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
                             norm=b.norm, eps=b.eps, max_queries=int(b.max_queries),
                             targets=None if targets is None else targets[sel].to(device),
                             stop_on_success=not attack.minimizes_distortion,
-                            recheck_repeats=int(cfg.get("recheck_repeats", 1)), num_classes=splits.num_classes)
+                            recheck_repeats=int(cfg.get("recheck_repeats", 1)), num_classes=splits.num_classes,
+                            eot_samples=eot_samples if attack.access == "gradient" else 1)
             attack.run(oracle, gen)
             res = oracle.finalize()
             t_attack += res.seconds

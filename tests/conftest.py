@@ -38,10 +38,38 @@ def victim(splits):
     torch.manual_seed(0)
     model = build_model("cw_mnist", splits)
     tcfg = OmegaConf.load(ROOT / "configs" / "run_train.yaml").train
-    m = train(model, Natural(), splits, tcfg, torch.device("cpu"), seed=0, progress=False)
+    cache = _victim_cache_path(tcfg)
+    if cache is not None and cache.exists():
+        blob = torch.load(cache, weights_only=False)
+        model.load_state_dict(blob["state"])
+        m = blob["metrics"]
+    else:
+        m = train(model, Natural(), splits, tcfg, torch.device("cpu"), seed=0, progress=False)
+        if cache is not None:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache.with_suffix(".tmp%d" % os.getpid())
+            torch.save({"state": model.state_dict(), "metrics": m}, tmp)
+            os.replace(tmp, cache)
     model.eval()
     model.metrics = m
     return model
+
+
+def _victim_cache_path(tcfg):
+    """Opt-in developer cache of the session victim (ROBENCH_TEST_CACHE=folder): keyed by the training
+    config and the source of everything that shapes the weights, so a code change retrains. CI never
+    sets it, so CI always trains from scratch."""
+    import hashlib
+
+    folder = os.environ.get("ROBENCH_TEST_CACHE")
+    if not folder:
+        return None
+    h = hashlib.sha256(OmegaConf.to_yaml(tcfg).encode())
+    for rel in ("robench/train.py", "robench/models/mnist_models.py", "robench/models/base.py",
+                "robench/data/mnist.py", "robench/data/base.py", "robench/defenses/natural.py"):
+        h.update((ROOT / rel).read_bytes())
+    h.update(torch.__version__.encode())
+    return Path(folder) / f"victim-{h.hexdigest()[:16]}.pt"
 
 
 @pytest.fixture(scope="session")

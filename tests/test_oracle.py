@@ -185,3 +185,48 @@ def test_an_attack_cannot_claim_success(victim, test_xy):
     r = o.finalize()
     assert not r.success.any() and not r.claimed.any()
     assert r.queries.tolist() == [1] * 10 and torch.equal(o.x0, x0)
+
+
+class _Quantize(__import__("robench.defenses.base", fromlist=["InputDefense"]).InputDefense):
+    """Non-differentiable test transform: round to 4 levels."""
+
+    def transform(self, x):
+        return torch.round(x * 3) / 3
+
+
+def test_bpda_switches_gradient_of_non_differentiable_defense(victim, test_xy):
+    from robench.defenses.base import set_bpda
+
+    x, y = test_xy[0][:8], test_xy[1][:8]
+    model = torch.nn.Sequential(_Quantize(), victim).eval()
+    loss = lambda logits, i: torch.nn.functional.cross_entropy(logits, y[i], reduction="none")
+    o = Oracle(model, x, y, access="gradient", eps=0.3, max_queries=10)
+    _, g = o.gradient(x, loss)
+    assert float(g.abs().sum()) == 0.0  # no gradient path: the naive attacker's view
+    assert set_bpda(model, True) == 1
+    o = Oracle(model, x, y, access="gradient", eps=0.3, max_queries=10)
+    logits, g = o.gradient(x, loss)
+    assert float(g.abs().sum()) > 0
+    with torch.no_grad():  # forward value is still the defended one
+        assert torch.allclose(logits, model(x))
+
+
+def test_eot_counts_every_draw_and_averages(victim, test_xy):
+    x, y = test_xy[0][:4], test_xy[1][:4]
+
+    class Noise(torch.nn.Module):
+        def forward(self, z):
+            return z + 0.05 * torch.randn_like(z)
+
+    model = torch.nn.Sequential(Noise(), victim).eval()
+    loss = lambda logits, i: torch.nn.functional.cross_entropy(logits, y[i], reduction="none")
+    o = Oracle(model, x, y, access="gradient", eps=0.3, max_queries=7, eot_samples=3)
+    _, g1 = o.gradient(x, loss)
+    assert o.queries.tolist() == [3] * 4 and o.grad_queries.tolist() == [3] * 4
+    _, g2 = o.gradient(x, loss)
+    assert o.queries.tolist() == [6] * 4
+    logits, g3 = o.gradient(x, loss)  # only one draw left per sample: still answered, budget held
+    assert o.queries.tolist() == [7] * 4 and not torch.isnan(logits).any()
+    assert float(g3.abs().sum()) > 0
+    # averaging: the mean of 3 noisy gradients differs from any single one
+    assert not torch.allclose(g1, g2)

@@ -23,9 +23,56 @@ class TrainingRecipe:
 class InputDefense(nn.Module):
     """An inference-time defense: an ``nn.Module`` placed in front of the model.
 
-    ``randomized`` input transforms make the oracle's final re-check repeat; non-differentiable
-    ones must provide a BPDA backward.
+    Subclasses implement :meth:`transform` (the real transformation, images in [0, 1] -> [0, 1]) and
+    set the flags:
+
+    * ``differentiable``: autograd through ``transform`` gives the true gradient (no BPDA needed);
+    * ``randomized``: each forward draws fresh randomness, so gradient attacks should use EOT
+      (``attack.eot_samples``) and the oracle's final re-check repeats (``recheck_repeats``).
+
+    Gradients (Athalye et al. 2018): with ``bpda`` off, a non-differentiable transform passes no
+    gradient at all (what a naive attacker sees: the gradient-masking illusion); with ``bpda`` on,
+    the forward value is ``transform(x)`` but the backward is that of :meth:`approx` (identity by
+    default: the straight-through estimator). ``set_bpda(model, flag)`` switches every input defense
+    inside a model.
     """
 
     kind = "input"
     randomized = False
+    differentiable = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bpda = False
+
+    def transform(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def approx(self, x: torch.Tensor) -> torch.Tensor:
+        """Differentiable approximation of ``transform`` used for BPDA's backward pass."""
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.differentiable:
+            return self.transform(x)
+        if self.bpda and torch.is_grad_enabled() and x.requires_grad:
+            a = self.approx(x)
+            with torch.no_grad():
+                t = self.transform(x)
+            return a + (t - a).detach()
+        with torch.no_grad():
+            return self.transform(x.detach())
+
+
+def set_bpda(model: nn.Module, flag: bool) -> int:
+    """Turn BPDA on or off for every :class:`InputDefense` inside ``model``; returns how many."""
+    n = 0
+    for m in model.modules():
+        if isinstance(m, InputDefense):
+            m.bpda = bool(flag)
+            n += 1
+    return n
+
+
+def is_randomized(model: nn.Module) -> bool:
+    return any(isinstance(m, InputDefense) and m.randomized for m in model.modules())
