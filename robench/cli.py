@@ -15,11 +15,12 @@ USAGE = """usage: robench <command> [args]
 commands:
   attack          run an attack: robench attack dataset=mnist model=cw_mnist attack=pgd budget=linf_0.3 [key=value ...]
   train-defense   train a victim with a recipe: robench train-defense defense=none [train.epochs=8 ...]
-  report          aggregate runs into one table: robench report results/ [--out DIR]
-  list            registered datasets, models, attacks, defenses and config presets: robench list [group]
+  report          tables (and --plots) over runs: robench report results/ [--rows attack --cols defense] [--plots]
+  list            datasets, models, attacks, defenses, budgets, launchers, experiments: robench list [group]
 
-attack and train-defense are Hydra apps: key=value overrides, -m/--multirun sweeps, --cfg job,
-hydra.run.dir=..., hydra.sweep.dir=... all work. See README.md.
+attack and train-defense are Hydra apps: key=value overrides, -m/--multirun sweeps (launcher=joblib|slurm|
+submitit_local|ray), --cfg job, hydra.run.dir=..., hydra.sweep.dir=... all work; --quiet prints errors only.
+Re-running a command with the same hydra.run.dir / hydra.sweep.dir resumes it. See README.md.
 """
 
 
@@ -33,8 +34,18 @@ def _user_searchpath(args: List[str]) -> bool:
     return any(a.startswith("hydra.searchpath") for a in args)
 
 
+#: launcher option -> (module of its Hydra plugin, pyproject extra that installs it)
+LAUNCHER_PLUGINS = {"joblib": ("hydra_plugins.hydra_joblib_launcher", "joblib"),
+                    "slurm": ("hydra_plugins.hydra_submitit_launcher", "slurm"),
+                    "submitit_local": ("hydra_plugins.hydra_submitit_launcher", "slurm"),
+                    "ray": ("hydra_plugins.hydra_ray_launcher", "ray")}
+
+
 def _precheck_groups(args: List[str]) -> None:
-    """Fail fast, in one line, on a config-group choice that does not exist (e.g. attack=foo)."""
+    """Fail fast, in one line, on a config-group choice that does not exist (e.g. attack=foo), or a
+    launcher whose Hydra plugin is not installed."""
+    import importlib.util
+
     from robench.config import GROUPS, group_options
 
     if _user_searchpath(args):
@@ -43,12 +54,21 @@ def _precheck_groups(args: List[str]) -> None:
         if "=" not in a or a.startswith(("-", "+", "~")):
             continue
         key, val = a.split("=", 1)
-        if key not in GROUPS or any(c in val for c in "()[]{}$*"):
+        if key not in GROUPS + ("launcher", "experiment") or any(c in val for c in "()[]{}$*"):
             continue
         opts = group_options(key)
         for v in val.split(","):
             if v not in opts:
                 raise RobenchError(f"unknown {key} '{v}'; valid: {', '.join(opts)} (see `robench list`)")
+            if key == "launcher" and v in LAUNCHER_PLUGINS:
+                mod, extra = LAUNCHER_PLUGINS[v]
+                try:
+                    found = importlib.util.find_spec(mod) is not None
+                except ImportError:
+                    found = False
+                if not found:
+                    raise RobenchError(f"launcher={v} needs its Hydra plugin ({mod.split('.')[-1].replace('_', '-')}): "
+                                       f"pip install 'robench[{extra}]'")
 
 
 #: Hydra's own command-line flags that take a value
@@ -96,6 +116,8 @@ def _hydra_command(prog: str, config_name: str, job: Callable, args: List[str]) 
     from robench.registry import PLUGIN_CONFIG_DIRS, load_plugins
 
     load_plugins()  # fills PLUGIN_CONFIG_DIRS
+    if "--quiet" in args or "-q" in args:  # scripts: errors only (no bars, tables or Hydra's launch lines)
+        args = [a for a in args if a not in ("--quiet", "-q")] + ["quiet=true", "hydra.hydra_logging.root.level=WARNING"]
     _precheck_groups(args)
     if PLUGIN_CONFIG_DIRS and not _user_searchpath(args):
         args = args + ["hydra.searchpath=[" + ",".join(f"file://{d}" for _, d in PLUGIN_CONFIG_DIRS) + "]"]
@@ -143,10 +165,12 @@ def list_plugins(args: List[str]) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from rich.markup import escape
+
     from robench.config import group_options
     from robench.registry import REGISTRIES
 
-    groups = ["datasets", "models", "attacks", "defenses", "budgets"]
+    groups = ["datasets", "models", "attacks", "defenses", "budgets", "launchers", "experiments"]
     want = [a.rstrip("s") + "s" for a in args] or groups
     for w in want:
         if w not in groups:
@@ -157,7 +181,12 @@ def list_plugins(args: List[str]) -> None:
         t.add_column("name")
         t.add_column("config")
         t.add_column("description")
-        if w == "budgets":
+        if w in ("launchers", "experiments"):
+            from robench.config import config_dirs
+            for o in group_options(w[:-1]):
+                f = next(d / w[:-1] / f"{o}.yaml" for d in config_dirs() if (d / w[:-1] / f"{o}.yaml").exists())
+                t.add_row(o, f"{w[:-1]}={o}", escape(preset_comment(f.read_text())))
+        elif w == "budgets":
             import yaml
 
             from robench.config import config_dirs
@@ -171,3 +200,17 @@ def list_plugins(args: List[str]) -> None:
             for name, _ in reg.items():
                 t.add_row(name, f"{w[:-1]}={name}" if name in opts else f"{w[:-1]}.name={name}", reg.describe(name))
         console.print(t)
+
+
+def preset_comment(text: str) -> str:
+    """The leading comment block of a preset file (minus ``# @package``): what it is, which table."""
+    lines = []
+    for line in text.splitlines():
+        if not line.startswith("#"):
+            if lines or line.strip():
+                break
+            continue
+        body = line.lstrip("#").strip()
+        if not body.startswith("@package"):
+            lines.append(body)
+    return " ".join(l for l in lines if l)

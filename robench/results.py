@@ -4,8 +4,10 @@ Files of an attack run folder:
 
 * ``config.yaml``: the composed, resolved config (Hydra's ``.hydra/`` folder holds the unresolved one
   and the overrides);
-* ``records.csv``: one row per evaluated sample (columns :data:`RECORD_COLUMNS`), rewritten after
-  every batch;
+* ``records.csv``: one row per evaluated sample (columns :data:`RECORD_COLUMNS`, then any extra
+  columns an attack adds, e.g. ``dist_at_4000``), holding the rows of every *completed* batch:
+  rewritten atomically after each batch, so an interrupted run resumes from it (:func:`read_records`);
+* ``progress.json``: batches / samples done so far (for the sweep display), rewritten per batch;
 * ``summary.json``: :func:`summarize`'s dictionary, schema version :data:`SCHEMA_VERSION`;
 * ``summary.md``: the same numbers as a Markdown table.
 
@@ -49,7 +51,12 @@ import pandas as pd
 SCHEMA_VERSION = 1
 
 RECORD_COLUMNS = ["index", "label", "target", "clean_pred", "attacked", "success", "queries",
-                  "grad_queries", "queries_at_success", "l0", "l2", "linf", "seconds"]
+                  "grad_queries", "queries_at_success", "l0", "l2", "linf", "seconds",
+                  "batch", "batch_seconds", "recheck_failed"]
+# batch: the global batch number (positions [b*B, (b+1)*B) of the unsharded slice, B = attack.batch_size);
+# batch_seconds: wall time of that whole batch (same on each of its rows); recheck_failed: the oracle saw a
+# success that the final re-check did not confirm. With these, a run's totals are recomputable from its
+# records alone, which is what resuming and merging shards rely on (:func:`record_totals`).
 
 #: metric rows of the one-run table, in display order: (key, label, format)
 TABLE_ROWS = [
@@ -75,8 +82,54 @@ def atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def record_columns(records: List[Dict[str, Any]]) -> List[str]:
+    """:data:`RECORD_COLUMNS`, then any extra keys of the records (first-seen order), kept generically."""
+    extra: Dict[str, None] = {}
+    for r in records:
+        for k in r:
+            if k not in RECORD_COLUMNS:
+                extra.setdefault(k)
+    return RECORD_COLUMNS + list(extra)
+
+
 def write_records(path: Path, records: List[Dict[str, Any]]) -> None:
-    atomic_write_text(path, pd.DataFrame(records, columns=RECORD_COLUMNS).to_csv(index=False))
+    atomic_write_text(path, pd.DataFrame(records, columns=record_columns(records)).to_csv(index=False))
+
+
+def read_records(path: Path) -> List[Dict[str, Any]]:
+    """records.csv -> list of dicts with Python scalars (extra columns kept)."""
+    df = pd.read_csv(path)
+    for c in ("attacked", "success", "recheck_failed"):
+        if c in df:
+            df[c] = df[c].astype(str).str.lower().isin(("true", "1", "1.0"))
+    return [{k: (v.item() if hasattr(v, "item") else v) for k, v in r.items()} for r in df.to_dict("records")]
+
+
+def record_totals(records: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """Run totals recomputed from records: attack seconds (sum of each batch's wall time, once per
+    batch), re-check failures, batches."""
+    df = pd.DataFrame(records, columns=record_columns(records))
+    per_batch = df.dropna(subset=["batch"]).groupby("batch")["batch_seconds"].first()
+    return {"seconds": float(per_batch.sum()), "recheck_failed": int(df["recheck_failed"].fillna(False).astype(bool).sum()),
+            "n_batches": int(len(per_batch))}
+
+
+#: config keys that do not change what a run computes (ignored when checking that a resume matches)
+VOLATILE_KEYS = ("progress", "quiet", "resume")
+
+
+def config_differences(a: Dict[str, Any], b: Dict[str, Any], prefix: str = "") -> List[str]:
+    """Dotted keys whose values differ between two plain config dicts (volatile keys ignored at top level)."""
+    out = []
+    for k in sorted(set(a) | set(b), key=str):
+        if not prefix and k in VOLATILE_KEYS:
+            continue
+        va, vb = a.get(k, "<missing>"), b.get(k, "<missing>")
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += config_differences(va, vb, f"{prefix}{k}.")
+        elif va != vb:
+            out.append(f"{prefix}{k}")
+    return out
 
 
 def _stat(vals: Iterable[float], fn) -> float:
@@ -102,7 +155,7 @@ def success_budgets(max_queries: int) -> List[int]:
 
 
 def summarize(records: List[Dict[str, Any]], meta: Dict[str, Any]) -> Dict[str, Any]:
-    df = pd.DataFrame(records, columns=RECORD_COLUMNS)
+    df = pd.DataFrame(records, columns=record_columns(records))
     n = len(df)
     n_correct = int((df.clean_pred == df.label).sum())
     att = df[df.attacked.astype(bool)]
@@ -171,6 +224,13 @@ def _json_default(o):
     if hasattr(o, "item"):
         return o.item()
     return str(o)
+
+
+def one_line(s: Dict[str, Any], run_dir: Any = "") -> str:
+    """One line per run, for sweeps: the threat model and the headline numbers."""
+    return (f"{s.get('attack')} {s.get('dataset')}/{s.get('model')}/{s.get('defense')} {s.get('budget')}: "
+            f"success {_fmt(s.get('success_rate'), '{:.2%}')}, robust acc {_fmt(s.get('robust_accuracy'), '{:.2%}')}, "
+            f"median queries {_fmt(s.get('median_queries'), '{:.1f}')}  ({run_dir})")
 
 
 def print_summary(s: Dict[str, Any], console=None) -> None:

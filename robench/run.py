@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import inspect
+import logging
 import time
 from pathlib import Path
 from typing import Any, Dict, List
@@ -19,12 +20,17 @@ from robench import results as R
 from robench.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint, train_command
 from robench.config import resolve_device, validate_budget, validate_common, validate_names
 from robench.data import eval_slice, load_dataset, parse_shard
+from robench.data.base import eval_indices
 from robench.defenses.base import InputDefense, TrainingRecipe, set_bpda
 from robench.errors import RobenchError
 from robench.models import build_model
 from robench.oracle import Oracle, distortion
 from robench.registry import ATTACKS, DEFENSES
 from robench.train import predict, train
+
+
+#: robench's own messages: Hydra's job logging sends them to <run dir>/<job name>.log (README, "Logs")
+log = logging.getLogger("robench")
 
 
 def _now() -> str:
@@ -66,15 +72,55 @@ def load_victim(cfg: DictConfig, splits, device: torch.device):
 
 
 def choose_targets(mode: Any, y: torch.Tensor, logits: torch.Tensor, num_classes: int,
-                   generator: torch.Generator) -> torch.Tensor:
+                   generator: torch.Generator, positions: torch.Tensor | None = None,
+                   n_slice: int | None = None) -> torch.Tensor:
     """random: uniform over the other classes (seeded, never the label); least_likely: the clean
-    prediction's least-likely class; an int: that class for every sample."""
+    prediction's least-likely class; an int: that class for every sample.
+
+    Random targets are drawn for the whole unsharded slice (``n_slice`` samples) and picked at this
+    shard's ``positions``, so a sample gets the same target whether or not the slice is sharded."""
     if mode == "random":
-        off = torch.randint(1, num_classes, y.shape, generator=generator)
+        if positions is None:
+            positions, n_slice = torch.arange(len(y)), len(y)
+        off = torch.randint(1, num_classes, (int(n_slice),), generator=generator)[positions]
         return (y + off) % num_classes
     if mode == "least_likely":
         return logits.argmin(1).cpu()
     return torch.full_like(y, int(mode))
+
+
+def batch_seed(seed: int, batch: int) -> int:
+    """The seed of batch ``batch``'s generator: a hash of (run seed, global batch number), so a batch
+    draws the same random numbers whichever shard or resumed process attacks it (README, "Sharding")."""
+    import numpy as np
+
+    return int(np.random.SeedSequence([int(seed), int(batch)]).generate_state(1, dtype=np.uint64)[0])
+
+
+def _prior_run(run_dir: Path, cfg_plain: Dict[str, Any], resume: bool):
+    """What an earlier run in this folder left: (summary or None, records of completed batches).
+
+    With ``resume`` (the default) a folder holding the same config continues where it stopped; a
+    folder holding a different config is refused (one line naming the keys that differ)."""
+    import json
+
+    import yaml
+
+    cfg_file, rec_file = run_dir / "config.yaml", run_dir / "records.csv"
+    if not resume or not cfg_file.exists():
+        return None, []
+    old = yaml.safe_load(cfg_file.read_text()) or {}
+    diff = R.config_differences(old, cfg_plain)
+    if diff:
+        raise RobenchError(f"{run_dir} holds a run with a different config (differs in {', '.join(diff[:6])}); "
+                           f"use another hydra.run.dir / hydra.sweep.dir, or resume=false to overwrite it")
+    summary = None
+    if (run_dir / "summary.json").exists():
+        try:
+            summary = json.loads((run_dir / "summary.json").read_text())
+        except json.JSONDecodeError:
+            summary = None
+    return summary, (R.read_records(rec_file) if rec_file.exists() else [])
 
 
 def run_attack(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
@@ -82,6 +128,8 @@ def run_attack(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     console = Console(stderr=True)
+    quiet = bool(cfg.get("quiet", False))
+    multirun = _in_multirun()
     validate_common(cfg)
     validate_budget(cfg.budget, cfg.dataset.get("num_classes"))
     validate_names(cfg, ("dataset", "model", "attack", "defense"))
@@ -92,11 +140,20 @@ def run_attack(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
         raise RobenchError(f"attack.batch_size must be >= 1, got {batch_size}")
     device = resolve_device(cfg.device)
     started = _now()
+    prior_summary, prior_records = _prior_run(run_dir, _plain(cfg), bool(cfg.get("resume", True)))
+    if prior_summary is not None:  # a finished run: skip it (re-running an interrupted sweep)
+        log.info("%s: complete already (summary.json), skipped", run_dir)
+        if not quiet:
+            console.print(f"[dim]skipped {run_dir}: complete already[/dim]")
+        return prior_summary
     R.atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
 
     splits = load_dataset(cfg.dataset)
     validate_budget(cfg.budget, splits.num_classes)
-    idx, x, y = eval_slice(splits, cfg.dataset.get("n_samples"), int(cfg.dataset.get("offset", 0)), cfg.dataset.get("shard"))
+    n_samples, offset = cfg.dataset.get("n_samples"), int(cfg.dataset.get("offset", 0))
+    idx, x, y = eval_slice(splits, n_samples, offset, cfg.dataset.get("shard"), unit=batch_size)
+    pos = idx - offset  # positions in the full, unsharded slice: batch b = positions [b*B, (b+1)*B)
+    n_slice = len(eval_indices(len(splits.test), n_samples, offset, None))
     model, meta = load_victim(cfg, splits, device)
     bpda, eot_samples = bool(cfg.attack.get("bpda", False)), int(cfg.attack.get("eot_samples", 1))
     if eot_samples < 1:
@@ -106,63 +163,143 @@ def run_attack(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     clean_pred = logits.argmax(1)
     b = cfg.budget
     gen_cpu = torch.Generator().manual_seed(int(cfg.seed))
-    targets = choose_targets(b.target, y, logits, splits.num_classes, gen_cpu) if b.targeted else None
+    targets = (choose_targets(b.target, y, logits, splits.num_classes, gen_cpu, pos, n_slice)
+               if b.targeted else None)
     attacked = (clean_pred == y) if cfg.get("correct_only", True) else torch.ones_like(y, dtype=torch.bool)
     if targets is not None:
         attacked &= targets != y  # a target equal to the label is no attack at all
 
+    batch_of = (pos // batch_size).tolist()
     records: List[Dict[str, Any]] = [
         {"index": int(i), "label": int(l), "target": -1 if targets is None else int(targets[k]),
          "clean_pred": int(p), "attacked": bool(a), "success": False, "queries": 0, "grad_queries": 0,
-         "queries_at_success": -1, "l0": float("nan"), "l2": float("nan"), "linf": float("nan"), "seconds": 0.0}
+         "queries_at_success": -1, "l0": float("nan"), "l2": float("nan"), "linf": float("nan"), "seconds": 0.0,
+         "batch": batch_of[k], "batch_seconds": 0.0, "recheck_failed": False}
         for k, (i, l, p, a) in enumerate(zip(idx, y, clean_pred, attacked))]
-    R.write_records(run_dir / "records.csv", records)
+    batches: Dict[int, List[int]] = {}
+    for k, bt in enumerate(batch_of):
+        batches.setdefault(bt, []).append(k)
+    done = _restore(records, batches, prior_records)
+    resumed = len(done)
+    if done:
+        log.info("resuming %s: %d of %d batches complete, %d to go", run_dir, len(done), len(batches),
+                 len(batches) - len(done))
+        if not quiet and not multirun:
+            console.print(f"resuming: {len(done)} of {len(batches)} batches already complete")
+    log.info("%s on %s/%s/%s: %d samples (indices %d..%d), %d batch(es) of up to %d, seed %d",
+             cfg.attack.name, cfg.dataset.name, cfg.model.name, cfg.defense.name, len(idx), int(idx[0]),
+             int(idx[-1]), len(batches), batch_size, int(cfg.seed))
 
-    gen = torch.Generator(device=device).manual_seed(int(cfg.seed))
-    todo = attacked.nonzero().flatten()
-    t_attack, recheck_failed = 0.0, 0
+    def flush():  # rows of completed batches only, atomically: nothing finished is lost, nothing doubled
+        R.write_records(run_dir / "records.csv", [records[k] for bt in sorted(done) for k in batches[bt]])
+        n_att = sum(records[k]["attacked"] for bt in done for k in batches[bt])
+        n_succ = sum(records[k]["success"] for bt in done for k in batches[bt])
+        R.atomic_write_text(run_dir / "progress.json", __import__("json").dumps({
+            "batches_done": len(done), "batches_total": len(batches), "samples_done": sum(len(batches[bt]) for bt in done),
+            "samples_total": len(records), "attacked_done": int(n_att), "success": int(n_succ),
+            "status": "done" if len(done) == len(batches) else "running", "attack": cfg.attack.name}) + "\n")
+
+    flush()
+    todo_total = int(attacked.sum())
     with Progress(TextColumn(f"[bold]{cfg.attack.name}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("success {task.fields[rate]}"), TimeElapsedColumn(),
-                  console=console, disable=not cfg.get("progress", True)) as bar:
-        task = bar.add_task("attack", total=len(todo), rate="-")
-        n_done = n_succ = 0
-        for s in range(0, len(todo), batch_size):
-            sel = todo[s:s + batch_size]
-            oracle = Oracle(model, x[sel].to(device), y[sel].to(device), access=attack.access,
-                            norm=b.norm, eps=b.eps, max_queries=int(b.max_queries),
-                            targets=None if targets is None else targets[sel].to(device),
-                            stop_on_success=not attack.minimizes_distortion,
-                            recheck_repeats=int(cfg.get("recheck_repeats", 1)), num_classes=splits.num_classes,
-                            eot_samples=eot_samples if attack.access == "gradient" else 1)
-            attack.run(oracle, gen)
-            res = oracle.finalize()
-            t_attack += res.seconds
-            recheck_failed += int((res.claimed & ~res.success).sum())
-            delta = res.best_x - x[sel]
-            d = {k: distortion(delta, k) for k in ("l0", "l2", "linf")}
-            for j, k in enumerate(sel.tolist()):
-                r = records[k]
-                r.update(success=bool(res.success[j]), queries=int(res.queries[j]), grad_queries=int(res.grad_queries[j]),
-                         queries_at_success=int(res.queries_at_success[j]) if res.success[j] else -1,
-                         seconds=float(res.seconds_at_success[j]) if res.success[j] else res.seconds)
-                if res.adversarial[j]:
-                    r.update(l0=float(d["l0"][j]), l2=float(d["l2"][j]), linf=float(d["linf"][j]))
-            R.write_records(run_dir / "records.csv", records)  # after every batch: nothing finished is lost
+                  console=console, disable=quiet or multirun or not cfg.get("progress", True)) as bar:
+        n_done = sum(records[k]["attacked"] for bt in done for k in batches[bt])
+        n_succ = sum(records[k]["success"] for bt in done for k in batches[bt])
+        task = bar.add_task("attack", total=todo_total, completed=n_done,
+                            rate=f"{n_succ / n_done:.1%}" if n_done else "-")
+        for bt in sorted(batches):
+            if bt in done:
+                continue
+            rows = batches[bt]
+            sel = torch.tensor([k for k in rows if records[k]["attacked"]], dtype=torch.long)
+            gen = torch.Generator(device=device).manual_seed(batch_seed(int(cfg.seed), bt))
+            batch_secs = 0.0
+            if len(sel):
+                oracle = Oracle(model, x[sel].to(device), y[sel].to(device), access=attack.access,
+                                norm=b.norm, eps=b.eps, max_queries=int(b.max_queries),
+                                targets=None if targets is None else targets[sel].to(device),
+                                stop_on_success=not attack.minimizes_distortion,
+                                recheck_repeats=int(cfg.get("recheck_repeats", 1)), num_classes=splits.num_classes,
+                                eot_samples=eot_samples if attack.access == "gradient" else 1)
+                attack.run(oracle, gen)
+                res = oracle.finalize()
+                batch_secs = res.seconds
+                delta = res.best_x - x[sel]
+                d = {k: distortion(delta, k) for k in ("l0", "l2", "linf")}
+                for j, k in enumerate(sel.tolist()):
+                    r = records[k]
+                    r.update(success=bool(res.success[j]), queries=int(res.queries[j]), grad_queries=int(res.grad_queries[j]),
+                             queries_at_success=int(res.queries_at_success[j]) if res.success[j] else -1,
+                             seconds=float(res.seconds_at_success[j]) if res.success[j] else res.seconds,
+                             recheck_failed=bool(res.claimed[j] and not res.success[j]))
+                    if res.adversarial[j]:
+                        r.update(l0=float(d["l0"][j]), l2=float(d["l2"][j]), linf=float(d["linf"][j]))
+            for k in rows:
+                records[k]["batch_seconds"] = batch_secs
+            done.add(bt)
+            flush()  # after every batch: nothing finished is lost
             n_done += len(sel)
-            n_succ += int(res.success.sum())
-            bar.update(task, advance=len(sel), rate=f"{n_succ / n_done:.1%}")
+            n_succ += int(sum(records[k]["success"] for k in sel.tolist()))
+            log.info("batch %d done (%d/%d): %d attacked, %d successes so far of %d, %.2fs", bt, len(done),
+                     len(batches), len(sel), n_succ, n_done, batch_secs)
+            bar.update(task, advance=len(sel), rate=f"{n_succ / n_done:.1%}" if n_done else "-")
 
+    totals = R.record_totals(records)
     budget_label = f"{b.norm}_{b.eps}" + ("_targeted" if b.targeted else "")
     summary = R.summarize(records, {
         "attack": cfg.attack.name, "model": cfg.model.name, "dataset": cfg.dataset.name, "defense": cfg.defense.name,
         "budget": budget_label, "norm": b.norm, "eps": b.eps, "max_queries": int(b.max_queries),
-        "targeted": bool(b.targeted), "target": b.target if b.targeted else None, "seconds": t_attack,
-        "recheck_failed": recheck_failed, "device": str(device), "seed": int(cfg.seed),
+        "targeted": bool(b.targeted), "target": b.target if b.targeted else None, "seconds": totals["seconds"],
+        "recheck_failed": totals["recheck_failed"], "device": str(device), "seed": int(cfg.seed),
         "robench_version": robench.__version__, "started": started, "finished": _now()})
     summary["checkpoint"] = meta.get("path", meta.get("source"))
+    summary["access"] = attack.access
+    summary["shard"] = cfg.dataset.get("shard")
+    summary["batch_size"] = batch_size
+    summary["resumed_batches"] = resumed
+    summary["host"], summary["pid"] = __import__("socket").gethostname(), __import__("os").getpid()
     R.write_summary(run_dir, summary)
-    R.print_summary(summary)
+    log.info("finished: success rate %s, robust accuracy %s\n%s", summary["success_rate"],
+             summary["robust_accuracy"], R.summary_markdown(summary))
+    if quiet:
+        pass
+    elif multirun:
+        print(R.one_line(summary, run_dir), flush=True)
+    else:
+        R.print_summary(summary)
     return summary
+
+
+def _restore(records: List[Dict[str, Any]], batches: Dict[int, List[int]], prior: List[Dict[str, Any]]) -> set:
+    """Copy the rows of batches an earlier, interrupted process completed into ``records``; returns
+    the set of those batches. A batch counts only when all its rows are there and match this slice."""
+    if not prior:
+        return set()
+    by_index = {int(r["index"]): r for r in prior}
+    done = set()
+    for bt, rows in batches.items():
+        olds = [by_index.get(records[k]["index"]) for k in rows]
+        if any(o is None or int(o.get("batch", -1)) != bt for o in olds):
+            continue
+        if any(int(o["label"]) != records[k]["label"] or bool(o["attacked"]) != records[k]["attacked"]
+               for o, k in zip(olds, rows)):
+            raise RobenchError("records.csv in the run folder does not match this evaluation slice; "
+                               "use another run folder or resume=false")
+        for o, k in zip(olds, rows):
+            records[k] = dict(o)
+        done.add(bt)
+    return done
+
+
+def _in_multirun() -> bool:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    except Exception:  # outside a Hydra app (tests calling run_attack directly)
+        return False
 
 
 def run_train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
@@ -182,8 +319,9 @@ def run_train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     torch.manual_seed(int(cfg.seed))
     model = build_model(mcfg["name"], splits, mcfg.get("params"))
     started = _now()
+    quiet = bool(cfg.get("quiet", False))
     m = train(model, recipe, splits, cfg.train, device, int(cfg.seed), log_path=run_dir / "train_log.csv",
-              progress=bool(cfg.get("progress", True)))
+              progress=bool(cfg.get("progress", True)) and not quiet and not _in_multirun())
     path = checkpoint_path(cfg.checkpoint_dir, dcfg, mcfg, dname)
     meta = {"robench_version": robench.__version__, "model": mcfg["name"], "model_params": dict(mcfg.get("params") or {}),
             "dataset": dcfg["name"], "dataset_source": dcfg.get("source"), "defense": dname,
@@ -196,6 +334,10 @@ def run_train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
                "checkpoint": str(path), "device": str(device), "seed": int(cfg.seed),
                "robench_version": robench.__version__, "started": started, "finished": _now()}
     R.atomic_write_text(run_dir / "summary.json", __import__("json").dumps(summary, indent=2) + "\n")
+    log.info("train-defense %s on %s/%s: train accuracy %.4f, clean accuracy %.4f, checkpoint %s", dname,
+             dcfg["name"], mcfg["name"], m["train_accuracy"], m["clean_accuracy"], path)
+    if quiet:
+        return summary
     t = Table(title=f"train-defense {dname}: {dcfg['name']}/{mcfg['name']}")
     t.add_column("metric")
     t.add_column("value", justify="right")

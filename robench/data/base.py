@@ -41,11 +41,14 @@ def parse_shard(shard: Any) -> Tuple[int, int]:
     return i, n
 
 
-def eval_indices(n_total: int, n_samples: Optional[int], offset: int, shard: Any) -> torch.Tensor:
+def eval_indices(n_total: int, n_samples: Optional[int], offset: int, shard: Any, unit: int = 1) -> torch.Tensor:
     """Test-split indices for this evaluation: ``[offset, offset + n_samples)``, then shard i of n.
 
-    Shards are contiguous, as equal as possible (the first ``len % n`` shards hold one more); their
-    union is exactly the unsharded selection, so merging shard records reproduces the unsharded run.
+    The slice is cut into units of ``unit`` consecutive samples (``robench attack`` passes
+    ``attack.batch_size``: batch b is positions ``[b*unit, (b+1)*unit)`` of the full, unsharded
+    slice). Shards are contiguous runs of whole units, as equal as possible (the first
+    ``n_units % n`` shards hold one more unit); their union is exactly the unsharded selection, so
+    merging shard records reproduces the unsharded run.
     """
     if offset < 0 or offset >= n_total:
         raise RobenchError(f"dataset.offset={offset} is outside the test split (0..{n_total - 1})")
@@ -54,13 +57,20 @@ def eval_indices(n_total: int, n_samples: Optional[int], offset: int, shard: Any
     end = n_total if n_samples is None else min(n_total, offset + n_samples)
     idx = torch.arange(offset, end)
     i, n = parse_shard(shard)
-    return torch.tensor_split(idx, n)[i]
+    if n == 1:
+        return idx
+    units = torch.tensor_split(torch.arange(-(-len(idx) // unit)), n)[i]
+    if len(units) == 0:
+        raise RobenchError(f"dataset.shard={shard} is empty: the slice holds only {-(-len(idx) // unit)} batch(es) of "
+                           f"attack.batch_size={unit} samples; use fewer shards or a smaller attack.batch_size")
+    return idx[int(units[0]) * unit:(int(units[-1]) + 1) * unit]
 
 
 def eval_slice(splits: DatasetSplits, n_samples: Optional[int], offset: int = 0,
-               shard: Any = None) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Returns (dataset indices, images NCHW in [0,1], labels) of the evaluation slice."""
-    idx = eval_indices(len(splits.test), n_samples, offset, shard)
+               shard: Any = None, unit: int = 1) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Returns (dataset indices, images NCHW in [0,1], labels) of the evaluation slice (shards in
+    units of ``unit`` samples, see :func:`eval_indices`)."""
+    idx = eval_indices(len(splits.test), n_samples, offset, shard, unit)
     if len(idx) == 0:
         raise RobenchError("the evaluation slice is empty: check dataset.n_samples, dataset.offset and dataset.shard")
     xs, ys = zip(*(splits.test[int(i)] for i in idx))
