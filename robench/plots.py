@@ -52,8 +52,12 @@ _SKIP_KEYS = ("budget=", "budget.eps=", "dataset.shard=")
 
 def label(s: Dict[str, Any], shown: Tuple[str, ...] = ()) -> str:
     """attack (defense, budget) plus the overrides that distinguish the run from the others."""
-    ov = [o for o in str(s.get("varying", s.get("overrides", ""))).split()
-          if not o.startswith(shown) and not o.startswith(("attack=", "defense=", "(merged", "shards)"))]
+    import re
+
+    text = re.sub(r"\(merged \d+ shards\)", "", str(s.get("varying", s.get("overrides", ""))))
+    ov = [o for o in text.split() if not o.startswith(shown) and not o.startswith(("attack=", "defense="))]
+    if s.get("shards"):
+        ov.append(f"[{s['shards']} shards merged]")
     base = f"{s.get('attack')} vs {s.get('defense')}"
     if "budget" not in shown:
         base += f", {s.get('budget')}"

@@ -1,0 +1,166 @@
+"""robench report on synthetic runs of every format (score-based, hard-label with checkpoints, shards,
+training recipes with robust accuracy, extra summary keys), in-process and fast."""
+import json
+import math
+import sys
+
+import pandas as pd
+import pytest
+import yaml
+
+from robench import results as R
+from robench.data.base import eval_indices
+from robench.errors import RobenchError
+from robench.report import main as report_main
+
+
+def rec(i, success, q, l2=float("nan"), batch=0, **extra):
+    return {"index": i, "label": 1, "target": -1, "clean_pred": 1, "attacked": True, "success": success,
+            "queries": q, "grad_queries": 0, "queries_at_success": q if success else -1, "l0": float("nan"),
+            "l2": l2 if success else float("nan"), "linf": float("nan"), "seconds": 0.1, "batch": batch,
+            "batch_seconds": 1.0, "recheck_failed": False, **extra}
+
+
+def make_run(folder, records, meta, cfg=None, overrides=(), extra=None):
+    folder.mkdir(parents=True)
+    R.write_records(folder / "records.csv", records)
+    s = R.summarize(records, {"max_queries": 1000, "seconds": R.record_totals(records)["seconds"], **meta})
+    s.update(extra or {})
+    R.write_summary(folder, s)
+    (folder / ".hydra").mkdir()
+    (folder / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(list(overrides)))
+    if cfg is not None:
+        (folder / "config.yaml").write_text(yaml.safe_dump(cfg))
+    return s
+
+
+def hard_records(offset, n, seed):
+    """Hard-label records with the anytime columns dist_at_100 / dist_at_1000 (issue 4's format)."""
+    out = []
+    for k in range(n):
+        d100, d1000 = 2.0 + (k * seed) % 5, 1.0 + (k * seed) % 3 * 0.5
+        out.append(rec(offset + k, True, 1000, l2=d1000, batch=(offset + k) // 2, dist_at_100=d100, dist_at_1000=d1000))
+    return out
+
+
+@pytest.fixture
+def runs(tmp_path):
+    root = tmp_path / "runs"
+    base = {"model": "cw_mnist", "dataset": "mnist", "norm": "l2", "eps": None, "budget": "l2_None"}
+    # two score-based runs (attack "square" is not registered here: access comes from the summary)
+    make_run(root / "score_a", [rec(0, True, 5, 1.0), rec(1, True, 50, 2.0), rec(2, False, 1000)],
+             {**base, "attack": "square", "defense": "none"}, extra={"access": "scores", "ensemble_share": [0.5, 0.5]})
+    make_run(root / "score_b", [rec(0, True, 500, 1.5), rec(1, False, 1000), rec(2, False, 1000)],
+             {**base, "attack": "square", "defense": "jpeg"}, extra={"access": "scores"})
+    # a hard-label run whose summary carries checkpoints, and one split into two shards without them
+    hr = hard_records(0, 6, 3)
+    make_run(root / "hard", hr, {**base, "attack": "signopt", "defense": "none"},
+             extra={"access": "label", "checkpoints": [
+                 {"queries": 100, "mean_distortion": 3.0, "median_distortion": 3.0, "success_rate": 0.5},
+                 {"queries": 1000, "mean_distortion": 1.5, "median_distortion": 1.5, "success_rate": 1.0}]})
+    cfg = {"seed": 0, "dataset": {"name": "mnist", "n_samples": 6, "shard": None}, "attack": {"name": "hsja"}}
+    for i, part in enumerate((hr[:4], hr[4:])):
+        c = json.loads(json.dumps(cfg))
+        c["dataset"]["shard"] = f"{i}/2"
+        make_run(root / "shards" / str(i), part, {**base, "attack": "hsja", "defense": "none"}, cfg=c,
+                 overrides=[f"dataset.shard={i}/2"], extra={"access": "label", "shard": f"{i}/2"})
+    # training recipes, one without robust accuracy yet
+    for name, clean, robust in (("none", 0.99, 0.01), ("pgd_at", 0.97, 0.89), ("trades", 0.96, None)):
+        d = root / "train" / name
+        d.mkdir(parents=True)
+        s = {"command": "train-defense", "model": "cw_mnist", "dataset": "mnist", "defense": name,
+             "clean_accuracy": clean, "train_accuracy": clean, "epochs": 1, "seconds": 1.0}
+        if robust is not None:
+            s["robust_accuracy"] = robust
+        (d / "summary.json").write_text(json.dumps(s))
+    return root, hr
+
+
+def test_report_tables_html_and_plots(runs, tmp_path):
+    root, hr = runs
+    out = tmp_path / "out"
+    report_main([str(root), "--out", str(out), "--plots", "--quiet"])
+    df = pd.read_csv(out / "report.csv")
+    assert len(df) == 4  # score_a, score_b, hard, and the two shards merged into one
+    # budget-curve columns appear because the runs recorded them
+    assert {"success@1", "success@10", "success@100", "success@1000", "median dist@100", "median dist@1000"} <= set(df.columns)
+    a = df[df.run.str.endswith("score_a")].iloc[0]
+    assert a["success@10"] == pytest.approx(1 / 3) and a["success@100"] == pytest.approx(2 / 3)
+    # merged shards: numbers recomputed from the concatenated records equal the one-piece run's
+    m = df[df.attack == "hsja"].iloc[0]
+    h = df[df.attack == "signopt"].iloc[0]
+    assert m["shards"] == 2 and m["samples"] == 6 and "merged 2 shards" in m["overrides"]
+    for c in ("success rate", "median queries", "median L2", "mean L2", "seconds"):
+        assert m[c] == pytest.approx(h[c]), c
+    # checkpoints computed generically from the dist_at_ columns for the merged run
+    d = pd.Series([r["dist_at_100"] for r in hr])
+    assert m["median dist@100"] == pytest.approx(d.median()) and h["median dist@100"] == 3.0
+    # pivot: attack x defense
+    p = pd.read_csv(out / "pivot-success_rate.csv", index_col=0)
+    assert p.loc["square", "none"] == pytest.approx(2 / 3) and p.loc["square", "jpeg"] == pytest.approx(1 / 3)
+    assert math.isnan(p.loc["signopt", "jpeg"])
+    assert (out / "pivot-robust_accuracy.csv").exists() and (out / "pivot-median_queries.csv").exists()
+    r = pd.read_csv(out / "recipes.csv")
+    assert list(r.defense) == ["none", "pgd_at", "trades"] and r.robust_accuracy.isna().sum() == 1
+    md = (out / "report.md").read_text()
+    assert "## success_rate: attack by defense" in md and "## training recipes" in md
+    # every plot that has data, as PNG and SVG; the HTML page embeds the PNGs (self-contained)
+    for name in ("success_vs_queries", "distortion_vs_queries", "clean_vs_robust"):
+        assert (out / f"{name}.png").stat().st_size > 5000 and (out / f"{name}.svg").exists(), name
+    assert not (out / "robust_acc_vs_eps.png").exists()  # no white-box eps sweep among these runs
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 3 and "<table>" in html and "src='http" not in html
+    assert "no white-box setting run at two or more eps" in html
+
+
+def test_report_rows_cols_values_and_errors(runs, tmp_path, capsys):
+    root, _ = runs
+    out = tmp_path / "o2"
+    report_main([str(root / "score_a"), str(root / "score_b"), "--out", str(out), "--rows", "defense", "--cols", "",
+                 "--values", "success,success@100"])
+    p = pd.read_csv(out / "pivot-success_at_100.csv", index_col=0)
+    assert p.loc["jpeg"].iloc[0] == 0.0 and p.loc["none"].iloc[0] == pytest.approx(2 / 3)
+    printed = capsys.readouterr().out
+    assert "success_rate (defense)" in printed and "66.67%" in printed
+    with pytest.raises(RobenchError, match="unknown value 'nope'"):
+        report_main([str(root / "score_a"), "--out", str(out), "--values", "nope", "-q"])
+    with pytest.raises(RobenchError, match="unknown row/column 'nope'"):
+        report_main([str(root / "score_a"), "--out", str(out), "--rows", "nope", "-q"])
+
+
+def test_incomplete_shards_are_not_merged(runs, tmp_path):
+    root, _ = runs
+    import shutil
+
+    shutil.rmtree(root / "shards" / "1")
+    report_main([str(root / "shards"), "--out", str(tmp_path / "o3"), "-q"])
+    df = pd.read_csv(tmp_path / "o3" / "report.csv")
+    assert len(df) == 1 and df.samples.iloc[0] == 4
+    assert "shards 0 of 2 found" in (tmp_path / "o3" / "report.md").read_text()
+
+
+def test_plots_without_matplotlib_is_one_line(runs, tmp_path, monkeypatch):
+    root, _ = runs
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    with pytest.raises(RobenchError, match=r"--plots needs matplotlib: pip install 'robench\[plots\]'"):
+        report_main([str(root / "score_a"), "--out", str(tmp_path / "o4"), "--plots", "-q"])
+
+
+def test_shards_are_whole_batches():
+    full = eval_indices(1000, 95, 5, None).tolist()
+    parts = [eval_indices(1000, 95, 5, f"{i}/3", unit=10).tolist() for i in range(3)]
+    assert sum(parts, []) == full
+    assert [len(p) for p in parts] == [40, 30, 25]  # 10 batches of 10 (the last holds 5): 4, 3, 3 batches
+    assert all((p[0] - 5) % 10 == 0 for p in parts)  # each shard starts at a batch boundary
+    with pytest.raises(RobenchError, match="is empty"):
+        eval_indices(1000, 20, 0, "2/3", unit=10)
+
+
+def test_list_experiments_shows_the_table_comment(capsys):
+    from robench.cli import list_plugins, preset_comment
+
+    assert preset_comment("# @package _global_\n# Table 2.1 of X.\n# second line\n\n# usage\nkey: 1\n") == \
+        "Table 2.1 of X. second line"
+    list_plugins(["experiments"])
+    out = capsys.readouterr().out
+    assert "pgd_eps_sweep" in out and "experiment=pgd_eps_sweep" in out and "Not a paper table" in out
