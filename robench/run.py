@@ -123,6 +123,12 @@ def _prior_run(run_dir: Path, cfg_plain: Dict[str, Any], resume: bool):
     return summary, (R.read_records(rec_file) if rec_file.exists() else [])
 
 
+def prefix_with_n_correct(correct: torch.Tensor, n: int) -> int:
+    """Length of the shortest prefix holding ``n`` originally-correct samples (all of it if it has fewer)."""
+    pos = correct.nonzero().flatten()
+    return int(pos[n - 1]) + 1 if len(pos) >= n else len(correct)
+
+
 def run_attack(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -134,6 +140,12 @@ def run_attack(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     validate_budget(cfg.budget, cfg.dataset.get("num_classes"))
     validate_names(cfg, ("dataset", "model", "attack", "defense"))
     parse_shard(cfg.dataset.get("shard"))
+    n_correct = cfg.get("n_correct")
+    if n_correct is not None and (not isinstance(n_correct, int) or isinstance(n_correct, bool) or n_correct < 1):
+        raise RobenchError(f"n_correct must be an integer >= 1 or null, got '{n_correct}'")
+    if n_correct is not None and cfg.dataset.get("shard"):
+        raise RobenchError("n_correct cuts the slice after its n-th correct sample and cannot be combined with "
+                           "dataset.shard: use dataset.n_samples with shards")
     attack = instantiate(ATTACKS, cfg.attack.name, _plain(cfg.attack).get("params"), "attack")
     batch_size = int(cfg.attack.get("batch_size", 1000))
     if batch_size < 1:
@@ -161,6 +173,10 @@ def run_attack(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     set_bpda(model, bpda)
     logits = predict(model, x).cpu()
     clean_pred = logits.argmax(1)
+    if n_correct is not None:  # the slice ends at its n-th originally-correct sample
+        cut = prefix_with_n_correct(clean_pred == y, n_correct)
+        idx, x, y, logits, clean_pred = idx[:cut], x[:cut], y[:cut], logits[:cut], clean_pred[:cut]
+        pos, n_slice = pos[:cut], cut
     b = cfg.budget
     gen_cpu = torch.Generator().manual_seed(int(cfg.seed))
     targets = (choose_targets(b.target, y, logits, splits.num_classes, gen_cpu, pos, n_slice)

@@ -1,0 +1,215 @@
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+
+from robench.attacks.base import Attack
+from robench.attacks.score._common import bview, ce_loss, margin_loss, need_eps
+from robench.errors import RobenchError
+from robench.oracle import Oracle
+from robench.registry import ATTACKS
+
+
+def p_selection(p_init: float, it: int, n_iters: int) -> float:
+    """The fraction of pixels a square covers at iteration ``it`` (Andriushchenko et al. 2020, §A;
+    the schedule of the authors' code, written for 10,000 iterations and rescaled to ``n_iters``):
+    halved at iterations 10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000."""
+    it = int(it / n_iters * 10000)
+    for bound, div in ((10, 1), (50, 2), (200, 4), (500, 8), (1000, 16), (2000, 32), (4000, 64),
+                       (6000, 128), (8000, 256), (10000, 512)):
+        if it <= bound:
+            return p_init / div
+    return p_init
+
+
+def _pseudo_gaussian_rect(a: int, b: int) -> torch.Tensor:
+    """Concentric rectangles weighted 1/(k+1)^2 around the centre, unit L2 norm (the L2 attack's 'bump')."""
+    d = torch.zeros(a, b, dtype=torch.float64)
+    xc, yc = a // 2 + 1, b // 2 + 1
+    c0, c1 = xc - 1, yc - 1
+    for k in range(max(xc, yc)):
+        d[max(c0, 0):min(c0 + 2 * k + 1, a), max(c1, 0):min(c1 + 2 * k + 1, b)] += 1.0 / (k + 1) ** 2
+        c0 -= 1
+        c1 -= 1
+    return d / d.norm()
+
+
+def meta_pseudo_gaussian(s: int) -> torch.Tensor:
+    """The s×s L2 update shape: a positive bump on the top half and a negative one on the bottom half,
+    unit L2 norm (the authors' ``meta_pseudo_gaussian_pert`` with two sub-squares; the random
+    transpose is drawn per sample by the caller)."""
+    d = torch.zeros(s, s, dtype=torch.float64)
+    d[:s // 2] = _pseudo_gaussian_rect(s // 2, s) if s // 2 > 0 else 0.0
+    d[s // 2:] = -_pseudo_gaussian_rect(s - s // 2, s)
+    return (d / d.norm()).float()
+
+
+def _window_mask(b: int, h: int, w: int, s: int, generator, device):
+    """(b, 1, h, w) bool masks of one s×s window per row, its corner uniform in [0, h-s) × [0, w-s)
+    (the authors' ``randint(0, h - s)``; at least position 0)."""
+    ch = torch.randint(0, max(h - s, 1), (b,), generator=generator, device=device)
+    cw = torch.randint(0, max(w - s, 1), (b,), generator=generator, device=device)
+    r = torch.arange(h, device=device)
+    c = torch.arange(w, device=device)
+    mh = (r[None] >= ch[:, None]) & (r[None] < ch[:, None] + s)
+    mw = (c[None] >= cw[:, None]) & (c[None] < cw[:, None] + s)
+    return (mh[:, :, None] & mw[:, None, :])[:, None], ch, cw
+
+
+@ATTACKS.register("square")
+class Square(Attack):
+    """Square Attack (Andriushchenko et al., ECCV 2020): random search with square-shaped updates,
+    score-based, Linf (Alg. 1 + Alg. 2) and L2 (Alg. 3).
+
+    * loss: untargeted, the margin loss on log-probabilities ``log p_y - max_{k!=y} log p_k`` (§3,
+      the margin of the logits, which the log-probabilities reproduce exactly); targeted, the
+      cross-entropy of the target ``-log p_t`` (§4, the authors' choice for targeted runs). A candidate
+      replaces the current point only if it lowers the loss;
+    * Linf init: vertical stripes of ±ε (one random sign per column and channel); each step draws a
+      square of side ``s = round(sqrt(p · h · w))`` (clipped to [1, h-1]) at a random position and sets
+      the perturbation on it to ±ε per channel (a new sign pattern is redrawn, up to 10 times, while it
+      would not change the current point; the paper redraws until it does);
+    * L2 init: a grid of (h//5)-sized bumps of random sign per channel, rescaled to norm ε; each step
+      moves mass between two random windows of side ``s`` (odd, >= 3): window 2 is zeroed and window 1
+      receives a new bump plus its old content, scaled to use the freed norm, then the whole
+      perturbation is rescaled to norm ε (Alg. 3);
+    * p schedule: :func:`p_selection` with ``n_iters`` = the budget's ``max_queries``;
+      ``p_init`` defaults to 0.05 (Linf) and 0.1 (L2), the paper's ImageNet values (§4; for
+      adversarially trained MNIST models the paper uses 0.8 for Linf);
+    * queries: the initial point costs 1, every step 1 per active sample.
+
+    Batched: one candidate per active sample per step, all in one oracle call. Deviation: the paper's
+    L2 code draws one window position per step for the whole batch; here every sample draws its own
+    (as the Linf code does), so samples are attacked independently of who else is in the batch.
+    """
+
+    access = "scores"
+
+    def __init__(self, p_init: Optional[float] = None, loss: Optional[str] = None):
+        if p_init is not None and not 0 < p_init <= 1:
+            raise RobenchError(f"square p_init must be in (0, 1], got {p_init}")
+        if loss not in (None, "margin", "ce"):
+            raise RobenchError(f"square loss must be margin, ce or null (margin untargeted, ce targeted), got '{loss}'")
+        self.p_init, self.loss = p_init, loss
+
+    def _loss(self, p, y, t):
+        kind = self.loss or ("margin" if t is None else "ce")
+        return margin_loss(p, y, t, kappa=float("inf")) if kind == "margin" else ce_loss(p, y, t)
+
+    def run(self, oracle: Oracle, generator: torch.Generator) -> None:
+        eps = need_eps(oracle, "square")
+        idx = oracle.active_indices()
+        if len(idx) == 0:
+            return
+        dev, norm = oracle.device, oracle.norm
+        x0_all, y_all, t_all = oracle.x0, oracle.y, oracle.targets
+        c, h, w = x0_all.shape[1:]
+        n_iters = oracle.max_queries
+        p_init = self.p_init if self.p_init is not None else (0.05 if norm == "linf" else 0.1)
+        x0 = x0_all[idx]
+        B = len(idx)
+
+        def loss_of(x, idx):
+            p = oracle.scores(x, idx)
+            l = self._loss(p, y_all[idx], None if t_all is None else t_all[idx])
+            return torch.nan_to_num(l, nan=float("inf"))
+
+        if norm == "linf":
+            stripes = (torch.randint(0, 2, (B, c, 1, w), generator=generator, device=dev) * 2 - 1).to(x0.dtype) * eps
+            x = (x0 + stripes).clamp(0, 1)
+        else:
+            x = (x0 + self._l2_init(B, c, h, w, eps, generator, dev)).clamp(0, 1)
+        best = loss_of(x, idx)
+        it = 0
+        while True:
+            keep = oracle.active[idx]
+            if not bool(keep.all()):
+                if not bool(keep.any()):
+                    return
+                idx, x, x0, best = idx[keep], x[keep], x0[keep], best[keep]
+            it += 1
+            p = p_selection(p_init, it - 1, n_iters)
+            if norm == "linf":
+                cand = self._linf_step(x, x0, p, eps, generator)
+            else:
+                cand = self._l2_step(x, x0, p, eps, generator)
+            loss = loss_of(cand, idx)
+            better = loss < best
+            best = torch.where(better, loss, best)
+            x = torch.where(bview(better, x.dim()), cand, x)
+
+    # ------------------------------------------------------------------ Linf (Alg. 2)
+    @staticmethod
+    def _linf_step(x, x0, p, eps, generator):
+        b, c, h, w = x.shape
+        s = min(max(int(round(math.sqrt(p * h * w))), 1), h - 1)
+        mask, _, _ = _window_mask(b, h, w, s, generator, x.device)
+        delta = x - x0
+        new = delta.clone()
+        todo = torch.ones(b, dtype=torch.bool, device=x.device)
+        for _ in range(10):  # redraw the signs of rows whose window would not change
+            signs = (torch.randint(0, 2, (b, c, 1, 1), generator=generator, device=x.device) * 2 - 1).to(x.dtype) * eps
+            cand = torch.where(mask & bview(todo, 4), signs.expand(b, c, h, w), new)
+            new = cand
+            changed = (((x0 + new).clamp(0, 1) - x).abs() * mask).flatten(1).amax(1) > 1e-7
+            todo = ~changed
+            if not bool(todo.any()):
+                break
+        return (x0 + new.clamp(-eps, eps)).clamp(0, 1)
+
+    # ------------------------------------------------------------------ L2 (Alg. 3)
+    @staticmethod
+    def _l2_init(b, c, h, w, eps, generator, device):
+        s = max(h // 5, 1)
+        sp = (h - s * 5) // 2
+        delta = torch.zeros(b, c, h, w, device=device)
+        bump = meta_pseudo_gaussian(s).to(device)
+        ch = sp
+        for _ in range(h // s):
+            cw = sp
+            for _ in range(w // s):
+                if ch + s <= h and cw + s <= w:
+                    tr = torch.rand(b, generator=generator, device=device) > 0.5
+                    bb = torch.where(bview(tr, 3), bump.t().expand(b, s, s), bump.expand(b, s, s))
+                    sign = (torch.randint(0, 2, (b, c, 1, 1), generator=generator, device=device) * 2 - 1).float()
+                    delta[:, :, ch:ch + s, cw:cw + s] += bb[:, None] * sign
+                cw += s
+            ch += s
+        return delta / bview(delta.flatten(1).norm(dim=1).clamp_min(1e-12), 4) * eps
+
+    @staticmethod
+    def _l2_step(x, x0, p, eps, generator):
+        b, c, h, w = x.shape
+        dev = x.device
+        s = max(int(round(math.sqrt(p * h * w))), 3)
+        if s % 2 == 0:
+            s += 1
+        s = min(s, h - 1) if h > 1 else 1
+        delta = x - x0
+        m1, ch1, cw1 = _window_mask(b, h, w, s, generator, dev)
+        m2, _, _ = _window_mask(b, h, w, s, generator, dev)
+        m1f, m2f = m1.to(x.dtype), m2.to(x.dtype)
+        norm_w1 = ((delta * m1f) ** 2).sum((2, 3), keepdim=True).sqrt()                      # per channel
+        norm_img = (delta ** 2).sum((1, 2, 3), keepdim=True).sqrt()
+        norm_ws = ((delta * torch.maximum(m1f, m2f)) ** 2).sum((2, 3), keepdim=True).sqrt()  # per channel
+        # the new bump on window 1, as a full-size map: place the s×s shape at each row's corner
+        bump = meta_pseudo_gaussian(s).to(dev)
+        tr = torch.rand(b, generator=generator, device=dev) > 0.5
+        bb = torch.where(bview(tr, 3), bump.t().expand(b, s, s), bump.expand(b, s, s))
+        r = torch.arange(h, device=dev)[None] - ch1[:, None]                                 # (b, h)
+        q = torch.arange(w, device=dev)[None] - cw1[:, None]                                 # (b, w)
+        rr = r.clamp(0, s - 1)[:, :, None].expand(b, h, w)
+        qq = q.clamp(0, s - 1)[:, None, :].expand(b, h, w)
+        full = bb[torch.arange(b, device=dev)[:, None, None], rr, qq]                        # (b, h, w)
+        sign = (torch.randint(0, 2, (b, c, 1, 1), generator=generator, device=dev) * 2 - 1).to(x.dtype)
+        new = full[:, None] * sign * m1f
+        new = new + delta * m1f / (1e-10 + norm_w1)
+        new_norm = (new ** 2).sum((2, 3), keepdim=True).sqrt().clamp_min(1e-12)
+        target = ((eps ** 2 - norm_img ** 2).clamp_min(0) / c + norm_ws ** 2).sqrt()
+        new = new / new_norm * target
+        d = delta * (1 - m2f)          # window 2 set to 0
+        d = d * (1 - m1f) + new        # window 1 replaced
+        d = d / bview(d.flatten(1).norm(dim=1).clamp_min(1e-12), 4) * eps
+        return (x0 + d).clamp(0, 1)
