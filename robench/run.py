@@ -111,10 +111,18 @@ def run_attack(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     if targets is not None:
         attacked &= targets != y  # a target equal to the label is no attack at all
 
+    # anytime curve (hard-label / minimal-distortion attacks): best distortion at these query counts
+    cps = b.get("checkpoints")
+    cps = sorted({int(c) for c in cps}) if cps is not None else (
+        R.default_checkpoints(int(b.max_queries)) if attack.minimizes_distortion else [])
+    if hasattr(attack, "bind"):  # generic hook: an attack that needs more than the oracle (e.g. training images)
+        attack.bind({"splits": splits, "device": device, "num_classes": splits.num_classes})
+
     records: List[Dict[str, Any]] = [
         {"index": int(i), "label": int(l), "target": -1 if targets is None else int(targets[k]),
          "clean_pred": int(p), "attacked": bool(a), "success": False, "queries": 0, "grad_queries": 0,
-         "queries_at_success": -1, "l0": float("nan"), "l2": float("nan"), "linf": float("nan"), "seconds": 0.0}
+         "queries_at_success": -1, "l0": float("nan"), "l2": float("nan"), "linf": float("nan"), "seconds": 0.0,
+         **{f"{R.CHECKPOINT_PREFIX}{c}": float("nan") for c in cps}}
         for k, (i, l, p, a) in enumerate(zip(idx, y, clean_pred, attacked))]
     R.write_records(run_dir / "records.csv", records)
 
@@ -133,7 +141,7 @@ def run_attack(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
                             targets=None if targets is None else targets[sel].to(device),
                             stop_on_success=not attack.minimizes_distortion,
                             recheck_repeats=int(cfg.get("recheck_repeats", 1)), num_classes=splits.num_classes,
-                            eot_samples=eot_samples if attack.access == "gradient" else 1)
+                            eot_samples=eot_samples if attack.access == "gradient" else 1, checkpoints=cps)
             attack.run(oracle, gen)
             res = oracle.finalize()
             t_attack += res.seconds
@@ -147,6 +155,8 @@ def run_attack(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
                          seconds=float(res.seconds_at_success[j]) if res.success[j] else res.seconds)
                 if res.adversarial[j]:
                     r.update(l0=float(d["l0"][j]), l2=float(d["l2"][j]), linf=float(d["linf"][j]))
+                for c, v in zip(res.checkpoints, res.dist_at[j].tolist()):
+                    r[f"{R.CHECKPOINT_PREFIX}{c}"] = v if v != float("inf") else float("nan")
             R.write_records(run_dir / "records.csv", records)  # after every batch: nothing finished is lost
             n_done += len(sel)
             n_succ += int(res.success.sum())

@@ -1,3 +1,4 @@
 """Attacks: one file each, registered by name (DESIGN.md, "Attacks")."""
 from robench.attacks.base import Attack, attack_loss  # noqa: F401
 from robench.attacks.whitebox import pgd  # noqa: F401  (registration)
+from robench.attacks import decision  # noqa: F401  (registration)
