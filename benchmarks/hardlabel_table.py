@@ -27,8 +27,11 @@ def main() -> None:
     ap.add_argument("--out", default="results/hardlabel_table")
     ap.add_argument("--experiment", default="cheng_table2_2_mnist")
     ap.add_argument("--attacks", default=",".join(ATTACKS))
+    ap.add_argument("--table-only", action="store_true", help="only print the table of runs already under --out")
     ap.add_argument("overrides", nargs="*")
     a = ap.parse_args()
+    if a.table_only:
+        return print_table(Path(a.out), a.attacks.split(","))
     out = Path(a.out)
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
     todo, running, t0 = a.attacks.split(","), [], time.time()
@@ -53,14 +56,25 @@ def print_table(out: Path, attacks) -> None:
     print("|---|---|---|---|---|---|")
     for name in attacks:
         f = out / name / "summary.json"
-        if not f.exists():
-            print(f"| {name} | (no summary) | | | | |")
+        if f.exists():
+            s = json.loads(f.read_text())
+            cps, n_att = s["checkpoints"], s["n_attacked"]
+        elif (out / name / "records.csv").exists():  # an unfinished run: the batches finished so far
+            import pandas as pd
+            import yaml
+
+            from robench.results import checkpoint_summary
+            df = pd.read_csv(out / name / "records.csv")
+            eps = yaml.safe_load((out / name / "config.yaml").read_text())["budget"]["eps"]
+            att = df[df.attacked.astype(bool) & (df.queries > 0)]
+            cps, n_att = checkpoint_summary(att, eps), f"{len(att)} (partial)"
+        else:
+            print(f"| {name} | (no records) | | | | |")
             continue
-        s = json.loads(f.read_text())
-        for c in s["checkpoints"]:
+        for c in cps:
             med = c["median_distortion"]
             print(f"| {name} | {c['queries']} | {'inf' if med is None else f'{med:.3f}'} | "
-                  f"{c['mean_distortion']:.3f} | {c['success_rate']:.0%} | {s['n_attacked']} |")
+                  f"{c['mean_distortion']:.3f} | {c['success_rate']:.0%} | {n_att} |")
 
 
 if __name__ == "__main__":
