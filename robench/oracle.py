@@ -110,7 +110,7 @@ class Oracle:
         self._queries_at_success = torch.full((n,), -1, dtype=torch.long, device=dev)
         self._success_call = torch.full((n,), -1, dtype=torch.long, device=dev)
         self._best_dist = torch.full((n,), float("inf"), device=dev)
-        self._best_key = self._best_dist.clone()
+        self._best_key = self._best_dist.double()  # float64: dist + _OUTSIDE keeps full precision
         self._best_x = self._x0.clone()
         cps = sorted({int(c) for c in (checkpoints or ())})
         if cps and cps[0] < 1:
@@ -338,8 +338,9 @@ class Oracle:
             self._dist_at.scatter_reduce_(0, idx[:, None].expand_as(vals), vals, "amin")
         # best adversarial point: smallest distortion, points inside the eps-ball ranked before any
         # outside it, so a successful sample's best point is always a success-eligible one
-        inf = torch.full_like(dist, float("inf"))
-        key = torch.where(within, dist, torch.where(valid, dist + _OUTSIDE, inf))
+        d64 = dist.double()
+        inf = torch.full_like(d64, float("inf"))
+        key = torch.where(within, d64, torch.where(valid, d64 + _OUTSIDE, inf))
         old = self._best_key
         self._best_key = old.scatter_reduce(0, idx, key, "amin")
         improved = (key == self._best_key[idx]) & (key < old[idx])
