@@ -54,6 +54,13 @@ def validate_budget(b: Any, num_classes: int | None) -> None:
         raise RobenchError(f"budget.target must be random, least_likely or a class index, got '{t}'")
     if isinstance(t, int) and num_classes is not None and not 0 <= t < num_classes:
         raise RobenchError(f"budget.target={t} is out of range: this dataset has classes 0..{num_classes - 1}")
+    cps = b.get("checkpoints")
+    if cps is not None:
+        ok = not isinstance(cps, (str, bytes)) and hasattr(cps, "__iter__") and len(list(cps)) > 0
+        ok = ok and all(isinstance(c, int) and not isinstance(c, bool) and 1 <= c <= mq for c in cps)
+        if not ok:
+            raise RobenchError(f"budget.checkpoints must be null or a list of query counts in 1..max_queries ({mq}), "
+                               f"e.g. [4000,8000,14000]; got '{cps}'")
 
 
 def validate_common(cfg: Any) -> None:

@@ -13,6 +13,11 @@ An attack gets an :class:`Oracle` for a batch of samples and nothing else. The o
   ``label == target``, inside ``[0, 1]`` and, when ``eps`` is set, inside the threat model's ball
   (both up to ``tol``); it records the query number of the first success and keeps, per sample, the
   adversarial point of smallest distortion (in the budget's norm) seen so far;
+* keeps, when ``checkpoints`` (sorted query counts) are given, each sample's best adversarial
+  distortion "at c queries" for every checkpoint c: the smallest distortion (budget's norm, any
+  adversarial point in ``[0, 1]``, inside or outside ``eps``) among the sample's rows whose query
+  number is <= c (the anytime curve of minimal-distortion attacks; a call that straddles c counts
+  only its rows numbered <= c);
 * reports which samples are done (``active``), so batched attacks stop spending on them;
 * at the end re-checks every success with fresh, uncounted forward passes (``finalize``); with a
   randomized victim the re-check repeats ``recheck_repeats`` times and success must hold every time.
@@ -66,6 +71,9 @@ class OracleResult:
     adversarial: torch.Tensor         # bool: an adversarial point (any distortion) was seen
     best_x: torch.Tensor              # the best adversarial point seen (x0 where none)
     seconds: float                    # wall time of the whole batch
+    checkpoints: tuple = ()           # the query counts of the anytime curve (sorted)
+    dist_at: Optional[torch.Tensor] = None  # float (n, len(checkpoints)): best adversarial distortion
+    #                                   within c queries (inf: none yet; inf too where the re-check failed)
 
 
 class Oracle:
@@ -73,7 +81,7 @@ class Oracle:
                  norm: str = "linf", eps: Optional[float] = None, max_queries: int = 10_000,
                  targets: Optional[torch.Tensor] = None, stop_on_success: bool = True,
                  recheck_repeats: int = 1, tol: float = 1e-5, num_classes: Optional[int] = None,
-                 eot_samples: int = 1):
+                 eot_samples: int = 1, checkpoints=None):
         if access not in ACCESS_LEVELS:
             raise ValueError(f"access must be one of {ACCESS_LEVELS}, got {access!r}")
         if norm not in ("linf", "l2"):
@@ -102,8 +110,14 @@ class Oracle:
         self._queries_at_success = torch.full((n,), -1, dtype=torch.long, device=dev)
         self._success_call = torch.full((n,), -1, dtype=torch.long, device=dev)
         self._best_dist = torch.full((n,), float("inf"), device=dev)
-        self._best_key = self._best_dist.clone()
+        self._best_key = self._best_dist.double()  # float64: dist + _OUTSIDE keeps full precision
         self._best_x = self._x0.clone()
+        cps = sorted({int(c) for c in (checkpoints or ())})
+        if cps and cps[0] < 1:
+            raise ValueError(f"checkpoints must be query counts >= 1, got {cps}")
+        self.checkpoints = tuple(cps)
+        self._cp = torch.tensor(cps, dtype=torch.long, device=dev)
+        self._dist_at = torch.full((n, len(cps)), float("inf"), device=dev)
         self._call_times: list[float] = []
         self._t0 = time.perf_counter()
         self._finalized: Optional[OracleResult] = None
@@ -125,6 +139,8 @@ class Oracle:
                                   doc="Query number of each sample's first success (-1: none yet).")
     best_dist = property(lambda self: self._best_dist.clone(), doc="Distortion of each sample's best adversarial point.")
     best_x = property(lambda self: self._best_x.clone(), doc="Each sample's best adversarial point (x0 where none).")
+    dist_at = property(lambda self: self._dist_at.clone(),
+                       doc="(n, len(checkpoints)): best adversarial distortion within each checkpoint's queries.")
 
     @property
     def active(self) -> torch.Tensor:
@@ -234,6 +250,8 @@ class Oracle:
                     pred = self._model(xs).argmax(1)
                 ok &= self._criterion(xs, sel, pred)[1]
             confirmed[sel] = ok
+        dist_at = self._dist_at.clone()
+        dist_at[self._success & ~confirmed] = float("inf")  # an unconfirmed best point certifies nothing
         call_times = torch.tensor([t - self._t0 for t in self._call_times] or [float("nan")], dtype=torch.float64)
         sc = self._success_call.cpu()
         secs = torch.where(sc >= 0, call_times[sc.clamp_min(0)], torch.tensor(float("nan"), dtype=torch.float64))
@@ -241,7 +259,8 @@ class Oracle:
             success=confirmed.cpu(), claimed=self._success.cpu(), queries=self._queries.cpu(),
             grad_queries=self._grad_queries.cpu(), queries_at_success=self._queries_at_success.cpu(),
             seconds_at_success=secs, adversarial=torch.isfinite(self._best_dist).cpu(),
-            best_x=self._best_x.detach().cpu(), seconds=time.perf_counter() - self._t0)
+            best_x=self._best_x.detach().cpu(), seconds=time.perf_counter() - self._t0,
+            checkpoints=self.checkpoints, dist_at=dist_at.cpu())
         return self._finalized
 
     # ------------------------------------------------------------------ internals
@@ -313,10 +332,15 @@ class Oracle:
         self._queries_at_success = torch.where(new, first, self._queries_at_success)
         self._success_call = torch.where(new, torch.full_like(self._success_call, call), self._success_call)
         self._success |= new
+        if len(self.checkpoints):  # anytime curve: rows numbered <= c count for checkpoint c
+            upto = qnum[:, None] <= self._cp[None, :]
+            vals = torch.where(valid[:, None] & upto, dist[:, None], torch.full_like(upto, float("inf"), dtype=dist.dtype))
+            self._dist_at.scatter_reduce_(0, idx[:, None].expand_as(vals), vals, "amin")
         # best adversarial point: smallest distortion, points inside the eps-ball ranked before any
         # outside it, so a successful sample's best point is always a success-eligible one
-        inf = torch.full_like(dist, float("inf"))
-        key = torch.where(within, dist, torch.where(valid, dist + _OUTSIDE, inf))
+        d64 = dist.double()
+        inf = torch.full_like(d64, float("inf"))
+        key = torch.where(within, d64, torch.where(valid, d64 + _OUTSIDE, inf))
         old = self._best_key
         self._best_key = old.scatter_reduce(0, idx, key, "amin")
         improved = (key == self._best_key[idx]) & (key < old[idx])

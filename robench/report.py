@@ -445,6 +445,10 @@ def main(argv: List[str]) -> None:
     atomic_write_text(out / "report.html", to_html(title, sections, images, notes))
     written.append(out / "report.html")
 
+    cp = collect_checkpoints(args.dirs)
+    if len(cp):
+        atomic_write_text(out / "checkpoints.csv", cp.to_csv(index=False))
+        written.append(out / "checkpoints.csv")
     if args.quiet:
         return
     from rich.console import Console
@@ -459,7 +463,47 @@ def main(argv: List[str]) -> None:
                     "training recipes", console)
     for n in notes:
         console.print(f"[yellow]note:[/yellow] {n}")
+    if len(cp):
+        print_checkpoints(cp)
     console.print("wrote " + ", ".join(str(p) for p in written))
+
+
+# ---------------------------------------------------------------- anytime curves (hard-label attacks)
+CHECKPOINT_COLUMNS = ["victim", "attack", "budget", "overrides", "queries", "mean dist", "median dist", "success rate"]
+
+
+def collect_checkpoints(dirs: List[str]) -> pd.DataFrame:
+    """One row per (run, checkpoint) from the ``checkpoints`` list of each run's summary.json."""
+    rows = []
+    for d in dirs:
+        p = Path(d)
+        for f in ([p] if p.is_file() else sorted(p.rglob("summary.json"))):
+            s = json.loads(f.read_text())
+            if s.get("command") != "attack":
+                continue
+            for c in s.get("checkpoints") or []:
+                med = c.get("median_distortion")
+                rows.append({"victim": f"{s.get('dataset')}/{s.get('model')}/{s.get('defense')}",
+                             "attack": s.get("attack"), "budget": s.get("budget"),
+                             "overrides": run_overrides(f.parent), "queries": c["queries"],
+                             "mean dist": c.get("mean_distortion"),
+                             "median dist": float("inf") if med is None else med,
+                             "success rate": c.get("success_rate"), "run": str(f.parent)})
+    return pd.DataFrame(rows)
+
+
+def print_checkpoints(cp: pd.DataFrame) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title="anytime curves (distortion in the budget's norm; success: <= eps)", show_header=True,
+              header_style="bold")
+    for c in CHECKPOINT_COLUMNS:
+        t.add_column(c, justify="left" if c in ("victim", "attack", "budget", "overrides") else "right", overflow="fold")
+    for _, r in cp.iterrows():
+        t.add_row(*(f"{r[c]:.2%}" if c == "success rate" and pd.notna(r[c]) else
+                    (f"{r[c]:.4g}" if isinstance(r[c], float) else str(r[c])) for c in CHECKPOINT_COLUMNS))
+    Console(width=max(180, Console().width)).print(t)
 
 
 def print_table(df: pd.DataFrame, console=None) -> None:

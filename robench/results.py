@@ -31,6 +31,14 @@ mean_queries, median_queries   over successful samples: queries up to the first 
 mean_queries_all       over attacked samples: all queries spent
 mean_l2, median_l2, mean_linf, median_linf, mean_l0, median_l0   over successful samples
 success_at_queries     {budget: fraction of attacked samples successful within that many queries}
+checkpoints            anytime curve (budget.checkpoints; [] when none): a list of objects
+                       {queries, mean_distortion, median_distortion, success_rate, adversarial_rate}
+                       over attacked samples, from the records' ``dist_at_<c>`` columns (the best
+                       adversarial distortion, in the budget's norm, within c queries; NaN: none yet).
+                       median_distortion counts a sample with no adversarial point as +inf (null
+                       when that makes the median infinite); mean_distortion is over the samples
+                       that have one; success_rate: fraction with distortion <= eps (+1e-5), or with
+                       any adversarial point when eps is null; adversarial_rate: fraction with one
 recheck_failed         successes seen during the attack that the final re-check did not confirm
 total_queries          queries spent on all samples
 seconds                wall time of the attack phase (all batches)
@@ -129,6 +137,42 @@ def config_differences(a: Dict[str, Any], b: Dict[str, Any], prefix: str = "") -
             out += config_differences(va, vb, f"{prefix}{k}.")
         elif va != vb:
             out.append(f"{prefix}{k}")
+#: per-checkpoint record columns: ``dist_at_<c>`` for each checkpoint c (anytime curve)
+CHECKPOINT_PREFIX = "dist_at_"
+
+
+def checkpoint_columns(keys: Iterable[str]) -> List[str]:
+    """The ``dist_at_<c>`` names among ``keys``, in increasing c."""
+    cols = {k for k in keys if str(k).startswith(CHECKPOINT_PREFIX)}
+    return sorted(cols, key=lambda k: int(k[len(CHECKPOINT_PREFIX):]))
+
+
+def default_checkpoints(max_queries: int) -> List[int]:
+    """Anytime-curve checkpoints when ``budget.checkpoints`` is null and the attack minimizes
+    distortion: 1000, 2000, 4000, ... below max_queries, then max_queries (below 2000 queries:
+    powers of ten below max_queries, then max_queries)."""
+    out, b = [], (1000 if max_queries > 1000 else 10)
+    step = 2 if max_queries > 1000 else 10
+    while b < max_queries:
+        out.append(b)
+        b *= step
+    return out + [int(max_queries)]
+
+
+def checkpoint_summary(att: pd.DataFrame, eps: Any, tol: float = 1e-5) -> List[Dict[str, Any]]:
+    """Per checkpoint: mean / median best distortion and success rate at threshold eps (see the schema)."""
+    out = []
+    n = len(att)
+    for col in checkpoint_columns(att.columns):
+        d = pd.to_numeric(att[col], errors="coerce").astype(float)
+        has = d.notna() & (d != float("inf"))
+        med = d.where(has, float("inf")).median() if n else float("nan")
+        ok = has if eps is None else has & (d <= float(eps) + tol)
+        out.append({"queries": int(col[len(CHECKPOINT_PREFIX):]),
+                    "mean_distortion": float(d[has].mean()) if has.any() else float("nan"),
+                    "median_distortion": None if med == float("inf") else float(med),
+                    "success_rate": float(ok.sum()) / n if n else float("nan"),
+                    "adversarial_rate": float(has.sum()) / n if n else float("nan")})
     return out
 
 
@@ -181,6 +225,7 @@ def summarize(records: List[Dict[str, Any]], meta: Dict[str, Any]) -> Dict[str, 
     mq = int(meta.get("max_queries") or 1)
     out["success_at_queries"] = {str(b): (int((succ.queries_at_success <= b).sum()) / n_att if n_att else float("nan"))
                                  for b in success_budgets(mq)}
+    out["checkpoints"] = checkpoint_summary(att, meta.get("eps"))
     out["recheck_failed"] = int(meta.get("recheck_failed", 0))
     out["total_queries"] = total_q
     out["seconds"] = seconds
@@ -209,9 +254,23 @@ def title(s: Dict[str, Any]) -> str:
             f"{s.get('norm')} eps={s.get('eps')}, max {s.get('max_queries')} queries{tgt}")
 
 
+def checkpoint_rows(s: Dict[str, Any]) -> List[tuple]:
+    """(queries, mean, median, success rate) strings of the anytime curve, one per checkpoint."""
+    return [(str(c["queries"]), _fmt(c.get("mean_distortion"), "{:.4f}"),
+             "inf" if c.get("median_distortion") is None else _fmt(c["median_distortion"], "{:.4f}"),
+             _fmt(c.get("success_rate"), "{:.2%}")) for c in s.get("checkpoints") or []]
+
+
+CHECKPOINT_HEADER = ("queries", "mean dist.", "median dist.", "success rate (<= eps)")
+
+
 def summary_markdown(s: Dict[str, Any]) -> str:
     lines = [f"# {title(s)}", "", "| metric | value |", "|---|---|"]
     lines += [f"| {a} | {b} |" for a, b in summary_rows(s)]
+    if s.get("checkpoints"):
+        lines += ["", f"Anytime curve ({s.get('norm')} distortion of the best adversarial point within the queries):", "",
+                  "| " + " | ".join(CHECKPOINT_HEADER) + " |", "|---|---|---|---|"]
+        lines += ["| " + " | ".join(r) + " |" for r in checkpoint_rows(s)]
     return "\n".join(lines) + "\n"
 
 
@@ -245,3 +304,10 @@ def print_summary(s: Dict[str, Any], console=None) -> None:
     for a, b in summary_rows(s):
         t.add_row(a, b)
     console.print(t)
+    if s.get("checkpoints"):
+        c = Table(title=f"anytime curve ({s.get('norm')})", show_header=True, header_style="bold")
+        for h in CHECKPOINT_HEADER:
+            c.add_column(h, justify="right")
+        for r in checkpoint_rows(s):
+            c.add_row(*r)
+        console.print(c)

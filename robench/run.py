@@ -186,11 +186,19 @@ def run_attack(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
         attacked &= targets != y  # a target equal to the label is no attack at all
 
     batch_of = (pos // batch_size).tolist()
+    # anytime curve (hard-label / minimal-distortion attacks): best distortion at these query counts
+    cps = b.get("checkpoints")
+    cps = sorted({int(c) for c in cps}) if cps is not None else (
+        R.default_checkpoints(int(b.max_queries)) if attack.minimizes_distortion else [])
+    if hasattr(attack, "bind"):  # generic hook: an attack that needs more than the oracle (e.g. training images)
+        attack.bind({"splits": splits, "device": device, "num_classes": splits.num_classes})
+
     records: List[Dict[str, Any]] = [
         {"index": int(i), "label": int(l), "target": -1 if targets is None else int(targets[k]),
          "clean_pred": int(p), "attacked": bool(a), "success": False, "queries": 0, "grad_queries": 0,
          "queries_at_success": -1, "l0": float("nan"), "l2": float("nan"), "linf": float("nan"), "seconds": 0.0,
-         "batch": batch_of[k], "batch_seconds": 0.0, "recheck_failed": False}
+         "batch": batch_of[k], "batch_seconds": 0.0, "recheck_failed": False,
+         **{f"{R.CHECKPOINT_PREFIX}{c}": float("nan") for c in cps}}
         for k, (i, l, p, a) in enumerate(zip(idx, y, clean_pred, attacked))]
     batches: Dict[int, List[int]] = {}
     for k, bt in enumerate(batch_of):
@@ -237,7 +245,7 @@ def run_attack(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
                                 targets=None if targets is None else targets[sel].to(device),
                                 stop_on_success=not attack.minimizes_distortion,
                                 recheck_repeats=int(cfg.get("recheck_repeats", 1)), num_classes=splits.num_classes,
-                                eot_samples=eot_samples if attack.access == "gradient" else 1)
+                                eot_samples=eot_samples if attack.access == "gradient" else 1, checkpoints=cps)
                 attack.run(oracle, gen)
                 res = oracle.finalize()
                 batch_secs = res.seconds
@@ -251,6 +259,8 @@ def run_attack(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
                              recheck_failed=bool(res.claimed[j] and not res.success[j]))
                     if res.adversarial[j]:
                         r.update(l0=float(d["l0"][j]), l2=float(d["l2"][j]), linf=float(d["linf"][j]))
+                    for c, v in zip(res.checkpoints, res.dist_at[j].tolist()):
+                        r[f"{R.CHECKPOINT_PREFIX}{c}"] = v if v != float("inf") else float("nan")
             for k in rows:
                 records[k]["batch_seconds"] = batch_secs
             done.add(bt)

@@ -2,3 +2,4 @@
 from robench.attacks.base import Attack, attack_loss  # noqa: F401
 from robench.attacks.whitebox import pgd  # noqa: F401  (registration)
 from robench.attacks import score  # noqa: F401  (registration: genattack, zoo, nes, square, noise)
+from robench.attacks import decision  # noqa: F401  (registration)

@@ -1,0 +1,103 @@
+from __future__ import annotations
+
+import torch
+
+from robench.attacks.base import Attack
+from robench.attacks.decision.common import adversarial, noise_init, targeted_pool, view_b
+from robench.errors import RobenchError
+from robench.oracle import Oracle
+from robench.registry import ATTACKS
+
+
+@ATTACKS.register("boundary")
+class BoundaryAttack(Attack):
+    """Boundary attack (Brendel, Rauber, Bethge 2018), hard-label, batched over samples.
+
+    A random walk along the decision boundary that shrinks the L2 distance to x0: each step draws a
+    Gaussian perturbation orthogonal to the direction towards x0, scaled to ``spherical_step`` times
+    the current distance and projected back on the sphere around x0 (the "orthogonal step"), then
+    moves ``source_step`` times the distance towards x0 (the "step towards the original"); the
+    candidate replaces the current point when adversarial and closer. Step sizes adapt as in the
+    paper (§3): every ``update_stats_every_k`` steps the orthogonal candidate is also queried;
+    over the last 100 such checks, a success rate above 0.5 multiplies both steps by
+    ``step_adaptation`` (below 0.2 divides them), and over the last 30 checks of the full
+    candidate, above 0.25 multiplies the source step (below 0.1 divides it).
+
+    The thesis compares the Foolbox implementation with unstated settings (§2.5); robench follows
+    Foolbox 3's ``BoundaryAttack`` and its defaults (spherical_step = source_step = 0.01,
+    step_adaptation = 1.5, update_stats_every_k = 10, convergence at source_step < 1e-7) and its
+    initialisation (uniform noise until adversarial, then a blend search towards x0, here bisection;
+    targeted runs try target-class training images first, needs :meth:`bind`). The walk is L2 by
+    design; with a Linf budget the oracle still keeps the point of smallest Linf distortion it saw.
+    """
+
+    access = "label"
+    minimizes_distortion = True
+
+    def __init__(self, spherical_step: float = 0.01, source_step: float = 0.01, step_adaptation: float = 1.5,
+                 update_stats_every_k: int = 10, source_step_convergence: float = 1e-7, max_steps: int = 10_000_000):
+        if spherical_step <= 0 or source_step <= 0 or step_adaptation <= 1 or update_stats_every_k < 1:
+            raise RobenchError("boundary needs spherical_step, source_step > 0, step_adaptation > 1 and "
+                               "update_stats_every_k >= 1")
+        self.spherical_step, self.source_step, self.step_adaptation = spherical_step, source_step, step_adaptation
+        self.k, self.conv, self.max_steps = update_stats_every_k, source_step_convergence, max_steps
+        self.context: dict | None = None
+
+    def bind(self, context: dict) -> None:
+        self.context = context
+
+    def run(self, oracle: Oracle, generator: torch.Generator) -> None:
+        x0 = oracle.x0
+        n, dev = x0.shape[0], x0.device
+        best, found = noise_init(oracle, generator, pool=targeted_pool(self.context, oracle, 100, generator))
+        sph = torch.full((n,), self.spherical_step, device=dev)
+        src = torch.full((n,), self.source_step, device=dev)
+        sph_stats = torch.full((n, 100), float("nan"), device=dev)  # queues of the last checks (NaN: empty)
+        step_stats = torch.full((n, 30), float("nan"), device=dev)
+        n_sph = torch.zeros(n, dtype=torch.long, device=dev)
+        n_step = torch.zeros(n, dtype=torch.long, device=dev)
+        a = self.step_adaptation
+        for step in range(1, self.max_steps + 1):
+            s = (found & oracle.active & (src >= self.conv)).nonzero().flatten()
+            if len(s) == 0:
+                return
+            xo, xb = x0[s], best[s]
+            diff = (xo - xb).flatten(1)
+            dnorm = diff.norm(dim=1).clamp_min(1e-12)
+            unit = diff / dnorm[:, None]
+            eta = torch.randn(diff.shape, generator=generator, device=dev)
+            eta = eta - (eta * unit).sum(1, keepdim=True) * unit
+            eta = eta * (sph[s] * dnorm / eta.norm(dim=1).clamp_min(1e-12))[:, None]
+            sph_c = (xo.flatten(1) + (eta - diff) / torch.sqrt(sph[s] ** 2 + 1)[:, None]).clamp(0, 1)
+            new_dir = xo.flatten(1) - sph_c
+            new_norm = new_dir.norm(dim=1).clamp_min(1e-12)
+            length = (src[s] * dnorm + new_norm - dnorm).clamp_min(0) / new_norm
+            cand = (sph_c + length[:, None] * new_dir).clamp(0, 1).view_as(xb)
+            check = step % self.k == 0
+            if check:  # the orthogonal candidate and the full candidate, one call
+                adv2, _ = adversarial(oracle, torch.cat([sph_c.view_as(xb), cand]), torch.cat([s, s]))
+                sph_adv, adv = adv2[:len(s)], adv2[len(s):]
+            else:
+                adv, _ = adversarial(oracle, cand, s)
+            closer = (cand - xo).flatten(1).norm(dim=1) < dnorm
+            ok = adv & closer
+            best[s[ok]] = cand[ok]
+            if check:
+                sph_stats[s, n_sph[s] % 100] = sph_adv.float()
+                step_stats[s, n_step[s] % 30] = adv.float()
+                n_sph[s] += 1
+                n_step[s] += 1
+                full = n_sph[s] >= 100
+                p = sph_stats[s].mean(1)
+                up, down = full & (p > 0.5), full & (p < 0.2)
+                f = torch.where(up, a, torch.where(down, 1 / a, 1.0))
+                sph[s] *= f
+                src[s] *= f
+                reset = s[up | down]
+                sph_stats[reset], n_sph[reset] = float("nan"), 0
+                full = n_step[s] >= 30
+                p = step_stats[s].mean(1)
+                up, down = full & (p > 0.25), full & (p < 0.1)
+                src[s] *= torch.where(up, a, torch.where(down, 1 / a, 1.0))
+                reset = s[up | down]
+                step_stats[reset], n_step[reset] = float("nan"), 0

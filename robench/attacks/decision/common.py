@@ -1,0 +1,301 @@
+"""Shared machinery of the hard-label (decision-based) attacks: the label-only adversarial test, the
+boundary distance g(theta) of Cheng et al. (batched over rows), and direction initialisation.
+
+Every function here goes through the oracle: each label it looks at is a counted query. Rows carry
+the sample index ``idx`` of the batch; rows of samples that are out of budget come back unanswered
+(label -1) and are treated as "unknown", never as adversarial.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+
+from robench.oracle import Oracle
+
+#: rows per oracle call; large calls are split (small calls are faster per row on a CPU)
+CHUNK = 200
+
+
+def flat_norm(v: torch.Tensor, norm: str) -> torch.Tensor:
+    f = v.flatten(1)
+    return f.abs().amax(1) if norm == "linf" else f.norm(dim=1)
+
+
+def view_b(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Per-row scalars shaped to broadcast against image rows."""
+    return v.view(-1, *[1] * (like.dim() - 1))
+
+
+def normalize(v: torch.Tensor, norm: str) -> torch.Tensor:
+    return v / view_b(flat_norm(v, norm).clamp_min(1e-12), v)
+
+
+def adversarial(oracle: Oracle, x: torch.Tensor, idx: torch.Tensor, chunk: int = CHUNK) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(adversarial, answered) per row: one counted label query per row (split into calls of ``chunk``).
+
+    Adversarial means "the victim's top-1 label is not y" (untargeted) or "is the target" (targeted);
+    the oracle judges success independently of this.
+    """
+    y, t = oracle.y, oracle.targets
+    labels = torch.cat([oracle.labels(x[s:s + chunk], idx[s:s + chunk]) for s in range(0, len(idx), chunk)]) \
+        if len(idx) else torch.empty(0, dtype=torch.long, device=x.device)
+    answered = labels >= 0
+    adv = (labels == t[idx]) if t is not None else (labels != y[idx])
+    return adv & answered, answered
+
+
+def ray_point(x0: torch.Tensor, theta: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+    """x0 + lam * theta clipped to the image box [0, 1] (the domain bound of Cheng et al. §2.4.2)."""
+    return (x0 + view_b(lam, x0) * theta).clamp(0, 1)
+
+
+# states of the boundary search
+_V, _UP, _DOWN, _BIN, _OUT, _CHK, _DONE = range(7)
+LOCAL, BOUND, SCRATCH = 0, 1, 2
+
+
+def boundary_distance(oracle: Oracle, x0: torch.Tensor, theta: torch.Tensor, idx: torch.Tensor,
+                      v: torch.Tensor, mode: torch.Tensor | int, tol: float, ratio: float = 0.01,
+                      out_step: float = 0.1, lam_max: float = 30.0) -> torch.Tensor:
+    """g(theta) for each row: the distance along the (normalised) direction ``theta`` from ``x0`` (the
+    row's clean image) to the decision boundary, as the smallest adversarial lambda found, batched
+    over rows (one oracle call per search step for all rows still searching). +inf where none found.
+
+    ``mode`` per row:
+
+    * ``LOCAL`` (Cheng et al. Algorithm 2, around a previous value ``v``): probe v; if not adversarial
+      grow by (1 + ratio) until adversarial, else shrink by (1 - ratio) while adversarial; then bisect
+      until the bracket is narrower than ``tol``;
+    * ``BOUND`` (``v`` is an upper bound candidate, e.g. the current best g or the distance to a
+      target-class image): probe v; if adversarial bisect [0, v], else +inf (the direction cannot beat v);
+    * ``SCRATCH`` (g from scratch): probe out_step, 2 out_step, ... until adversarial (+inf past
+      ``lam_max``), then bisect the last step.
+
+    The returned lambda was itself queried and seen adversarial (the oracle holds that point).
+    """
+    n = len(idx)
+    dev = x0.device
+    tol = torch.as_tensor(tol, dtype=torch.float32, device=dev).expand(n)
+    v = v.to(dev, torch.float32).clone()
+    mode = torch.full((n,), mode, dtype=torch.long, device=dev) if isinstance(mode, int) else mode.to(dev)
+    lo = torch.zeros(n, device=dev)
+    hi = v.clone()
+    hi_adv = torch.zeros(n, dtype=torch.bool, device=dev)
+    st = torch.where(mode == LOCAL, _V, torch.where(mode == BOUND, _CHK, _OUT)).to(torch.long)
+    hi = torch.where(mode == SCRATCH, torch.full_like(hi, out_step), hi)
+    st = torch.where(~torch.isfinite(v) & (mode != SCRATCH), torch.full_like(st, _DONE), st)
+    while True:
+        live = (st != _DONE).nonzero().flatten()
+        if len(live):
+            live = live[oracle.active[idx[live]]]
+        if len(live) == 0:
+            break
+        s, l, h = st[live], lo[live], hi[live]
+        probe = torch.where(s == _UP, h, torch.where(s == _DOWN, l, torch.where(s == _BIN, (l + h) / 2, h)))
+        probe = torch.where((s == _V) | (s == _CHK), v[live], probe)
+        adv, ans = adversarial(oracle, ray_point(x0[live], theta[live], probe), idx[live])
+        ns, nl, nh, nadv = s.clone(), l.clone(), h.clone(), hi_adv[live].clone()
+        # LOCAL start
+        m = s == _V
+        ns[m & adv], nh[m & adv], nadv[m & adv], nl[m & adv] = _DOWN, probe[m & adv], True, probe[m & adv] * (1 - ratio)
+        ns[m & ~adv], nl[m & ~adv], nh[m & ~adv] = _UP, probe[m & ~adv], probe[m & ~adv] * (1 + ratio)
+        # growing: hi not adversarial yet
+        m = s == _UP
+        ns[m & adv], nadv[m & adv] = _BIN, True
+        g = m & ~adv
+        nl[g], nh[g] = h[g], h[g] * (1 + ratio)
+        ns[g & (nh > lam_max)] = _DONE
+        # shrinking: lo still adversarial
+        m = s == _DOWN
+        g = m & adv
+        nh[g], nl[g] = l[g], l[g] * (1 - ratio)
+        ns[m & ~adv] = _BIN
+        # bisection
+        m = s == _BIN
+        mid = (l + h) / 2
+        nh[m & adv], nadv[m & adv] = mid[m & adv], True
+        nl[m & ~adv] = mid[m & ~adv]
+        # outward search from scratch
+        m = s == _OUT
+        ns[m & adv], nadv[m & adv], nl[m & adv] = _BIN, True, (h[m & adv] - out_step).clamp_min(0)
+        g = m & ~adv
+        nl[g], nh[g] = h[g], h[g] + out_step
+        ns[g & (nh > lam_max)] = _DONE
+        # upper-bound check
+        m = s == _CHK
+        ns[m & adv], nh[m & adv], nadv[m & adv], nl[m & adv] = _BIN, probe[m & adv], True, 0.0
+        ns[m & ~adv] = _DONE
+        # bracket narrow enough (or lo collapsed to 0 while shrinking): done; unanswered: done
+        ns[(ns == _BIN) & (nh - nl <= tol[live])] = _DONE
+        ns[(ns == _DOWN) & (nl < 1e-6)] = _DONE
+        ns[~ans] = _DONE
+        nadv = torch.where(ans | (s != _BIN), nadv, hi_adv[live])
+        st[live], lo[live], hi[live], hi_adv[live] = ns, nl, nh, nadv
+    return torch.where(hi_adv, hi, torch.full_like(hi, float("inf")))
+
+
+def search_scale(x0: torch.Tensor, norm: str) -> Tuple[float, float]:
+    """(outward step, largest lambda) of the from-scratch search. Cheng et al. do not state the coarse
+    step (the notes' §7.16): robench steps 1/100 of the image box's diameter in the norm (L2:
+    sqrt(d) / 100; Linf: 0.02 on the Linf-normalised direction) and gives up past 2x the diameter
+    (L2) or lambda 4 (Linf, where every coordinate with |theta_i| >= 1/4 is saturated)."""
+    d = x0[0].numel()
+    if norm == "linf":
+        return 0.02, 4.0
+    return d ** 0.5 / 100, 2 * d ** 0.5
+
+
+def init_directions(oracle: Oracle, gen: torch.Generator, norm: str, n_dirs: int, tol: float,
+                    pool: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """theta_0 and g(theta_0) per sample: the best of ``n_dirs`` directions (Cheng et al. §2.5, "the best
+    of 100 random directions"), batched over samples, one direction at a time per sample so the
+    running best prunes: a direction is only bisected if the point at the current best g along it is
+    adversarial (the reference code's ``fine_grained_binary_search``); the first direction of a
+    sample is searched from scratch.
+
+    ``pool`` (n, n_dirs, C, H, W), optional: target-class training images (targeted attacks, Cheng et
+    al. §2.5: "100 samples in target class from training dataset"): direction x_t - x0 with the
+    upper bound ||x_t - x0||. Rows of the pool equal to x0 are skipped.
+    """
+    x0 = oracle.x0
+    n, dev = x0.shape[0], x0.device
+    out_step, lam_max = search_scale(x0, norm)
+    best_g = torch.full((n,), float("inf"), device=dev)
+    best_t = torch.zeros_like(x0)
+    for k in range(n_dirs):
+        s = oracle.active_indices()
+        if len(s) == 0:
+            break
+        if pool is not None:
+            d = pool[s, k] - x0[s]
+            ub = flat_norm(d, norm)
+        else:
+            d = torch.randn(x0[s].shape, generator=gen, device=dev)
+            ub = torch.full((len(s),), float("inf"), device=dev)
+        th = normalize(d, norm)
+        v = torch.minimum(best_g[s], ub)
+        mode = torch.where(torch.isfinite(v), BOUND, SCRATCH)
+        g = boundary_distance(oracle, x0[s], th, s, v, mode, tol, out_step=out_step, lam_max=lam_max)
+        better = g < best_g[s]
+        best_g[s[better]] = g[better]
+        best_t[s[better]] = th[better]
+    return best_t, best_g
+
+
+def targeted_pool(context: Optional[dict], oracle: Oracle, n_dirs: int, gen: torch.Generator) -> Optional[torch.Tensor]:
+    """(n, n_dirs, C, H, W) training images of each sample's target class (drawn with ``gen``), or None
+    when the run is untargeted or the attack was not bound to a dataset (then random directions)."""
+    t = oracle.targets
+    if t is None or not context or context.get("splits") is None:
+        return None
+    train = context["splits"].train
+    xs, ys = context.get("_train_xy", (None, None))
+    if xs is None:
+        from torch.utils.data import DataLoader
+
+        xs, ys = map(torch.cat, zip(*[(a, b) for a, b in DataLoader(train, batch_size=1000)]))
+        context["_train_xy"] = (xs, ys)
+    dev = oracle.x0.device
+    cpu = torch.Generator().manual_seed(int(torch.randint(2 ** 31 - 1, (1,), generator=gen, device=gen.device)))
+    out = []
+    for c in t.tolist():
+        pool = (ys == c).nonzero().flatten()
+        if len(pool) == 0:
+            return None
+        out.append(xs[pool[torch.randperm(len(pool), generator=cpu)[:n_dirs]]])
+        if len(out[-1]) < n_dirs:  # fewer images of that class than directions: cycle
+            out[-1] = out[-1].repeat((n_dirs + len(out[-1]) - 1) // len(out[-1]), 1, 1, 1)[:n_dirs]
+    return torch.stack(out).to(dev)
+
+
+def line_search(oracle: Oracle, x0: torch.Tensor, s: torch.Tensor, theta: torch.Tensor, g: torch.Tensor,
+                grad: torch.Tensor, alpha: torch.Tensor, norm: str, tol: float, evaluate=None,
+                max_steps: int = 15) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The step-size search of the OPT / Sign-OPT reference code (attackbox, CLC19), batched over samples.
+
+    From theta - alpha * grad: while the objective improves, double alpha (at most ``max_steps``
+    times) and keep the best; if the first try did not improve, quarter alpha until it does (at most
+    ``max_steps`` times). ``alpha`` (per sample) is updated in place and carried to the next
+    iteration, as in the reference. g of a candidate is Algorithm 2 around the best value so far.
+    ``evaluate(rows, theta, lam) -> objective`` maps boundary distances to the objective (identity
+    for L2; Cheng et al.'s L-inf surrogate). Returns (best theta, best boundary distance lambda).
+
+    Here ``g`` is the boundary distance of theta; the objective of theta is ``evaluate(s, theta, g)``.
+    """
+    ev = evaluate or (lambda rows, th, lam: lam)
+    out_step, lam_max = search_scale(x0, norm)
+    obj0 = ev(s, theta, g)
+    min_t, min_g, min_o = theta.clone(), g.clone(), obj0.clone()
+    pos = torch.arange(len(s), device=x0.device)
+
+    def try_rows(r):
+        cand = normalize(theta[r] - view_b(alpha[r], theta) * grad[r], norm)
+        tl = tol[r] if torch.is_tensor(tol) else tol
+        lam = boundary_distance(oracle, x0[r], cand, s[r], min_g[r], LOCAL, tl, lam_max=lam_max)
+        return cand, lam, ev(s[r], cand, lam)
+
+    grow = oracle.active[s].clone()
+    for _ in range(max_steps):
+        r = pos[grow & oracle.active[s]]
+        if len(r) == 0:
+            break
+        cand, lam, o = try_rows(r)
+        alpha[r] *= 2
+        better = o < min_o[r]
+        rb = r[better]
+        min_t[rb], min_g[rb], min_o[rb] = cand[better], lam[better], o[better]
+        grow[r[~better]] = False
+    shrink = (min_o >= obj0) & oracle.active[s]
+    for _ in range(max_steps):
+        r = pos[shrink & oracle.active[s]]
+        if len(r) == 0:
+            break
+        alpha[r] *= 0.25
+        cand, lam, o = try_rows(r)
+        better = o < obj0[r]
+        rb = r[better]
+        min_t[rb], min_g[rb], min_o[rb] = cand[better], lam[better], o[better]
+        shrink[rb] = False
+    return min_t, min_g
+
+
+def noise_init(oracle: Oracle, gen: torch.Generator, max_draws: int = 1000, tol: float = 1e-3,
+               pool: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """A starting adversarial point per sample (HopSkipJump's and Foolbox's Boundary-attack
+    initialisation): uniform noise images in [0, 1], one draw per sample per call, until adversarial
+    (at most ``max_draws``); targeted runs with ``pool`` (target-class training images) try those
+    first. Then bisect the blend (1 - a) x0 + a x_noise to the boundary (to ``tol`` in a).
+    Returns (points, found) — the points of samples not found are x0."""
+    x0 = oracle.x0
+    n, dev = x0.shape[0], x0.device
+    start = x0.clone()
+    found = torch.zeros(n, dtype=torch.bool, device=dev)
+    for k in range(max_draws):
+        s = (~found & oracle.active).nonzero().flatten()
+        if len(s) == 0:
+            break
+        if pool is not None and k < pool.shape[1]:
+            cand = pool[s, k]
+        else:
+            cand = torch.rand(x0[s].shape, generator=gen, device=dev)
+        adv, _ = adversarial(oracle, cand, s)
+        start[s[adv]] = cand[adv]
+        found[s[adv]] = True
+    s = found.nonzero().flatten()
+    lo = torch.zeros(len(s), device=dev)
+    hi = torch.ones(len(s), device=dev)
+    live = torch.ones(len(s), dtype=torch.bool, device=dev)
+    while True:
+        r = (live & oracle.active[s] & (hi - lo > tol)).nonzero().flatten()
+        if len(r) == 0:
+            break
+        mid = (lo[r] + hi[r]) / 2
+        xb = x0[s[r]] + view_b(mid, x0) * (start[s[r]] - x0[s[r]])
+        adv, ans = adversarial(oracle, xb, s[r])
+        hi[r[adv]] = mid[adv]
+        lo[r[~adv & ans]] = mid[~adv & ans]
+        live[r[~ans]] = False
+    out = x0.clone()
+    out[s] = x0[s] + view_b(hi, x0) * (start[s] - x0[s])
+    return out, found

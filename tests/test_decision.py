@@ -1,0 +1,199 @@
+"""Hard-label attacks and the oracle's anytime curve, checked independently of the oracle."""
+import math
+
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from robench.attacks.decision.boundary import BoundaryAttack
+from robench.attacks.decision.hsja import HopSkipJump
+from robench.attacks.decision.opt import OPTAttack
+from robench.attacks.decision.rays import RayS
+from robench.attacks.decision.signopt import SignOPT
+from robench.oracle import Oracle, distortion
+from robench.results import checkpoint_summary, default_checkpoints
+from tests.test_oracle import MeanModel
+
+
+class Recorder(nn.Module):
+    """Wraps the victim; for every row it evaluates, finds the sample the attack asked it for (the row of
+    the attack's own call it is, aligning in order: the victim only ever sees rows the attack sent),
+    counts the query and remembers, per sample, the query number and distortion of every adversarial
+    row in [0, 1]. Independent of the oracle's bookkeeping."""
+
+    def __init__(self, model, x0, y, norm, targets=None):
+        super().__init__()
+        self.model, self.x0, self.y, self.norm, self.targets = model, x0, y, norm, targets
+        self.count = torch.zeros(len(x0), dtype=torch.long)
+        self.adv = [[] for _ in x0]   # (query number, distortion) of adversarial rows
+        self.enabled = True
+        self.sent = None
+
+    def spy(self, oracle):
+        """Make the oracle's labels() remember what the attack sent."""
+        real = oracle.labels
+
+        def labels(x, idx=None):
+            self.sent = (x.detach().flatten(1), torch.arange(len(x)) if idx is None else idx)
+            return real(x, idx)
+        oracle.labels = labels
+        return oracle
+
+    def forward(self, x):
+        out = self.model(x)
+        if self.enabled:
+            xs, idx = self.sent
+            xr, owner, j = x.detach().flatten(1), [], 0
+            for i in range(len(xr)):  # the victim sees x[answered] in order: align greedily
+                while not torch.equal(xs[j], xr[i]):
+                    j += 1
+                owner.append(int(idx[j]))
+                j += 1
+            owner = torch.tensor(owner)
+            pred = out.argmax(1)
+            hit = (pred == self.targets[owner]) if self.targets is not None else (pred != self.y[owner])
+            box = (x >= 0).flatten(1).all(1) & (x <= 1).flatten(1).all(1)
+            d = distortion(x.detach() - self.x0[owner], self.norm)
+            for r, o in enumerate(owner.tolist()):
+                self.count[o] += 1
+                if hit[r] and box[r]:
+                    self.adv[o].append((int(self.count[o]), float(d[r])))
+        return out
+
+    def best_within(self, o, c):
+        return min([d for q, d in self.adv[o] if q <= c], default=math.inf)
+
+
+ATTACKS = [
+    ("opt", lambda: OPTAttack(), "l2", 1000),
+    ("signopt", lambda: SignOPT(), "l2", 1000),
+    ("boundary", lambda: BoundaryAttack(), "l2", 1000),
+    ("hsja", lambda: HopSkipJump(), "l2", 1000),
+    ("rays", lambda: RayS(), "linf", 500),
+]
+
+
+@pytest.mark.parametrize("name,make,norm,budget", ATTACKS, ids=[a[0] for a in ATTACKS])
+def test_attack_ends_misclassified_below_its_start(name, make, norm, budget, victim, test_xy):
+    """On 3 correctly classified images: every query counted (independent counter), the budget binds and
+    is never exceeded, the final point is genuinely misclassified, in [0, 1], and its distortion is below
+    that of the first adversarial point the attack found (its starting point); the anytime curve equals
+    the independent per-checkpoint minimum."""
+    x0, y = test_xy[0][:3], test_xy[1][:3]
+    rec = Recorder(victim, x0, y, norm)
+    cps = [budget // 3, budget // 2, budget]
+    o = rec.spy(Oracle(rec, x0, y, access="label", norm=norm, eps=None, max_queries=budget, stop_on_success=False,
+                       num_classes=10, checkpoints=cps))
+    make().run(o, torch.Generator().manual_seed(0))
+    rec.enabled = False
+    r = o.finalize()
+    assert torch.equal(r.queries, rec.count) and int(r.queries.max()) == budget
+    assert r.success.all()
+    with torch.no_grad():
+        assert (victim(r.best_x).argmax(1) != y).all()
+    assert r.best_x.min() >= 0 and r.best_x.max() <= 1
+    final = distortion(r.best_x - x0, norm)
+    start = torch.tensor([rec.adv[i][0][1] for i in range(3)])
+    assert (final < start).all(), (final, start)
+    for i in range(3):
+        for j, c in enumerate(cps):
+            assert r.dist_at[i, j].item() == pytest.approx(rec.best_within(i, c), rel=1e-5)
+    assert torch.allclose(r.dist_at[:, -1], final, rtol=1e-5)
+
+
+def test_signopt_targeted_starts_from_target_class_images(victim, test_xy, splits):
+    x0, y = test_xy[0][:3], test_xy[1][:3]
+    t = (y + 3) % 10
+    rec = Recorder(victim, x0, y, "l2", targets=t)
+    o = rec.spy(Oracle(rec, x0, y, access="label", norm="l2", eps=None, max_queries=1000, targets=t,
+                       stop_on_success=False, num_classes=10, checkpoints=[1000]))
+    a = SignOPT()
+    a.bind({"splits": splits})
+    a.run(o, torch.Generator().manual_seed(0))
+    rec.enabled = False
+    r = o.finalize()
+    assert torch.equal(r.queries, rec.count) and r.success.all()
+    with torch.no_grad():
+        assert (victim(r.best_x).argmax(1) == t).all()
+    # the first query of each sample is a target-class training image itself (the upper bound of theta_0)
+    first = torch.tensor([rec.adv[i][0][0] for i in range(3)])
+    assert (first == 1).all()
+    start = torch.tensor([rec.adv[i][0][1] for i in range(3)])
+    assert (distortion(r.best_x - x0, "l2") < start).all()
+
+
+def test_opt_linf_surrogate_stops_within_eps():
+    """OPT with the thesis's smooth Linf surrogate (toy victim: class 1 iff the mean pixel > 0.5, clean mean
+    0.3, so the Linf boundary distance is 0.2 along the all-ones direction): the surrogate reaches 0 once
+    the Linf distance is <= eps and the sample stops spending; without eps it uses the whole budget."""
+    x0 = torch.full((3, 1, 4, 4), 0.3)
+    y = torch.zeros(3, dtype=torch.long)
+    o = Oracle(MeanModel(), x0, y, access="label", norm="linf", eps=0.25, max_queries=3000, stop_on_success=False,
+               num_classes=2)
+    OPTAttack().run(o, torch.Generator().manual_seed(0))
+    r = o.finalize()
+    assert r.success.all() and (distortion(r.best_x - x0, "linf") <= 0.25 + 1e-5).all()
+    assert (r.queries < 3000).all()
+    o = Oracle(MeanModel(), x0, y, access="label", norm="linf", eps=None, max_queries=3000, stop_on_success=False,
+               num_classes=2)
+    OPTAttack().run(o, torch.Generator().manual_seed(0))
+    assert (o.finalize().queries == 3000).all()
+
+
+def test_checkpoint_straddling_call():
+    """Rows of one call have consecutive query numbers: a call crossing a checkpoint counts only its rows
+    numbered <= c for c."""
+    x0 = torch.full((2, 1, 2, 2), 0.3)
+    y = torch.zeros(2, dtype=torch.long)
+    o = Oracle(MeanModel(), x0, y, access="label", norm="linf", eps=None, max_queries=10, stop_on_success=False,
+               num_classes=2, checkpoints=[2, 3, 10])
+    # sample 0: queries 1 (no), 2 (adv, Linf 0.5), 3 (adv, 0.3), 4 (adv, 0.25); sample 1: query 1 (adv, 0.6)
+    vals = [0.4, 0.8, 0.6, 0.55, 0.9]
+    xs = torch.stack([torch.full((1, 2, 2), v) for v in vals])
+    o.labels(xs[:2], torch.tensor([0, 0]))
+    o.labels(xs[2:], torch.tensor([0, 0, 1]))
+    d = o.finalize().dist_at
+    assert d[0].tolist() == pytest.approx([0.5, 0.3, 0.25])
+    assert d[1].tolist() == pytest.approx([0.6, 0.6, 0.6])
+    assert o.queries.tolist() == [4, 1]
+
+
+def test_checkpoint_summary_and_defaults():
+    assert default_checkpoints(14000) == [1000, 2000, 4000, 8000, 14000]
+    assert default_checkpoints(500) == [10, 100, 500]
+    att = pd.DataFrame({"dist_at_4000": [1.0, 2.0, float("nan"), 1.4], "dist_at_8000": [1.0, 1.2, 3.0, 1.4]})
+    c4, c8 = checkpoint_summary(att, eps=1.5)
+    assert c4 == {"queries": 4000, "mean_distortion": pytest.approx(4.4 / 3), "median_distortion": pytest.approx(1.7),
+                  "success_rate": 0.5, "adversarial_rate": 0.75}
+    assert c8["median_distortion"] == pytest.approx(1.3) and c8["success_rate"] == 0.75
+    att = pd.DataFrame({"dist_at_10": [float("nan"), float("nan"), 1.0]})
+    assert checkpoint_summary(att, eps=None)[0]["median_distortion"] is None  # more than half have none: +inf
+
+
+def test_cli_anytime_curve_and_report(tmp_path, ckpt_dir):
+    from tests.conftest import run_cli
+
+    run = tmp_path / "run"
+    p = run_cli("attack", "attack=rays", "budget=l2_2.0", "budget.eps=1.5", "budget.max_queries=300",
+                "budget.checkpoints=[100,300]", "dataset.n_samples=3", "progress=false",
+                f"checkpoint_dir={ckpt_dir}", f"hydra.run.dir={run}", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    import json
+
+    rec = pd.read_csv(run / "records.csv")
+    assert {"dist_at_100", "dist_at_300"} <= set(rec.columns)
+    att = rec[rec.attacked]
+    assert (att.dist_at_300 <= att.dist_at_100).all() and (att.dist_at_300 == att.l2).all()
+    s = json.loads((run / "summary.json").read_text())
+    assert [c["queries"] for c in s["checkpoints"]] == [100, 300]
+    c = s["checkpoints"][1]
+    assert c["median_distortion"] == pytest.approx(att.dist_at_300.median())
+    assert c["success_rate"] == pytest.approx((att.dist_at_300 <= 1.5 + 1e-5).mean())
+    assert "anytime curve" in p.stdout
+    p = run_cli("report", str(run), cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert "anytime curves" in p.stdout and (run / "checkpoints.csv").exists()
+    # a bad checkpoint list fails before any work, in one line
+    p = run_cli("attack", "attack=rays", "budget.checkpoints=[0,100]", "progress=false", cwd=tmp_path)
+    assert p.returncode == 2 and "budget.checkpoints must be null or a list" in p.stderr
