@@ -102,6 +102,8 @@ def run_attack(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     if eot_samples < 1:
         raise RobenchError(f"attack.eot_samples must be an integer >= 1, got {eot_samples}")
     set_bpda(model, bpda)
+    if hasattr(attack, "bind"):  # hook: attacks that need the job's context (e.g. transfer's surrogate)
+        attack.bind({"cfg": cfg, "splits": splits, "device": device})
     logits = predict(model, x).cpu()
     clean_pred = logits.argmax(1)
     b = cfg.budget
@@ -160,6 +162,8 @@ def run_attack(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
         "recheck_failed": recheck_failed, "device": str(device), "seed": int(cfg.seed),
         "robench_version": robench.__version__, "started": started, "finished": _now()})
     summary["checkpoint"] = meta.get("path", meta.get("source"))
+    if hasattr(attack, "summary_extra"):  # hook: attack-specific figures (e.g. ensemble contributions)
+        summary.update(attack.summary_extra())
     R.write_summary(run_dir, summary)
     R.print_summary(summary)
     return summary
