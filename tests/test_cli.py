@@ -16,7 +16,7 @@ SMALL = ["dataset.n_samples=40", "progress=false"]
     ("budget.max_queries=0", "budget.max_queries must be an integer >= 1"),
     ("budget.norm=l3", "budget.norm must be one of linf, l2"),
     ("budget.target=12", "budget.target=12 is out of range"),
-    ("attack=nope", "unknown attack 'nope'; valid: pgd"),
+    ("attack=nope", "unknown attack 'nope'; valid: apgd_ce"),
     ("model.name=nope", "unknown model 'nope'; valid: cw_cifar, cw_mnist"),
     ("+attack.params.wings=3", "attack 'pgd' has no parameter(s) wings; valid: steps"),
     ("attack.params.wings=3", "bad override: Could not override 'attack.params.wings'"),
