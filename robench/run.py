@@ -171,6 +171,9 @@ def run_attack(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     if eot_samples < 1:
         raise RobenchError(f"attack.eot_samples must be an integer >= 1, got {eot_samples}")
     set_bpda(model, bpda)
+    if hasattr(attack, "bind"):  # hook: attacks that need the job's context (transfer's surrogate,
+        # hard-label attacks' target-class training images)
+        attack.bind({"cfg": cfg, "splits": splits, "device": device, "num_classes": splits.num_classes})
     logits = predict(model, x).cpu()
     clean_pred = logits.argmax(1)
     if n_correct is not None:  # the slice ends at its n-th originally-correct sample
@@ -190,8 +193,6 @@ def run_attack(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     cps = b.get("checkpoints")
     cps = sorted({int(c) for c in cps}) if cps is not None else (
         R.default_checkpoints(int(b.max_queries)) if attack.minimizes_distortion else [])
-    if hasattr(attack, "bind"):  # generic hook: an attack that needs more than the oracle (e.g. training images)
-        attack.bind({"splits": splits, "device": device, "num_classes": splits.num_classes})
 
     records: List[Dict[str, Any]] = [
         {"index": int(i), "label": int(l), "target": -1 if targets is None else int(targets[k]),
@@ -285,6 +286,8 @@ def run_attack(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     summary["batch_size"] = batch_size
     summary["resumed_batches"] = resumed
     summary["host"], summary["pid"] = __import__("socket").gethostname(), __import__("os").getpid()
+    if hasattr(attack, "summary_extra"):  # hook: attack-specific figures (e.g. ensemble contributions)
+        summary.update(attack.summary_extra())
     R.write_summary(run_dir, summary)
     log.info("finished: success rate %s, robust accuracy %s\n%s", summary["success_rate"],
              summary["robust_accuracy"], R.summary_markdown(summary))

@@ -1,0 +1,1 @@
+"""Baselines that are not optimisation attacks (random perturbations)."""

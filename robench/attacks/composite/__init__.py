@@ -1,0 +1,1 @@
+"""Attacks built from other attacks: the AutoAttack-style ensemble and the transfer attack."""

@@ -1,0 +1,123 @@
+from __future__ import annotations
+
+import time
+from typing import Any, Dict, List
+
+import torch
+
+from robench.attacks.base import Attack
+from robench.errors import RobenchError
+from robench.oracle import _RANK, AccessError, Oracle
+from robench.registry import ATTACKS
+
+
+class MemberView:
+    """What one ensemble member sees: the shared oracle, restricted to the member's access level.
+
+    Every query goes to the same oracle (same counts, same budget, same success judging, same best
+    point); only answers above the member's declared access are refused, as the oracle itself would.
+    """
+
+    def __init__(self, oracle: Oracle, access: str):
+        self._oracle, self.access = oracle, access
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._oracle, name)
+
+    def _need(self, level: str) -> None:
+        if _RANK[self.access] < _RANK[level]:
+            raise AccessError(f"an attack with access '{self.access}' asked for {level}-level answers")
+
+    def labels(self, x, idx=None):
+        return self._oracle.labels(x, idx)
+
+    def scores(self, x, idx=None):
+        self._need("scores")
+        return self._oracle.scores(x, idx)
+
+    def logits(self, x, idx=None):
+        self._need("gradient")
+        return self._oracle.logits(x, idx)
+
+    def gradient(self, x, loss_fn, idx=None):
+        self._need("gradient")
+        return self._oracle.gradient(x, loss_fn, idx)
+
+
+def _member_spec(spec: Any) -> tuple[str, Dict[str, Any]]:
+    if isinstance(spec, str):
+        return spec, {}
+    if isinstance(spec, dict) and isinstance(spec.get("name"), str) and set(spec) <= {"name", "params"}:
+        return spec["name"], dict(spec.get("params") or {})
+    raise RobenchError(f"ensemble: each entry of attack.params.attacks must be a name or {{name: ..., params: {{...}}}}, "
+                       f"got {spec!r}")
+
+
+@ATTACKS.register("ensemble")
+class Ensemble(Attack):
+    """An AutoAttack-style ensemble (Croce and Hein 2020, §5): run attacks in turn, each only on the points still robust.
+
+    ``attacks`` is a list of members, each a registered attack name or ``{name, params}``. They
+    run in order on every batch; member ``m`` sees only the samples that no earlier member broke
+    (the oracle stops answering a sample once it has seen it succeed, and ``oracle.active`` says so).
+    The result is the per-point worst case: a sample counts as broken if any member broke it, and
+    its record holds the oracle's best point over all members.
+
+    Budget (robench's choice): all members drive the SAME oracle, so ``budget.max_queries`` caps the
+    total over all members for each sample (a member's queries are the sample's queries: they sit
+    in the same table as any single attack's), and a member that has spent a sample's budget leaves
+    nothing to the next one. Give each member its own iteration counts in ``params``. Each member
+    is restricted to its own access level (a ``scores`` member such as Square gets no gradients);
+    the ensemble's access is the highest of its members'. An eps-bounded attack only: it needs a
+    finite ``budget.eps`` (minimal-distortion members are allowed, they stop at first success).
+
+    Contribution: ``summary_extra()`` returns, per member, the samples it broke first (as seen by
+    the oracle, before the final re-check), the queries it spent and its wall time, summed over
+    batches; the attack job merges them into ``summary.json`` under ``ensemble``.
+    """
+
+    minimizes_distortion = False
+
+    def __init__(self, attacks: List[Any]):
+        from robench.run import instantiate  # lazy: robench.run imports the registries
+
+        if not attacks:
+            raise RobenchError("ensemble: attack.params.attacks is empty; list at least one registered attack")
+        self.members: List[tuple[str, Attack]] = []
+        for spec in attacks:
+            name, params = _member_spec(spec)
+            if name == "ensemble":
+                raise RobenchError("ensemble: an ensemble cannot contain another ensemble")
+            if name not in ATTACKS:
+                raise RobenchError(f"ensemble member '{name}' is not a registered attack; valid: "
+                                   f"{', '.join(ATTACKS.names())} (install or merge the plugin that provides it, "
+                                   f"or remove it from attack.params.attacks)")
+            self.members.append((name, instantiate(ATTACKS, name, params, "attack")))
+        self.access = max((m.access for _, m in self.members), key=lambda a: _RANK[a])
+        labels, seen = [], {}
+        for name, _ in self.members:
+            seen[name] = seen.get(name, 0) + 1
+            labels.append(name if seen[name] == 1 else f"{name}#{seen[name]}")
+        self.labels = labels
+        self.stats = [{"attack": l, "success": 0, "queries": 0, "seconds": 0.0} for l in labels]
+
+    def bind(self, context: Dict[str, Any]) -> None:
+        """Forward the job's context to members that need it (e.g. ``transfer``)."""
+        for _, m in self.members:
+            if hasattr(m, "bind"):
+                m.bind(context)
+
+    def run(self, oracle: Oracle, generator: torch.Generator) -> None:
+        if oracle.eps is None:
+            raise RobenchError("ensemble needs a finite budget.eps: it reports robust accuracy at that eps")
+        for (name, member), st in zip(self.members, self.stats):
+            if not bool(oracle.active.any()):
+                break
+            before, q0, t0 = oracle.success, oracle.queries, time.perf_counter()
+            member.run(MemberView(oracle, member.access), generator)
+            st["success"] += int((oracle.success & ~before).sum())
+            st["queries"] += int((oracle.queries - q0).sum())
+            st["seconds"] += time.perf_counter() - t0
+
+    def summary_extra(self) -> Dict[str, Any]:
+        return {"ensemble": [dict(s) for s in self.stats]}

@@ -1,0 +1,147 @@
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import torch
+from torch import nn
+
+from robench.attacks.base import Attack
+from robench.attacks.whitebox.pgd import project
+from robench.errors import RobenchError
+from robench.oracle import Oracle
+from robench.registry import ATTACKS
+
+
+class SurrogateOracle(Oracle):
+    """A local oracle around the surrogate that also remembers the last row evaluated for each sample
+    (the crafting attack's final proposal). Its queries are the attacker's own, not the victim's."""
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.last_x = self._x0.clone()
+
+    def _record(self, x, idx, rank, logits, gradient):
+        super()._record(x, idx, rank, logits, gradient)
+        pos = torch.arange(len(idx), device=idx.device)
+        last = torch.full((self.n,), -1, dtype=torch.long, device=idx.device).scatter_reduce(0, idx, pos, "amax")
+        has = last >= 0
+        self.last_x[has] = x[last[has]]
+
+
+_SURROGATE_KEYS = {"model", "params", "defense", "checkpoint"}
+
+
+@ATTACKS.register("transfer")
+class Transfer(Attack):
+    """Transfer attack: craft on a surrogate model with any white-box attack, then ONE label query per sample on the victim.
+
+    The zero-query / substitute-model black-box attack of the survey notes §1.14 ([004] §2.1.2,
+    [002] "Transferability based attack"). The surrogate is another checkpoint: ``surrogate.model``
+    (a registered architecture, default ``small_cnn``), ``surrogate.params`` (null: that model's
+    config defaults), ``surrogate.defense`` (the training recipe, default ``none``), found at its
+    conventional path under ``checkpoint_dir`` (``robench train-defense model=small_cnn`` makes the
+    default one) or at ``surrogate.checkpoint``.
+
+    Crafting: ``attack`` (``{name, params}``, default PGD with its defaults) runs against a local
+    oracle around the surrogate with the victim's threat model (norm, eps, targets) and
+    ``surrogate_max_queries`` per sample; those queries are the attacker's own computation and are
+    NOT counted as victim queries (they are reported as ``transfer.surrogate_queries``). The local
+    oracle does not stop at the surrogate's first success, so an eps-bounded attack runs all its
+    iterations and its final iterate is transferred (robench's choice: a point just across the
+    surrogate's boundary transfers poorly); for minimal-perturbation attacks (C&W, DeepFool) the
+    surrogate oracle's best adversarial point is transferred (C&W's ``confidence`` then sets how far
+    past the boundary it goes). The point is projected onto the ball and [0, 1] once more.
+
+    Victim cost: exactly one label query per attacked sample (access ``label``): the victim's oracle
+    judges it like any other query.
+    """
+
+    access = "label"
+
+    def __init__(self, surrogate: Optional[Dict[str, Any]] = None, attack: Optional[Dict[str, Any]] = None,
+                 surrogate_max_queries: int = 100_000):
+        from robench.run import instantiate  # lazy: robench.run imports the registries
+
+        s = dict(surrogate or {})
+        bad = set(s) - _SURROGATE_KEYS
+        if bad:
+            raise RobenchError(f"transfer: unknown surrogate key(s) {', '.join(sorted(bad))}; valid: "
+                               f"{', '.join(sorted(_SURROGATE_KEYS))}")
+        self.surrogate_cfg = {"model": s.get("model") or "small_cnn", "params": s.get("params"),
+                              "defense": s.get("defense") or "none", "checkpoint": s.get("checkpoint")}
+        a = dict(attack or {"name": "pgd"})
+        if not isinstance(a.get("name"), str) or set(a) - {"name", "params"}:
+            raise RobenchError(f"transfer: attack.params.attack must be {{name: <white-box attack>, params: {{...}}}}, got {a}")
+        if a["name"] in ("transfer", "ensemble"):
+            raise RobenchError(f"transfer: the crafting attack must be a white-box attack, not '{a['name']}'")
+        self.inner_name = a["name"]
+        self.inner = instantiate(ATTACKS, a["name"], a.get("params"), "attack")
+        if self.inner.access != "gradient":
+            raise RobenchError(f"transfer: crafting attack '{a['name']}' has access '{self.inner.access}'; "
+                               f"use a white-box (gradient) attack")
+        if int(surrogate_max_queries) < 1:
+            raise RobenchError(f"transfer: surrogate_max_queries must be >= 1, got {surrogate_max_queries}")
+        self.surrogate_max_queries = int(surrogate_max_queries)
+        self.surrogate: Optional[nn.Module] = None
+        self.stats = {"surrogate": None, "surrogate_checkpoint": None, "crafting_attack": self.inner_name,
+                      "surrogate_success": 0, "transferred": 0, "surrogate_queries": 0}
+
+    # ------------------------------------------------------------------ the surrogate
+    def set_surrogate(self, model: nn.Module, label: str = "custom") -> None:
+        """Use this module as the surrogate (programmatic use, tests)."""
+        self.surrogate = model.eval()
+        self.stats["surrogate"] = label
+
+    def bind(self, context: Dict[str, Any]) -> None:
+        """Build and load the surrogate from the job's context (``cfg``, ``splits``, ``device``)."""
+        from omegaconf import OmegaConf
+
+        from robench.checkpoint import checkpoint_path, load_checkpoint, model_tag, train_command
+        from robench.config import config_dirs
+        from robench.models import build_model
+
+        cfg, splits, device = context["cfg"], context["splits"], context["device"]
+        sc = self.surrogate_cfg
+        params = sc["params"]
+        if params is None:  # the model's config defaults, as `model=<name>` would compose them
+            for d in config_dirs():
+                f = Path(d) / "model" / f"{sc['model']}.yaml"
+                if f.exists():
+                    params = OmegaConf.to_container(OmegaConf.load(f)).get("params") or {}
+                    break
+        mcfg = {"name": sc["model"], "params": dict(params or {})}
+        dcfg = OmegaConf.to_container(cfg.dataset, resolve=True)
+        model = build_model(mcfg["name"], splits, mcfg["params"])
+        path = Path(sc["checkpoint"]) if sc["checkpoint"] else checkpoint_path(cfg.checkpoint_dir, dcfg, mcfg, sc["defense"])
+        load_checkpoint(path, model, remake=train_command(dcfg, mcfg, sc["defense"], cfg.checkpoint_dir))
+        self.set_surrogate(model.to(device), f"{model_tag(mcfg)}/{sc['defense']}")
+        self.stats["surrogate_checkpoint"] = str(path)
+
+    # ------------------------------------------------------------------ the attack
+    def run(self, oracle: Oracle, generator: torch.Generator) -> None:
+        if self.surrogate is None:
+            raise RobenchError("transfer: no surrogate model (the attack job binds it from attack.params.surrogate)")
+        idx = oracle.active_indices()
+        if len(idx) == 0:
+            return
+        x0, y, t = oracle.x0[idx], oracle.y[idx], oracle.targets
+        so = SurrogateOracle(self.surrogate, x0, y, access="gradient", norm=oracle.norm, eps=oracle.eps,
+                             max_queries=self.surrogate_max_queries, targets=None if t is None else t[idx],
+                             stop_on_success=False, num_classes=oracle.num_classes)
+        self.inner.run(so, generator)
+        res = so.finalize()
+        best = res.best_x.to(x0.device)
+        x = best if self.inner.minimizes_distortion else so.last_x
+        if self.inner.minimizes_distortion:  # no surrogate success: fall back to the last proposal
+            x = torch.where(res.adversarial.to(x0.device).view(-1, *[1] * (x0.dim() - 1)), best, so.last_x)
+        x = project(x, x0, oracle.norm, oracle.eps) if oracle.eps is not None else x.clamp(0, 1)
+        oracle.labels(x, idx)
+        self.stats["surrogate_success"] += int(res.success.sum())
+        self.stats["transferred"] += len(idx)
+        self.stats["surrogate_queries"] += int(res.queries.sum())
+
+    def summary_extra(self) -> Dict[str, Any]:
+        s = dict(self.stats)
+        s["surrogate_success_rate"] = s["surrogate_success"] / s["transferred"] if s["transferred"] else float("nan")
+        return {"transfer": s}
