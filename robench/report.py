@@ -1,4 +1,5 @@
-"""``robench report DIR...``: aggregate attack runs (multirun sweep folders included) into one table."""
+"""``robench report DIR...``: aggregate attack runs (multirun sweep folders included) into one table,
+and ``robench train-defense`` runs into a second one (clean vs robust accuracy per recipe)."""
 from __future__ import annotations
 
 import argparse
@@ -38,7 +39,46 @@ def run_overrides(run_dir: Path) -> str:
     return " ".join(o for o in ov if not str(o).startswith(("progress=", "hydra.")))
 
 
-def collect(dirs: List[str]) -> pd.DataFrame:
+#: train-defense runs: (summary key, column name); the layout of the thesis's Tables 4.2 / 5.6
+TRAIN_COLUMNS = [("dataset", "dataset"), ("model", "model"), ("model_params", "model params"), ("defense", "defense"),
+                 ("init_from", "init from"), ("epochs", "epochs"), ("train_accuracy", "train acc"),
+                 ("train_adv_accuracy", "train adv acc"), ("clean_accuracy", "clean acc"),
+                 ("robust_accuracy", "robust acc"), ("robust_eval", "robust eval"), ("train_seconds", "train seconds"),
+                 ("overrides", "overrides"), ("run", "run")]
+
+
+def _eval_label(e) -> str:
+    if not isinstance(e, dict):
+        return "-"
+    return f"{e.get('attack')}-{(e.get('params') or {}).get('steps', '?')} {e.get('norm')} {e.get('eps')} n={e.get('n_samples')}"
+
+
+def collect_train(dirs: List[str]) -> pd.DataFrame:
+    """One row per train-defense run below ``dirs`` (empty frame when there is none)."""
+    rows = []
+    for d in dirs:
+        p = Path(d)
+        for f in ([p] if p.is_file() else sorted(p.rglob("summary.json"))):
+            try:
+                s = json.loads(f.read_text())
+            except (OSError, json.JSONDecodeError):
+                continue
+            if s.get("command") != "train-defense":
+                continue
+            s["run"], s["overrides"] = str(f.parent), run_overrides(f.parent)
+            s["model_params"] = " ".join(f"{k}={v}" for k, v in sorted((s.get("model_params") or {}).items()))
+            s["robust_eval"] = _eval_label(s.get("robust_eval"))
+            s.setdefault("train_seconds", s.get("seconds"))
+            rows.append(s)
+    df = pd.DataFrame(rows)
+    for k, _ in TRAIN_COLUMNS:
+        if k not in df:
+            df[k] = float("nan")
+    df = df[[k for k, _ in TRAIN_COLUMNS]].rename(columns=dict(TRAIN_COLUMNS))
+    return df.sort_values(["dataset", "model", "model params", "defense"], kind="stable").reset_index(drop=True)
+
+
+def collect(dirs: List[str], allow_empty: bool = False) -> pd.DataFrame:
     rows = []
     for d in dirs:
         p = Path(d)
@@ -55,7 +95,7 @@ def collect(dirs: List[str]) -> pd.DataFrame:
             s["run"] = str(f.parent)
             s["overrides"] = run_overrides(f.parent)
             rows.append(s)
-    if not rows:
+    if not rows and not allow_empty:
         raise RobenchError(f"robench report: no attack runs (summary.json) under {' '.join(dirs)}")
     df = pd.DataFrame(rows)
     for k, _ in COLUMNS:
@@ -77,14 +117,23 @@ def main(argv: List[str]) -> None:
     ap.add_argument("dirs", nargs="+", help="run folders, sweep folders or summary.json files")
     ap.add_argument("--out", help="folder for report.csv and report.md (default: the first DIR)")
     args = ap.parse_args(argv)
-    df = collect(args.dirs)
+    df = collect(args.dirs, allow_empty=True)
+    tdf = collect_train(args.dirs)
+    if df.empty and tdf.empty:
+        raise RobenchError(f"robench report: no attack or train-defense runs (summary.json) under {' '.join(args.dirs)}")
     out = Path(args.out) if args.out else Path(args.dirs[0])
     if out.is_file():
         out = out.parent
-    atomic_write_text(out / "report.csv", df.to_csv(index=False))
-    atomic_write_text(out / "report.md", to_markdown(df))
-    print_table(df)
-    print(f"wrote {out / 'report.csv'} and {out / 'report.md'}")
+    if not df.empty:
+        atomic_write_text(out / "report.csv", df.to_csv(index=False))
+        atomic_write_text(out / "report.md", to_markdown(df))
+        print_table(df)
+        print(f"wrote {out / 'report.csv'} and {out / 'report.md'}")
+    if not tdf.empty:
+        atomic_write_text(out / "train_report.csv", tdf.to_csv(index=False))
+        atomic_write_text(out / "train_report.md", to_markdown(tdf))
+        print_train_table(tdf)
+        print(f"wrote {out / 'train_report.csv'} and {out / 'train_report.md'}")
 
 
 def print_table(df: pd.DataFrame) -> None:
@@ -99,4 +148,24 @@ def print_table(df: pd.DataFrame) -> None:
     for _, row in df[PRINTED].iterrows():
         t.add_row(*("-" if isinstance(v, float) and pd.isna(v) else (f"{v:.2%}" if c in pct else f"{v:.4g}")
                     if isinstance(v, float) else str(v) for c, v in row.items()))
+    Console(width=max(180, Console().width)).print(t)
+
+
+#: the compact train table printed to the terminal
+TRAIN_PRINTED = ["model", "model params", "defense", "init from", "train acc", "clean acc", "robust acc", "robust eval",
+                 "train seconds", "overrides"]
+
+
+def print_train_table(df: pd.DataFrame) -> None:
+    """Clean vs robust accuracy per (model, recipe): the thesis's Tables 4.2 / 5.6, Saha's Table 5.1."""
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title="train-defense runs", title_justify="left", show_header=True, header_style="bold")
+    for c in TRAIN_PRINTED:
+        t.add_column(c, justify="left" if df[c].dtype == object else "right", overflow="fold")
+    pct = {"train acc", "clean acc", "robust acc"}
+    for _, row in df[TRAIN_PRINTED].iterrows():
+        t.add_row(*("-" if v is None or (isinstance(v, float) and pd.isna(v)) else
+                    (f"{v:.2%}" if c in pct else f"{v:.4g}") if isinstance(v, float) else str(v) for c, v in row.items()))
     Console(width=max(180, Console().width)).print(t)
