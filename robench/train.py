@@ -92,7 +92,7 @@ def _amp_setup(tcfg, device: torch.device):
         return None, None
     if torch.cuda.is_bf16_supported():
         return torch.bfloat16, None
-    return torch.float16, torch.cuda.amp.GradScaler()
+    return torch.float16, torch.amp.GradScaler("cuda")
 
 
 def _channels_last(tcfg, model: nn.Module, device: torch.device) -> bool:
@@ -189,14 +189,16 @@ def train(model: nn.Module, recipe, splits, tcfg, device: torch.device, seed: in
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                     loss, logits, adv_logits = _split_out(recipe.batch_loss(model, x, y, i))
                 opt.zero_grad(set_to_none=True)
+                grad_scale = 1.0
                 if scaler is not None:
+                    grad_scale = float(scaler.get_scale())  # what the gradients were multiplied by
                     scaler.scale(loss).backward()
                     scaler.step(opt)
                     scaler.update()
                 else:
                     loss.backward()
                     opt.step()
-                recipe.after_step(float(scaler.get_scale()) if scaler is not None else 1.0)
+                recipe.after_step(grad_scale)
                 if sched is not None:
                     sched.step()
                 tot_loss += loss.detach().float() * len(y)
