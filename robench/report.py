@@ -449,6 +449,11 @@ def main(argv: List[str]) -> None:
     if len(cp):
         atomic_write_text(out / "checkpoints.csv", cp.to_csv(index=False))
         written.append(out / "checkpoints.csv")
+    tdf = collect_train(args.dirs) if trains else None
+    if tdf is not None and len(tdf):  # clean vs robust per recipe, the thesis's Tables 4.2 / 5.6 layout
+        atomic_write_text(out / "train_report.csv", tdf.to_csv(index=False))
+        atomic_write_text(out / "train_report.md", to_markdown(tdf))
+        written += [out / "train_report.csv", out / "train_report.md"]
     if args.quiet:
         return
     from rich.console import Console
@@ -465,6 +470,8 @@ def main(argv: List[str]) -> None:
         console.print(f"[yellow]note:[/yellow] {n}")
     if len(cp):
         print_checkpoints(cp)
+    if tdf is not None and len(tdf):
+        print_train_table(tdf)
     console.print("wrote " + ", ".join(str(p) for p in written))
 
 
@@ -530,3 +537,62 @@ def print_pivot(p: pd.DataFrame, key: str, title: str, console) -> None:
     for row in d.itertuples(index=False):
         t.add_row(*(_fmt_cell(v, key or str(c)) for v, c in zip(row, d.columns)))
     console.print(t)
+
+
+# ---------------------------------------------------------------- training runs (issue 8 layout)
+#: train-defense runs: (summary key, column name); the layout of the thesis's Tables 4.2 / 5.6
+TRAIN_COLUMNS = [("dataset", "dataset"), ("model", "model"), ("model_params", "model params"), ("defense", "defense"),
+                 ("init_from", "init from"), ("epochs", "epochs"), ("train_accuracy", "train acc"),
+                 ("train_adv_accuracy", "train adv acc"), ("clean_accuracy", "clean acc"),
+                 ("robust_accuracy", "robust acc"), ("robust_eval", "robust eval"), ("train_seconds", "train seconds"),
+                 ("overrides", "overrides"), ("run", "run")]
+
+
+def _eval_label(e) -> str:
+    if not isinstance(e, dict):
+        return "-"
+    return f"{e.get('attack')}-{(e.get('params') or {}).get('steps', '?')} {e.get('norm')} {e.get('eps')} n={e.get('n_samples')}"
+
+
+def collect_train(dirs: List[str]) -> pd.DataFrame:
+    """One row per train-defense run below ``dirs`` (empty frame when there is none)."""
+    rows = []
+    for d in dirs:
+        p = Path(d)
+        for f in ([p] if p.is_file() else sorted(p.rglob("summary.json"))):
+            try:
+                s = json.loads(f.read_text())
+            except (OSError, json.JSONDecodeError):
+                continue
+            if s.get("command") != "train-defense":
+                continue
+            s["run"], s["overrides"] = str(f.parent), run_overrides(f.parent)
+            s["model_params"] = " ".join(f"{k}={v}" for k, v in sorted((s.get("model_params") or {}).items()))
+            s["robust_eval"] = _eval_label(s.get("robust_eval"))
+            s.setdefault("train_seconds", s.get("seconds"))
+            rows.append(s)
+    df = pd.DataFrame(rows)
+    for k, _ in TRAIN_COLUMNS:
+        if k not in df:
+            df[k] = float("nan")
+    df = df[[k for k, _ in TRAIN_COLUMNS]].rename(columns=dict(TRAIN_COLUMNS))
+    return df.sort_values(["dataset", "model", "model params", "defense"], kind="stable").reset_index(drop=True)
+
+
+TRAIN_PRINTED = ["model", "model params", "defense", "init from", "train acc", "clean acc", "robust acc", "robust eval",
+                 "train seconds", "overrides"]
+
+
+def print_train_table(df: pd.DataFrame) -> None:
+    """Clean vs robust accuracy per (model, recipe): the thesis's Tables 4.2 / 5.6, Saha's Table 5.1."""
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title="train-defense runs", title_justify="left", show_header=True, header_style="bold")
+    for c in TRAIN_PRINTED:
+        t.add_column(c, justify="left" if df[c].dtype == object else "right", overflow="fold")
+    pct = {"train acc", "clean acc", "robust acc"}
+    for _, row in df[TRAIN_PRINTED].iterrows():
+        t.add_row(*("-" if v is None or (isinstance(v, float) and pd.isna(v)) else
+                    (f"{v:.2%}" if c in pct else f"{v:.4g}") if isinstance(v, float) else str(v) for c, v in row.items()))
+    Console(width=max(180, Console().width)).print(t)

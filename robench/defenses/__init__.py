@@ -1,5 +1,7 @@
 """Defenses: training recipes (train-time) and input transformations (inference-time), one config
 group so that ``defense=X`` means the same to ``robench train-defense`` and ``robench attack``
 (DESIGN.md, "Defenses")."""
-from robench.defenses.base import InputDefense, TrainingRecipe  # noqa: F401
+from robench.defenses.base import InputDefense, TrainContext, TrainingRecipe  # noqa: F401
 from robench.defenses import natural  # noqa: F401  (registration)
+from robench.defenses import (cat, distillation, fast_at, fgsm_at, gaussian_aug, label_smoothing,  # noqa: F401
+                              mixup, pgd_at, sprout, trades)

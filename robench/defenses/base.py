@@ -1,23 +1,69 @@
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Optional
+
 import torch
 from torch import nn
+
+
+@dataclass
+class TrainContext:
+    """What a recipe may see of the run (handed to :meth:`TrainingRecipe.bind` before training).
+
+    ``load_model(defense)`` builds the run's (dataset, model) architecture and loads the checkpoint
+    that ``robench train-defense defense=<defense>`` writes for it (a one-line error naming that
+    command when it is missing): how distillation finds its teacher.
+    """
+
+    cfg: Any = None
+    splits: Any = None
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    load_model: Optional[Callable[[str], nn.Module]] = None
 
 
 class TrainingRecipe:
     """A training-time defense: supplies the loss of one batch to the shared loop in ``train.py``.
 
-    ``batch_loss(model, x, y, index)`` returns ``(loss, logits_clean_or_adv)``; ``index`` holds the
-    training-set indices of the batch, for recipes with per-example state.
+    ``batch_loss(model, x, y, index)`` returns ``(loss, logits)`` or ``(loss, clean_logits,
+    adv_logits)``: the logits only feed the progress bar and the per-epoch log (clean and adversarial
+    batch accuracy), so recipes may compute them without gradient. ``index`` holds the training-set
+    indices of the batch, for recipes with per-example state (CAT's eps_i).
+
+    Hooks, all optional: :meth:`bind` (the run's context, e.g. a teacher checkpoint), :meth:`setup`
+    (allocate per-example state), :meth:`after_step` (after each optimizer step: SPROUT's ascent on
+    its Dirichlet parameter), :meth:`state_dict` / :meth:`load_state_dict` (what the loop saves so an
+    interrupted run resumes exactly). Before each batch the loop sets ``self.epoch`` to the fraction
+    of training done, in epochs (0.0 at the start, 1.5 halfway through the second epoch): eps warm-ups
+    read it.
+
+    Randomness: recipes draw from torch's global generator (the loop seeds it and saves its state
+    with the resume state), since ``torch.distributions`` samplers take no generator.
     """
 
     kind = "train"
+    adversarial = False   # crafts adversarial examples: the progress bar shows adversarial accuracy
+    epoch: float = 0.0
+
+    def bind(self, context: TrainContext) -> None:
+        """Called once before :meth:`setup` with the run's context."""
 
     def setup(self, n_train: int, num_classes: int, device: torch.device) -> None:
         """Called once before training (allocate per-example state here)."""
 
     def batch_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor):
         raise NotImplementedError
+
+    def after_step(self, grad_scale: float = 1.0) -> None:
+        """Called after each optimizer step; gradients of the recipe's own leaves are multiplied by
+        ``grad_scale`` (mixed-precision loss scaling; 1.0 otherwise)."""
+
+    def state_dict(self) -> Dict[str, Any]:
+        """Per-example and learned state, tensors and plain types only (saved with the resume state)."""
+        return {}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        pass
 
 
 class InputDefense(nn.Module):

@@ -1,0 +1,56 @@
+"""End-of-training evaluation: clean and robust accuracy through the real attack path.
+
+The same pieces as ``robench attack`` (``run.run_attack``): the first ``n_samples`` test images,
+only the originally correct ones attacked, the registered attack (PGD-40 by default) driving an
+:class:`~robench.oracle.Oracle` at the run's budget, one ``torch.Generator`` seeded with the run's
+seed across batches of ``batch_size``. With the same seed, slice and attack parameters the robust
+accuracy is the number ``robench attack`` reports for the checkpoint.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Dict
+
+import torch
+from omegaconf import OmegaConf
+
+
+def robust_accuracy(model, splits, ecfg, budget, seed: int, device: torch.device) -> Dict[str, Any]:
+    """{clean_accuracy, robust_accuracy, n_samples, ...} or {} when ``eval.n_samples`` is 0."""
+    from robench.config import validate_budget
+    from robench.data import eval_slice
+    from robench.errors import RobenchError
+    from robench.oracle import Oracle
+    from robench.registry import ATTACKS
+    from robench.run import instantiate
+    from robench.train import predict
+
+    n = ecfg.get("n_samples", 500)
+    if n is not None and int(n) == 0:
+        return {}
+    validate_budget(budget, splits.num_classes)
+    if budget.targeted:
+        raise RobenchError("the end-of-training evaluation is untargeted: keep budget.targeted=false for train-defense")
+    params = OmegaConf.to_container(ecfg.get("params") or {}, resolve=True)
+    name = str(ecfg.get("attack", "pgd"))
+    attack = instantiate(ATTACKS, name, params, "eval.attack")
+    bs = int(ecfg.get("batch_size", 1000))
+    if bs < 1:
+        raise RobenchError(f"eval.batch_size must be >= 1, got {bs}")
+    _, x, y = eval_slice(splits, None if n is None else int(n), 0)
+    model.eval()
+    correct = (predict(model, x).argmax(1).cpu() == y)
+    todo = correct.nonzero().flatten()
+    gen = torch.Generator(device=device).manual_seed(int(seed))
+    n_success, t0 = 0, time.perf_counter()
+    for s in range(0, len(todo), bs):
+        sel = todo[s:s + bs]
+        oracle = Oracle(model, x[sel].to(device), y[sel].to(device), access=attack.access, norm=budget.norm,
+                        eps=budget.eps, max_queries=int(budget.max_queries), stop_on_success=not attack.minimizes_distortion,
+                        num_classes=splits.num_classes)
+        attack.run(oracle, gen)
+        n_success += int(oracle.finalize().success.sum())
+    n_correct = int(correct.sum())
+    return {"clean_accuracy": n_correct / len(y), "robust_accuracy": (n_correct - n_success) / len(y),
+            "n_samples": len(y), "attack": name, "params": params, "norm": budget.norm, "eps": budget.eps,
+            "max_queries": int(budget.max_queries), "seconds": time.perf_counter() - t0}
