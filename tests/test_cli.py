@@ -55,7 +55,8 @@ def test_cfg_job_shows_the_composed_threat_model():
     assert p.returncode == 0, p.stderr
     import yaml
     cfg = yaml.safe_load(p.stdout)
-    assert cfg["budget"] == {"norm": "l2", "eps": 2.0, "max_queries": 10000, "targeted": True, "target": "least_likely"}
+    assert cfg["budget"] == {"norm": "l2", "eps": 2.0, "max_queries": 10000, "targeted": True, "target": "least_likely",
+                             "checkpoints": None}
     assert cfg["seed"] == 0 and cfg["device"] == "auto" and cfg["attack"]["name"] == "pgd"
 
 
