@@ -137,6 +137,9 @@ def config_differences(a: Dict[str, Any], b: Dict[str, Any], prefix: str = "") -
             out += config_differences(va, vb, f"{prefix}{k}.")
         elif va != vb:
             out.append(f"{prefix}{k}")
+    return out
+
+
 #: per-checkpoint record columns: ``dist_at_<c>`` for each checkpoint c (anytime curve)
 CHECKPOINT_PREFIX = "dist_at_"
 
