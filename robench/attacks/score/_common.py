@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from robench.errors import RobenchError
+from robench.attacks.whitebox.pgd import project_delta
 from robench.oracle import Oracle
 
 #: probabilities are clamped here before the log
@@ -92,11 +93,8 @@ def l2_project(d: torch.Tensor, eps: float) -> torch.Tensor:
     return d * bview(torch.clamp(eps / n.clamp_min(1e-12), max=1.0), d.dim())
 
 
-def project_box(x0: torch.Tensor, d: torch.Tensor, norm: str, eps: float) -> torch.Tensor:
-    """The point x0 + d projected onto B(x0, eps) ∩ [0, 1] (ball first, then box: for Linf this is the
-    exact projection onto the intersection; for L2 the box clip only shrinks |d_i|, so it stays in the ball)."""
-    d = d.clamp(-eps, eps) if norm == "linf" else l2_project(d, eps)
-    return (x0 + d).clamp(0, 1)
+#: x0 + d projected onto B(x0, eps) and [0, 1]: the same projection white-box PGD uses
+project_box = project_delta
 
 
 def keep_active(oracle: Oracle, idx: torch.Tensor, *tensors):

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import torch
 
-from robench.attacks.base import Attack
+from robench.attacks.base import Attack, attack_loss
 from robench.errors import RobenchError
 from robench.oracle import Oracle
 from robench.registry import ATTACKS
@@ -11,10 +11,7 @@ from robench.registry import ATTACKS
 def cw_margin(logits: torch.Tensor, cls: torch.Tensor, targeted: bool, kappa: float) -> torch.Tensor:
     """C&W's f6 (CW17 §V.A, to minimise): untargeted max(Z_y - max_{i!=y} Z_i, -kappa), targeted
     max(max_{i!=t} Z_i - Z_t, -kappa). (Cheng notes §1.1 eq. 2.7 prints the targeted sign flipped.)"""
-    own = logits.gather(1, cls[:, None]).squeeze(1)
-    other = logits.masked_fill(torch.nn.functional.one_hot(cls, logits.shape[1]).bool(), float("-inf")).amax(1)
-    m = other - own if targeted else own - other
-    return m.clamp_min(-kappa)
+    return (-attack_loss("cw", logits, cls, cls if targeted else None)).clamp_min(-kappa)
 
 
 @ATTACKS.register("cw_l2")

@@ -93,7 +93,13 @@ def step(g: torch.Tensor, norm: str, alpha: float) -> torch.Tensor:
 
 def project(x: torch.Tensor, x0: torch.Tensor, norm: str, eps: float) -> torch.Tensor:
     """Projection onto B(x0, eps) then onto [0, 1] (for Linf the intersection's exact projection)."""
-    d = x - x0
+    return project_delta(x0, x - x0, norm, eps)
+
+
+def project_delta(x0: torch.Tensor, d: torch.Tensor, norm: str, eps: float) -> torch.Tensor:
+    """The point x0 + d projected onto B(x0, eps), then onto [0, 1] (ball first, then box: for Linf
+    this is the exact projection onto the intersection; for L2 the box clip only shrinks |d_i|, so
+    the point stays in the ball)."""
     if norm == "linf":
         d = d.clamp(-eps, eps)
     else:
