@@ -19,7 +19,9 @@ from robench import results as R
 from robench.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint, train_command
 from robench.config import resolve_device, validate_budget, validate_common, validate_names
 from robench.data import eval_slice, load_dataset, parse_shard
-from robench.defenses.base import InputDefense, TrainingRecipe, set_bpda
+from robench.defenses.base import TrainingRecipe
+from robench.defenses.compose import DefendedModel, build_inputs, defense_spec
+from robench.defenses.evaluate import DefenseRun, run_batches
 from robench.errors import RobenchError
 from robench.models import build_model
 from robench.oracle import Oracle, distortion
@@ -48,12 +50,10 @@ def instantiate(registry, name: str, params: Dict[str, Any] | None, what: str):
 
 
 def load_victim(cfg: DictConfig, splits, device: torch.device):
-    """Model (+ weights from its conventional checkpoint) for (dataset, model, defense), in eval mode."""
-    dcfg, mcfg, dname = _plain(cfg.dataset), _plain(cfg.model), cfg.defense.name
-    defense = DEFENSES.get(dname)
-    if inspect.isclass(defense) and issubclass(defense, InputDefense):
-        raise RobenchError(f"defense '{dname}' is an input transformation; composing it with a checkpoint arrives "
-                           f"with the input-defense issue")
+    """Model (+ weights from the conventional checkpoint of its training recipe) for (dataset, model,
+    defense), behind the defense's input transformations if any (robench/defenses/compose.py), in eval mode."""
+    spec = defense_spec(cfg.defense)
+    dcfg, mcfg, dname = _plain(cfg.dataset), _plain(cfg.model), spec.recipe
     model = build_model(mcfg["name"], splits, mcfg.get("params"))
     meta: Dict[str, Any] = {}
     if (mcfg.get("params") or {}).get("pretrained") and dname == "none":
@@ -62,6 +62,8 @@ def load_victim(cfg: DictConfig, splits, device: torch.device):
         path = checkpoint_path(cfg.checkpoint_dir, dcfg, mcfg, dname)
         meta = load_checkpoint(path, model, remake=train_command(dcfg, mcfg, dname, cfg.checkpoint_dir))
         meta["path"] = str(path)
+    if spec.inputs:
+        model = DefendedModel(model, build_inputs(spec))
     return model.to(device).eval(), meta
 
 
@@ -84,7 +86,8 @@ def run_attack(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     console = Console(stderr=True)
     validate_common(cfg)
     validate_budget(cfg.budget, cfg.dataset.get("num_classes"))
-    validate_names(cfg, ("dataset", "model", "attack", "defense"))
+    validate_names(cfg, ("dataset", "model", "attack"))
+    defended = DefenseRun(cfg)  # validates the defense group (recipe, input transformations, detector)
     parse_shard(cfg.dataset.get("shard"))
     attack = instantiate(ATTACKS, cfg.attack.name, _plain(cfg.attack).get("params"), "attack")
     batch_size = int(cfg.attack.get("batch_size", 1000))
@@ -98,10 +101,7 @@ def run_attack(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     validate_budget(cfg.budget, splits.num_classes)
     idx, x, y = eval_slice(splits, cfg.dataset.get("n_samples"), int(cfg.dataset.get("offset", 0)), cfg.dataset.get("shard"))
     model, meta = load_victim(cfg, splits, device)
-    bpda, eot_samples = bool(cfg.attack.get("bpda", False)), int(cfg.attack.get("eot_samples", 1))
-    if eot_samples < 1:
-        raise RobenchError(f"attack.eot_samples must be an integer >= 1, got {eot_samples}")
-    set_bpda(model, bpda)
+    bpda, eot_samples = defended.prepare(model, attack, cfg.attack, splits)  # seeds, BPDA switch, EOT, detector
     logits = predict(model, x).cpu()
     clean_pred = logits.argmax(1)
     b = cfg.budget
@@ -132,7 +132,7 @@ def run_attack(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
                             norm=b.norm, eps=b.eps, max_queries=int(b.max_queries),
                             targets=None if targets is None else targets[sel].to(device),
                             stop_on_success=not attack.minimizes_distortion,
-                            recheck_repeats=int(cfg.get("recheck_repeats", 1)), num_classes=splits.num_classes,
+                            recheck_repeats=defended.recheck_repeats, num_classes=splits.num_classes,
                             eot_samples=eot_samples if attack.access == "gradient" else 1)
             attack.run(oracle, gen)
             res = oracle.finalize()
@@ -147,6 +147,7 @@ def run_attack(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
                          seconds=float(res.seconds_at_success[j]) if res.success[j] else res.seconds)
                 if res.adversarial[j]:
                     r.update(l0=float(d["l0"][j]), l2=float(d["l2"][j]), linf=float(d["linf"][j]))
+            defended.after_batch(sel, res)
             R.write_records(run_dir / "records.csv", records)  # after every batch: nothing finished is lost
             n_done += len(sel)
             n_succ += int(res.success.sum())
@@ -154,14 +155,19 @@ def run_attack(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
 
     budget_label = f"{b.norm}_{b.eps}" + ("_targeted" if b.targeted else "")
     summary = R.summarize(records, {
-        "attack": cfg.attack.name, "model": cfg.model.name, "dataset": cfg.dataset.name, "defense": cfg.defense.name,
+        "attack": cfg.attack.name, "model": cfg.model.name, "dataset": cfg.dataset.name, "defense": defended.label,
         "budget": budget_label, "norm": b.norm, "eps": b.eps, "max_queries": int(b.max_queries),
         "targeted": bool(b.targeted), "target": b.target if b.targeted else None, "seconds": t_attack,
         "recheck_failed": recheck_failed, "device": str(device), "seed": int(cfg.seed),
         "robench_version": robench.__version__, "started": started, "finished": _now()})
     summary["checkpoint"] = meta.get("path", meta.get("source"))
+    defended.finish(summary, records, x, run_dir, rerun=lambda bpda_, eot_: run_batches(
+        model, instantiate(ATTACKS, cfg.attack.name, _plain(cfg.attack).get("params"), "attack"), x[todo], y[todo],
+        None if targets is None else targets[todo], budget=b, batch_size=batch_size, num_classes=splits.num_classes,
+        seed=int(cfg.seed), device=device, recheck_repeats=defended.recheck_repeats, eot_samples=eot_))
     R.write_summary(run_dir, summary)
     R.print_summary(summary)
+    defended.report(run_dir, summary)
     return summary
 
 
@@ -170,10 +176,15 @@ def run_train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     from rich.table import Table
 
     validate_common(cfg)
-    validate_names(cfg, ("dataset", "model", "defense"))
+    validate_names(cfg, ("dataset", "model"))
     device = resolve_device(cfg.device)
-    dname = cfg.defense.name
-    recipe = instantiate(DEFENSES, dname, _plain(cfg.defense).get("params"), "defense")
+    spec = defense_spec(cfg.defense)
+    dname = spec.recipe
+    if spec.inputs or spec.detector:
+        extra = ", ".join([n for n, _ in spec.inputs] + ([spec.detector[0]] if spec.detector else []))
+        raise RobenchError(f"defense={spec.label}: {extra} act(s) at attack time, not in training; train the model "
+                           f"behind it with defense={dname}")
+    recipe = instantiate(DEFENSES, dname, spec.recipe_params, "defense")
     if not isinstance(recipe, TrainingRecipe):
         raise RobenchError(f"defense '{dname}' is an input transformation, not a training recipe: nothing to train")
     R.atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
