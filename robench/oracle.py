@@ -156,10 +156,28 @@ class Oracle:
         return out
 
     def scores(self, x: torch.Tensor, idx: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Softmax probabilities of rows ``x``; NaN rows where not answered. Needs access ``scores``."""
+        """Softmax probabilities of rows ``x``; NaN rows where not answered. Needs access ``scores``.
+
+        With ``eot_samples = k > 1`` (a randomized victim; GenAttack's "expectation of the fitness over
+        t = 32 queries", thesis §2.6.2.2) each row is evaluated k times (k queries, each judged) and
+        the answer is the mean of the answered copies' probabilities.
+        """
         self._require("scores")
-        logits, ok = self._forward(x, idx)
-        return self._scatter_rows(None if logits is None else logits.softmax(1), ok, x.shape[0])
+        k = self.eot_samples
+        if k == 1:
+            logits, ok = self._forward(x, idx)
+            return self._scatter_rows(None if logits is None else logits.softmax(1), ok, x.shape[0])
+        if idx is None:
+            if x.shape[0] != self.n:
+                raise ValueError(f"{x.shape[0]} rows for {self.n} samples: pass idx (the sample of each row)")
+            idx = torch.arange(self.n, device=self.device)
+        m = x.shape[0]
+        logits, ok = self._forward(x.repeat(k, *([1] * (x.dim() - 1))), idx.to(self.device).repeat(k))
+        p = self._scatter_rows(None if logits is None else logits.softmax(1), ok, m * k).view(k, m, -1)
+        answered = ~torch.isnan(p[..., 0])
+        cnt = answered.sum(0)
+        mean = torch.nan_to_num(p).sum(0) / cnt.clamp_min(1).unsqueeze(1)
+        return torch.where((cnt > 0).unsqueeze(1), mean, torch.full_like(mean, float("nan")))
 
     def logits(self, x: torch.Tensor, idx: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Logits of rows ``x``; NaN rows where not answered. Needs access ``gradient`` (white-box)."""

@@ -133,7 +133,7 @@ def run_attack(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
                             targets=None if targets is None else targets[sel].to(device),
                             stop_on_success=not attack.minimizes_distortion,
                             recheck_repeats=defended.recheck_repeats, num_classes=splits.num_classes,
-                            eot_samples=eot_samples if attack.access == "gradient" else 1)
+                            eot_samples=eot_samples if attack.access != "label" else 1)
             attack.run(oracle, gen)
             res = oracle.finalize()
             t_attack += res.seconds

@@ -227,7 +227,7 @@ def run_batches(model, attack, x, y, targets, *, budget, batch_size: int, num_cl
         o = Oracle(model, x[sl].to(device), y[sl].to(device), access=attack.access, norm=budget.norm, eps=budget.eps,
                    max_queries=int(budget.max_queries), targets=None if targets is None else targets[sl].to(device),
                    stop_on_success=not attack.minimizes_distortion, recheck_repeats=recheck_repeats,
-                   num_classes=num_classes, eot_samples=eot_samples if attack.access == "gradient" else 1)
+                   num_classes=num_classes, eot_samples=eot_samples if attack.access != "label" else 1)
         attack.run(o, gen)
         r = o.finalize()
         claimed.append(r.claimed)
