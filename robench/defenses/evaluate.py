@@ -113,7 +113,6 @@ class DefenseRun:
                                                      enumerate(self.spec.inputs)],
              "randomized": self.randomized, "bpda": self.bpda, "eot_samples": self.eot_samples}
         if self.has_inputs:
-            reseed_defenses(self.model, int(self.cfg.seed) + 1)
             y = torch.tensor([r["label"] for r in records])
             base = undefended(self.model)
             summary["undefended_clean_accuracy"] = float((predict(base, x).argmax(1).cpu() == y).float().mean())
@@ -185,6 +184,8 @@ class DefenseRun:
             out.append((f"success, adaptive ({tag})", pct(ad["success_rate"])))
         elif self.adaptive and self.has_inputs and not self.gradient_attack:
             out.append(("adaptive gradients", "n/a (attack uses no gradients)"))
+        elif self.adaptive and self.has_inputs:
+            out.append(("adaptive gradients", "n/a (differentiable, deterministic: one run)"))
         if "detection" in s:
             dd = s["detection"]
             out.append((f"detection rate ({dd['n_adversarial']} adv. examples)", pct(dd["detection_rate"])))
