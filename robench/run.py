@@ -133,7 +133,8 @@ def run_attack(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
                             targets=None if targets is None else targets[sel].to(device),
                             stop_on_success=not attack.minimizes_distortion,
                             recheck_repeats=defended.recheck_repeats, num_classes=splits.num_classes,
-                            eot_samples=eot_samples if attack.access != "label" else 1)
+                            eot_samples=eot_samples if attack.access != "label" else 1,
+                            confirm_repeats=defended.confirm_repeats)
             attack.run(oracle, gen)
             res = oracle.finalize()
             t_attack += res.seconds
@@ -161,10 +162,11 @@ def run_attack(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
         "recheck_failed": recheck_failed, "device": str(device), "seed": int(cfg.seed),
         "robench_version": robench.__version__, "started": started, "finished": _now()})
     summary["checkpoint"] = meta.get("path", meta.get("source"))
-    defended.finish(summary, records, x, run_dir, rerun=lambda bpda_, eot_: run_batches(
+    defended.finish(summary, records, x, run_dir, rerun=lambda bpda_, eot_, confirm_: run_batches(
         model, instantiate(ATTACKS, cfg.attack.name, _plain(cfg.attack).get("params"), "attack"), x[todo], y[todo],
         None if targets is None else targets[todo], budget=b, batch_size=batch_size, num_classes=splits.num_classes,
-        seed=int(cfg.seed), device=device, recheck_repeats=defended.recheck_repeats, eot_samples=eot_))
+        seed=int(cfg.seed), device=device, recheck_repeats=defended.recheck_repeats, eot_samples=eot_,
+        confirm_repeats=confirm_))
     R.write_summary(run_dir, summary)
     R.print_summary(summary)
     defended.report(run_dir, summary)

@@ -151,3 +151,36 @@ def test_score_eot_averages_and_counts(victim, test_xy):
         ref = victim(d.transforms[0].transform(x.repeat(4, 1, 1, 1))).softmax(1).view(4, 10, 10)  # one batched call
     assert torch.allclose(p, ref.mean(0), atol=1e-5)
     assert not torch.allclose(ref[0], ref[1])  # the draws differ
+
+
+class CoinModel(torch.nn.Module):
+    """A randomized toy victim: class 1 (wrong for label 0) with probability 0.3 on every evaluation."""
+
+    def __init__(self):
+        super().__init__()
+        self.g = torch.Generator().manual_seed(0)
+        self.rows = 0
+
+    def forward(self, x):
+        self.rows += len(x)
+        wrong = torch.rand(len(x), generator=self.g) < 0.3
+        return torch.stack([(~wrong).float(), wrong.float()], 1)
+
+
+def test_confirm_on_sight():
+    """With confirm_repeats=2 a success must be seen 3 times in a row; confirmations are not queries."""
+    x, y = torch.full((400, 1, 2, 2), 0.5), torch.zeros(400, dtype=torch.long)
+    claimed = {}
+    for confirm in (0, 2):
+        m = CoinModel()
+        o = Oracle(m, x, y, access="label", eps=0.1, num_classes=2, max_queries=5, confirm_repeats=confirm)
+        for _ in range(5):
+            idx = o.active_indices()
+            if len(idx):
+                o.labels(x[idx], idx)
+        assert int(o.queries.sum()) <= m.rows and int(o.queries.max()) <= 5
+        if confirm == 0:
+            assert int(o.queries.sum()) == m.rows  # without confirmation every evaluation is a query
+        claimed[confirm] = o.success.float().mean().item()
+    assert 0.75 <= claimed[0] <= 0.9  # 1 - 0.7^5 = 0.83: lucky draws end the attack
+    assert 0.05 <= claimed[2] <= 0.22  # 1 - (1 - 0.3^3)^5 = 0.13

@@ -9,7 +9,8 @@
   (``bpda`` off, one EOT sample: a non-differentiable transform passes no gradient, which is what a
   defense that only masks gradients relies on) and once *adaptively* (BPDA backward on, and EOT over
   ``attack.eot_samples`` draws, or ``adaptive_eot_samples`` when that is 1 and the victim is
-  randomized; Athalye et al. 2018). The per-sample records are those of the adaptive run (the
+  randomized; Athalye et al. 2018) that, against a randomized victim, does not stop at a lucky draw:
+  the oracle confirms each success when it sees it (``confirm_on_sight``, null = auto). The per-sample records are those of the adaptive run (the
   stronger attacker); summary.json gets ``adaptive`` and ``non_adaptive`` blocks and the printed table
   shows both. A score- or label-based attack sees no gradients, so it runs once.
 * **Clean accuracies.** ``clean_accuracy`` is that of the defended victim (as every attack run
@@ -44,6 +45,10 @@ class DefenseRun:
         if rr is not None and (not isinstance(rr, int) or isinstance(rr, bool) or rr < 1):
             raise RobenchError(f"recheck_repeats must be an integer >= 1 (or null: 3 for a randomized defense, else 1), got '{rr}'")
         self.user_recheck = rr
+        co = cfg.get("confirm_on_sight")
+        if co is not None and not isinstance(co, bool):
+            raise RobenchError(f"confirm_on_sight must be true, false or null (auto), got '{co}'")
+        self.user_confirm = co
         self.detector = build_detector(self.spec)
         self.model = None
         self.randomized = self.has_inputs = self.gradient_attack = False
@@ -82,6 +87,16 @@ class DefenseRun:
         return bpda, eot
 
     @property
+    def confirm_repeats(self) -> int:
+        """Confirmations of a success at sight in the main run: ``recheck_repeats - 1`` (so success holds
+        k times in a row) when ``confirm_on_sight`` is true, or when it is null (auto) for the adaptive
+        run of a gradient attack against a randomized victim; else 0."""
+        on = self.user_confirm
+        if on is None:
+            on = self.adaptive and self.randomized and self.gradient_attack
+        return max(0, self.recheck_repeats - 1) if on else 0
+
+    @property
     def recheck_repeats(self) -> int:
         if self.user_recheck is not None:
             return int(self.user_recheck)
@@ -109,6 +124,7 @@ class DefenseRun:
         fs = (summary["n_success"] + summary.get("recheck_failed", 0)) / n_att if n_att else float("nan")
         summary["first_sight_success_rate"] = fs
         summary["recheck_repeats"] = self.recheck_repeats
+        summary["confirm_repeats"] = self.confirm_repeats
         d = {"recipe": self.spec.recipe, "inputs": [{"name": n, **self._describe(i)} for i, (n, _) in
                                                      enumerate(self.spec.inputs)],
              "randomized": self.randomized, "bpda": self.bpda, "eot_samples": self.eot_samples}
@@ -120,16 +136,17 @@ class DefenseRun:
         if self.adaptive and self.has_inputs and self.gradient_attack and self._settings_differ and rerun is not None:
             reseed_defenses(self.model, int(self.cfg.seed))
             set_bpda(self.model, False)
-            claimed, success = rerun(False, 1)
+            claimed, success = rerun(False, 1, self.confirm_repeats if self.user_confirm else 0)
             set_bpda(self.model, self.bpda)
             n_correct = summary["n_correct"]
             n = summary["n_samples"]
             ns = int(success.sum())
             summary["non_adaptive"] = {"bpda": False, "eot_samples": 1, "n_success": ns,
+                                       "confirm_repeats": self.confirm_repeats if self.user_confirm else 0,
                                        "success_rate": ns / n_att if n_att else float("nan"),
                                        "first_sight_success_rate": float(claimed.float().mean()) if n_att else float("nan"),
                                        "robust_accuracy": (n_correct - ns) / n if n else float("nan")}
-            summary["adaptive"] = {"bpda": self.bpda, "eot_samples": self.eot_samples,
+            summary["adaptive"] = {"bpda": self.bpda, "eot_samples": self.eot_samples, "confirm_repeats": self.confirm_repeats,
                                    "n_success": summary["n_success"], "success_rate": summary["success_rate"],
                                    "first_sight_success_rate": fs, "robust_accuracy": summary["robust_accuracy"]}
         if self.detector is not None:
@@ -180,7 +197,8 @@ class DefenseRun:
         if "non_adaptive" in s:
             na, ad = s["non_adaptive"], s["adaptive"]
             out.append(("success, non-adaptive (no BPDA, no EOT)", pct(na["success_rate"])))
-            tag = "BPDA" + (f" + EOT x{ad['eot_samples']}" if ad["eot_samples"] > 1 else "")
+            tag = "BPDA" + (f" + EOT x{ad['eot_samples']}" if ad["eot_samples"] > 1 else "") + \
+                (f" + confirm {ad['confirm_repeats'] + 1}x" if ad["confirm_repeats"] else "")
             out.append((f"success, adaptive ({tag})", pct(ad["success_rate"])))
         elif self.adaptive and self.has_inputs and not self.gradient_attack:
             out.append(("adaptive gradients", "n/a (attack uses no gradients)"))
@@ -215,7 +233,7 @@ class DefenseRun:
 
 
 def run_batches(model, attack, x, y, targets, *, budget, batch_size: int, num_classes: int, seed: int,
-                device, recheck_repeats: int, eot_samples: int):
+                device, recheck_repeats: int, eot_samples: int, confirm_repeats: int = 0):
     """Run ``attack`` on all rows of ``x`` in batches of ``batch_size`` through fresh oracles (no
     records written); returns (claimed, success) bool tensors. The generator is seeded as the main
     run's, so a re-run with other gradient settings starts from the same random draws."""
@@ -228,7 +246,8 @@ def run_batches(model, attack, x, y, targets, *, budget, batch_size: int, num_cl
         o = Oracle(model, x[sl].to(device), y[sl].to(device), access=attack.access, norm=budget.norm, eps=budget.eps,
                    max_queries=int(budget.max_queries), targets=None if targets is None else targets[sl].to(device),
                    stop_on_success=not attack.minimizes_distortion, recheck_repeats=recheck_repeats,
-                   num_classes=num_classes, eot_samples=eot_samples if attack.access != "label" else 1)
+                   num_classes=num_classes, eot_samples=eot_samples if attack.access != "label" else 1,
+                   confirm_repeats=confirm_repeats)
         attack.run(o, gen)
         r = o.finalize()
         claimed.append(r.claimed)
