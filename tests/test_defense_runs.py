@@ -104,17 +104,32 @@ def test_jpeg_gradient_masking_is_exposed(ckpt_dir, tmp_path):
 
 
 def test_randomized_defense_rechecks_three_times(ckpt_dir, tmp_path):
-    common = ["defense=random_resize_pad", "dataset.n_samples=40", "progress=false", "attack.params.steps=5",
-              f"checkpoint_dir={ckpt_dir}"]
-    p = run_cli("attack", *common, f"hydra.run.dir={tmp_path}/a", cwd=tmp_path)
+    p = run_cli("attack", "defense=random_resize_pad", "dataset.n_samples=40", "progress=false", "attack.params.steps=5",
+                f"checkpoint_dir={ckpt_dir}", f"hydra.run.dir={tmp_path}/a", cwd=tmp_path)
     assert p.returncode == 0, p.stderr
     s = summary_of(tmp_path / "a")
-    assert s["recheck_repeats"] == 3 and s["defense_setup"]["randomized"] is True
+    assert s["recheck_repeats"] == 3 and s["defense_setup"]["randomized"] is True and s["confirm_repeats"] == 0
     assert s["first_sight_success_rate"] == pytest.approx((s["n_success"] + s["recheck_failed"]) / s["n_attacked"])
-    p = run_cli("attack", *common, "recheck_repeats=1", f"hydra.run.dir={tmp_path}/b", cwd=tmp_path)
-    assert summary_of(tmp_path / "b")["recheck_repeats"] == 1
-    p = run_cli("attack", *common, "recheck_repeats=0", f"hydra.run.dir={tmp_path}/c", cwd=tmp_path)
-    assert p.returncode == 2 and "recheck_repeats must be an integer >= 1" in p.stderr
+
+
+def test_recheck_and_confirm_settings(victim):
+    from robench.defenses.evaluate import DefenseRun
+    from robench.registry import ATTACKS
+
+    pgd = ATTACKS.get("pgd")()
+    for over, randomized, adaptive, recheck, confirm in [
+            ([], False, False, 1, 0), (["defense=tvm"], True, False, 3, 0), (["defense=tvm", "recheck_repeats=1"], True, False, 1, 0),
+            (["defense=tvm", "adaptive=true"], True, True, 3, 2), (["defense=jpeg", "confirm_on_sight=true"], False, False, 1, 0)]:
+        cfg = compose(*over)
+        dr = DefenseRun(cfg)
+        model = victim
+        if dr.spec.inputs:
+            from robench.defenses.compose import build_inputs
+            model = DefendedModel(victim, build_inputs(dr.spec))
+        dr.prepare(model, pgd, cfg.attack, None)
+        assert (dr.randomized, dr.recheck_repeats, dr.confirm_repeats) == (randomized, recheck, confirm), over
+    with pytest.raises(RobenchError, match="recheck_repeats must be an integer >= 1"):
+        DefenseRun(compose("recheck_repeats=0"))
 
 
 def test_feature_squeeze_detection(ckpt_dir, tmp_path):
