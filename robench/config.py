@@ -14,6 +14,21 @@ TARGET_MODES = ("random", "least_likely")
 GROUPS = ("dataset", "model", "attack", "defense", "budget")
 
 
+def _register_resolvers() -> None:
+    """``${robench_defense:${defense}}``: the defense's label (``none``, ``jpeg``, ``pgd_at+jpeg``) for run
+    folder names; the ``defense`` node may have no ``name`` (input transformations only)."""
+    from omegaconf import OmegaConf
+
+    def label(node):
+        from robench.defenses.compose import defense_label
+        return defense_label(node)
+
+    OmegaConf.register_new_resolver("robench_defense", label, replace=True)
+
+
+_register_resolvers()
+
+
 def configs_dir() -> Path:
     """The config folder shipped inside the package (``robench/configs``, mapped from ``configs/``)."""
     import robench.configs as c

@@ -20,7 +20,12 @@ An attack gets an :class:`Oracle` for a batch of samples and nothing else. The o
   only its rows numbered <= c);
 * reports which samples are done (``active``), so batched attacks stop spending on them;
 * at the end re-checks every success with fresh, uncounted forward passes (``finalize``); with a
-  randomized victim the re-check repeats ``recheck_repeats`` times and success must hold every time.
+  randomized victim the re-check repeats ``recheck_repeats`` times and success must hold every time;
+* optionally (``confirm_repeats = k > 0``, for randomized victims) confirms a success *when it is
+  seen*: a row counts as successful only if k more fresh, uncounted evaluations of the same point
+  agree, so a lucky draw of the defense's randomness does not end a sample's attack (GenAttack's TVM
+  protocol: "classified as target 3 times in a row", thesis §2.6.2.2). The confirmations are the
+  referee's, like the final re-check; the attack learns their outcome only through ``active``.
 
 Everything stays on the victim's device; the hot path does not synchronise with the host except to
 skip rows that are not answered.
@@ -81,7 +86,7 @@ class Oracle:
                  norm: str = "linf", eps: Optional[float] = None, max_queries: int = 10_000,
                  targets: Optional[torch.Tensor] = None, stop_on_success: bool = True,
                  recheck_repeats: int = 1, tol: float = 1e-5, num_classes: Optional[int] = None,
-                 eot_samples: int = 1, checkpoints=None):
+                 eot_samples: int = 1, checkpoints=None, confirm_repeats: int = 0):
         if access not in ACCESS_LEVELS:
             raise ValueError(f"access must be one of {ACCESS_LEVELS}, got {access!r}")
         if norm not in ("linf", "l2"):
@@ -93,6 +98,7 @@ class Oracle:
         self.max_queries = int(max_queries)
         self.stop_on_success = stop_on_success
         self.recheck_repeats = int(recheck_repeats)
+        self.confirm_repeats = int(confirm_repeats)
         if int(eot_samples) < 1:
             raise ValueError(f"eot_samples must be >= 1, got {eot_samples}")
         self.eot_samples = int(eot_samples)
@@ -172,10 +178,28 @@ class Oracle:
         return out
 
     def scores(self, x: torch.Tensor, idx: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Softmax probabilities of rows ``x``; NaN rows where not answered. Needs access ``scores``."""
+        """Softmax probabilities of rows ``x``; NaN rows where not answered. Needs access ``scores``.
+
+        With ``eot_samples = k > 1`` (a randomized victim; GenAttack's "expectation of the fitness over
+        t = 32 queries", thesis §2.6.2.2) each row is evaluated k times (k queries, each judged) and
+        the answer is the mean of the answered copies' probabilities.
+        """
         self._require("scores")
-        logits, ok = self._forward(x, idx)
-        return self._scatter_rows(None if logits is None else logits.softmax(1), ok, x.shape[0])
+        k = self.eot_samples
+        if k == 1:
+            logits, ok = self._forward(x, idx)
+            return self._scatter_rows(None if logits is None else logits.softmax(1), ok, x.shape[0])
+        if idx is None:
+            if x.shape[0] != self.n:
+                raise ValueError(f"{x.shape[0]} rows for {self.n} samples: pass idx (the sample of each row)")
+            idx = torch.arange(self.n, device=self.device)
+        m = x.shape[0]
+        logits, ok = self._forward(x.repeat(k, *([1] * (x.dim() - 1))), idx.to(self.device).repeat(k))
+        p = self._scatter_rows(None if logits is None else logits.softmax(1), ok, m * k).view(k, m, -1)
+        answered = ~torch.isnan(p[..., 0])
+        cnt = answered.sum(0)
+        mean = torch.nan_to_num(p).sum(0) / cnt.clamp_min(1).unsqueeze(1)
+        return torch.where((cnt > 0).unsqueeze(1), mean, torch.full_like(mean, float("nan")))
 
     def logits(self, x: torch.Tensor, idx: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Logits of rows ``x``; NaN rows where not answered. Needs access ``gradient`` (white-box)."""
@@ -324,6 +348,14 @@ class Oracle:
         if gradient:
             self._grad_queries += counts
         valid, within, dist = self._criterion(x, idx, logits.argmax(1))
+        if self.confirm_repeats > 0 and bool(within.any()):
+            rows = within.nonzero().flatten()
+            ok = torch.ones(len(rows), dtype=torch.bool, device=self.device)
+            with torch.no_grad():
+                for _ in range(self.confirm_repeats):
+                    ok &= self._criterion(x[rows], idx[rows], self._model(x[rows]).argmax(1))[1]
+            within = within.clone()
+            within[rows] = ok
         # first success: the smallest query number among this call's successful rows
         big = torch.iinfo(torch.long).max
         first = torch.full((n,), big, dtype=torch.long, device=self.device)

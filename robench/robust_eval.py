@@ -22,7 +22,7 @@ def robust_accuracy(model, splits, ecfg, budget, seed: int, device: torch.device
     from robench.errors import RobenchError
     from robench.oracle import Oracle
     from robench.registry import ATTACKS
-    from robench.run import instantiate
+    from robench.run import batch_seed, instantiate
     from robench.train import predict
 
     n = ecfg.get("n_samples", 500)
@@ -40,11 +40,13 @@ def robust_accuracy(model, splits, ecfg, budget, seed: int, device: torch.device
     _, x, y = eval_slice(splits, None if n is None else int(n), 0)
     model.eval()
     correct = (predict(model, x).argmax(1).cpu() == y)
-    todo = correct.nonzero().flatten()
-    gen = torch.Generator(device=device).manual_seed(int(seed))
     n_success, t0 = 0, time.perf_counter()
-    for s in range(0, len(todo), bs):
-        sel = todo[s:s + bs]
+    for bt, s in enumerate(range(0, len(y), bs)):  # batches and seeds as robench attack draws them, so the
+        # number equals that of `robench attack` with the same attack, budget, slice and batch_size
+        sel = s + correct[s:s + bs].nonzero().flatten()
+        if len(sel) == 0:
+            continue
+        gen = torch.Generator(device=device).manual_seed(batch_seed(int(seed), bt))
         oracle = Oracle(model, x[sel].to(device), y[sel].to(device), access=attack.access, norm=budget.norm,
                         eps=budget.eps, max_queries=int(budget.max_queries), stop_on_success=not attack.minimizes_distortion,
                         num_classes=splits.num_classes)

@@ -21,7 +21,9 @@ from robench.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
 from robench.config import resolve_device, validate_budget, validate_common, validate_names
 from robench.data import eval_slice, load_dataset, parse_shard
 from robench.data.base import eval_indices
-from robench.defenses.base import InputDefense, TrainingRecipe, set_bpda
+from robench.defenses.base import TrainingRecipe
+from robench.defenses.compose import DefendedModel, build_inputs, defense_spec
+from robench.defenses.evaluate import DefenseRun, run_batches
 from robench.errors import RobenchError
 from robench.models import build_model
 from robench.oracle import Oracle, distortion
@@ -54,12 +56,10 @@ def instantiate(registry, name: str, params: Dict[str, Any] | None, what: str):
 
 
 def load_victim(cfg: DictConfig, splits, device: torch.device):
-    """Model (+ weights from its conventional checkpoint) for (dataset, model, defense), in eval mode."""
-    dcfg, mcfg, dname = _plain(cfg.dataset), _plain(cfg.model), cfg.defense.name
-    defense = DEFENSES.get(dname)
-    if inspect.isclass(defense) and issubclass(defense, InputDefense):
-        raise RobenchError(f"defense '{dname}' is an input transformation; composing it with a checkpoint arrives "
-                           f"with the input-defense issue")
+    """Model (+ weights from the conventional checkpoint of its training recipe) for (dataset, model,
+    defense), behind the defense's input transformations if any (robench/defenses/compose.py), in eval mode."""
+    spec = defense_spec(cfg.defense)
+    dcfg, mcfg, dname = _plain(cfg.dataset), _plain(cfg.model), spec.recipe
     model = build_model(mcfg["name"], splits, mcfg.get("params"))
     meta: Dict[str, Any] = {}
     if (mcfg.get("params") or {}).get("pretrained") and dname == "none":
@@ -68,6 +68,8 @@ def load_victim(cfg: DictConfig, splits, device: torch.device):
         path = checkpoint_path(cfg.checkpoint_dir, dcfg, mcfg, dname)
         meta = load_checkpoint(path, model, remake=train_command(dcfg, mcfg, dname, cfg.checkpoint_dir))
         meta["path"] = str(path)
+    if spec.inputs:
+        model = DefendedModel(model, build_inputs(spec))
     return model.to(device).eval(), meta
 
 
@@ -138,7 +140,8 @@ def run_attack(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     multirun = _in_multirun()
     validate_common(cfg)
     validate_budget(cfg.budget, cfg.dataset.get("num_classes"))
-    validate_names(cfg, ("dataset", "model", "attack", "defense"))
+    validate_names(cfg, ("dataset", "model", "attack"))
+    defended = DefenseRun(cfg)  # validates the defense group (recipe, input transformations, detector)
     parse_shard(cfg.dataset.get("shard"))
     n_correct = cfg.get("n_correct")
     if n_correct is not None and (not isinstance(n_correct, int) or isinstance(n_correct, bool) or n_correct < 1):
@@ -146,7 +149,10 @@ def run_attack(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     if n_correct is not None and cfg.dataset.get("shard"):
         raise RobenchError("n_correct cuts the slice after its n-th correct sample and cannot be combined with "
                            "dataset.shard: use dataset.n_samples with shards")
-    attack = instantiate(ATTACKS, cfg.attack.name, _plain(cfg.attack).get("params"), "attack")
+    def make_attack():
+        return instantiate(ATTACKS, cfg.attack.name, _plain(cfg.attack).get("params"), "attack")
+
+    attack = make_attack()
     batch_size = int(cfg.attack.get("batch_size", 1000))
     if batch_size < 1:
         raise RobenchError(f"attack.batch_size must be >= 1, got {batch_size}")
@@ -167,13 +173,11 @@ def run_attack(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     pos = idx - offset  # positions in the full, unsharded slice: batch b = positions [b*B, (b+1)*B)
     n_slice = len(eval_indices(len(splits.test), n_samples, offset, None))
     model, meta = load_victim(cfg, splits, device)
-    bpda, eot_samples = bool(cfg.attack.get("bpda", False)), int(cfg.attack.get("eot_samples", 1))
-    if eot_samples < 1:
-        raise RobenchError(f"attack.eot_samples must be an integer >= 1, got {eot_samples}")
-    set_bpda(model, bpda)
+    bpda, eot_samples = defended.prepare(model, attack, cfg.attack, splits)  # seeds, BPDA switch, EOT, detector
+    context = {"cfg": cfg, "splits": splits, "device": device, "num_classes": splits.num_classes}
     if hasattr(attack, "bind"):  # hook: attacks that need the job's context (transfer's surrogate,
         # hard-label attacks' target-class training images)
-        attack.bind({"cfg": cfg, "splits": splits, "device": device, "num_classes": splits.num_classes})
+        attack.bind(context)
     logits = predict(model, x).cpu()
     clean_pred = logits.argmax(1)
     if n_correct is not None:  # the slice ends at its n-th originally-correct sample
@@ -199,7 +203,7 @@ def run_attack(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
          "clean_pred": int(p), "attacked": bool(a), "success": False, "queries": 0, "grad_queries": 0,
          "queries_at_success": -1, "l0": float("nan"), "l2": float("nan"), "linf": float("nan"), "seconds": 0.0,
          "batch": batch_of[k], "batch_seconds": 0.0, "recheck_failed": False,
-         **{f"{R.CHECKPOINT_PREFIX}{c}": float("nan") for c in cps}}
+         **{f"{R.CHECKPOINT_PREFIX}{c}": float("nan") for c in cps}, **defended.record_columns()}
         for k, (i, l, p, a) in enumerate(zip(idx, y, clean_pred, attacked))]
     batches: Dict[int, List[int]] = {}
     for k, bt in enumerate(batch_of):
@@ -212,7 +216,7 @@ def run_attack(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
         if not quiet and not multirun:
             console.print(f"resuming: {len(done)} of {len(batches)} batches already complete")
     log.info("%s on %s/%s/%s: %d samples (indices %d..%d), %d batch(es) of up to %d, seed %d",
-             cfg.attack.name, cfg.dataset.name, cfg.model.name, cfg.defense.name, len(idx), int(idx[0]),
+             cfg.attack.name, cfg.dataset.name, cfg.model.name, defended.label, len(idx), int(idx[0]),
              int(idx[-1]), len(batches), batch_size, int(cfg.seed))
 
     def flush():  # rows of completed batches only, atomically: nothing finished is lost, nothing doubled
@@ -245,8 +249,9 @@ def run_attack(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
                                 norm=b.norm, eps=b.eps, max_queries=int(b.max_queries),
                                 targets=None if targets is None else targets[sel].to(device),
                                 stop_on_success=not attack.minimizes_distortion,
-                                recheck_repeats=int(cfg.get("recheck_repeats", 1)), num_classes=splits.num_classes,
-                                eot_samples=eot_samples if attack.access == "gradient" else 1, checkpoints=cps)
+                                recheck_repeats=defended.recheck_repeats, num_classes=splits.num_classes,
+                                eot_samples=eot_samples if attack.access != "label" else 1, checkpoints=cps,
+                                confirm_repeats=defended.confirm_repeats)
                 attack.run(oracle, gen)
                 res = oracle.finalize()
                 batch_secs = res.seconds
@@ -262,6 +267,8 @@ def run_attack(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
                         r.update(l0=float(d["l0"][j]), l2=float(d["l2"][j]), linf=float(d["linf"][j]))
                     for c, v in zip(res.checkpoints, res.dist_at[j].tolist()):
                         r[f"{R.CHECKPOINT_PREFIX}{c}"] = v if v != float("inf") else float("nan")
+                for j, extra in enumerate(defended.after_batch(res)):  # e.g. the detector's score of the point
+                    records[sel[j].item()].update(extra)
             for k in rows:
                 records[k]["batch_seconds"] = batch_secs
             done.add(bt)
@@ -275,7 +282,7 @@ def run_attack(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     totals = R.record_totals(records)
     budget_label = f"{b.norm}_{b.eps}" + ("_targeted" if b.targeted else "")
     summary = R.summarize(records, {
-        "attack": cfg.attack.name, "model": cfg.model.name, "dataset": cfg.dataset.name, "defense": cfg.defense.name,
+        "attack": cfg.attack.name, "model": cfg.model.name, "dataset": cfg.dataset.name, "defense": defended.label,
         "budget": budget_label, "norm": b.norm, "eps": b.eps, "max_queries": int(b.max_queries),
         "targeted": bool(b.targeted), "target": b.target if b.targeted else None, "seconds": totals["seconds"],
         "recheck_failed": totals["recheck_failed"], "device": str(device), "seed": int(cfg.seed),
@@ -288,6 +295,18 @@ def run_attack(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     summary["host"], summary["pid"] = __import__("socket").gethostname(), __import__("os").getpid()
     if hasattr(attack, "summary_extra"):  # hook: attack-specific figures (e.g. ensemble contributions)
         summary.update(attack.summary_extra())
+
+    def rerun(bpda_: bool, eot_: int, confirm_: int):  # the adaptive report's second, non-adaptive run
+        again = make_attack()
+        if hasattr(again, "bind"):
+            again.bind(context)
+        plan = [(bt, torch.tensor([k for k in batches[bt] if records[k]["attacked"]], dtype=torch.long))
+                for bt in sorted(batches)]
+        return run_batches(model, again, x, y, targets, plan, budget=b, num_classes=splits.num_classes,
+                           seed_of=lambda bt: batch_seed(int(cfg.seed), bt), device=device,
+                           recheck_repeats=defended.recheck_repeats, eot_samples=eot_, confirm_repeats=confirm_)
+
+    defended.finish(summary, records, x, run_dir, rerun=rerun)
     R.write_summary(run_dir, summary)
     log.info("finished: success rate %s, robust accuracy %s\n%s", summary["success_rate"],
              summary["robust_accuracy"], R.summary_markdown(summary))
@@ -297,6 +316,7 @@ def run_attack(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
         print(R.one_line(summary, run_dir), flush=True)
     else:
         R.print_summary(summary)
+    defended.report(run_dir, summary, show=not (quiet or multirun))
     return summary
 
 
@@ -363,10 +383,15 @@ def run_train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     from robench.robust_eval import robust_accuracy
 
     validate_common(cfg)
-    validate_names(cfg, ("dataset", "model", "defense"))
+    validate_names(cfg, ("dataset", "model"))
     device = resolve_device(cfg.device)
-    dname = cfg.defense.name
-    recipe = instantiate(DEFENSES, dname, _plain(cfg.defense).get("params"), "defense")
+    spec = defense_spec(cfg.defense)
+    dname = spec.recipe
+    if spec.inputs or spec.detector:
+        extra = ", ".join([n for n, _ in spec.inputs] + ([spec.detector[0]] if spec.detector else []))
+        raise RobenchError(f"defense={spec.label}: {extra} act(s) at attack time, not in training; train the model "
+                           f"behind it with defense={dname}")
+    recipe = instantiate(DEFENSES, dname, spec.recipe_params, "defense")
     if not isinstance(recipe, TrainingRecipe):
         raise RobenchError(f"defense '{dname}' is an input transformation, not a training recipe: nothing to train")
     R.atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
@@ -389,7 +414,7 @@ def run_train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     robust = {"robust_accuracy": ev.get("robust_accuracy"), "eval_clean_accuracy": ev.get("clean_accuracy"),
               "robust_eval": {k: v for k, v in ev.items() if k not in ("clean_accuracy", "robust_accuracy")} or None}
     base = {"model": mcfg["name"], "model_params": dict(mcfg.get("params") or {}), "dataset": dcfg["name"],
-            "defense": dname, "defense_params": _plain(cfg.defense).get("params") or {},
+            "defense": dname, "defense_params": spec.recipe_params or {},
             "clean_accuracy": m["clean_accuracy"], "train_accuracy": m["train_accuracy"],
             "train_adv_accuracy": m["train_adv_accuracy"], **robust, "epochs": m["epochs"],
             "train_seconds": m["seconds"], "init_from": init_from if init_from != dname else None, "seed": int(cfg.seed)}

@@ -81,6 +81,10 @@ class InputDefense(nn.Module):
     the forward value is ``transform(x)`` but the backward is that of :meth:`approx` (identity by
     default: the straight-through estimator). ``set_bpda(model, flag)`` switches every input defense
     inside a model.
+
+    Randomness: a randomized transform draws from :meth:`generator` (one ``torch.Generator`` per
+    device, seeded by :meth:`reseed`; ``robench attack`` reseeds every input defense with the run's
+    seed), never from the global RNG, so a run is reproducible from its seed.
     """
 
     kind = "input"
@@ -90,6 +94,27 @@ class InputDefense(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.bpda = False
+        self._seed = 0
+        self._generators: dict = {}
+
+    def reseed(self, seed: int) -> None:
+        """Restart this defense's random stream from ``seed`` (on every device)."""
+        self._seed = int(seed)
+        self._generators = {}
+
+    def generator(self, device: torch.device) -> torch.Generator:
+        """This defense's own random stream on ``device``."""
+        key = str(device)
+        if key not in self._generators:
+            self._generators[key] = torch.Generator(device=device).manual_seed(self._seed)
+        return self._generators[key]
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in self.describe().items())
+
+    def describe(self) -> dict:
+        """The transform's settings (for summaries); subclasses list their constructor arguments."""
+        return {}
 
     def transform(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -122,3 +147,13 @@ def set_bpda(model: nn.Module, flag: bool) -> int:
 
 def is_randomized(model: nn.Module) -> bool:
     return any(isinstance(m, InputDefense) and m.randomized for m in model.modules())
+
+
+def reseed_defenses(model: nn.Module, seed: int) -> int:
+    """Reseed every :class:`InputDefense` inside ``model`` (each from its own offset of ``seed``)."""
+    n = 0
+    for m in model.modules():
+        if isinstance(m, InputDefense):
+            m.reseed(int(seed) * 1000 + n)
+            n += 1
+    return n
