@@ -228,6 +228,14 @@ def run_attack(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
             "samples_total": len(records), "attacked_done": int(n_att), "success": int(n_succ),
             "status": "done" if len(done) == len(batches) else "running", "attack": cfg.attack.name}) + "\n")
 
+    def new_oracle(att, sel: torch.Tensor, eot: int, confirm: int, checkpoints=()) -> Oracle:
+        """The referee for rows ``sel`` of the slice (the main run, and the adaptive report's re-run)."""
+        return Oracle(model, x[sel].to(device), y[sel].to(device), access=att.access, norm=b.norm, eps=b.eps,
+                      max_queries=int(b.max_queries), targets=None if targets is None else targets[sel].to(device),
+                      stop_on_success=not att.minimizes_distortion, recheck_repeats=defended.recheck_repeats,
+                      num_classes=splits.num_classes, eot_samples=eot if att.access != "label" else 1,
+                      checkpoints=checkpoints, confirm_repeats=confirm)
+
     flush()
     todo_total = int(attacked.sum())
     with Progress(TextColumn(f"[bold]{cfg.attack.name}"), BarColumn(), MofNCompleteColumn(),
@@ -245,13 +253,7 @@ def run_attack(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
             gen = torch.Generator(device=device).manual_seed(batch_seed(int(cfg.seed), bt))
             batch_secs = 0.0
             if len(sel):
-                oracle = Oracle(model, x[sel].to(device), y[sel].to(device), access=attack.access,
-                                norm=b.norm, eps=b.eps, max_queries=int(b.max_queries),
-                                targets=None if targets is None else targets[sel].to(device),
-                                stop_on_success=not attack.minimizes_distortion,
-                                recheck_repeats=defended.recheck_repeats, num_classes=splits.num_classes,
-                                eot_samples=eot_samples if attack.access != "label" else 1, checkpoints=cps,
-                                confirm_repeats=defended.confirm_repeats)
+                oracle = new_oracle(attack, sel, eot_samples, defended.confirm_repeats, cps)
                 attack.run(oracle, gen)
                 res = oracle.finalize()
                 batch_secs = res.seconds
@@ -302,9 +304,8 @@ def run_attack(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
             again.bind(context)
         plan = [(bt, torch.tensor([k for k in batches[bt] if records[k]["attacked"]], dtype=torch.long))
                 for bt in sorted(batches)]
-        return run_batches(model, again, x, y, targets, plan, budget=b, num_classes=splits.num_classes,
-                           seed_of=lambda bt: batch_seed(int(cfg.seed), bt), device=device,
-                           recheck_repeats=defended.recheck_repeats, eot_samples=eot_, confirm_repeats=confirm_)
+        return run_batches(again, plan, lambda sel: new_oracle(again, sel, eot_, confirm_),
+                           seed_of=lambda bt: batch_seed(int(cfg.seed), bt), device=device)
 
     defended.finish(summary, records, x, run_dir, rerun=rerun)
     R.write_summary(run_dir, summary)

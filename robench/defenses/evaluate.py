@@ -239,25 +239,17 @@ class DefenseRun:
         R.atomic_write_text(run_dir / "summary.md", md)
 
 
-def run_batches(model, attack, x, y, targets, plan, *, budget, num_classes: int, seed_of, device,
-                recheck_repeats: int, eot_samples: int, confirm_repeats: int = 0):
-    """Run ``attack`` again on the batches of ``plan`` (pairs of global batch number and the rows of
-    ``x`` it attacks) through fresh oracles, no records written; returns (claimed, success) bool
-    tensors over all those rows. Each batch's generator is seeded by ``seed_of(batch)`` as in the main
-    run, so a re-run with other gradient settings starts from the same random draws."""
-    from robench.oracle import Oracle
-
+def run_batches(attack, plan, new_oracle, *, seed_of, device):
+    """Run ``attack`` again on the batches of ``plan`` (pairs of global batch number and the rows it
+    attacks), each through a fresh ``new_oracle(rows)``, no records written; returns (claimed, success)
+    bool tensors over all those rows. Each batch's generator is seeded by ``seed_of(batch)`` as in the
+    main run, so a re-run with other gradient settings starts from the same random draws."""
     claimed, success = [], []
-    for bt, sl in plan:
-        if len(sl) == 0:
+    for bt, sel in plan:
+        if len(sel) == 0:
             continue
-        gen = torch.Generator(device=device).manual_seed(int(seed_of(bt)))
-        o = Oracle(model, x[sl].to(device), y[sl].to(device), access=attack.access, norm=budget.norm, eps=budget.eps,
-                   max_queries=int(budget.max_queries), targets=None if targets is None else targets[sl].to(device),
-                   stop_on_success=not attack.minimizes_distortion, recheck_repeats=recheck_repeats,
-                   num_classes=num_classes, eot_samples=eot_samples if attack.access != "label" else 1,
-                   confirm_repeats=confirm_repeats)
-        attack.run(o, gen)
+        o = new_oracle(sel)
+        attack.run(o, torch.Generator(device=device).manual_seed(int(seed_of(bt))))
         r = o.finalize()
         claimed.append(r.claimed)
         success.append(r.success)
