@@ -418,6 +418,7 @@ def run_train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
             "defense": dname, "defense_params": spec.recipe_params or {},
             "clean_accuracy": m["clean_accuracy"], "train_accuracy": m["train_accuracy"],
             "train_adv_accuracy": m["train_adv_accuracy"], **robust, "epochs": m["epochs"],
+            "early_stopped_at_epoch": m["early_stopped_at_epoch"],
             "train_seconds": m["seconds"], "init_from": init_from if init_from != dname else None, "seed": int(cfg.seed)}
     meta = {"robench_version": robench.__version__, "dataset_source": dcfg.get("source"), **base,
             "created": _now(), "config": OmegaConf.to_yaml(cfg, resolve=True)}
@@ -439,6 +440,8 @@ def run_train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
         p = ev["params"]
         rows.append((f"robust accuracy ({ev['attack']}-{p.get('steps', '?')}, {ev['norm']} {ev['eps']}, "
                      f"{ev['n_samples']} test images)", f"{ev['robust_accuracy']:.2%}"))
+    if m["early_stopped_at_epoch"] is not None:
+        rows.append(("early stop", f"epoch {m['early_stopped_at_epoch'] + 1} overfitted: kept epoch {m['early_stopped_at_epoch']}"))
     rows += [("epochs", str(m["epochs"])), ("training seconds", f"{m['seconds']:.1f}"), ("checkpoint", str(path))]
     for k, v in rows:
         t.add_row(k, v)

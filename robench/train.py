@@ -80,7 +80,20 @@ def make_schedule(opt, tcfg, steps_per_epoch: int, epochs: int):
         return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: gamma ** sum(s >= m for m in ms))
     if name == "onecycle":
         return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=float(tcfg.get("lr", 1e-3)), total_steps=total)
-    raise RobenchError(f"train.schedule must be none, cosine, step or onecycle, got '{name}'")
+    if name == "cyclic":
+        # Wong et al. 2020 (fast AT): lr rises linearly from 0 to train.lr at fraction cycle_peak of
+        # training (their code: 2/5 of the epochs), then falls linearly to 0; evaluated after each step
+        # (step s runs at the value of s + 1, as their lr_schedule(epoch + (i + 1) / len(loader))).
+        peak = float(tcfg.get("cycle_peak", 0.4))
+        if not 0.0 < peak < 1.0:
+            raise RobenchError(f"train.cycle_peak must be in (0, 1), got {peak}")
+        up = peak * total
+
+        def cyc(s):
+            t = min(s + 1, total)
+            return t / up if t <= up else max(0.0, (total - t) / (total - up))
+        return torch.optim.lr_scheduler.LambdaLR(opt, cyc)
+    raise RobenchError(f"train.schedule must be none, cosine, step, onecycle or cyclic, got '{name}'")
 
 
 def _amp_setup(tcfg, device: torch.device):
@@ -168,6 +181,10 @@ def train(model: nn.Module, recipe, splits, tcfg, device: torch.device, seed: in
             gen.set_state(st["shuffle_rng"])
             _set_rng_state(st["rng"])
             rows, start_epoch, t_before = list(st["rows"]), int(st["epoch"]), float(st["seconds"])
+    # recipes that may stop early (fast AT) roll back to the previous epoch's weights: keep them
+    rollback = bool(getattr(recipe, "may_stop_early", False))
+    prev_weights = _copy_weights(model) if rollback else None
+    stopped_at = None
     t0 = time.perf_counter() - t_before
     adv = bool(getattr(recipe, "adversarial", False))
     fmt = "loss {task.fields[loss]:.4f}  clean {task.fields[acc]:.3f}" + ("  adv {task.fields[adv]:.3f}" if adv else "")
@@ -212,6 +229,14 @@ def train(model: nn.Module, recipe, splits, tcfg, device: torch.device, seed: in
                                loss=float(tot_loss) / tot, acc=float(tot_correct) / tot,
                                adv=float(tot_adv) / max(n_adv, 1))
             bar.update(task, completed=(ep + 1) * steps_per_epoch)
+            if rollback and recipe.end_of_epoch(model, splits, ep + 1):
+                # Wong et al.'s early stop: the check says this epoch overfitted catastrophically; the
+                # model becomes the previous epoch's and training ends (the log ends at that epoch)
+                model.load_state_dict(prev_weights)
+                stopped_at = ep
+                break
+            if rollback:
+                prev_weights = _copy_weights(model)
             test_acc = accuracy(model, splits.test)
             rows.append({"epoch": ep + 1, "train_loss": float(tot_loss) / tot, "train_acc": float(tot_correct) / tot,
                          "train_adv_acc": float(tot_adv) / n_adv if n_adv else float("nan"),
@@ -229,10 +254,19 @@ def train(model: nn.Module, recipe, splits, tcfg, device: torch.device, seed: in
     if cl:
         model.to(memory_format=torch.contiguous_format)
     model.eval()
+    if not rows:  # stopped after the first epoch: the initial weights, nothing trained
+        rows.append({"epoch": 0, "train_loss": float("nan"), "train_acc": float("nan"), "train_adv_acc": float("nan"),
+                     "test_acc": accuracy(model, splits.test), "lr": opt.param_groups[0]["lr"],
+                     "seconds": time.perf_counter() - t0})
     last = rows[-1]
     return {"train_accuracy": accuracy(model, splits.train), "train_batch_accuracy": last["train_acc"],
             "train_adv_accuracy": last["train_adv_acc"], "clean_accuracy": last["test_acc"],
-            "epochs": epochs, "seconds": seconds, "resumed_from_epoch": start_epoch, "history": rows}
+            "epochs": epochs if stopped_at is None else stopped_at, "early_stopped_at_epoch": stopped_at,
+            "seconds": seconds, "resumed_from_epoch": start_epoch, "history": rows}
+
+
+def _copy_weights(model: nn.Module) -> dict:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
 def _save_state(path: Path, state: dict) -> None:

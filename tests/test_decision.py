@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from robench.attacks.decision.boundary import BoundaryAttack
+from robench.attacks.decision.common import SCRATCH, boundary_distance
 from robench.attacks.decision.hsja import HopSkipJump
 from robench.attacks.decision.opt import OPTAttack
 from robench.attacks.decision.rays import RayS
@@ -139,6 +140,24 @@ def test_opt_linf_surrogate_stops_within_eps():
                num_classes=2)
     OPTAttack().run(o, torch.Generator().manual_seed(0))
     assert (o.finalize().queries == 3000).all()
+
+
+def test_boundary_search_ends_below_float32_resolution():
+    """A bisection tolerance finer than float32's spacing at lambda (1e-12 at lambda 0.8) must still end:
+    the bracket lives in float64 and the search stops once no float32 probe lies strictly inside it.
+    Before, (lo + hi) / 2 rounded back onto lo or hi and the loop re-queried one point until the
+    budget was gone. Toy victim: class 1 iff the mean pixel > 0.5; clean mean 0.3, so along the unit-L2
+    all-ones direction of 16 pixels the boundary is at lambda = 0.8."""
+    x0 = torch.full((3, 1, 4, 4), 0.3)
+    o = Oracle(MeanModel(), x0, torch.zeros(3, dtype=torch.long), access="label", norm="l2", max_queries=10_000,
+               stop_on_success=False, num_classes=2)
+    theta = torch.full_like(x0, 0.25)
+    g = boundary_distance(o, x0, theta, torch.arange(3), torch.full((3,), 0.5), SCRATCH, tol=1e-12,
+                          out_step=0.1, lam_max=30.0)
+    q = o.queries.clone()
+    assert (q < 60).all(), q                       # ~8 outward probes + ~24 bisections, not 10,000
+    assert (g - 0.8).abs().max() < 1e-6
+    assert (MeanModel()((x0 + g.view(-1, 1, 1, 1) * theta).clamp(0, 1)).argmax(1) == 1).all()
 
 
 def test_checkpoint_straddling_call():

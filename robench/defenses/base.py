@@ -58,6 +58,13 @@ class TrainingRecipe:
         """Called after each optimizer step; gradients of the recipe's own leaves are multiplied by
         ``grad_scale`` (mixed-precision loss scaling; 1.0 otherwise)."""
 
+    may_stop_early = False  # True: the loop calls end_of_epoch and keeps the previous epoch's weights
+
+    def end_of_epoch(self, model: nn.Module, splits, epoch: int) -> bool:
+        """With ``may_stop_early``, called after each epoch (``epoch`` = epochs done); True stops training
+        and restores the weights of the epoch before (fast AT's early stop, Wong et al. 2020)."""
+        return False
+
     def state_dict(self) -> Dict[str, Any]:
         """Per-example and learned state, tensors and plain types only (saved with the resume state)."""
         return {}

@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 
-from robench.defenses.adversarial import check_threat, peek_logits, pgd, warm
+from robench.defenses.adversarial import check_threat, eval_mode, peek_logits, pgd, warm
 from robench.defenses.base import TrainingRecipe
 from robench.errors import RobenchError
+from robench.train import batches
 from robench.registry import DEFENSES
 
 
@@ -13,23 +15,62 @@ class FastAT(TrainingRecipe):
     """"Fast is better than free" (Wong, Rice and Kolter, ICLR 2020): FGSM adversarial training from
     a uniform random start in the eps ball, step ``alpha = 1.25 eps`` (their recommended step),
     projected back on the ball; the loss is that of the adversarial batch only. One gradient step per
-    batch instead of PGD's ``steps``, so an epoch costs about a third of 7-step PGD-AT's.
+    batch instead of PGD's ``steps``, so an epoch costs about a quarter of 7-step PGD-AT's.
 
-    Wong et al. also use a cyclic learning rate and early stopping against catastrophic
-    overfitting; here the loop's schedule applies (cosine by default) and ``warmup_epochs`` (not in
-    the paper) ramps eps linearly from 0.
+    Wong et al.'s other two ingredients are in robench too:
+
+    * the cyclic learning rate: ``train.schedule: cyclic`` (``configs/defense/fast_at.yaml`` ships it,
+      with their MNIST settings: Adam, peak lr 5e-3, 10 epochs; batch 50 instead of their 100, which
+      doubles the steps on the 4,000-image subset: 65% PGD-40 robust instead of 47% on 500 test images);
+    * early stopping against catastrophic overfitting (``early_stop``): after each epoch, PGD-5
+      (step 2.5 eps / 5, random start) on the first ``check_size`` training images at the full eps;
+      if that robust accuracy fell by more than ``stop_drop`` (their 0.2) since the previous epoch,
+      training stops and the previous epoch's weights are kept. Their CIFAR code checks one
+      minibatch after every batch; robench checks once per epoch (the granularity at which it keeps
+      weights and resume state), on a fixed slice so epochs compare like with like.
+
+    ``warmup_epochs`` (not in the paper) ramps eps linearly from 0.
     """
 
     adversarial = True
 
-    def __init__(self, eps: float = 0.3, norm: str = "linf", alpha: float = 1.25, warmup_epochs: float = 0.0):
+    def __init__(self, eps: float = 0.3, norm: str = "linf", alpha: float = 1.25, warmup_epochs: float = 0.0,
+                 early_stop: bool = True, stop_drop: float = 0.2, check_size: int = 512):
         check_threat(norm, eps, "fast_at")
         if alpha <= 0 or warmup_epochs < 0:
             raise RobenchError(f"fast_at needs alpha > 0 and warmup_epochs >= 0 (got {alpha}, {warmup_epochs})")
+        if not 0 < stop_drop <= 1 or int(check_size) < 1:
+            raise RobenchError(f"fast_at needs 0 < stop_drop <= 1 and check_size >= 1 (got {stop_drop}, {check_size})")
         self.eps, self.norm, self.alpha, self.warmup_epochs = float(eps), norm, float(alpha), float(warmup_epochs)
+        self.may_stop_early, self.stop_drop, self.check_size = bool(early_stop), float(stop_drop), int(check_size)
+        self.prev_robust = None   # robust accuracy of the check slice after the previous epoch
+        self.check_history: list = []
 
     def batch_loss(self, model, x, y, index):
         eps = warm(self.eps, self.epoch, self.warmup_epochs)
         xa = pgd(model, x, y, eps=eps, steps=1, step_size=self.alpha * eps, norm=self.norm, rand_init=True)
         adv_logits = model(xa)
         return F.cross_entropy(adv_logits.float(), y), peek_logits(model, x), adv_logits
+
+    def check_robust(self, model, splits) -> float:
+        """PGD-5 robust accuracy (full eps) on the first ``check_size`` training images."""
+        dev = next(model.parameters()).device
+        x, y, _ = next(batches(splits.train, self.check_size, shuffle=False, device=dev))
+        xa = pgd(model, x, y, eps=self.eps, steps=5, norm=self.norm, rand_init=True)
+        with eval_mode(model), torch.no_grad():
+            return float((model(xa).argmax(1) == y).float().mean())
+
+    def end_of_epoch(self, model, splits, epoch):
+        robust = self.check_robust(model, splits)
+        self.check_history.append(robust)
+        stop = self.prev_robust is not None and robust < self.prev_robust - self.stop_drop
+        if not stop:
+            self.prev_robust = robust
+        return stop
+
+    def state_dict(self):
+        return {"prev_robust": self.prev_robust, "check_history": list(self.check_history)}
+
+    def load_state_dict(self, state):
+        self.prev_robust = state.get("prev_robust")
+        self.check_history = list(state.get("check_history", []))

@@ -76,10 +76,13 @@ def boundary_distance(oracle: Oracle, x0: torch.Tensor, theta: torch.Tensor, idx
     """
     n = len(idx)
     dev = x0.device
-    tol = torch.as_tensor(tol, dtype=torch.float32, device=dev).expand(n)
-    v = v.to(dev, torch.float32).clone()
+    # The bracket is kept in float64 and each probe is rounded to the image's dtype: a tolerance below
+    # float32's spacing at lambda (e.g. 1e-7 at lambda ~ 3) would otherwise never be met, as (lo + hi) / 2
+    # rounds back to lo or hi, and the loop would spend the whole budget re-querying one point.
+    tol = torch.as_tensor(tol, dtype=torch.float64, device=dev).expand(n)
+    v = v.to(dev, torch.float64).clone()
     mode = torch.full((n,), mode, dtype=torch.long, device=dev) if isinstance(mode, int) else mode.to(dev)
-    lo = torch.zeros(n, device=dev)
+    lo = torch.zeros(n, dtype=torch.float64, device=dev)
     hi = v.clone()
     hi_adv = torch.zeros(n, dtype=torch.bool, device=dev)
     st = torch.where(mode == LOCAL, _V, torch.where(mode == BOUND, _CHK, _OUT)).to(torch.long)
@@ -94,7 +97,9 @@ def boundary_distance(oracle: Oracle, x0: torch.Tensor, theta: torch.Tensor, idx
         s, l, h = st[live], lo[live], hi[live]
         probe = torch.where(s == _UP, h, torch.where(s == _DOWN, l, torch.where(s == _BIN, (l + h) / 2, h)))
         probe = torch.where((s == _V) | (s == _CHK), v[live], probe)
+        probe = probe.to(x0.dtype)
         adv, ans = adversarial(oracle, ray_point(x0[live], theta[live], probe), idx[live])
+        probe = probe.double()
         ns, nl, nh, nadv = s.clone(), l.clone(), h.clone(), hi_adv[live].clone()
         # LOCAL start
         m = s == _V
@@ -127,11 +132,14 @@ def boundary_distance(oracle: Oracle, x0: torch.Tensor, theta: torch.Tensor, idx
         ns[m & adv], nh[m & adv], nadv[m & adv], nl[m & adv] = _BIN, probe[m & adv], True, 0.0
         ns[m & ~adv] = _DONE
         # bracket narrow enough (or lo collapsed to 0 while shrinking): done; unanswered: done
-        ns[(ns == _BIN) & (nh - nl <= tol[live])] = _DONE
+        # ... or no probe in the image's dtype lies strictly between lo and hi any more
+        mid32, nl32, nh32 = ((nl + nh) / 2).to(x0.dtype), nl.to(x0.dtype), nh.to(x0.dtype)
+        ns[(ns == _BIN) & ((nh - nl <= tol[live]) | (mid32 <= nl32) | (mid32 >= nh32))] = _DONE
         ns[(ns == _DOWN) & (nl < 1e-6)] = _DONE
         ns[~ans] = _DONE
         nadv = torch.where(ans | (s != _BIN), nadv, hi_adv[live])
         st[live], lo[live], hi[live], hi_adv[live] = ns, nl, nh, nadv
+    hi = hi.to(x0.dtype)  # the lambda that was queried (probes are rounded the same way)
     return torch.where(hi_adv, hi, torch.full_like(hi, float("inf")))
 
 
