@@ -20,14 +20,17 @@ class FastAT(TrainingRecipe):
     Wong et al.'s other two ingredients are in robench too:
 
     * the cyclic learning rate: ``train.schedule: cyclic`` (``configs/defense/fast_at.yaml`` ships it,
-      with their MNIST settings: Adam, peak lr 5e-3, 10 epochs; batch 50 instead of their 100, which
-      doubles the steps on the 4,000-image subset: 65% PGD-40 robust instead of 47% on 500 test images);
-    * early stopping against catastrophic overfitting (``early_stop``): after each epoch, PGD-5
-      (step 2.5 eps / 5, random start) on the first ``check_size`` training images at the full eps;
-      if that robust accuracy fell by more than ``stop_drop`` (their 0.2) since the previous epoch,
-      training stops and the previous epoch's weights are kept. Their CIFAR code checks one
-      minibatch after every batch; robench checks once per epoch (the granularity at which it keeps
-      weights and resume state), on a fixed slice so epochs compare like with like.
+      with their MNIST recipe adapted to the 4,000-image subset and the issue's time bar: Adam, batch
+      100, but peak lr 1e-2 instead of 5e-3 and 8 epochs instead of 10. On the default victim
+      (PGD-40 at Linf 0.3, 500 test images) their exact settings give 47% robust accuracy, peak lr 1e-2
+      with 10 epochs 70%, with 8 epochs 65% (the shipped compromise: 8 epochs keep fast AT under a
+      third of 7-step PGD-AT's time), with 6 epochs 60%; batch 50 at 5e-3 reaches 65% but costs more);
+    * early stopping against catastrophic overfitting (``early_stop``): after each epoch, PGD-5 with
+      step eps / 4 from a random start (their CIFAR code: 2/255 at eps 8/255) at the full eps on the
+      first ``check_size`` (128, their batch) training images; if that robust accuracy fell by more
+      than ``stop_drop`` (their 0.2) since the previous epoch, training stops and the previous epoch's
+      weights are kept. Their code checks the epoch's first shuffled minibatch; robench checks a fixed
+      slice, so that epochs compare like with like.
 
     ``warmup_epochs`` (not in the paper) ramps eps linearly from 0.
     """
@@ -35,7 +38,7 @@ class FastAT(TrainingRecipe):
     adversarial = True
 
     def __init__(self, eps: float = 0.3, norm: str = "linf", alpha: float = 1.25, warmup_epochs: float = 0.0,
-                 early_stop: bool = True, stop_drop: float = 0.2, check_size: int = 512):
+                 early_stop: bool = True, stop_drop: float = 0.2, check_size: int = 128):
         check_threat(norm, eps, "fast_at")
         if alpha <= 0 or warmup_epochs < 0:
             raise RobenchError(f"fast_at needs alpha > 0 and warmup_epochs >= 0 (got {alpha}, {warmup_epochs})")
@@ -56,7 +59,7 @@ class FastAT(TrainingRecipe):
         """PGD-5 robust accuracy (full eps) on the first ``check_size`` training images."""
         dev = next(model.parameters()).device
         x, y, _ = next(batches(splits.train, self.check_size, shuffle=False, device=dev))
-        xa = pgd(model, x, y, eps=self.eps, steps=5, norm=self.norm, rand_init=True)
+        xa = pgd(model, x, y, eps=self.eps, steps=5, step_size=self.eps / 4, norm=self.norm, rand_init=True)
         with eval_mode(model), torch.no_grad():
             return float((model(xa).argmax(1) == y).float().mean())
 
