@@ -65,8 +65,8 @@ def main(argv=None) -> int:
         return 2
     set_bpda(model, True)  # input transformations (if any): straight-through gradients
     x0 = torch.stack([splits.test[int(i)][0] for i in rec["index"]]).float().to(device)
-    y = torch.as_tensor(rec["label"].to_numpy(), device=device)
-    t = torch.as_tensor(rec["target"].to_numpy(), device=device)
+    y = torch.as_tensor(rec["label"].to_numpy().copy(), device=device)
+    t = torch.as_tensor(rec["target"].to_numpy().copy(), device=device)
     b = cfg.budget
     o = Oracle(model, x0, y, access="gradient", norm=str(b.norm), eps=float(b.eps), max_queries=10 ** 9,
                targets=t, num_classes=splits.num_classes)
