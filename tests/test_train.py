@@ -101,5 +101,5 @@ def test_fast_at_early_stop_rule(victim, splits, monkeypatch):
     monkeypatch.setattr(r, "check_robust", lambda model, splits: next(seq))
     assert [r.end_of_epoch(victim, splits, e) for e in (1, 2, 3)] == [False, False, False]  # 0.45 -> 0.31: 0.14
     assert r.prev_robust == 0.31
-    r.load_state_dict({"prev_robust": 0.85, "check_history": [0.85]})  # resumed: the drop is measured from 0.85
+    r.load_state_dict({"prev_robust": 0.85})  # resumed: the drop is measured from 0.85
     assert r.end_of_epoch(victim, splits, 4) is True and r.prev_robust == 0.85

@@ -6,8 +6,8 @@ import torch.nn.functional as F
 from robench.defenses.adversarial import check_threat, eval_mode, peek_logits, pgd, warm
 from robench.defenses.base import TrainingRecipe
 from robench.errors import RobenchError
-from robench.train import batches
 from robench.registry import DEFENSES
+from robench.train import batches
 
 
 @DEFENSES.register("fast_at")
@@ -51,7 +51,6 @@ class FastAT(TrainingRecipe):
         self.eps, self.norm, self.alpha, self.warmup_epochs = float(eps), norm, float(alpha), float(warmup_epochs)
         self.may_stop_early, self.stop_drop, self.check_size = bool(early_stop), float(stop_drop), int(check_size)
         self.prev_robust = None   # robust accuracy of the check slice after the previous epoch
-        self.check_history: list = []
 
     def batch_loss(self, model, x, y, index):
         eps = warm(self.eps, self.epoch, self.warmup_epochs)
@@ -69,15 +68,13 @@ class FastAT(TrainingRecipe):
 
     def end_of_epoch(self, model, splits, epoch):
         robust = self.check_robust(model, splits)
-        self.check_history.append(robust)
         stop = self.prev_robust is not None and robust < self.prev_robust - self.stop_drop
         if not stop:
             self.prev_robust = robust
         return stop
 
     def state_dict(self):
-        return {"prev_robust": self.prev_robust, "check_history": list(self.check_history)}
+        return {"prev_robust": self.prev_robust}
 
     def load_state_dict(self, state):
         self.prev_robust = state.get("prev_robust")
-        self.check_history = list(state.get("check_history", []))
