@@ -20,7 +20,7 @@ import importlib
 import inspect
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 from robench.errors import RobenchError
 
@@ -71,6 +71,18 @@ class Registry:
         """First line of the plugin's docstring: the one-line description `robench list` prints."""
         doc = inspect.getdoc(self.get(name)) or ""
         return doc.strip().splitlines()[0] if doc.strip() else ""
+
+
+def instantiate(registry, name: str, params: Dict[str, Any] | None, what: str):
+    """``registry[name](**params)`` with unknown parameters reported as one line."""
+    cls = registry.get(name)
+    params = dict(params or {})
+    sig = inspect.signature(cls)
+    accepted = [p for p in sig.parameters if p not in ("self", "args", "kwargs")]
+    unknown = [k for k in params if k not in sig.parameters]
+    if unknown:
+        raise RobenchError(f"{what} '{name}' has no parameter(s) {', '.join(unknown)}; valid: {', '.join(accepted)}")
+    return cls(**params)
 
 
 def _where(o: Any) -> str:

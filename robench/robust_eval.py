@@ -22,7 +22,8 @@ def robust_accuracy(model, splits, ecfg, budget, seed: int, device: torch.device
     from robench.errors import RobenchError
     from robench.oracle import Oracle
     from robench.registry import ATTACKS
-    from robench.run import batch_seed, instantiate
+    from robench.registry import instantiate
+    from robench.run import batch_seed
     from robench.train import predict
 
     n = ecfg.get("n_samples", 500)

@@ -6,7 +6,6 @@ summary. The attack only ever sees an :class:`~robench.oracle.Oracle`.
 from __future__ import annotations
 
 import datetime as _dt
-import inspect
 import logging
 import time
 from pathlib import Path
@@ -27,7 +26,7 @@ from robench.defenses.evaluate import DefenseRun, run_batches
 from robench.errors import RobenchError
 from robench.models import build_model
 from robench.oracle import Oracle, distortion
-from robench.registry import ATTACKS, DEFENSES
+from robench.registry import ATTACKS, DEFENSES, instantiate
 from robench.train import predict, train
 
 
@@ -41,18 +40,6 @@ def _now() -> str:
 
 def _plain(cfg: DictConfig) -> Dict[str, Any]:
     return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
-
-
-def instantiate(registry, name: str, params: Dict[str, Any] | None, what: str):
-    """``registry[name](**params)`` with unknown parameters reported as one line."""
-    cls = registry.get(name)
-    params = dict(params or {})
-    sig = inspect.signature(cls)
-    accepted = [p for p in sig.parameters if p not in ("self", "args", "kwargs")]
-    unknown = [k for k in params if k not in sig.parameters]
-    if unknown:
-        raise RobenchError(f"{what} '{name}' has no parameter(s) {', '.join(unknown)}; valid: {', '.join(accepted)}")
-    return cls(**params)
 
 
 def load_victim(cfg: DictConfig, splits, device: torch.device):

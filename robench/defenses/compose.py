@@ -109,7 +109,7 @@ def defense_label(dcfg: Any) -> str:
 
 
 def _instantiate(name: str, params: Dict[str, Any]):
-    from robench.run import instantiate
+    from robench.registry import instantiate
 
     return instantiate(DEFENSES, name, params, "defense")
 

@@ -79,7 +79,7 @@ class Ensemble(Attack):
     minimizes_distortion = False
 
     def __init__(self, attacks: List[Any]):
-        from robench.run import instantiate  # lazy: robench.run imports the registries
+        from robench.registry import instantiate
 
         if not attacks:
             raise RobenchError("ensemble: attack.params.attacks is empty; list at least one registered attack")

@@ -61,7 +61,7 @@ class Transfer(Attack):
 
     def __init__(self, surrogate: Optional[Dict[str, Any]] = None, attack: Optional[Dict[str, Any]] = None,
                  surrogate_max_queries: int = 100_000):
-        from robench.run import instantiate  # lazy: robench.run imports the registries
+        from robench.registry import instantiate
 
         s = dict(surrogate or {})
         bad = set(s) - _SURROGATE_KEYS
