@@ -81,7 +81,7 @@ def make_schedule(opt, tcfg, steps_per_epoch: int, epochs: int):
     if name == "onecycle":
         return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=float(tcfg.get("lr", 1e-3)), total_steps=total)
     if name == "cyclic":
-        # Wong et al. 2020 (fast AT): lr rises linearly from 0 to train.lr at fraction cycle_peak of
+        # Wong et al. [wong2020] (fast AT): lr rises linearly from 0 to train.lr at fraction cycle_peak of
         # training (their code: 2/5 of the epochs), then falls linearly to 0; evaluated after each step
         # (step s runs at the value of s + 1, as their lr_schedule(epoch + (i + 1) / len(loader))).
         peak = float(tcfg.get("cycle_peak", 0.4))

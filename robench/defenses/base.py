@@ -62,7 +62,7 @@ class TrainingRecipe:
 
     def end_of_epoch(self, model: nn.Module, splits, epoch: int) -> bool:
         """With ``may_stop_early``, called after each epoch (``epoch`` = epochs done); True stops training
-        and restores the weights of the epoch before (fast AT's early stop, Wong et al. 2020)."""
+        and restores the weights of the epoch before (fast AT's early stop, Wong et al. [wong2020])."""
         return False
 
     def state_dict(self) -> Dict[str, Any]:
@@ -83,7 +83,7 @@ class InputDefense(nn.Module):
     * ``randomized``: each forward draws fresh randomness, so gradient attacks should use EOT
       (``attack.eot_samples``) and the oracle's final re-check repeats (``recheck_repeats``).
 
-    Gradients (Athalye et al. 2018): with ``bpda`` off, a non-differentiable transform passes no
+    Gradients (Athalye et al. [athalye2018]): with ``bpda`` off, a non-differentiable transform passes no
     gradient at all (what a naive attacker sees: the gradient-masking illusion); with ``bpda`` on,
     the forward value is ``transform(x)`` but the backward is that of :meth:`approx` (identity by
     default: the straight-through estimator). ``set_bpda(model, flag)`` switches every input defense

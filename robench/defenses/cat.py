@@ -10,13 +10,13 @@ from robench.defenses.base import TrainingRecipe
 from robench.errors import RobenchError
 from robench.registry import DEFENSES
 
-#: the thesis's CIFAR-10 setting (§4.2.4.1), from which the scale-free defaults are derived
+#: the CIFAR-10 setting of [cheng2021 §4.2.4.1], from which the scale-free defaults are derived
 PAPER_EPS_MAX, PAPER_ETA, PAPER_C = 8 / 255, 0.005, 10.0
 
 
 @DEFENSES.register("cat")
 class CAT(TrainingRecipe):
-    """CAT, Customized Adversarial Training (Cheng notes §2.2: thesis §4.2, Algorithm 8, (4.3)-(4.6)).
+    """CAT, Customized Adversarial Training [cheng2021 §4.2, Algorithm 8, eqs. 4.3-4.6].
 
     Per-example eps_i (§4.2.1), starting at 0: each time example i is visited, eps_i <- min(eps_i +
     eta, eps_max) and a ``steps``-step PGD attack (from delta = 0, as in Algorithm 8) runs at eps_i on
@@ -27,7 +27,7 @@ class CAT(TrainingRecipe):
     ``loss``: ``ce`` (soft-label cross-entropy) or ``mix`` (4.6): CE + max(max_{j≠y} Z_j - Z_y, -κ),
     used both by the inner attack and by the weight update (Algorithm 8's single ℓ).
 
-    Deliberate readings of the thesis (notes §7 item 9, §2.2):
+    Deliberate readings of the thesis (Algorithm 8 against eqs. 4.4-4.6, §4.2.1-4.2.2):
 
     * the last label update of Algorithm 8 prints ``(1 - c eps_i) Dirichlet(β)``: we use (4.4),
       ``c eps_i Dirichlet(β)`` (a typo: the printed form is not a distribution);

@@ -12,7 +12,7 @@ from robench.registry import DEFENSES
 
 @DEFENSES.register("distillation")
 class Distillation(TrainingRecipe):
-    """Defensive distillation (Papernot et al. 2016; survey notes §2.5, eq. 5.5): a second network is
+    """Defensive distillation (Papernot et al. [papernot2016]; softmax as in [saha2020 eq. 5.5]): a second network is
     trained on the class probabilities of a first one, both at softmax temperature T,
     S(z)_i = exp(z_i / T) / Σ_j exp(z_j / T); at test time the network runs at T = 1 (plain logits).
 
@@ -22,8 +22,8 @@ class Distillation(TrainingRecipe):
     defense=distillation_teacher``). Any checkpoint works (``defense.params.teacher=none``), but a
     teacher trained at T = 1 gives soft labels whose distillation reproduces the teacher, not the
     defense. The loss is the soft-label cross-entropy at temperature T, without Hinton's T² factor
-    (Papernot et al. use none). The notes give no T: T = 100, the temperature Papernot et al. and
-    Carlini and Wagner's evaluation of it use for MNIST and CIFAR-10.
+    (Papernot et al. use none). Saha gives no T: T = 100, the temperature Papernot et al. and
+    Carlini and Wagner's evaluation of it [carlini2017] use for MNIST and CIFAR-10.
     """
 
     def __init__(self, temperature: float = 100.0, teacher: Optional[str] = "distillation_teacher"):
@@ -50,7 +50,7 @@ class Distillation(TrainingRecipe):
 
 @DEFENSES.register("distillation_teacher")
 class DistillationTeacher(TrainingRecipe):
-    """The first network of defensive distillation (Papernot et al. 2016): cross-entropy of
+    """The first network of defensive distillation [papernot2016]: cross-entropy of
     softmax(z / T) on the hard labels, T = 100; its checkpoint teaches ``distillation``."""
 
     def __init__(self, temperature: float = 100.0):

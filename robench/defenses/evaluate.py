@@ -1,7 +1,7 @@
 """Defended victims in ``robench attack``: the hooks run.py calls, kept out of its loop.
 
 * **Re-check repeats.** ``recheck_repeats: null`` (the default) means 1 for a deterministic victim and
-  3 for a randomized one (the GenAttack thesis's TVM protocol, §2.6.2.2: success only if the target
+  3 for a randomized one (the TVM protocol of [alzantot2019 §2.6.2.2]: success only if the target
   is predicted 3 times in a row); the summary reports both the first-sight success rate (what the
   attack saw once) and the re-checked one (``success_rate``), and ``recheck_failed``.
 * **Adaptive evaluation** (``adaptive: true``). For a gradient attack on a victim with input
@@ -9,7 +9,7 @@
   (``bpda`` off, one EOT sample: a non-differentiable transform passes no gradient, which is what a
   defense that only masks gradients relies on) and once *adaptively* (BPDA backward on, and EOT over
   ``attack.eot_samples`` draws, or ``adaptive_eot_samples`` when that is 1 and the victim is
-  randomized; Athalye et al. 2018) that, against a randomized victim, does not stop at a lucky draw:
+  randomized; Athalye et al. [athalye2018]) that, against a randomized victim, does not stop at a lucky draw:
   the oracle confirms each success when it sees it (``confirm_on_sight``, null = auto). The per-sample records are those of the adaptive run (the
   stronger attacker); summary.json gets ``adaptive`` and ``non_adaptive`` blocks and the printed table
   shows both. A score- or label-based attack sees no gradients, so it runs once.

@@ -12,7 +12,7 @@ from robench.train import batches
 
 @DEFENSES.register("fast_at")
 class FastAT(TrainingRecipe):
-    """"Fast is better than free" (Wong, Rice and Kolter, ICLR 2020): FGSM adversarial training from
+    """"Fast is better than free" (Wong, Rice and Kolter [wong2020]): FGSM adversarial training from
     a uniform random start in the eps ball, step ``alpha = 1.25 eps`` (their recommended step),
     projected back on the ball; the loss is that of the adversarial batch only. One gradient step per
     batch instead of PGD's ``steps``, so an epoch costs about a third of 7-step PGD-AT's (cw_mnist, batch

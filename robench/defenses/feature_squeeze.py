@@ -8,20 +8,20 @@ from torch import nn
 from robench.errors import RobenchError
 from robench.registry import DEFENSES
 
-#: Xu et al.'s MNIST detector: 1-bit depth and 2x2 median smoothing
+#: Xu et al.'s MNIST detector [xu2018]: 1-bit depth and 2x2 median smoothing
 DEFAULT_SQUEEZERS = ({"name": "bit_depth", "bits": 1}, {"name": "median_smoothing", "size": 2})
 
 
 @DEFENSES.register("feature_squeeze_detect")
 class FeatureSqueezeDetector:
-    """Feature-squeezing detection (Xu, Evans, Qi, NDSS 2018): flag an input when the model's softmax
+    """Feature-squeezing detection (Xu, Evans and Qi [xu2018]): flag an input when the model's softmax
     on it and on a squeezed copy differ too much.
 
     Score (Xu et al.'s joint detector): ``max_s || softmax(f(x)) - softmax(f(s(x))) ||_1`` over the
     squeezers ``s``; an input is flagged adversarial when its score exceeds a threshold chosen on
     clean data for a target false-positive rate ``fpr`` (the smallest threshold that at most ``fpr``
-    of the calibration images exceed). The survey notes (§2.3) give the bit depths (1 bit on MNIST,
-    4 bits on ImageNet) and state that no thresholds or filter sizes appear there; the default
+    of the calibration images exceed). The feature-squeezing slide of [zhao2020slides] gives the bit
+    depths (1 bit on MNIST, 4 bits on ImageNet) and no thresholds or filter sizes; the default
     squeezers are Xu et al.'s MNIST pair (1-bit depth, 2x2 median) and ``fpr=0.05`` their 5% target,
     both from their paper. The calibration images are the first ``calibration_samples`` images of
     the *training* split (Xu et al. also pick the threshold on legitimate training-side data), so the

@@ -10,11 +10,11 @@ from robench.registry import DEFENSES
 
 @DEFENSES.register("fgsm_at")
 class FGSMAT(TrainingRecipe):
-    """FGSM adversarial training, Goodfellow et al.'s α-mixture (ICLR 2015; survey notes §2.2):
+    """FGSM adversarial training, Goodfellow et al.'s α-mixture [goodfellow2015 §6]:
 
         J~(θ, x, y) = α J(θ, x, y) + (1 - α) J(θ, x + eps sign(∇_x J(θ, x, y)), y)
 
-    The notes print no α; ``alpha = 0.5`` is the value of Goodfellow et al.'s paper. The FGSM point
+    [zhao2020slides] prints the loss with no α; ``alpha = 0.5`` is the value of [goodfellow2015 §6]. The FGSM point
     is taken at the clean input (no random start: that is ``fast_at``), crafted in eval mode with the
     current weights ("adversarial examples are continually updated given current model"), clipped
     to [0, 1]. ``warmup_epochs`` (not in the paper) ramps eps linearly from 0.

@@ -10,9 +10,9 @@ from robench.registry import DEFENSES
 
 @DEFENSES.register("gaussian_aug")
 class GaussianAug(TrainingRecipe):
-    """Gaussian data augmentation (Zantedeschi et al. 2017, "GA (ZNR17)"; Cheng notes §2.3, Table 5.1):
+    """Gaussian data augmentation (Zantedeschi et al. [zantedeschi2017]; "GA (ZNR17)" of [cheng2021 Table 5.1]):
     the vicinity N(x, Δ²) with the label kept, i.e. cross-entropy on x + N(0, σ²). σ = Δ = 0.1, the
-    value SPROUT uses "within the suggested range in (ZNR17)" (§5.3.4.1). The noisy image is not
+    value SPROUT uses "within the suggested range in (ZNR17)" [cheng2021 §5.3.4.1]. The noisy image is not
     clipped to [0, 1] (the vicinity is N(x, Δ²) as written)."""
 
     def __init__(self, sigma: float = 0.1):

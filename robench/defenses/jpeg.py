@@ -12,10 +12,10 @@ from robench.registry import DEFENSES
 
 @DEFENSES.register("jpeg")
 class JPEG(InputDefense):
-    """JPEG compression of the input (Guo et al. 2018 [GRM17]; Dziugaite et al. 2016), quality 75.
+    """JPEG compression of the input (Guo et al. [guo2018]; Dziugaite et al. [dziugaite2016]), quality 75.
 
-    Setting: quality 75, the one GenAttack attacks (Alzantot thesis §2.6.2.2, Table 2.4, "JPEG
-    compression [GRM17] quality 75"). The forward pass is a real baseline JPEG encode + decode in
+    Setting: quality 75, the one GenAttack attacks [alzantot2019 §2.6.2.2, Table 2.4]
+    (JPEG compression of GRM17 = [guo2018], quality 75). The forward pass is a real baseline JPEG encode + decode in
     memory (libjpeg through Pillow; torchvision's ``encode_jpeg`` is deprecated since 0.29) of each
     image quantised to 8 bits: one device-to-host copy for the batch, the codec on the CPU (in a
     small thread pool: Pillow releases the GIL while coding), one copy back to the input's device.
@@ -23,7 +23,7 @@ class JPEG(InputDefense):
     4:2:0 chroma subsampling.
 
     Not differentiable (8-bit rounding and DCT quantisation): the BPDA backward is the identity
-    (the straight-through approximation Athalye et al. 2018 use for Guo et al.'s
+    (the straight-through approximation Athalye et al. [athalye2018] use for Guo et al.'s
     transformations).
     """
 

@@ -9,7 +9,7 @@ from robench.registry import DEFENSES
 
 @DEFENSES.register("label_smoothing")
 class LabelSmoothing(TrainingRecipe):
-    """Label smoothing (Szegedy et al. 2016, "LS (SVI16)"; Cheng notes §2.3, Table 5.1): cross-entropy
+    """Label smoothing (Szegedy et al. [szegedy2016]; "LS (SVI16)" of [cheng2021 Table 5.1]): cross-entropy
     against h(y) = (1 - α) y + α u with u = 1/K uniform. α = 0.1, Szegedy et al.'s value (the thesis
     states none)."""
 

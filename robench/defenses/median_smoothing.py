@@ -16,11 +16,11 @@ def symmetric_pad(x: torch.Tensor, before: int, after: int, dim: int) -> torch.T
 
 @DEFENSES.register("median_smoothing")
 class MedianSmoothing(InputDefense):
-    """Local median smoothing over a ``size`` x ``size`` window, per channel (Xu et al. 2018, feature
+    """Local median smoothing over a ``size`` x ``size`` window, per channel (Xu et al. [xu2018], feature
     squeezing's spatial-smoothing squeezer).
 
-    Xu et al. use 2x2 on MNIST and 2x2 / 3x3 on CIFAR-10 and ImageNet (their paper; the survey notes
-    §2.3 name "smoothed" squeezers without a size), so the default is ``size=2``. Window placement,
+    Xu et al. use 2x2 on MNIST and 2x2 / 3x3 on CIFAR-10 and ImageNet ([xu2018]; [saha2020 §2.3]
+    names "smoothed" squeezers without a size), so the default is ``size=2``. Window placement,
     borders and even sizes follow ``scipy.ndimage.median_filter`` (what Xu et al.'s code calls):
     borders mirrored with the edge repeated, an even window covers offsets ``-size//2 .. size - 1 -
     size//2``, and the value taken is the element of rank ``size*size // 2`` (for an even window the

@@ -10,7 +10,7 @@ from robench.registry import DEFENSES
 
 @DEFENSES.register("mixup")
 class Mixup(TrainingRecipe):
-    """Mixup (Zhang et al. 2018, "ZCD18"; Cheng notes §2.3, Table 5.1): x~ = (1 - λ) x_i + λ x_j,
+    """Mixup (Zhang et al. [zhang2018mixup]; "ZCD18" of [cheng2021 Table 5.1]): x~ = (1 - λ) x_i + λ x_j,
     y~ = (1 - λ) y_i + λ y_j, λ ~ Beta(a, a), one λ per batch and j a random permutation of the
     batch, as in the authors' code. a = 1.0 is Zhang et al.'s CIFAR-10 setting (SPROUT's mixup uses
     0.2, see ``sprout``). λ is folded to min(λ, 1 - λ) (Beta(a, a) is symmetric, so the vicinity is

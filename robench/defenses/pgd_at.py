@@ -12,17 +12,17 @@ from robench.registry import DEFENSES
 
 @DEFENSES.register("pgd_at")
 class PGDAT(TrainingRecipe):
-    """PGD adversarial training (Madry et al. 2018; Cheng notes §2.1, objective (4.1)).
+    """PGD adversarial training (Madry et al. [madry2018]; objective (4.1) of [cheng2021 §4.1]).
 
     min_θ E max_{x' ∈ B(x, eps)} CE(f_θ(x'), y), the inner max by ``steps`` PGD steps from a uniform
     random start in the ball, step size ``2.5 * eps / steps`` when ``step_size`` is null (the rule of
     the evaluation attack; Madry's CIFAR setting, 7 steps of 2/255 at 8/255, walks 1.75 eps, this
-    rule 2.5 eps). ``steps=7`` is Madry's CIFAR-10 setting, the one the thesis quotes for the cost
-    of adversarial training (§1, §5.3); his MNIST setting is 40 steps of 0.01 at 0.3. ``eps`` and
+    rule 2.5 eps). ``steps=7`` is Madry's CIFAR-10 setting, the one [cheng2021 §5.3] quotes for the
+    cost of adversarial training; his MNIST setting is 40 steps of 0.01 at 0.3. ``eps`` and
     ``norm`` default to the run's budget (configs/defense/pgd_at.yaml).
 
-    ``clean_weight`` w mixes in the clean loss: (1 - w) CE(x') + w CE(x) (the min-max of the survey
-    notes §2.2 with both terms is w = 0.5; Madry is w = 0). ``warmup_epochs`` (not in the paper)
+    ``clean_weight`` w mixes in the clean loss: (1 - w) CE(x') + w CE(x) (the min-max with both terms on the
+    adversarial-training slides of [zhao2020slides] is w = 0.5; Madry is w = 0). ``warmup_epochs`` (not in the paper)
     ramps eps linearly from 0 over the first epochs, which short MNIST runs at eps 0.3 need to
     escape the all-one-class plateau.
     """

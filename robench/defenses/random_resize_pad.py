@@ -12,8 +12,8 @@ from robench.registry import DEFENSES
 
 @DEFENSES.register("random_resize_pad")
 class RandomResizePad(InputDefense):
-    """Random resizing and random padding (Xie et al. 2018, "Mitigating adversarial effects through
-    randomization"; the survey notes §2.4 cite it only by name).
+    """Random resizing and random padding (Xie et al. [xie2018]; [saha2020 §2.3] and
+    [zhao2020slides, slide "Passive Defense: Randomization"] name it without details).
 
     Xie et al. resize a 299x299 ImageNet image to a random ``rnd x rnd``, ``rnd`` in [299, 331),
     nearest-neighbour, then zero-pad it at a random position to 331x331, and feed that to the
@@ -26,7 +26,7 @@ class RandomResizePad(InputDefense):
     defense's own generator.
 
     Differentiable (nearest-neighbour resampling and padding have exact gradients); randomized, so
-    the adaptive attack is EOT (Athalye et al. 2018) and the re-check repeats.
+    the adaptive attack is EOT (Athalye et al. [athalye2018]) and the re-check repeats.
     """
 
     differentiable = True

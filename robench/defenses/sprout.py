@@ -12,7 +12,7 @@ from robench.registry import DEFENSES
 
 @DEFENSES.register("sprout")
 class SPROUT(TrainingRecipe):
-    """SPROUT, Self-Progressing Robust Training (Cheng notes §2.4: thesis §5.3, Algorithm 9, (5.6)-(5.8)).
+    """SPROUT, Self-Progressing Robust Training [cheng2021 §5.3, Algorithm 9, eqs. 5.6-5.8].
 
     Attack-free vicinal risk minimisation (§5.2's framework, Table 5.1's last row), per batch:
 
@@ -23,12 +23,12 @@ class SPROUT(TrainingRecipe):
     3. Dirichlet label smoothing: y~ ~ Dirichlet(s·((1 - α) y_mix + α β)) with ``alpha`` = α = 0.01;
     4. the generalised cross-entropy -Σ_k y~_k log f(x~)_k, minimised in θ by the loop's optimizer and
        maximised in β by one plain gradient-ascent step per batch on the same loss (5.8), through
-       the implicit reparameterisation gradient of ``Dirichlet.rsample`` (Figurnov et al. 2018, which
-       the thesis cites); β is kept >= ``beta_min`` so the Dirichlet stays defined.
+       the implicit reparameterisation gradient of ``Dirichlet.rsample`` (Figurnov et al. [figurnov2018],
+       which the thesis cites as FMM18); β is kept >= ``beta_min`` so the Dirichlet stays defined.
 
     The label formula: the thesis prints Dirichlet((1 - α) y + α β) in (5.6) and
     Dirichlet(α Y_mix + (1 - α) β) in Algorithm 9. We use (5.6), the form of the SPROUT paper's own
-    objective (Cheng et al., "Self-Progressing Robust Training", AAAI 2021, eq. 5.6 here): it makes
+    objective (Cheng et al. [cheng2021sprout]; eq. 5.6 of [cheng2021]): it makes
     one-hot labels (β = y) and uniform smoothing special cases as §5.3.1 says, whereas Algorithm 9's
     form with α = 0.01 would put 99% of the concentration on the learned β and almost none on the
     label. ``concentration`` s (default 1: the formula as printed) scales the Dirichlet's

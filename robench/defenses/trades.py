@@ -19,7 +19,7 @@ def _kl(adv_logits: torch.Tensor, clean_logits: torch.Tensor) -> torch.Tensor:
 
 @DEFENSES.register("trades")
 class TRADES(TrainingRecipe):
-    """TRADES (Zhang et al. 2019; Cheng notes §2.3, Table 5.1 row "TRADES"):
+    """TRADES (Zhang et al. [zhang2019trades]; row "TRADES" of [cheng2021 Table 5.1]):
 
         min_θ E [ CE(f(x), y) + β max_{x' ∈ B(x, eps)} KL(f(x) || f(x')) ]
 

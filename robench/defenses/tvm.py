@@ -51,10 +51,10 @@ def tv_inpaint(x: torch.Tensor, keep: torch.Tensor, weight: float, iterations: i
 
 @DEFENSES.register("tvm")
 class TVM(InputDefense):
-    """Total-variance minimisation (Guo et al. 2018 [GRM17]): drop a random 50% of the pixels, then
+    """Total-variance minimisation (Guo et al. [guo2018]): drop a random 50% of the pixels, then
     reconstruct the image as the simplest (least total variation) one consistent with the kept pixels.
 
-    Setting from the Alzantot thesis §2.6.2.2 (Table 2.4): "randomly drops pixels with dropout rate
+    Setting from [alzantot2019 §2.6.2.2, Table 2.4]: "randomly drops pixels with dropout rate
     50% and reconstructs by solving a denoising optimization"; it is randomized, slow and
     non-differentiable, and lowers CIFAR-10 clean accuracy from 80% to 40% without retraining.
 
@@ -63,13 +63,13 @@ class TVM(InputDefense):
     summed over channels, by ``iterations`` Chambolle-Pock primal-dual steps on the whole batch at
     once (on the victim's device), started from the masked image; the result is clipped to [0, 1].
     Guo et al. write the fidelity as an un-squared L2 norm, take TV row- and column-wise and solve
-    with a special-purpose solver (weight 0.03 in their paper, not in the notes); the squared
+    with a special-purpose solver (weight 0.03 in their paper; [alzantot2019] states none); the squared
     fidelity and the generic primal-dual solver are deliberate choices (a convex problem with the
     same minimisers' character, solvable batched), so ``weight`` is not on Guo et al.'s scale: the
     default 0.03 was checked on MNIST to keep clean accuracy (see README, "Input defenses"). One
     mask per pixel location, shared by the channels (the paper drops pixels).
 
-    BPDA backward: the identity (as Athalye et al. 2018 do for TVM); randomized, so gradient
+    BPDA backward: the identity (as Athalye et al. [athalye2018] do for TVM); randomized, so gradient
     attacks should use EOT and the oracle's re-check repeats (3 by default).
     """
 

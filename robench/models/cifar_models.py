@@ -10,7 +10,7 @@ from robench.registry import MODELS
 
 @MODELS.register("cw_cifar")
 def cw_cifar(num_classes: int = 10, shape=(3, 32, 32), dropout: float = 0.0) -> nn.Module:
-    """Carlini-Wagner CIFAR CNN: 2x conv64, pool, 2x conv128, pool, FC 256, FC 256, FC 10 (CW17)."""
+    """Carlini-Wagner CIFAR CNN: 2x conv64, pool, 2x conv128, pool, FC 256, FC 256, FC 10 [carlini2017]."""
     features = nn.Sequential(
         nn.Conv2d(shape[0], 64, 3), nn.ReLU(), nn.Conv2d(64, 64, 3), nn.ReLU(), nn.MaxPool2d(2),
         nn.Conv2d(64, 128, 3), nn.ReLU(), nn.Conv2d(128, 128, 3), nn.ReLU(), nn.MaxPool2d(2),
@@ -59,7 +59,7 @@ class PreActBlock(nn.Module):
 
 
 class ResNet(nn.Module):
-    """ResNet for 32x32 inputs (He et al. 2016; the CIFAR variant with a 3x3 stem, as in Madry's and TRADES' code)."""
+    """ResNet for 32x32 inputs [he2016] (the CIFAR variant with a 3x3 stem, as in Madry's and TRADES' code)."""
 
     def __init__(self, block, num_blocks, num_classes: int, in_ch: int, preact: bool = False):
         super().__init__()
@@ -92,7 +92,7 @@ def resnet18(num_classes: int = 10, shape=(3, 32, 32)) -> nn.Module:
 
 @MODELS.register("preact_resnet18")
 def preact_resnet18(num_classes: int = 10, shape=(3, 32, 32)) -> nn.Module:
-    """Pre-activation ResNet-18 (He et al. 2016b), CIFAR variant, as in fast adversarial training."""
+    """Pre-activation ResNet-18 [he2016identity], CIFAR variant, as in fast adversarial training [wong2020]."""
     return ResNet(PreActBlock, (2, 2, 2, 2), num_classes, shape[0], preact=True)
 
 
@@ -118,7 +118,7 @@ class WideBlock(nn.Module):
 
 
 class WideResNet(nn.Module):
-    """Wide ResNet (Zagoruyko and Komodakis 2016), the layout used by Madry et al. and TRADES."""
+    """Wide ResNet [zagoruyko2016], the layout used by Madry et al. [madry2018] and TRADES [zhang2019trades]."""
 
     def __init__(self, depth: int, widen: int, num_classes: int, in_ch: int, drop: float = 0.0):
         super().__init__()
@@ -142,13 +142,13 @@ class WideResNet(nn.Module):
 
 @MODELS.register("wrn_34_10")
 def wrn_34_10(num_classes: int = 10, shape=(3, 32, 32), dropout: float = 0.0) -> nn.Module:
-    """Wide ResNet-34-10 (Madry et al. 2018, TRADES)."""
+    """Wide ResNet-34-10 ([madry2018], [zhang2019trades])."""
     return WideResNet(34, 10, num_classes, shape[0], dropout)
 
 
 @MODELS.register("vgg16")
 def vgg16(num_classes: int = 10, shape=(3, 32, 32)) -> nn.Module:
-    """VGG-16 with batch norm, CIFAR variant (one 512-wide classifier layer)."""
+    """VGG-16 [simonyan2015] with batch norm, CIFAR variant (one 512-wide classifier layer)."""
     cfg = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
     layers, c = [], shape[0]
     for v in cfg:

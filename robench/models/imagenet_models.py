@@ -21,13 +21,13 @@ def _tv(name: str, pretrained: bool, num_classes: int, **kw) -> nn.Module:
 
 @MODELS.register("resnet50")
 def resnet50(num_classes: int = 1000, shape=(3, 224, 224), pretrained: bool = True) -> nn.Module:
-    """torchvision ResNet-50 (ImageNet top-1 76.1% with the V1 weights), pretrained when available."""
+    """torchvision ResNet-50 [he2016] (ImageNet top-1 76.1% with the V1 weights), pretrained when available."""
     return _tv("resnet50", pretrained, num_classes)
 
 
 @MODELS.register("inception_v3")
 def inception_v3(num_classes: int = 1000, shape=(3, 299, 299), pretrained: bool = True) -> nn.Module:
-    """torchvision Inception-v3 (299x299 inputs: use dataset.image_size=299), pretrained when available."""
+    """torchvision Inception-v3 [szegedy2016] (299x299 inputs: dataset.image_size=299), pretrained when available."""
     kw = {"aux_logits": True, "init_weights": False} if not pretrained else {}
     m = _tv("inception_v3", pretrained, num_classes, **kw)
     m.aux_logits, m.AuxLogits = False, None

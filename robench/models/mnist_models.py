@@ -16,7 +16,7 @@ def _flat_size(features: nn.Module, shape: Tuple[int, int, int]) -> int:
 
 @MODELS.register("cw_mnist")
 def cw_mnist(num_classes: int = 10, shape=(1, 28, 28), dropout: float = 0.0) -> nn.Module:
-    """Carlini-Wagner MNIST CNN: 2x conv32, pool, 2x conv64, pool, FC 200, FC 200, FC 10 (CW17)."""
+    """Carlini-Wagner MNIST CNN: 2x conv32, pool, 2x conv64, pool, FC 200, FC 200, FC 10 [carlini2017]."""
     c = shape[0]
     features = nn.Sequential(
         nn.Conv2d(c, 32, 3), nn.ReLU(), nn.Conv2d(32, 32, 3), nn.ReLU(), nn.MaxPool2d(2),
@@ -29,7 +29,7 @@ def cw_mnist(num_classes: int = 10, shape=(1, 28, 28), dropout: float = 0.0) -> 
 
 @MODELS.register("small_cnn")
 def small_cnn(num_classes: int = 10, shape=(1, 28, 28), depth: int = 2, width: int = 32) -> nn.Module:
-    """Plain CNN with `depth` conv blocks of `width`.. channels (capacity study, Saha 2020 Table 5.1)."""
+    """Plain CNN with `depth` conv blocks of `width`.. channels (capacity study, [saha2020 §5.4, Table 5.1])."""
     if depth < 1 or width < 1:
         from robench.errors import RobenchError
         raise RobenchError(f"small_cnn needs depth >= 1 and width >= 1, got depth={depth} width={width}")
