@@ -1,5 +1,5 @@
 """Train every recipe on the embedded MNIST with cw_mnist and print clean accuracy, PGD-40 robust
-accuracy at Linf 0.3 and training seconds (the layout of the Cheng thesis's Tables 4.2 / 5.6).
+accuracy at Linf 0.3 and training seconds (the layout of [cheng2021 Table 4.2] and [cheng2021 Table 5.6]).
 
 Each recipe runs as the user runs it, `robench train-defense dataset=mnist model=cw_mnist defense=X`
 (shipped defaults: 8 epochs, Adam, cosine schedule, the recipe's configs/defense/X.yaml), in its own

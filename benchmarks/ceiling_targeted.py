@@ -7,7 +7,7 @@ that an attack with full gradients finds. This script takes a finished targeted 
 (image, target) pairs with white-box attacks through one oracle (access ``gradient``, same norm, eps
 and targets; every attack runs only on the pairs still unbroken, as in an ensemble):
 
-1. APGD with targeted cross-entropy, ``--restarts`` restarts of 100 steps (Croce and Hein 2020);
+1. APGD with targeted cross-entropy, ``--restarts`` restarts of 100 steps (Croce and Hein [croce2020]);
 2. APGD with the targeted DLR loss, ``--restarts`` restarts;
 3. PGD with the C&W margin loss (targeted), 200 steps, ``--restarts`` random restarts.
 

@@ -1,4 +1,4 @@
-"""The Cheng thesis Table 2.2 protocol for robench's five hard-label attacks, one run each.
+"""The protocol of [cheng2021 §2.5, Table 2.2] for robench's five hard-label attacks, one run each.
 
     python benchmarks/hardlabel_table.py [--jobs 5] [--out results/hardlabel_table] [override ...]
 

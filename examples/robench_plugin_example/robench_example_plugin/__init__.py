@@ -7,7 +7,7 @@ from robench.registry import ATTACKS
 
 @ATTACKS.register("example_fgsm")
 class ExampleFGSM(Attack):
-    """One signed-gradient step of size eps (FGSM, Goodfellow et al. 2015), as a plugin example."""
+    """One signed-gradient step of size eps (FGSM, Goodfellow et al. [goodfellow2015]), as a plugin example."""
 
     access = "gradient"
 
