@@ -13,7 +13,7 @@ from robench.registry import DEFENSES
 @DEFENSES.register("random_resize_pad")
 class RandomResizePad(InputDefense):
     """Random resizing and random padding (Xie et al. [xie2018]; [saha2020 §2.3] and
-    [zhao2020slides, slide "Passive Defense: Randomization"] name it without details).
+    [zhao2020slides slide "Passive Defense: Randomization"] name it without details).
 
     Xie et al. resize a 299x299 ImageNet image to a random ``rnd x rnd``, ``rnd`` in [299, 331),
     nearest-neighbour, then zero-pad it at a random position to 331x331, and feed that to the
