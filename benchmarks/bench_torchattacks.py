@@ -1,4 +1,4 @@
-"""robench's PGD, APGD-CE and C&W L2 against torchattacks', in one run on the same model and data.
+"""robench's PGD, APGD-CE and C&W L2 against torchattacks' [kim2020torchattacks], in one run on the same model and data.
 
 On the default victim (mnist / cw_mnist / defense none, ``checkpoints/mnist/cw_mnist/none.pt``) and
 the first ``--n`` MNIST test images it classifies correctly (``--n-cw`` of them for C&W), each attack
