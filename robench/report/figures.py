@@ -20,7 +20,8 @@ from robench.report.tables import _access_of
 
 #: run fields a label may name, in label order (the rest of a label: override keys, in first-seen order)
 LABEL_FIELDS = ("attack", "defense", "budget", "model", "dataset")
-#: override keys never named in a label: the fields above name them, or they only split a run into shards
+#: override keys never named in a label as such: the fields above name them (``dataset.shard``
+#: becomes ``shard``, and only on a shard that was not merged)
 _NOT_IN_LABELS = LABEL_FIELDS + ("dataset.shard",)
 
 
@@ -57,7 +58,9 @@ def run_fields(s: Dict[str, Any], drop: Sequence[str] = ()) -> Dict[str, str]:
         if "=" in o:
             k, v = o.split("=", 1)
             k = k.lstrip("+~")
-            if k not in _NOT_IN_LABELS and k not in drop:
+            if k == "dataset.shard":  # a shard not merged (a merged run is the whole run: no shard)
+                f["shard"] = v
+            elif k not in _NOT_IN_LABELS and k not in drop:
                 f[k] = v
     return f
 
@@ -76,9 +79,10 @@ def short_keys(keys: Sequence[str]) -> Dict[str, str]:
 
 
 def short_labels(fields: List[Dict[str, str]], fallback: Sequence[str], names: Sequence[str]) -> Tuple[List[str], str]:
-    """(one label per run: the values that differ between the runs, ``key=value`` but the attack's bare
-    name; the shared LABEL_FIELDS as "field value, ..."). ``fallback``: the label of a run with nothing
-    to tell it apart; ``names``: appended, in parentheses, to labels that would otherwise be equal."""
+    """(one label per run: the values that differ between the runs, ``key=value`` but the attack's
+    bare name; what the runs share of LABEL_FIELDS and ``norm``, as "dataset/model, defense none, ...").
+    ``fallback``: the label of a run with nothing to tell it apart; ``names``: appended, in
+    parentheses, to labels that would otherwise be equal."""
     keys: Dict[str, None] = {}
     for f in fields:
         keys.update(dict.fromkeys(f))
@@ -88,8 +92,16 @@ def short_labels(fields: List[Dict[str, str]], fallback: Sequence[str], names: S
               for f, fb in zip(fields, fallback)]
     counts = pd.Series(labels).value_counts() if labels else {}
     labels = [f"{lab} ({n})" if counts[lab] > 1 else lab for lab, n in zip(labels, names)]
-    shared = ", ".join(f"{k} {fields[0][k]}" for k in keys if k not in varying and (k in LABEL_FIELDS or k == "norm"))
-    return labels, shared
+    same = {k: fields[0][k] for k in keys if k not in varying and (k in LABEL_FIELDS or k == "norm")} if fields else {}
+    shared = [f"{same.pop('dataset')}/{same.pop('model')}"] if "dataset" in same and "model" in same else []
+    shared += [f"{k} {same[k]}" for k in ("dataset", "model", "attack", "defense", "budget", "norm") if k in same]
+    return labels, ", ".join(shared)
+
+
+def natural_key(text: str) -> List[Any]:
+    """Sort key under which "steps=5" comes before "steps=20"."""
+    return [(0, float(p), "") if re.fullmatch(r"\d+(\.\d*)?", p) else (1, 0.0, p)
+            for p in re.split(r"(\d+(?:\.\d*)?)", text) if p]
 
 
 def _labels(runs: List[Dict[str, Any]], drop: Sequence[str] = (), extra=lambda s: {}) -> Tuple[List[str], str]:
@@ -162,11 +174,11 @@ def figure_data(attacks: List[Dict[str, Any]], trains: List[Dict[str, Any]]) -> 
         if access[id(s)] == "gradient" and s.get("eps") is not None:
             key = repr(sorted({**run_fields(s, eps_drop), **norm(s)}.items()))
             groups.setdefault(key, []).append(s)
-    groups = {k: v for k, v in sorted(groups.items()) if len({float(s["eps"]) for s in v}) >= 2}
+    groups = {k: v for k, v in groups.items() if len({float(s["eps"]) for s in v}) >= 2}
     if groups:
         labels, shared = _labels([v[0] for v in groups.values()], eps_drop, norm)
         series = []
-        for lab, runs in zip(labels, groups.values()):
+        for lab, runs in sorted(zip(labels, groups.values()), key=lambda lr: natural_key(lr[0])):
             pts = pd.DataFrame({"eps": [float(s["eps"]) for s in runs],
                                 "ra": [_float(s.get("robust_accuracy")) for s in runs]}).groupby("eps")["ra"].mean().sort_index()
             series.append(Series(lab, list(pts.index), list(pts.values)))
