@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import pandas as pd
 
 from robench.report.collect import read_run_records
-from robench.report.tables import _access_of
+from robench.report.tables import access_of
 
 #: run fields a label may name, in label order (the rest of a label: override keys, in first-seen order)
 LABEL_FIELDS = ("attack", "defense", "budget", "model", "dataset")
@@ -141,7 +141,7 @@ def figure_data(attacks: List[Dict[str, Any]], trains: List[Dict[str, Any]]) -> 
     """Every figure some runs carry data for, and a note for each one that none does."""
     figs: List[Figure] = []
     notes: List[str] = []
-    access = {id(s): (s.get("access") or _access_of(s.get("attack"))) for s in attacks}
+    access = {id(s): (s.get("access") or access_of(s.get("attack"))) for s in attacks}
 
     curves = [(s, success_curve(s)) for s in attacks if access[id(s)] == "scores"]
     curves = [(s, c) for s, c in curves if c]

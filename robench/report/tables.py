@@ -62,7 +62,7 @@ def runs_frame(runs: List[Dict[str, Any]]) -> pd.DataFrame:
         for k in EXTRA_KEYS:
             row[k] = s.get(k, float("nan"))
         if row["access"] != row["access"] or row["access"] is None:
-            row["access"] = _access_of(s.get("attack"))
+            row["access"] = access_of(s.get("attack"))
         for q, v in sorted((s.get("success_at_queries") or {}).items(), key=lambda kv: float(kv[0])):
             row[f"success@{q}"] = v
         for cp in s.get("checkpoints") or []:
@@ -81,7 +81,8 @@ def runs_frame(runs: List[Dict[str, Any]]) -> pd.DataFrame:
     return df[base[:-2] + curve + dist + base[-2:] + EXTRA_KEYS + ["varying"] + ov]
 
 
-def _access_of(attack: Any) -> Any:
+def access_of(attack: Any) -> Any:
+    """The registered attack's access level (gradient, scores, label), for summaries that lack it."""
     try:
         from robench.registry import ATTACKS
 
