@@ -244,6 +244,11 @@ def test_short_labels_name_only_what_differs():
     merged = dict(base, run="s/{0,1}", shards=2, overrides="budget.max_queries=300 (merged 2 shards)")
     lone = dict(base, run="t/0", overrides="budget.max_queries=300 dataset.shard=0/3")
     assert _labels([merged, lone])[0] == ["square", "shard=0/3"]
+    # budget.eps is in the budget's name already; the eps figure drops the budget and names the norm
+    eps = [dict(base, run=f"e/{e}", budget=f"linf_{e}", overrides=f"budget.eps={e}") for e in (0.1, 0.2)]
+    assert _labels(eps)[0] == ["budget=linf_0.1", "budget=linf_0.2"]
+    assert _labels(eps, ("budget", "budget.eps", "eps"), lambda s: {"norm": "linf"})[1] == \
+        "mnist/cw_mnist, attack square, defense none, norm linf"
 
 
 def test_plot_legends_sit_outside_the_axes(runs, tmp_path, monkeypatch):

@@ -23,6 +23,8 @@ LABEL_FIELDS = ("attack", "defense", "budget", "model", "dataset")
 #: override keys never named in a label as such: the fields above name them (``dataset.shard``
 #: becomes ``shard``, and only on a shard that was not merged)
 _NOT_IN_LABELS = LABEL_FIELDS + ("dataset.shard",)
+#: overrides the ``budget`` field spells already (``<norm>_<eps>[_targeted]``, robench.run)
+_IN_BUDGET = ("budget.norm", "budget.eps", "budget.targeted")
 
 
 @dataclass
@@ -60,7 +62,7 @@ def run_fields(s: Dict[str, Any], drop: Sequence[str] = ()) -> Dict[str, str]:
             k = k.lstrip("+~")
             if k == "dataset.shard":  # a shard not merged (a merged run is the whole run: no shard)
                 f["shard"] = v
-            elif k not in _NOT_IN_LABELS and k not in drop:
+            elif k not in _NOT_IN_LABELS and k not in drop and not (k in _IN_BUDGET and "budget" in f):
                 f[k] = v
     return f
 
