@@ -3,6 +3,7 @@ training recipes with robust accuracy, extra summary keys), in-process and fast.
 import json
 import math
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -164,3 +165,113 @@ def test_list_experiments_shows_the_table_comment(capsys):
     list_plugins(["experiments"])
     out = capsys.readouterr().out
     assert "pgd_eps_sweep" in out and "experiment=pgd_eps_sweep" in out and "Not a paper table" in out
+
+
+def test_checkpoints_table_holds_merged_shards_once(runs, tmp_path):
+    """checkpoints.csv comes from the collected runs: a merged shard set is one run whose curve is
+    results.summarize's (a sample with no adversarial point counts as +inf in the median)."""
+    root, hr = runs
+    report_main([str(root), "--out", str(tmp_path / "o"), "-q"])
+    cp = pd.read_csv(tmp_path / "o" / "checkpoints.csv")
+    merged = cp[cp.attack == "hsja"]
+    assert list(merged.queries) == [100, 1000] and merged.run.str.endswith("shards/{0,1}").all()
+    att = pd.DataFrame(hr)
+    want = R.checkpoint_summary(att, None)
+    assert list(merged["median dist"]) == pytest.approx([c["median_distortion"] for c in want])
+    assert not cp.overrides.fillna("").str.contains("dataset.shard").any()
+
+
+def _summary(folder, obj):
+    folder.mkdir(parents=True)
+    (folder / "summary.json").write_text(obj if isinstance(obj, str) else json.dumps(obj))
+
+
+def test_unusable_summaries_are_skipped_with_one_line_each(runs, tmp_path, capsys):
+    root, _ = runs
+    _summary(root / "bad" / "broken", "{broken")
+    _summary(root / "bad" / "old", {"command": "attack", "attack": "square", "model": "cw_mnist", "dataset": "mnist"})
+    _summary(root / "bad" / "other", {"accuracy": 0.5})
+    _summary(root / "bad" / "list", [1, 2])
+    out = tmp_path / "o"
+    report_main([str(root), "--out", str(out)])
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 4, err  # one line per skipped file, naming it and what is wrong
+    by = {Path(line.split("skipped ", 1)[1].split(": ", 1)[0]).parent.name: line for line in err}
+    assert "not valid JSON (JSONDecodeError)" in by["broken"]
+    assert "attack summary lacks defense, budget, n_samples, clean_accuracy, success_rate, robust_accuracy" in by["old"]
+    assert "no 'command' key" in by["other"] and "not a JSON object" in by["list"]
+    assert len(pd.read_csv(out / "report.csv")) == 4  # the usable runs are all there
+    md = (out / "report.md").read_text()
+    assert md.count("> skipped ") == 4 and str(root / "bad" / "broken" / "summary.json") in md
+    # --quiet: nothing printed, the files still say it
+    report_main([str(root), "--out", str(tmp_path / "q"), "-q"])
+    assert capsys.readouterr().err == "" and (tmp_path / "q" / "report.md").read_text().count("> skipped ") == 4
+    # summaries found but none usable: one line saying why, never a bare "no runs"
+    with pytest.raises(RobenchError, match=r"no usable runs under .*: skipped .*broken/summary.json: not valid JSON"
+                                           r".*\(and 3 more\)$"):
+        report_main([str(root / "bad"), "-q"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(RobenchError, match=r"no runs \(summary.json\) under"):
+        report_main([str(tmp_path / "empty"), "-q"])
+
+
+def test_run_overrides_drop_display_only_keys(tmp_path):
+    from robench.report.collect import run_overrides
+
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(
+        ["attack=square", "progress=false", "hydra.job.chdir=true", "budget.eps=0.1", "launcher=joblib"]))
+    assert run_overrides(tmp_path) == "attack=square budget.eps=0.1"
+    assert run_overrides(tmp_path / "nowhere") == ""
+
+
+def test_short_labels_name_only_what_differs():
+    from robench.report.figures import _labels, short_keys
+
+    assert short_keys(["attack.params.steps", "train.steps", "budget.eps"]) == \
+        {"attack.params.steps": "params.steps", "train.steps": "train.steps", "budget.eps": "eps"}
+    base = {"attack": "square", "model": "cw_mnist", "dataset": "mnist", "budget": "linf_0.3", "defense": "none"}
+    runs = [dict(base, run="r/0", overrides="attack=square attack.params.p_init=0.05 budget.max_queries=300"),
+            dict(base, run="r/1", defense="jpeg", overrides="attack=square attack.params.p_init=0.1 budget.max_queries=300"),
+            dict(base, run="r/2", attack="noise", overrides="attack=noise budget.max_queries=300")]
+    labels, shared = _labels(runs)
+    assert labels == ["square, defense=none, p_init=0.05", "square, defense=jpeg, p_init=0.1", "noise, defense=none"]
+    assert shared == "mnist/cw_mnist, budget linf_0.3"
+    # nothing differs: the attack's name; equal labels get their run folder; shards: merged is the whole run
+    assert _labels([dict(base, run="a/0", overrides="")])[0] == ["square"]
+    same = _labels([dict(base, run="a/x", overrides="seed=1"), dict(base, run="b/y", overrides="seed=1")])[0]
+    assert same == ["square (x)", "square (y)"]
+    merged = dict(base, run="s/{0,1}", shards=2, overrides="budget.max_queries=300 (merged 2 shards)")
+    lone = dict(base, run="t/0", overrides="budget.max_queries=300 dataset.shard=0/3")
+    assert _labels([merged, lone])[0] == ["square", "shard=0/3"]
+    # budget.eps is in the budget's name already; the eps figure drops the budget and names the norm
+    eps = [dict(base, run=f"e/{e}", budget=f"linf_{e}", overrides=f"budget.eps={e}") for e in (0.1, 0.2)]
+    assert _labels(eps)[0] == ["budget=linf_0.1", "budget=linf_0.2"]
+    assert _labels(eps, ("budget", "budget.eps", "eps"), lambda s: {"norm": "linf"})[1] == \
+        "mnist/cw_mnist, attack square, defense none, norm linf"
+
+
+def test_plot_legends_sit_outside_the_axes(runs, tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    from robench.report import plots
+
+    boxes = {}
+    save = plots._save
+
+    def spy(fig, out, name):
+        fig.canvas.draw()
+        ax = fig.axes[0]
+        leg = ax.get_legend()
+        if leg is not None:
+            r = fig.canvas.get_renderer()
+            boxes[name] = (leg.get_window_extent(r), ax.get_window_extent(r), [t.get_text() for t in leg.get_texts()])
+        return save(fig, out, name)
+
+    monkeypatch.setattr(plots, "_save", spy)
+    root, _ = runs
+    report_main([str(root), "--out", str(tmp_path / "o"), "--plots", "-q"])
+    assert set(boxes) == {"success_vs_queries", "distortion_vs_queries"}
+    for name, (leg, ax, texts) in boxes.items():
+        assert leg.x0 >= ax.x1, name  # right of the axes: it covers no curve
+        assert all(len(t) <= 30 for t in texts), texts
+    assert boxes["success_vs_queries"][2] == ["defense=none", "defense=jpeg"]
