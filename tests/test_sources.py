@@ -269,7 +269,8 @@ def test_train_defense_from_user_weights(exported, mnist_dirs, tmp_path):
     assert Path(s["checkpoint"]) == path and path.exists() and "module-" in str(path)
     trained = torch.load(path, weights_only=True)["state_dict"]
     start = torch.load(exported["module"], weights_only=True)["state_dict"]
-    assert not torch.equal(trained["1.weight"], start["module.1.weight"])  # fine-tuned from, not equal to, the user's
+    w, w0 = trained["net.1.weight"], start["module.1.weight"]
+    assert 0 < (w - w0).norm() < 0.2 * w0.norm()  # fine-tuned from the user's weights, not from scratch
     rec, s2 = attack(tmp_path / "att", *model, *data, "defense=pgd_at", f"checkpoint_dir={tmp_path / 'ck'}", *PGD)
     assert s2["weights_file"] == str(path) and len(rec) == 20
 
@@ -282,6 +283,7 @@ def bad_files(tmp_path_factory, exported):
     torch.save({"fc.weight": torch.zeros(10, 5)}, d / "wrong_keys.pt")
     torch.save({"x": torch.rand(4, 3, 32, 32), "y": torch.tensor([0, 1, 2, 3])}, d / "rgb.pt")
     torch.save({"x": torch.rand(4, 1, 28, 28), "y": torch.tensor([0, 1, 12, 3])}, d / "labels.pt")
+    (d / "empty").mkdir()
     return d
 
 
@@ -296,14 +298,14 @@ def test_bad_source_is_one_line_exit_2(case, exported, bad_files, tmp_path):
         "mismatched_keys": (["model=module", user, f"model.weights={bad_files / 'wrong_keys.pt'}"],
                             "missing keys 0.0.weight, 0.0.bias, 0.2.weight ..."),
         "wrong_channels": (["model=module", user, f"model.weights={exported['module']}", "dataset=tensors",
-                            f"dataset.path={bad_files / 'rgb.pt'}"], "does not accept the tensors images (3 channel(s), 32x32)"),
+                            f"dataset.path={bad_files / 'rgb.pt'}", "dataset.num_classes=10"], "does not accept the tensors images (3 channel(s), 32x32)"),
         "labels_out_of_range": (["dataset=tensors", f"dataset.path={bad_files / 'labels.pt'}", "dataset.num_classes=10"],
                                 "label 12 is out of range for 10 classes"),
         "robustbench_not_cached": (["model=robustbench", "model.name=Standard", f"model.model_dir={tmp_path / 'm'}",
                                    "dataset=tensors", f"dataset.path={bad_files / 'rgb.pt'}"],
                                    f"put its checkpoint at {tmp_path / 'm' / 'cifar10' / 'Linf' / 'Standard.pt'}"),
         "missing_tensors": (["dataset=tensors", f"dataset.path={tmp_path / 'x.npz'}"], "x.npz not found"),
-        "bad_folder": (["dataset=folder", f"dataset.root={tmp_path}"], "holds no class folders"),
+        "bad_folder": (["dataset=folder", f"dataset.root={bad_files / 'empty'}"], "holds no class folders"),
     }[case]
     p = run_cli("attack", *args, "dataset.n_samples=4", "progress=false", f"checkpoint_dir={tmp_path}",
                 f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)

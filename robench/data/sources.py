@@ -108,7 +108,7 @@ def _as_labels(y: Any, n: int, path: Path, key: str) -> torch.Tensor:
 
 @DATASETS.register("tensors")
 def tensors(cfg) -> DatasetSplits:
-    """Your own arrays: dataset.path=FILE (.pt or .npz) with x (float [0,1] NCHW or uint8 NHWC) and y; x_train, y_train optional."""
+    """Your own arrays: dataset.path=FILE (.pt or .npz) with x (float 0..1 NCHW or uint8 NHWC) and y; x_train, y_train optional."""
     if cfg.get("path") in (None, ""):
         raise RobenchError("dataset=tensors needs dataset.path=FILE (.pt or .npz holding x and y)")
     path = Path(str(cfg.path)).expanduser()
@@ -218,7 +218,7 @@ def _first_size(items, what: str) -> Tuple[str, Tuple[int, int]]:
 
 @DATASETS.register("folder")
 def folder(cfg) -> DatasetSplits:
-    """Your own images: dataset.root=DIR in ImageFolder layout (DIR[/test|/val]/<class>/*.png|jpg), resize and centre-crop options."""
+    """Your own images: dataset.root=DIR in ImageFolder layout (DIR/<class>/*.png or *.jpg, or DIR/test and DIR/train), resize and centre-crop options."""
     if cfg.get("root") in (None, ""):
         raise RobenchError("dataset=folder needs dataset.root=DIR (ImageFolder layout: DIR/<class>/<image>.png)")
     root = Path(str(cfg.root)).expanduser()
@@ -243,7 +243,8 @@ def folder(cfg) -> DatasetSplits:
                            f"the same classes")
     crop, resize = _opt_int(cfg, "image_size"), _opt_int(cfg, "resize")
     channels = cfg.get("channels")
-    mode, size = _first_size(test_items if crop else test_items + (train_items if train_dir != test_dir else []),
+    # with a crop only the first image's mode matters; without, every image must have one size
+    mode, size = _first_size(test_items[:1] if crop else test_items + (train_items if train_dir != test_dir else []),
                              str(root))
     if channels is None:
         channels = 1 if mode in ("L", "1", "I", "I;16", "LA") else 3
