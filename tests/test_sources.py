@@ -322,3 +322,38 @@ def test_list_shows_the_sources():
     for word in ("model=module", "model=torchscript", "model=onnx", "model=robustbench", "model=timm", "model=torchvision",
                  "dataset=folder", "dataset=tensors", "dataset=cifar100", "dataset=svhn", "dataset=fashion_mnist"):
         assert word in p.stdout, word
+
+
+def test_torchvision_and_timm_sources_with_weights_files(tmp_path):
+    """Any torchvision builder / timm model by name, weights from a file, the dataset's class count,
+    ImageNet statistics in front when asked (mean=auto with an enum; here a list)."""
+    import torchvision
+
+    from robench.data.base import DatasetSplits
+    from robench.models.sources import build_source
+
+    splits = DatasetSplits("tensors", None, None, 7, (3, 32, 32), (0.5,) * 3, (0.25,) * 3)
+    torch.manual_seed(0)
+    ref = torchvision.models.resnet18(num_classes=7).eval()
+    torch.save(ref.state_dict(), tmp_path / "r18.pth")
+    x = torch.rand(2, 3, 32, 32)
+    m, meta = build_source({"source": "torchvision", "name": "resnet18", "weights": str(tmp_path / "r18.pth"),
+                            "params": {"num_classes": 7}, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}, splits)
+    with torch.no_grad():
+        assert torch.equal(m(x), ref((x - 0.5) / 0.25))
+    assert meta["model_source"] == "torchvision" and meta["weights_sha256"]
+    with pytest.raises(RobenchError, match="torchvision has no model 'resnet19'"):
+        build_source({"source": "torchvision", "name": "resnet19", "weights": None}, splits)
+    with pytest.raises(RobenchError, match="has no weights 'IMAGENET9K'; valid: DEFAULT, IMAGENET1K_V1"):
+        build_source({"source": "torchvision", "name": "resnet18", "weights": "IMAGENET9K"}, splits)
+    timm = pytest.importorskip("timm")
+    t = timm.create_model("resnet18", num_classes=7).eval()
+    torch.save(t.state_dict(), tmp_path / "t18.pth")
+    m, meta = build_source({"source": "timm", "name": "resnet18", "weights": str(tmp_path / "t18.pth"),
+                            "params": {"num_classes": 7}, "mean": "auto", "std": "auto"}, splits)
+    cfg = t.pretrained_cfg
+    with torch.no_grad():
+        want = t((x - torch.tensor(cfg["mean"]).view(1, 3, 1, 1)) / torch.tensor(cfg["std"]).view(1, 3, 1, 1))
+        assert torch.allclose(m(x), want, atol=1e-6)
+    with pytest.raises(RobenchError, match="timm has no model 'resnet_nope'"):
+        build_source({"source": "timm", "name": "resnet_nope"}, splits)
