@@ -104,9 +104,16 @@ def test_exported_victim_gives_the_builtin_records(kind, att, exported, ckpt_dir
     assert len(s0["weights_sha256"]) == 64
 
 
-def test_module_weights_formats(exported, victim, tmp_path, splits):
-    """Plain state dict, under 'model', .safetensors: the same network; gradients flow through ONNX."""
+def test_module_weights_formats(exported, victim, tmp_path, splits, monkeypatch):
+    """Plain state dict, under 'model', .safetensors, an importable pkg.mod:Factory target: the same
+    network; gradients flow through ONNX."""
     from robench.models.sources import build_source
+
+    monkeypatch.syspath_prepend(str(exported["dir"]))
+    m, _ = build_source({"source": "module", "name": "n", "target": "usernet:Net", "weights": str(exported["module"]),
+                         "mean": [0.1307], "std": [0.3081]}, splits)
+    x = torch.rand(3, 1, 28, 28)
+    assert torch.equal(m(x), victim(x))
 
     net = victim[1].state_dict()
     torch.save(net, tmp_path / "plain.pth")
