@@ -25,7 +25,7 @@ from robench.defenses.compose import DefendedModel, build_inputs, defense_spec
 from robench.defenses.evaluate import DefenseRun, run_batches
 from robench.errors import RobenchError
 from robench.models import build_model
-from robench.models.sources import build_source, source_of, source_tag, source_victim, victim_summary
+from robench.models.sources import build_source, source_of, source_tag, source_victim, train_summary, victim_summary
 from robench.oracle import Oracle, distortion
 from robench.registry import ATTACKS, DEFENSES, instantiate
 from robench.train import predict, train
@@ -419,6 +419,7 @@ def run_train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     summary = {"schema_version": R.SCHEMA_VERSION, "command": "train-defense", **base, "seconds": m["seconds"],
                "resumed_from_epoch": m["resumed_from_epoch"], "checkpoint": str(path), "device": str(device),
                "robench_version": robench.__version__, "started": started, "finished": _now()}
+    summary.update(train_summary(cfg, path, splits))  # model source, name, sha256s (models/sources.py)
     R.atomic_write_text(run_dir / "summary.json", __import__("json").dumps(summary, indent=2, default=str) + "\n")
     log.info("train-defense %s on %s/%s: train accuracy %.4f, clean accuracy %.4f, checkpoint %s", dname,
              dcfg["name"], mcfg["name"], m["train_accuracy"], m["clean_accuracy"], path)

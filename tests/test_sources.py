@@ -274,6 +274,8 @@ def test_train_defense_from_user_weights(exported, mnist_dirs, tmp_path):
     from omegaconf import OmegaConf
     path = checkpoint_path(str(tmp_path / "ck"), {"name": "tensors"}, source_tag(OmegaConf.to_container(cfg.model)), "pgd_at")
     assert Path(s["checkpoint"]) == path and path.exists() and "module-" in str(path)
+    assert s["model_source"] == "module" and s["init_weights_file"] == str(exported["module"])
+    assert s["weights_sha256"] == __import__("hashlib").sha256(path.read_bytes()).hexdigest()
     trained = torch.load(path, weights_only=True)["state_dict"]
     start = torch.load(exported["module"], weights_only=True)["state_dict"]
     w, w0 = trained["net.1.weight"], start["module.1.weight"]
@@ -364,3 +366,25 @@ def test_torchvision_and_timm_sources_with_weights_files(tmp_path):
         assert torch.allclose(m(x), want, atol=1e-6)
     with pytest.raises(RobenchError, match="timm has no model 'resnet_nope'"):
         build_source({"source": "timm", "name": "resnet_nope"}, splits)
+
+
+def test_tensors_checks_and_logit_count(tmp_path, exported, splits):
+    """Float images outside [0, 1], NHWC floats, label/image count mismatch, a model with the wrong number
+    of logits: one RobenchError each, before any work."""
+    from omegaconf import OmegaConf
+
+    from robench.data import load_dataset
+    from robench.models.sources import build_source
+
+    cases = {"range": ({"x": torch.rand(2, 1, 4, 4) * 255, "y": torch.tensor([0, 1])}, "must lie in \\[0, 1\\]"),
+             "nhwc": ({"x": torch.rand(2, 4, 4, 5), "y": torch.tensor([0, 1])}, "must be NCHW with 1, 3 or 4 channels"),
+             "count": ({"x": torch.rand(3, 1, 4, 4), "y": torch.tensor([0, 1])}, "has 2 labels for 3 images"),
+             "no_y": ({"x": torch.rand(3, 1, 4, 4)}, "has no 'y'")}
+    for name, (blob, msg) in cases.items():
+        torch.save(blob, tmp_path / f"{name}.pt")
+        with pytest.raises(RobenchError, match=msg):
+            load_dataset(OmegaConf.create({"name": "tensors", "path": str(tmp_path / f"{name}.pt")}))
+    with pytest.raises(RobenchError, match="gives 10 logits but dataset mnist has 12 classes"):
+        import dataclasses
+        build_source({"source": "module", "name": "n", "target": f"{exported['dir'] / 'usernet.py'}:Net",
+                      "params": {"num_classes": 10}}, dataclasses.replace(splits, num_classes=12))

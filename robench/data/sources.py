@@ -31,22 +31,46 @@ def _opt_int(cfg, key: str) -> Optional[int]:
     return int(v)
 
 
-def _stats(cfg, train: Dataset, channels: int) -> Tuple[List[float], List[float]]:
-    """``dataset.mean``/``dataset.std`` when given, else measured on the first training images."""
+class _Measured(Sequence):
+    """Per-channel mean or std of the first training images, measured on first use (only robench's own
+    architectures read them: a source model brings its own normalisation, so its runs read no images for it)."""
+
+    def __init__(self, train: Dataset, n: int, which: int, cache: dict):
+        self.train, self.n, self.which, self.cache = train, n, which, cache
+
+    def _values(self) -> List[float]:
+        if "v" not in self.cache:
+            n = min(len(self.train), self.n)
+            if isinstance(self.train, TensorDataset):
+                x = self.train.tensors[0][:n]
+            else:
+                x = torch.stack([self.train[i][0] for i in range(n)])
+            self.cache["v"] = ([float(v) for v in x.mean(dim=(0, 2, 3))],
+                               [float(v) for v in x.std(dim=(0, 2, 3)).clamp_min(1e-3)])
+        return self.cache["v"][self.which]
+
+    def __getitem__(self, i):
+        return self._values()[i]
+
+    def __len__(self) -> int:
+        return len(self._values())
+
+    def __repr__(self) -> str:
+        return repr(self._values())
+
+
+def _stats(cfg, train: Dataset, channels: int) -> Tuple[Sequence[float], Sequence[float]]:
+    """``dataset.mean``/``dataset.std`` when given, else measured on the first ``stats_samples`` training images."""
     mean, std = cfg.get("mean"), cfg.get("std")
     if mean is not None and std is not None:
         mean, std = [float(v) for v in mean], [float(v) for v in std]
         if len(mean) != channels or len(std) != channels or any(s <= 0 for s in std):
             raise RobenchError(f"dataset.mean/dataset.std need {channels} value(s) each (std > 0), got {mean} and {std}")
         return mean, std
-    n = min(len(train), int(cfg.get("stats_samples", 1000) or 1000))
-    if isinstance(train, TensorDataset):
-        x = train.tensors[0][:n]
-    else:
-        x = torch.stack([train[i][0] for i in range(n)])
-    m = x.mean(dim=(0, 2, 3))
-    s = x.std(dim=(0, 2, 3)).clamp_min(1e-3)
-    return [float(v) for v in m], [float(v) for v in s]
+    if (mean is None) != (std is None):
+        raise RobenchError("dataset.mean and dataset.std go together: give both or neither")
+    n, cache = int(cfg.get("stats_samples", 1000) or 1000), {}
+    return _Measured(train, n, 0, cache), _Measured(train, n, 1, cache)
 
 
 def _check_labels(y: torch.Tensor, num_classes: int, where: str) -> None:

@@ -453,6 +453,25 @@ def victim_summary(cfg, meta: Mapping[str, Any], splits) -> Dict[str, Any]:
     return out
 
 
+def train_summary(cfg, checkpoint: Path | str, splits) -> Dict[str, Any]:
+    """A train run's provenance: the source and name of the model it trained, the checkpoint it wrote and
+    its sha256, and the weights it started from when a source brought them."""
+    from omegaconf import OmegaConf
+
+    mcfg = OmegaConf.to_container(cfg.model, resolve=True)
+    src = source_of(mcfg)
+    out = victim_summary(cfg, {"model_source": src or "registry", "path": str(checkpoint)}, splits)
+    init = mcfg.get("weights") if src in ("module", "timm") else mcfg.get("path") if src in ("torchscript", "onnx") else None
+    if src == "robustbench":
+        init = robustbench_dir(mcfg) / str(mcfg.get("dataset") or "cifar10") / str(mcfg.get("threat_model") or "Linf") / \
+            f"{mcfg.get('name')}.pt"
+    if src == "torchvision" and str(mcfg.get("weights") or "").endswith(WEIGHT_SUFFIXES):
+        init = mcfg.get("weights")
+    if init:
+        out["init_weights_file"], out["init_weights_sha256"] = str(init), sha256_file(init)
+    return out
+
+
 # ---------------------------------------------------------------- registry entries (`robench list`)
 
 def _entry(src: str, doc: str):
