@@ -377,7 +377,7 @@ def test_tensors_checks_and_logit_count(tmp_path, exported, splits):
     from robench.models.sources import build_source
 
     cases = {"range": ({"x": torch.rand(2, 1, 4, 4) * 255, "y": torch.tensor([0, 1])}, "must lie in \\[0, 1\\]"),
-             "nhwc": ({"x": torch.rand(2, 4, 4, 5), "y": torch.tensor([0, 1])}, "must be NCHW with 1, 3 or 4 channels"),
+             "nhwc": ({"x": torch.rand(2, 5, 5, 3), "y": torch.tensor([0, 1])}, "must be NCHW with 1, 3 or 4 channels"),
              "count": ({"x": torch.rand(3, 1, 4, 4), "y": torch.tensor([0, 1])}, "has 2 labels for 3 images"),
              "no_y": ({"x": torch.rand(3, 1, 4, 4)}, "has no 'y'")}
     for name, (blob, msg) in cases.items():
