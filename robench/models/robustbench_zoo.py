@@ -1,5 +1,5 @@
 """A small table of RobustBench model-zoo architectures, for loading its checkpoints offline
-(croce2021robustbench).
+[croce2021robustbench].
 
 The ``robustbench`` package on PyPI (1.1.1) does not import: it needs ``autoattack``, which is
 installed from git only, and ``pkg_resources``. So robench carries the architectures of the zoo
@@ -9,7 +9,7 @@ entries below and reads RobustBench's cache layout itself: ``<model_dir>/<datase
 working ``robustbench`` is importable, names not in this table are built by it.
 
 The WideResNet below is RobustBench's ``model_zoo/architectures/wide_resnet.py`` (itself after
-TRADES, zhang2019trades), with the same module names so that the zoo's state dicts load strictly.
+TRADES [zhang2019trades]), with the same module names so that the zoo's state dicts load strictly.
 Its inputs are [0, 1] images (these entries normalise nothing).
 """
 from __future__ import annotations

@@ -8,9 +8,9 @@ A model config with a ``source`` key names where the network comes from; its ``n
   ``model``, ``module.`` prefixes stripped) or a ``.safetensors`` file;
 - ``torchscript``: ``torch.jit.load(model.path)``;
 - ``onnx``: ``onnx2torch.convert(model.path)``, an ``nn.Module`` that gradients flow through;
-- ``robustbench``: a RobustBench model-zoo entry read from its cache layout (croce2021robustbench;
+- ``robustbench``: a RobustBench model-zoo entry read from its cache layout ([croce2021robustbench];
   robench/models/robustbench_zoo.py says why robench carries the architectures);
-- ``timm``: ``timm.create_model(model.name, pretrained=...)`` (wightman2019timm);
+- ``timm``: ``timm.create_model(model.name, pretrained=...)`` [wightman2019timm];
 - ``torchvision``: any ``torchvision.models`` builder with a weights enum (``DEFAULT``, ``IMAGENET1K_V1``)
   or a weights file.
 
@@ -485,9 +485,9 @@ def _entry(src: str, doc: str):
 
 _entry("module", "Your own class or factory (model.target=pkg.mod:Factory, model.params) with a .pt/.pth/.safetensors state dict (model.weights)")
 _entry("torchscript", "A TorchScript archive (model.path=FILE), e.g. torch.jit.save(torch.jit.trace(model, x), FILE)")
-_entry("onnx", "An ONNX file (model.path=FILE) through onnx2torch, so gradients work (extra: robench[onnx])")
-_entry("robustbench", "A RobustBench model-zoo entry by name and threat model, from its cache layout (croce2021robustbench)")
-_entry("timm", "Any timm model by name (model.pretrained, model.weights=FILE) (wightman2019timm; extra: robench[timm])")
+_entry("onnx", "An ONNX file (model.path=FILE) through onnx2torch, so gradients work (the onnx extra)")
+_entry("robustbench", "A RobustBench model-zoo entry by name and threat model, from its cache layout, offline\n\n[croce2021robustbench]")
+_entry("timm", "Any timm model by name (model.pretrained, model.weights=FILE; the timm extra)\n\n[wightman2019timm]")
 _entry("torchvision", "Any torchvision.models builder by name with a weights enum (model.weights=DEFAULT) or file")
 
 
