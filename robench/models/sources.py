@@ -71,7 +71,7 @@ def _need(mcfg, key: str, example: str) -> Any:
 
 
 def _existing(path: Any, what: str) -> Path:
-    p = Path(str(path)).expanduser()
+    p = Path(str(path)).expanduser().absolute()  # summaries record where the weights came from
     if not p.is_file():
         raise RobenchError(f"{what} {p} not found (no such file)")
     return p
