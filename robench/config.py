@@ -91,7 +91,7 @@ def validate_names(cfg: Any, groups=GROUPS) -> None:
     for g in groups:
         if g == "budget" or cfg.get(g) is None:
             continue
-        name = cfg[g].get("name")
+        name = (g == "model" and cfg[g].get("source")) or cfg[g].get("name")  # model sources: name is a label
         REGISTRIES[g + "s"].get(name)  # raises 'unknown <kind> ... valid: ...'
 
 

@@ -25,6 +25,7 @@ from robench.defenses.compose import DefendedModel, build_inputs, defense_spec
 from robench.defenses.evaluate import DefenseRun, run_batches
 from robench.errors import RobenchError
 from robench.models import build_model
+from robench.models.sources import build_source, source_of, source_tag, source_victim, train_summary, victim_summary
 from robench.oracle import Oracle, distortion
 from robench.registry import ATTACKS, DEFENSES, instantiate
 from robench.train import predict, train
@@ -47,6 +48,9 @@ def load_victim(cfg: DictConfig, splits, device: torch.device):
     defense), behind the defense's input transformations if any (robench/defenses/compose.py), in eval mode."""
     spec = defense_spec(cfg.defense)
     dcfg, mcfg, dname = _plain(cfg.dataset), _plain(cfg.model), spec.recipe
+    if source_of(mcfg):  # your own model, TorchScript, ONNX, the zoos (robench/models/sources.py)
+        model, meta = source_victim(cfg, splits, dname)
+        return (DefendedModel(model, build_inputs(spec)) if spec.inputs else model).to(device).eval(), meta
     model = build_model(mcfg["name"], splits, mcfg.get("params"))
     meta: Dict[str, Any] = {}
     if (mcfg.get("params") or {}).get("pretrained") and dname == "none":
@@ -277,6 +281,7 @@ def run_attack(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
         "recheck_failed": totals["recheck_failed"], "device": str(device), "seed": int(cfg.seed),
         "robench_version": robench.__version__, "started": started, "finished": _now()})
     summary["checkpoint"] = meta.get("path", meta.get("source"))
+    summary.update(victim_summary(cfg, meta, splits))  # model source, name, weights sha256 (models/sources.py)
     summary["access"] = attack.access
     summary["shard"] = cfg.dataset.get("shard")
     summary["batch_size"] = batch_size
@@ -341,8 +346,8 @@ def _checkpoint_model(cfg: DictConfig, splits, defense_name: str, what: str):
     """The run's (dataset, model) architecture with the weights ``defense=<defense_name>`` trained;
     a missing checkpoint fails in one line with the command that makes it."""
     dcfg, mcfg = _plain(cfg.dataset), _plain(cfg.model)
-    model = build_model(mcfg["name"], splits, mcfg.get("params"))
-    path = checkpoint_path(cfg.checkpoint_dir, dcfg, mcfg, defense_name)
+    model = build_source(mcfg, splits)[0] if source_of(mcfg) else build_model(mcfg["name"], splits, mcfg.get("params"))
+    path = checkpoint_path(cfg.checkpoint_dir, dcfg, source_tag(mcfg) if source_of(mcfg) else mcfg, defense_name)
     if not path.exists():
         raise RobenchError(f"{what}: no checkpoint at {path}; create it first with "
                            f"`{train_command(dcfg, mcfg, defense_name, cfg.checkpoint_dir)}`")
@@ -388,11 +393,11 @@ def run_train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     recipe.bind(TrainContext(cfg=cfg, splits=splits, device=device,
                              load_model=lambda d: _checkpoint_model(cfg, splits, d, f"defense '{dname}' needs '{d}'")))
     torch.manual_seed(int(cfg.seed))
-    model = build_model(mcfg["name"], splits, mcfg.get("params"))
+    model = build_source(mcfg, splits)[0] if source_of(mcfg) else build_model(mcfg["name"], splits, mcfg.get("params"))
     init_from = cfg.train.get("init_from")
     if init_from and init_from != dname:  # a sweep over defense=none,pgd_at may set it once for all
         model.load_state_dict(_checkpoint_model(cfg, splits, init_from, f"train.init_from={init_from}").state_dict())
-    path = checkpoint_path(cfg.checkpoint_dir, dcfg, mcfg, dname)
+    path = checkpoint_path(cfg.checkpoint_dir, dcfg, source_tag(mcfg) if source_of(mcfg) else mcfg, dname)
     state_path = path.with_name(path.name + ".resume")
     started = _now()
     quiet = bool(cfg.get("quiet", False))
@@ -414,6 +419,7 @@ def run_train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     summary = {"schema_version": R.SCHEMA_VERSION, "command": "train-defense", **base, "seconds": m["seconds"],
                "resumed_from_epoch": m["resumed_from_epoch"], "checkpoint": str(path), "device": str(device),
                "robench_version": robench.__version__, "started": started, "finished": _now()}
+    summary.update(train_summary(cfg, path, splits))  # model source, name, sha256s (models/sources.py)
     R.atomic_write_text(run_dir / "summary.json", __import__("json").dumps(summary, indent=2, default=str) + "\n")
     log.info("train-defense %s on %s/%s: train accuracy %.4f, clean accuracy %.4f, checkpoint %s", dname,
              dcfg["name"], mcfg["name"], m["train_accuracy"], m["clean_accuracy"], path)

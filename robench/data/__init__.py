@@ -6,3 +6,4 @@ Evaluation slices the test split with :func:`eval_slice` (``n_samples``, ``offse
 """
 from robench.data.base import DatasetSplits, eval_slice, load_dataset, parse_shard  # noqa: F401
 from robench.data import mnist, torchvision_sets  # noqa: F401  (registration)
+from robench.data import sources  # noqa: F401  (folder, tensors, cifar100, svhn, fashion_mnist)
