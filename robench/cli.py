@@ -198,7 +198,7 @@ def list_plugins(args: List[str]) -> None:
             reg = REGISTRIES[w]
             opts = set(group_options(w[:-1]))
             for name, _ in reg.items():
-                t.add_row(name, f"{w[:-1]}={name}" if name in opts else f"{w[:-1]}.name={name}", reg.describe(name))
+                t.add_row(name, f"{w[:-1]}={name}" if name in opts else f"{w[:-1]}.name={name}", escape(reg.describe(name)))
         console.print(t)
 
 
