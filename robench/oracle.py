@@ -1,6 +1,7 @@
-"""The oracle: the only door from an attack to the victim (DESIGN.md, "The oracle is the referee").
+"""The oracle: the only door from an attack to the victim (the repository's DESIGN.md, "The oracle").
 
-An attack gets an :class:`Oracle` for a batch of samples and nothing else. The oracle
+An attack gets an :class:`OracleView` of an :class:`Oracle` for a batch of samples and nothing else
+(the view exposes only its access level's methods and read-only facts). The oracle
 
 * answers at the attack's declared access level and no higher: ``gradient`` (white-box: logits,
   scores, labels and input gradients), ``scores`` (probabilities and labels) or ``label`` (top-1 only);
@@ -92,22 +93,24 @@ class Oracle:
         if norm not in ("linf", "l2"):
             raise ValueError(f"norm must be 'linf' or 'l2', got {norm!r}")
         self._model = model
-        self.access = access
-        self.norm = norm
-        self.eps = None if eps is None else float(eps)
-        self.max_queries = int(max_queries)
-        self.stop_on_success = stop_on_success
-        self.recheck_repeats = int(recheck_repeats)
-        self.confirm_repeats = int(confirm_repeats)
+        # the referee's settings: read-only properties over private slots (an attack never holds the
+        # Oracle itself, only an OracleView; still, nothing here is writable from outside)
+        self._access = access
+        self._norm = norm
+        self._eps = None if eps is None else float(eps)
+        self._max_queries = int(max_queries)
+        self._stop_on_success = bool(stop_on_success)
+        self._recheck_repeats = int(recheck_repeats)
+        self._confirm_repeats = int(confirm_repeats)
         if int(eot_samples) < 1:
             raise ValueError(f"eot_samples must be >= 1, got {eot_samples}")
-        self.eot_samples = int(eot_samples)
-        self.tol = tol
+        self._eot_samples = int(eot_samples)
+        self._tol = float(tol)
         self.device = x0.device
         self._x0 = x0.detach()
         self._y = y.to(self.device)
         self._targets = None if targets is None else targets.to(self.device)
-        self.targeted = targets is not None
+        self._targeted = targets is not None
         n = self.n = x0.shape[0]
         dev = self.device
         self._queries = torch.zeros(n, dtype=torch.long, device=dev)
@@ -132,8 +135,28 @@ class Oracle:
                 num_classes = int(model(self._x0[:1]).shape[1])
         self._k = int(num_classes)
 
+    access = property(lambda self: self._access, doc="The access level the oracle answers at.")
+    norm = property(lambda self: self._norm, doc="The budget's norm ('linf' or 'l2').")
+    eps = property(lambda self: self._eps, doc="The budget's radius (None: unbounded, minimal-distortion runs).")
+    max_queries = property(lambda self: self._max_queries, doc="Queries allowed per sample.")
+    stop_on_success = property(lambda self: self._stop_on_success, doc="A successful sample is done (eps-bounded runs).")
+    recheck_repeats = property(lambda self: self._recheck_repeats, doc="Fresh forward passes of the final re-check.")
+    confirm_repeats = property(lambda self: self._confirm_repeats, doc="Confirmations of a success when it is seen.")
+    eot_samples = property(lambda self: self._eot_samples, doc="Evaluations per row of scores/gradient (EOT).")
+    tol = property(lambda self: self._tol, doc="Tolerance of the [0, 1] box and the eps-ball.")
+
+    def view(self, access: Optional[str] = None, observe: Optional[Callable] = None) -> "OracleView":
+        """What an attack gets: this oracle's answers at ``access`` (default: the oracle's own level,
+        never above it) and its read-only facts; see :class:`OracleView`."""
+        return OracleView(self, access or self._access, observe)
+
+    def restrict(self, access: str) -> "OracleView":
+        """A view at ``access`` (at most the oracle's own level): what a composite attack hands a member."""
+        return OracleView(self, access)
+
     # ------------------------------------------------------------------ what an attack may read
     # (copies: the oracle's own bookkeeping cannot be edited from outside)
+    targeted = property(lambda self: self._targeted, doc="A targeted run (success: label == target).")
     x0 = property(lambda self: self._x0.clone(), doc="The clean images of the batch.")
     y = property(lambda self: self._y.clone(), doc="Their true labels.")
     targets = property(lambda self: None if self._targets is None else self._targets.clone(),
@@ -151,8 +174,8 @@ class Oracle:
     @property
     def active(self) -> torch.Tensor:
         """Bool per sample: still worth querying (budget left and, for eps-bounded runs, not yet successful)."""
-        done = self._queries >= self.max_queries
-        if self.stop_on_success:
+        done = self._queries >= self._max_queries
+        if self._stop_on_success:
             done = done | self._success
         return ~done
 
@@ -162,7 +185,7 @@ class Oracle:
     @property
     def remaining(self) -> torch.Tensor:
         """Queries each sample has left."""
-        return (self.max_queries - self._queries).clamp_min(0)
+        return (self._max_queries - self._queries).clamp_min(0)
 
     @property
     def num_classes(self) -> int:
@@ -185,7 +208,7 @@ class Oracle:
         the answer is the mean of the answered copies' probabilities.
         """
         self._require("scores")
-        k = self.eot_samples
+        k = self._eot_samples
         if k == 1:
             logits, ok = self._forward(x, idx)
             return self._scatter_rows(None if logits is None else logits.softmax(1), ok, x.shape[0])
@@ -222,7 +245,7 @@ class Oracle:
         BPDA), the gradient is zero: that is exactly what a naive attacker gets.
         """
         self._require("gradient")
-        k = self.eot_samples
+        k = self._eot_samples
         if k == 1:
             return self._gradient_rows(x, loss_fn, idx)
         if idx is None:
@@ -269,7 +292,7 @@ class Oracle:
         if len(sel):
             xs = self._best_x[sel]
             ok = torch.ones(len(sel), dtype=torch.bool, device=self.device)
-            for _ in range(max(1, self.recheck_repeats)):
+            for _ in range(max(1, self._recheck_repeats)):
                 with torch.no_grad():
                     pred = self._model(xs).argmax(1)
                 ok &= self._criterion(xs, sel, pred)[1]
@@ -289,8 +312,8 @@ class Oracle:
 
     # ------------------------------------------------------------------ internals
     def _require(self, level: str) -> None:
-        if _RANK[self.access] < _RANK[level]:
-            raise AccessError(f"an attack with access '{self.access}' asked for {level}-level answers")
+        if _RANK[self._access] < _RANK[level]:
+            raise AccessError(f"an attack with access '{self._access}' asked for {level}-level answers")
 
     def _admit(self, x: torch.Tensor, idx: Optional[torch.Tensor]):
         """Rows that get answered: their sample is active and still has budget for this row."""
@@ -330,11 +353,11 @@ class Oracle:
 
     def _criterion(self, x: torch.Tensor, idx: torch.Tensor, pred: torch.Tensor):
         """(is adversarial and a valid image, is that and within eps, distortion) per row."""
-        is_adv = (pred == self._targets[idx]) if self.targeted else (pred != self._y[idx])
-        in_box = (x >= -self.tol).flatten(1).all(1) & (x <= 1 + self.tol).flatten(1).all(1)
-        dist = distortion(x - self._x0[idx], self.norm)
+        is_adv = (pred == self._targets[idx]) if self._targeted else (pred != self._y[idx])
+        in_box = (x >= -self._tol).flatten(1).all(1) & (x <= 1 + self._tol).flatten(1).all(1)
+        dist = distortion(x - self._x0[idx], self._norm)
         valid = is_adv & in_box
-        within = valid if self.eps is None else valid & (dist <= self.eps + self.tol)
+        within = valid if self._eps is None else valid & (dist <= self._eps + self._tol)
         return valid, within, dist
 
     def _record(self, x: torch.Tensor, idx: torch.Tensor, rank: torch.Tensor, logits: torch.Tensor,
@@ -348,11 +371,11 @@ class Oracle:
         if gradient:
             self._grad_queries += counts
         valid, within, dist = self._criterion(x, idx, logits.argmax(1))
-        if self.confirm_repeats > 0 and bool(within.any()):
+        if self._confirm_repeats > 0 and bool(within.any()):
             rows = within.nonzero().flatten()
             ok = torch.ones(len(rows), dtype=torch.bool, device=self.device)
             with torch.no_grad():
-                for _ in range(self.confirm_repeats):
+                for _ in range(self._confirm_repeats):
                     ok &= self._criterion(x[rows], idx[rows], self._model(x[rows]).argmax(1))[1]
             within = within.clone()
             within[rows] = ok
@@ -395,3 +418,119 @@ def _rank_within_group(idx: torch.Tensor, n: int) -> torch.Tensor:
     rank = torch.empty_like(rank_sorted)
     rank[order] = rank_sorted
     return rank
+
+
+#: the read-only facts an attack may read from its view (each a fresh copy or an immutable value)
+VIEW_FACTS = ("x0", "y", "targets", "targeted", "eps", "norm", "max_queries", "num_classes", "n", "device",
+              "eot_samples", "checkpoints", "active", "remaining", "queries", "grad_queries", "success",
+              "queries_at_success", "best_dist", "best_x", "dist_at")
+#: the query methods of each access level (a level also has those of the levels below it)
+VIEW_METHODS = {"label": ("labels",), "scores": ("labels", "scores"),
+                "gradient": ("labels", "scores", "logits", "gradient")}
+
+
+class OracleView:
+    """What an attack holds: one oracle's answers at one access level, and read-only facts.
+
+    * Queries: ``labels`` at every level; ``scores`` from ``scores`` up; ``logits`` and ``gradient``
+      at ``gradient`` only. A method above the view's level raises :class:`AccessError` (the method
+      exists, so a plugin gets the referee's message rather than an AttributeError).
+    * Facts (:data:`VIEW_FACTS`): the batch (``x0``, ``y``, ``targets``), the threat model (``eps``,
+      ``norm``, ``max_queries``), ``num_classes``, and the oracle's running bookkeeping (``active``,
+      ``active_indices()``, ``remaining``, ``queries``, ``success``, ``best_dist``, ...). Tensors are
+      copies; numbers are immutable: reading them changes nothing.
+    * ``restrict(access)``: a view of the same oracle at a lower (or equal) level, for an attack that
+      runs other attacks (the ensemble's members). ``access`` is the view's level.
+
+    The referee (budget, access level, counts, success criterion) lives in the :class:`Oracle`, which
+    the view keeps only inside a closure: the view has no ``__dict__``, no settable attribute, and no
+    attribute that names the oracle, its model or its counters. (Python cannot hide an object from
+    code that digs through closure cells with ``__closure__``; robench's contract and hostile-plugin
+    tests are what keep plugins honest, the view makes honesty the only easy path.)
+
+    ``observe(x, idx)``, optional: called after each query call with the rows the oracle answered and
+    their sample indices; transfer uses it to remember its crafting attack's last proposal.
+    """
+
+    __slots__ = ("_OracleView__ask",)
+
+    def __init__(self, oracle: "Oracle", access: str, observe: Optional[Callable] = None):
+        if access not in ACCESS_LEVELS:
+            raise ValueError(f"access must be one of {ACCESS_LEVELS}, got {access!r}")
+        if _RANK[access] > _RANK[oracle.access]:
+            raise AccessError(f"a view at access '{access}' of an oracle answering at '{oracle.access}'")
+        allowed = frozenset(VIEW_METHODS[access])
+        facts = frozenset(VIEW_FACTS)
+
+        def ask(op: str, *args):
+            if op in facts:
+                return getattr(oracle, op)
+            if op == "active_indices":
+                return oracle.active_indices()
+            if op == "access":
+                return access
+            if op == "restrict":
+                return OracleView(oracle, args[0], observe)
+            if op not in allowed:
+                need = "scores" if op == "scores" else "gradient"
+                raise AccessError(f"an attack with access '{access}' asked for {need}-level answers")
+            out = getattr(oracle, op)(*args)
+            if observe is not None:  # the rows the oracle answered, with their samples
+                x, idx = args[0], args[-1]
+                if idx is None:
+                    idx = torch.arange(x.shape[0], device=oracle.device)
+                first = out[0] if isinstance(out, tuple) else out
+                ok = first >= 0 if first.dim() == 1 else ~torch.isnan(first[:, 0])
+                observe(x[ok], idx.to(oracle.device)[ok])
+            return out
+
+        object.__setattr__(self, "_OracleView__ask", ask)
+
+    def __setattr__(self, name, value):
+        raise AttributeError(f"the oracle view is read-only (tried to set {name!r})")
+
+    def __delattr__(self, name):
+        raise AttributeError(f"the oracle view is read-only (tried to delete {name!r})")
+
+    def __repr__(self) -> str:
+        return f"OracleView(access={self.access!r}, n={self.n})"
+
+    # ------------------------------------------------------------------ queries
+    def labels(self, x: torch.Tensor, idx: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Top-1 labels of rows ``x`` (row r belongs to sample ``idx[r]``); -1 where not answered."""
+        return self.__ask("labels", x, idx)
+
+    def scores(self, x: torch.Tensor, idx: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Softmax probabilities (access ``scores`` or ``gradient``); NaN rows where not answered."""
+        return self.__ask("scores", x, idx)
+
+    def logits(self, x: torch.Tensor, idx: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Logits (access ``gradient``); NaN rows where not answered."""
+        return self.__ask("logits", x, idx)
+
+    def gradient(self, x: torch.Tensor, loss_fn: Callable, idx: Optional[torch.Tensor] = None):
+        """(logits, d loss / d x) (access ``gradient``); see :meth:`Oracle.gradient`."""
+        return self.__ask("gradient", x, loss_fn, idx)
+
+    def active_indices(self) -> torch.Tensor:
+        return self.__ask("active_indices")
+
+    def restrict(self, access: str) -> "OracleView":
+        """A view of the same oracle at ``access`` (at most this view's level)."""
+        if access not in ACCESS_LEVELS:
+            raise ValueError(f"access must be one of {ACCESS_LEVELS}, got {access!r}")
+        if _RANK[access] > _RANK[self.access]:
+            raise AccessError(f"a view at access '{self.access}' cannot grant '{access}'")
+        return self.__ask("restrict", access)
+
+    # ------------------------------------------------------------------ facts
+    access = property(lambda self: self.__ask("access"), doc="The view's access level.")
+
+
+def _fact(name: str) -> property:
+    return property(lambda self: self._OracleView__ask(name), doc=f"Read-only: the oracle's ``{name}``.")
+
+
+for _name in VIEW_FACTS:
+    setattr(OracleView, _name, _fact(_name))
+del _name
