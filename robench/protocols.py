@@ -219,8 +219,9 @@ class Evaluation:
         from robench.victim import preflight
 
         self.model = model
-        measured = preflight(model, x)["randomized"] if x is not None and len(x) else False
-        self.randomized = measured or is_randomized(model)
+        self.preflight = preflight(model, x) if x is not None and len(x) else {"randomized": False, "probabilities": False}
+        self.randomized = self.preflight["randomized"] or is_randomized(model)
+        self.preflight["randomized"] = self.randomized
         self.has_inputs = any(isinstance(m, InputDefense) for m in model.modules())
         reseed_defenses(model, self.seed)
         bpda = bool(attack_cfg.get("bpda", False))

@@ -150,7 +150,7 @@ def run_attack(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
 
     summary, _, _ = run_plan(attack, fresh_attack, model, plan, idx, clean_pred, referee, ev, device, meta_summary,
                              run_dir=run_dir, prior_records=prior_records, batch_size=batch_size,
-                             progress=bool(cfg.get("progress", True)), quiet=quiet, multirun=_in_multirun())
+                             progress=bool(cfg.get("progress", True)) and not quiet, quiet=quiet, multirun=_in_multirun())
     return summary
 
 
@@ -201,7 +201,7 @@ def run_plan(attack, make_attack: Callable[[], Any], model, plan: Plan, idx: tor
     flush()
     with Progress(TextColumn(f"[bold]{meta['attack']}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("success {task.fields[rate]}"), TimeElapsedColumn(),
-                  console=console, disable=quiet or multirun or not progress) as bar:
+                  console=console, disable=multirun or not progress) as bar:
         n_done = sum(records[k]["attacked"] for bt in done for k in batches[bt])
         n_succ = sum(records[k]["success"] for bt in done for k in batches[bt])
         task = bar.add_task("attack", total=int(plan.attacked.sum()), completed=n_done,

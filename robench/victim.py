@@ -16,7 +16,7 @@ from typing import Any, Dict, Tuple
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from robench.errors import RobenchError
+from robench.errors import InputError, RobenchError
 
 log = logging.getLogger("robench")
 
@@ -75,10 +75,10 @@ def surrogate_loader(checkpoint_dir: str, dataset_cfg: Dict[str, Any], splits, d
 def check_inputs(x: torch.Tensor, what: str = "inputs") -> None:
     """Refuse images outside [0, 1] (one line): robench's threat models and the oracle's box live there."""
     if not torch.is_tensor(x) or not x.is_floating_point():
-        raise RobenchError(f"{what} must be a floating-point tensor of images in [0, 1] (NCHW), got "
+        raise InputError(f"{what} must be a floating-point tensor of images in [0, 1] (NCHW), got "
                            f"{type(x).__name__ if not torch.is_tensor(x) else x.dtype}")
     if x.numel() and (float(x.min()) < 0 or float(x.max()) > 1):
-        raise RobenchError(f"{what} must lie in [0, 1] (found values in [{float(x.min()):.4g}, {float(x.max()):.4g}]); "
+        raise InputError(f"{what} must lie in [0, 1] (found values in [{float(x.min()):.4g}, {float(x.max()):.4g}]); "
                            f"pass unnormalized images and give the model's normalization as mean=/std=")
 
 

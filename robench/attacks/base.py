@@ -72,6 +72,10 @@ class Attack:
     it has succeeded), True for minimal-perturbation attacks that keep shrinking the distortion of an
     adversarial point (C&W, DeepFool, hard-label attacks).
 
+    ``eps_policy``: what the attack needs of ``budget.eps``: ``"any"`` (default), ``"finite"`` (an
+    eps-ball, e.g. the ensemble) or ``"null"`` (not eps-bounded, e.g. gaussian_noise); the contract
+    test (tests/test_contract.py) picks its budget from it.
+
     ``requires``: names from :data:`CONTEXT_NEEDS` the attack needs beyond its view; the engine fills
     them into the :class:`AttackContext` it passes to :meth:`prepare` once, before the first batch.
     """
@@ -79,6 +83,7 @@ class Attack:
     access: str = "gradient"
     minimizes_distortion: bool = False
     requires: Tuple[str, ...] = ()
+    eps_policy: str = "any"
 
     def prepare(self, context: AttackContext) -> None:
         """Receive the declared context (default: nothing to do)."""

@@ -52,6 +52,7 @@ class Ensemble(Attack):
     """
 
     minimizes_distortion = False
+    eps_policy = "finite"
 
     def __init__(self, attacks: List[Any]):
         from robench.registry import instantiate
