@@ -103,3 +103,16 @@ def test_normalization_targets_iterables_and_preflight(victim, test_xy):
     with pytest.warns(UserWarning, match="look like probabilities"):
         res = robench.evaluate(probs, x, y, attack="fgsm", budget=b)
     assert res.preflight["probabilities"] and not res.preflight["randomized"]
+
+
+def test_preflight_measures_randomness(victim, test_xy):
+    """A victim that draws noise without declaring it is found randomized: 3-fold re-check."""
+    class Noisy(torch.nn.Module):
+        def forward(self, z):
+            return victim((z + 0.05 * torch.randn_like(z)).clamp(0, 1))
+
+    x, y = test_xy[0][:4], test_xy[1][:4]
+    res = robench.evaluate(Noisy(), x, y, attack="fgsm", budget=robench.Budget("linf", 0.3, max_queries=5))
+    assert res.preflight["randomized"] and res.summary["recheck_repeats"] == 3
+    det = robench.evaluate(victim, x, y, attack="fgsm", budget=robench.Budget("linf", 0.3, max_queries=5))
+    assert not det.preflight["randomized"] and det.summary["recheck_repeats"] == 1
