@@ -4,10 +4,10 @@ An :class:`Evaluation` (one per ``robench attack`` run) holds the victim facts e
 the protocols that apply to the run's config:
 
 * :class:`Standard` (always): the randomized re-check (``recheck_repeats: null`` means 1 for a
-  deterministic victim and 3 for a randomized one, the GenAttack thesis's TVM protocol, alzantot2019
-  §2.6.2.2), confirmation on sight, the defense setup, first-sight success rate, and with input
+  deterministic victim and 3 for a randomized one, the GenAttack thesis's TVM protocol
+  [alzantot2019 §2.6.2.2]), confirmation on sight, the defense setup, first-sight success rate, and with input
   defenses the undefended clean accuracy (the same model without its input transformations).
-* :class:`Adaptive` (``adaptive: true``; athalye2018). For a gradient attack on a victim with input
+* :class:`Adaptive` (``adaptive: true``; [athalye2018]). For a gradient attack on a victim with input
   transformations the attack runs twice on the same samples, with the same seeds: the main run
   *adaptively* (BPDA backward on, EOT over ``attack.eot_samples`` draws, or ``adaptive_eot_samples``
   when that is 1 and the victim is randomized, confirmation on sight against a randomized victim) and

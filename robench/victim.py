@@ -2,7 +2,7 @@
 
 :func:`load_victim` is what ``robench attack`` and :func:`robench.load_victim` use to turn (dataset,
 model, defense) into a module in eval mode. :func:`preflight` checks any victim before it is attacked,
-as AutoAttack's ``checks.py`` does (croce2020): randomness measured by repeated forward passes (not
+as AutoAttack's ``checks.py`` does [croce2020]: randomness measured by repeated forward passes (not
 trusted from a defense's flag), a warning when the outputs look like probabilities rather than logits,
 and inputs outside [0, 1] refused.
 """
@@ -83,7 +83,7 @@ def check_inputs(x: torch.Tensor, what: str = "inputs") -> None:
 
 
 def preflight(model: torch.nn.Module, x: torch.Tensor, *, repeats: int = 3, tol: float = 1e-5) -> Dict[str, Any]:
-    """Checks before an attack (AutoAttack checks.py, croce2020): returns {randomized, probabilities}.
+    """Checks before an attack (AutoAttack checks.py [croce2020]): returns {randomized, probabilities}.
 
     * ``randomized``: two or more forward passes of the same (first 8) inputs disagree by more than
       ``tol`` -- measured, not read from a defense's flag;

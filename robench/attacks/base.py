@@ -14,8 +14,8 @@ CONTEXT_NEEDS = ("class_images", "surrogate")
 
 
 class ClassImages:
-    """Training-split images by class, drawn on demand (targeted hard-label initialisation: Cheng et al.
-    cheng2019opt §2.5, "100 samples in target class from training dataset"). Built lazily from a dataset
+    """Training-split images by class, drawn on demand (targeted hard-label initialisation [cheng2019opt §2.5]:
+    "100 samples in target class from training dataset"). Built lazily from a dataset
     of (image, label) pairs; the attack never sees the dataset object or the run's config."""
 
     def __init__(self, dataset):
