@@ -67,7 +67,7 @@ def run_robench(model, x0, y, steps: int, early_stop: bool, stop_on_success: boo
     gen = torch.Generator(device=device).manual_seed(SEED)
     oracle = Oracle(model, x0, y, access="gradient", norm="linf", eps=EPS, max_queries=MAX_QUERIES,
                     num_classes=10, stop_on_success=stop_on_success)
-    PGD(steps=steps, step_size=STEP_SIZE, early_stop=early_stop).run(oracle, gen)
+    PGD(steps=steps, step_size=STEP_SIZE, early_stop=early_stop).run(oracle.view(), gen)  # what the engine hands an attack
     res = oracle.finalize()
     sync(device)
     secs = time.perf_counter() - t

@@ -37,7 +37,7 @@ from robench.data import load_dataset
 from robench.defenses.base import set_bpda
 from robench.errors import RobenchError
 from robench.oracle import Oracle
-from robench.run import load_victim
+from robench.victim import load_victim
 
 
 def main(argv=None) -> int:

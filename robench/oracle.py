@@ -1,6 +1,7 @@
-"""The oracle: the only door from an attack to the victim (DESIGN.md, "The oracle is the referee").
+"""The oracle: the only door from an attack to the victim (the repository's DESIGN.md, "The oracle").
 
-An attack gets an :class:`Oracle` for a batch of samples and nothing else. The oracle
+An attack gets an :class:`OracleView` of an :class:`Oracle` for a batch of samples and nothing else
+(the view exposes only its access level's methods and read-only facts). The oracle
 
 * answers at the attack's declared access level and no higher: ``gradient`` (white-box: logits,
   scores, labels and input gradients), ``scores`` (probabilities and labels) or ``label`` (top-1 only);
@@ -33,18 +34,13 @@ skip rows that are not answered.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
 from torch import nn
 
-ACCESS_LEVELS = ("gradient", "scores", "label")
-_RANK = {"label": 0, "scores": 1, "gradient": 2}
-
-
-class AccessError(RuntimeError):
-    """An attack asked the oracle for more than its declared access level allows."""
+from robench.oracle_view import (_RANK, ACCESS_LEVELS, VIEW_FACTS, VIEW_METHODS, AccessError,  # noqa: F401
+                                   OracleResult, OracleView)
 
 
 def distortion(delta: torch.Tensor, norm: str) -> torch.Tensor:
@@ -63,24 +59,6 @@ def distortion(delta: torch.Tensor, norm: str) -> torch.Tensor:
 L0_THRESHOLD = 1e-6
 
 
-@dataclass
-class OracleResult:
-    """What the oracle certifies for one batch after :meth:`Oracle.finalize` (all tensors on CPU)."""
-
-    success: torch.Tensor             # bool: success held at first sight and in every re-check
-    claimed: torch.Tensor             # bool: success seen during the attack (before the re-check)
-    queries: torch.Tensor             # long: queries spent on each sample
-    grad_queries: torch.Tensor        # long: of which forward+backward rows
-    queries_at_success: torch.Tensor  # long: query number of the first success (-1: none)
-    seconds_at_success: torch.Tensor  # float: wall time from oracle creation to first success (nan: none)
-    adversarial: torch.Tensor         # bool: an adversarial point (any distortion) was seen
-    best_x: torch.Tensor              # the best adversarial point seen (x0 where none)
-    seconds: float                    # wall time of the whole batch
-    checkpoints: tuple = ()           # the query counts of the anytime curve (sorted)
-    dist_at: Optional[torch.Tensor] = None  # float (n, len(checkpoints)): best adversarial distortion
-    #                                   within c queries (inf: none yet; inf too where the re-check failed)
-
-
 class Oracle:
     def __init__(self, model: nn.Module, x0: torch.Tensor, y: torch.Tensor, *, access: str,
                  norm: str = "linf", eps: Optional[float] = None, max_queries: int = 10_000,
@@ -92,22 +70,22 @@ class Oracle:
         if norm not in ("linf", "l2"):
             raise ValueError(f"norm must be 'linf' or 'l2', got {norm!r}")
         self._model = model
-        self.access = access
-        self.norm = norm
-        self.eps = None if eps is None else float(eps)
-        self.max_queries = int(max_queries)
-        self.stop_on_success = stop_on_success
-        self.recheck_repeats = int(recheck_repeats)
-        self.confirm_repeats = int(confirm_repeats)
+        self._access = access
+        self._norm = norm
+        self._eps = None if eps is None else float(eps)
+        self._max_queries = int(max_queries)
+        self._stop_on_success = bool(stop_on_success)
+        self._recheck_repeats = int(recheck_repeats)
+        self._confirm_repeats = int(confirm_repeats)
         if int(eot_samples) < 1:
             raise ValueError(f"eot_samples must be >= 1, got {eot_samples}")
-        self.eot_samples = int(eot_samples)
-        self.tol = tol
+        self._eot_samples = int(eot_samples)
+        self._tol = float(tol)
         self.device = x0.device
         self._x0 = x0.detach()
         self._y = y.to(self.device)
         self._targets = None if targets is None else targets.to(self.device)
-        self.targeted = targets is not None
+        self._targeted = targets is not None
         n = self.n = x0.shape[0]
         dev = self.device
         self._queries = torch.zeros(n, dtype=torch.long, device=dev)
@@ -132,6 +110,12 @@ class Oracle:
                 num_classes = int(model(self._x0[:1]).shape[1])
         self._k = int(num_classes)
 
+    def view(self, access: Optional[str] = None, observe: Optional[Callable] = None) -> "OracleView":
+        """What an attack gets: answers at ``access`` (default and ceiling: the oracle's level) and read-only facts."""
+        return OracleView(self, access or self._access, observe)
+
+    restrict = view  # what a composite attack hands a member: a view at the member's (lower) level
+
     # ------------------------------------------------------------------ what an attack may read
     # (copies: the oracle's own bookkeeping cannot be edited from outside)
     x0 = property(lambda self: self._x0.clone(), doc="The clean images of the batch.")
@@ -151,8 +135,8 @@ class Oracle:
     @property
     def active(self) -> torch.Tensor:
         """Bool per sample: still worth querying (budget left and, for eps-bounded runs, not yet successful)."""
-        done = self._queries >= self.max_queries
-        if self.stop_on_success:
+        done = self._queries >= self._max_queries
+        if self._stop_on_success:
             done = done | self._success
         return ~done
 
@@ -162,7 +146,7 @@ class Oracle:
     @property
     def remaining(self) -> torch.Tensor:
         """Queries each sample has left."""
-        return (self.max_queries - self._queries).clamp_min(0)
+        return (self._max_queries - self._queries).clamp_min(0)
 
     @property
     def num_classes(self) -> int:
@@ -185,7 +169,7 @@ class Oracle:
         the answer is the mean of the answered copies' probabilities.
         """
         self._require("scores")
-        k = self.eot_samples
+        k = self._eot_samples
         if k == 1:
             logits, ok = self._forward(x, idx)
             return self._scatter_rows(None if logits is None else logits.softmax(1), ok, x.shape[0])
@@ -222,7 +206,7 @@ class Oracle:
         BPDA), the gradient is zero: that is exactly what a naive attacker gets.
         """
         self._require("gradient")
-        k = self.eot_samples
+        k = self._eot_samples
         if k == 1:
             return self._gradient_rows(x, loss_fn, idx)
         if idx is None:
@@ -269,7 +253,7 @@ class Oracle:
         if len(sel):
             xs = self._best_x[sel]
             ok = torch.ones(len(sel), dtype=torch.bool, device=self.device)
-            for _ in range(max(1, self.recheck_repeats)):
+            for _ in range(max(1, self._recheck_repeats)):
                 with torch.no_grad():
                     pred = self._model(xs).argmax(1)
                 ok &= self._criterion(xs, sel, pred)[1]
@@ -289,8 +273,8 @@ class Oracle:
 
     # ------------------------------------------------------------------ internals
     def _require(self, level: str) -> None:
-        if _RANK[self.access] < _RANK[level]:
-            raise AccessError(f"an attack with access '{self.access}' asked for {level}-level answers")
+        if _RANK[self._access] < _RANK[level]:
+            raise AccessError(f"an attack with access '{self._access}' asked for {level}-level answers")
 
     def _admit(self, x: torch.Tensor, idx: Optional[torch.Tensor]):
         """Rows that get answered: their sample is active and still has budget for this row."""
@@ -330,11 +314,11 @@ class Oracle:
 
     def _criterion(self, x: torch.Tensor, idx: torch.Tensor, pred: torch.Tensor):
         """(is adversarial and a valid image, is that and within eps, distortion) per row."""
-        is_adv = (pred == self._targets[idx]) if self.targeted else (pred != self._y[idx])
-        in_box = (x >= -self.tol).flatten(1).all(1) & (x <= 1 + self.tol).flatten(1).all(1)
-        dist = distortion(x - self._x0[idx], self.norm)
+        is_adv = (pred == self._targets[idx]) if self._targeted else (pred != self._y[idx])
+        in_box = (x >= -self._tol).flatten(1).all(1) & (x <= 1 + self._tol).flatten(1).all(1)
+        dist = distortion(x - self._x0[idx], self._norm)
         valid = is_adv & in_box
-        within = valid if self.eps is None else valid & (dist <= self.eps + self.tol)
+        within = valid if self._eps is None else valid & (dist <= self._eps + self._tol)
         return valid, within, dist
 
     def _record(self, x: torch.Tensor, idx: torch.Tensor, rank: torch.Tensor, logits: torch.Tensor,
@@ -348,11 +332,11 @@ class Oracle:
         if gradient:
             self._grad_queries += counts
         valid, within, dist = self._criterion(x, idx, logits.argmax(1))
-        if self.confirm_repeats > 0 and bool(within.any()):
+        if self._confirm_repeats > 0 and bool(within.any()):
             rows = within.nonzero().flatten()
             ok = torch.ones(len(rows), dtype=torch.bool, device=self.device)
             with torch.no_grad():
-                for _ in range(self.confirm_repeats):
+                for _ in range(self._confirm_repeats):
                     ok &= self._criterion(x[rows], idx[rows], self._model(x[rows]).argmax(1))[1]
             within = within.clone()
             within[rows] = ok
@@ -382,6 +366,13 @@ class Oracle:
             self._best_dist[idx[rows]] = dist[rows]
 
 
+#: the referee's settings, read-only (an attack never holds the Oracle, only an OracleView; still,
+#: nothing here is writable from outside)
+for _name in ("access", "norm", "eps", "max_queries", "stop_on_success", "recheck_repeats", "confirm_repeats",
+              "eot_samples", "tol", "targeted"):
+    setattr(Oracle, _name, property(lambda self, _n=_name: getattr(self, "_" + _n), doc=f"The oracle's {_name} (read-only)."))
+del _name
+
 #: added to the ranking key of adversarial points outside the eps-ball so any point inside ranks first
 _OUTSIDE = 1e6
 
@@ -395,3 +386,4 @@ def _rank_within_group(idx: torch.Tensor, n: int) -> torch.Tensor:
     rank = torch.empty_like(rank_sorted)
     rank[order] = rank_sorted
     return rank
+

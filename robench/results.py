@@ -1,4 +1,4 @@
-"""Per-sample records -> summary -> tables, written atomically (DESIGN.md, "Results").
+"""Per-sample records -> summary -> tables, written atomically (the repository's DESIGN.md, "Results").
 
 Files of an attack run folder:
 
@@ -44,7 +44,26 @@ total_queries          queries spent on all samples
 seconds                wall time of the attack phase (all batches)
 queries_per_second     total_queries / seconds
 device, seed, robench_version, started, finished
+checkpoint             the victim's checkpoint path (or "pretrained"; null in the Python API)
+access                 the attack's declared access level, as the run's oracle enforced it
+shard, batch_size, resumed_batches, host, pid   how the run was executed
 =====================  ====================================================================
+
+Keys the evaluation protocols add (robench/protocols.py), in every attack run unless noted:
+
+=========================  ================================================================
+first_sight_success_rate   (n_success + recheck_failed) / n_attacked: successes as first seen
+recheck_repeats            fresh forward passes of the final re-check
+confirm_repeats            confirmations of a success when seen (randomized victims)
+defense_setup              {recipe, inputs: [{name, ...}], randomized, bpda, eot_samples}
+undefended_clean_accuracy  with input defenses: the model's clean accuracy without them
+adaptive, non_adaptive     adaptive protocol only: {bpda, eot_samples, confirm_repeats, n_success,
+                           success_rate, first_sight_success_rate, robust_accuracy} of each run
+detection                  detection protocol only: {detector, threshold, false_positive_rate,
+                           n_adversarial, detection_rate, success_rate_undetected, ...}
+ensemble, transfer         attack-specific figures (the attack's ``summary_extra()``)
+=========================  ================================================================
+
 """
 from __future__ import annotations
 
@@ -52,7 +71,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any, Dict, Iterable, List
+from typing import Any, Dict, Iterable, List, Optional, TypedDict
 
 import pandas as pd
 
@@ -65,6 +84,64 @@ RECORD_COLUMNS = ["index", "label", "target", "clean_pred", "attacked", "success
 # batch_seconds: wall time of that whole batch (same on each of its rows); recheck_failed: the oracle saw a
 # success that the final re-check did not confirm. With these, a run's totals are recomputable from its
 # records alone, which is what resuming and merging shards rely on (:func:`record_totals`).
+
+
+
+class Record(TypedDict, total=False):
+    """One row of records.csv (:data:`RECORD_COLUMNS`, then ``dist_at_<c>`` and protocol columns
+    such as ``detector_score``)."""
+
+    index: int
+    label: int
+    target: int
+    clean_pred: int
+    attacked: bool
+    success: bool
+    queries: int
+    grad_queries: int
+    queries_at_success: int
+    l0: float
+    l2: float
+    linf: float
+    seconds: float
+    batch: int
+    batch_seconds: float
+    recheck_failed: bool
+
+
+def new_record(index: int, label: int, target: int, clean_pred: int, attacked: bool, batch: int,
+               checkpoints: Iterable[int] = (), extra: Optional[Dict[str, Any]] = None) -> Record:
+    """A sample's record before its batch runs (nothing spent, nothing found)."""
+    nan = float("nan")
+    r: Dict[str, Any] = {"index": int(index), "label": int(label), "target": int(target), "clean_pred": int(clean_pred),
+                         "attacked": bool(attacked), "success": False, "queries": 0, "grad_queries": 0,
+                         "queries_at_success": -1, "l0": nan, "l2": nan, "linf": nan, "seconds": 0.0,
+                         "batch": int(batch), "batch_seconds": 0.0, "recheck_failed": False,
+                         **{f"{CHECKPOINT_PREFIX}{c}": nan for c in checkpoints}, **(extra or {})}
+    return r  # type: ignore[return-value]
+
+
+def attack_fields(res, x0) -> List[Dict[str, Any]]:
+    """Per attacked row of a batch, the record fields the oracle's certified result gives (``res``: an
+    :class:`~robench.oracle.OracleResult`; ``x0``: the batch's clean images, CPU)."""
+    from robench.oracle import distortion
+
+    delta = res.best_x - x0
+    d = {k: distortion(delta, k) for k in ("l0", "l2", "linf")}
+    out = []
+    for j in range(len(res.success)):
+        ok = bool(res.success[j])
+        f = {"success": ok, "queries": int(res.queries[j]), "grad_queries": int(res.grad_queries[j]),
+             "queries_at_success": int(res.queries_at_success[j]) if ok else -1,
+             "seconds": float(res.seconds_at_success[j]) if ok else res.seconds,
+             "recheck_failed": bool(res.claimed[j] and not ok)}
+        if res.adversarial[j]:
+            f.update(l0=float(d["l0"][j]), l2=float(d["l2"][j]), linf=float(d["linf"][j]))
+        for c, v in zip(res.checkpoints, res.dist_at[j].tolist()):
+            f[f"{CHECKPOINT_PREFIX}{c}"] = v if v != float("inf") else float("nan")
+        out.append(f)
+    return out
+
 
 #: metric rows of the one-run table, in display order: (key, label, format)
 TABLE_ROWS = [

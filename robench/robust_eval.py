@@ -1,9 +1,9 @@
 """End-of-training evaluation: clean and robust accuracy through the real attack path.
 
-The same pieces as ``robench attack`` (``run.run_attack``): the first ``n_samples`` test images,
+The same pieces as ``robench attack`` (the engine, robench/engine.py): the first ``n_samples`` test images,
 only the originally correct ones attacked, the registered attack (PGD-40 by default) driving an
-:class:`~robench.oracle.Oracle` at the run's budget, one ``torch.Generator`` seeded with the run's
-seed across batches of ``batch_size``. With the same seed, slice and attack parameters the robust
+:class:`~robench.oracle.Oracle` at the run's budget through :func:`robench.engine.execute`, batch b's
+``torch.Generator`` seeded from (the run's seed, b) across batches of ``batch_size``. With the same seed, slice and attack parameters the robust
 accuracy is the number ``robench attack`` reports for the checkpoint.
 """
 from __future__ import annotations
@@ -19,11 +19,9 @@ def robust_accuracy(model, splits, ecfg, budget, seed: int, device: torch.device
     """{clean_accuracy, robust_accuracy, n_samples, ...} or {} when ``eval.n_samples`` is 0."""
     from robench.config import validate_budget
     from robench.data import eval_slice
+    from robench.engine import Plan, Referee, run_all
     from robench.errors import RobenchError
-    from robench.oracle import Oracle
-    from robench.registry import ATTACKS
-    from robench.registry import instantiate
-    from robench.run import batch_seed
+    from robench.registry import ATTACKS, instantiate
     from robench.train import predict
 
     n = ecfg.get("n_samples", 500)
@@ -41,18 +39,13 @@ def robust_accuracy(model, splits, ecfg, budget, seed: int, device: torch.device
     _, x, y = eval_slice(splits, None if n is None else int(n), 0)
     model.eval()
     correct = (predict(model, x).argmax(1).cpu() == y)
-    n_success, t0 = 0, time.perf_counter()
-    for bt, s in enumerate(range(0, len(y), bs)):  # batches and seeds as robench attack draws them, so the
-        # number equals that of `robench attack` with the same attack, budget, slice and batch_size
-        sel = s + correct[s:s + bs].nonzero().flatten()
-        if len(sel) == 0:
-            continue
-        gen = torch.Generator(device=device).manual_seed(batch_seed(int(seed), bt))
-        oracle = Oracle(model, x[sel].to(device), y[sel].to(device), access=attack.access, norm=budget.norm,
-                        eps=budget.eps, max_queries=int(budget.max_queries), stop_on_success=not attack.minimizes_distortion,
-                        num_classes=splits.num_classes)
-        attack.run(oracle, gen)
-        n_success += int(oracle.finalize().success.sum())
+    t0 = time.perf_counter()
+    # batches and seeds as robench attack draws them, so the number equals that of `robench attack`
+    # with the same attack, budget, slice and batch_size: the same engine runs both
+    plan = Plan.contiguous(x, y, None, correct, bs, int(seed))
+    referee = Referee(access=attack.access, norm=budget.norm, eps=budget.eps, max_queries=int(budget.max_queries),
+                      num_classes=splits.num_classes, stop_on_success=not attack.minimizes_distortion)
+    n_success = sum(int(o.result.success.sum()) for o in run_all(attack, model, plan, referee, device) if o.result is not None)
     n_correct = int(correct.sum())
     return {"clean_accuracy": n_correct / len(y), "robust_accuracy": (n_correct - n_success) / len(y),
             "n_samples": len(y), "attack": name, "params": params, "norm": budget.norm, "eps": budget.eps,

@@ -1,35 +1,37 @@
-"""The two Hydra jobs: ``attack`` and ``train-defense``.
+"""The ``attack`` Hydra job, and the run-folder machinery it shares with :func:`robench.evaluate`.
 
-Data flows one way (DESIGN.md): config -> dataset slice -> victim -> oracle -> attack -> records ->
-summary. The attack only ever sees an :class:`~robench.oracle.Oracle`.
+Data flows one way (the repository's DESIGN.md): config -> dataset slice -> victim -> plan -> engine
+(oracle <- attack) -> records -> protocols -> summary. :func:`run_attack` turns the config into a
+:class:`~robench.engine.Plan`, a :class:`~robench.engine.Referee` and an
+:class:`~robench.protocols.Evaluation`; :func:`run_plan` runs them through the engine, writes records
+after every batch (resumable), runs the protocols' extra runs and writes the summary.
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
+import json
 import logging
-import time
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Callable, Dict, List, Optional
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 import robench
 from robench import results as R
-from robench.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint, train_command
+from robench.attacks.base import AttackContext, ClassImages
 from robench.config import resolve_device, validate_budget, validate_common, validate_names
 from robench.data import eval_slice, load_dataset, parse_shard
 from robench.data.base import eval_indices
-from robench.defenses.base import TrainingRecipe
-from robench.defenses.compose import DefendedModel, build_inputs, defense_spec
-from robench.defenses.evaluate import DefenseRun, run_batches
+from robench.engine import Plan, Referee, batch_seed, choose_targets, execute, prepare_attack, run_all  # noqa: F401
 from robench.errors import RobenchError
-from robench.models import build_model
-from robench.models.sources import build_source, source_of, source_tag, source_victim, train_summary, victim_summary
-from robench.oracle import Oracle, distortion
-from robench.registry import ATTACKS, DEFENSES, instantiate
-from robench.train import predict, train
-
+from robench.protocols import Evaluation
+from robench.registry import ATTACKS, instantiate
+from robench.train import predict
+from robench.train_job import run_train  # noqa: F401  (the train-defense job; cli.py imports it from here)
+from robench.models.sources import victim_summary
+from robench.victim import load_victim, surrogate_loader  # noqa: F401  (load_victim: kept importable from here)
 
 #: robench's own messages: Hydra's job logging sends them to <run dir>/<job name>.log (README, "Logs")
 log = logging.getLogger("robench")
@@ -43,60 +45,11 @@ def _plain(cfg: DictConfig) -> Dict[str, Any]:
     return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
 
 
-def load_victim(cfg: DictConfig, splits, device: torch.device):
-    """Model (+ weights from the conventional checkpoint of its training recipe) for (dataset, model,
-    defense), behind the defense's input transformations if any (robench/defenses/compose.py), in eval mode."""
-    spec = defense_spec(cfg.defense)
-    dcfg, mcfg, dname = _plain(cfg.dataset), _plain(cfg.model), spec.recipe
-    if source_of(mcfg):  # your own model, TorchScript, ONNX, the zoos (robench/models/sources.py)
-        model, meta = source_victim(cfg, splits, dname)
-        return (DefendedModel(model, build_inputs(spec)) if spec.inputs else model).to(device).eval(), meta
-    model = build_model(mcfg["name"], splits, mcfg.get("params"))
-    meta: Dict[str, Any] = {}
-    if (mcfg.get("params") or {}).get("pretrained") and dname == "none":
-        meta = {"source": "pretrained"}
-    else:
-        path = checkpoint_path(cfg.checkpoint_dir, dcfg, mcfg, dname)
-        meta = load_checkpoint(path, model, remake=train_command(dcfg, mcfg, dname, cfg.checkpoint_dir))
-        meta["path"] = str(path)
-    if spec.inputs:
-        model = DefendedModel(model, build_inputs(spec))
-    return model.to(device).eval(), meta
-
-
-def choose_targets(mode: Any, y: torch.Tensor, logits: torch.Tensor, num_classes: int,
-                   generator: torch.Generator, positions: torch.Tensor | None = None,
-                   n_slice: int | None = None) -> torch.Tensor:
-    """random: uniform over the other classes (seeded, never the label); least_likely: the clean
-    prediction's least-likely class; an int: that class for every sample.
-
-    Random targets are drawn for the whole unsharded slice (``n_slice`` samples) and picked at this
-    shard's ``positions``, so a sample gets the same target whether or not the slice is sharded."""
-    if mode == "random":
-        if positions is None:
-            positions, n_slice = torch.arange(len(y)), len(y)
-        off = torch.randint(1, num_classes, (int(n_slice),), generator=generator)[positions]
-        return (y + off) % num_classes
-    if mode == "least_likely":
-        return logits.argmin(1).cpu()
-    return torch.full_like(y, int(mode))
-
-
-def batch_seed(seed: int, batch: int) -> int:
-    """The seed of batch ``batch``'s generator: a hash of (run seed, global batch number), so a batch
-    draws the same random numbers whichever shard or resumed process attacks it (README, "Sharding")."""
-    import numpy as np
-
-    return int(np.random.SeedSequence([int(seed), int(batch)]).generate_state(1, dtype=np.uint64)[0])
-
-
-def _prior_run(run_dir: Path, cfg_plain: Dict[str, Any], resume: bool):
+def prior_run(run_dir: Path, cfg_plain: Dict[str, Any], resume: bool):
     """What an earlier run in this folder left: (summary or None, records of completed batches).
 
     With ``resume`` (the default) a folder holding the same config continues where it stopped; a
     folder holding a different config is refused (one line naming the keys that differ)."""
-    import json
-
     import yaml
 
     cfg_file, rec_file = run_dir / "config.yaml", run_dir / "records.csv"
@@ -123,16 +76,10 @@ def prefix_with_n_correct(correct: torch.Tensor, n: int) -> int:
 
 
 def run_attack(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    console = Console(stderr=True)
-    quiet = bool(cfg.get("quiet", False))
-    multirun = _in_multirun()
     validate_common(cfg)
     validate_budget(cfg.budget, cfg.dataset.get("num_classes"))
     validate_names(cfg, ("dataset", "model", "attack"))
-    defended = DefenseRun(cfg)  # validates the defense group (recipe, input transformations, detector)
+    ev = Evaluation(cfg)  # validates the defense group (recipe, input transformations, detector)
     parse_shard(cfg.dataset.get("shard"))
     n_correct = cfg.get("n_correct")
     if n_correct is not None and (not isinstance(n_correct, int) or isinstance(n_correct, bool) or n_correct < 1):
@@ -140,6 +87,7 @@ def run_attack(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     if n_correct is not None and cfg.dataset.get("shard"):
         raise RobenchError("n_correct cuts the slice after its n-th correct sample and cannot be combined with "
                            "dataset.shard: use dataset.n_samples with shards")
+
     def make_attack():
         return instantiate(ATTACKS, cfg.attack.name, _plain(cfg.attack).get("params"), "attack")
 
@@ -149,11 +97,14 @@ def run_attack(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
         raise RobenchError(f"attack.batch_size must be >= 1, got {batch_size}")
     device = resolve_device(cfg.device)
     started = _now()
-    prior_summary, prior_records = _prior_run(run_dir, _plain(cfg), bool(cfg.get("resume", True)))
+    quiet = bool(cfg.get("quiet", False))
+    prior_summary, prior_records = prior_run(run_dir, _plain(cfg), bool(cfg.get("resume", True)))
     if prior_summary is not None:  # a finished run: skip it (re-running an interrupted sweep)
         log.info("%s: complete already (summary.json), skipped", run_dir)
         if not quiet:
-            console.print(f"[dim]skipped {run_dir}: complete already[/dim]")
+            from rich.console import Console
+
+            Console(stderr=True).print(f"[dim]skipped {run_dir}: complete already[/dim]")
         return prior_summary
     R.atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
 
@@ -164,11 +115,10 @@ def run_attack(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     pos = idx - offset  # positions in the full, unsharded slice: batch b = positions [b*B, (b+1)*B)
     n_slice = len(eval_indices(len(splits.test), n_samples, offset, None))
     model, meta = load_victim(cfg, splits, device)
-    bpda, eot_samples = defended.prepare(model, attack, cfg.attack, splits)  # seeds, BPDA switch, EOT, detector
-    context = {"cfg": cfg, "splits": splits, "device": device, "num_classes": splits.num_classes}
-    if hasattr(attack, "bind"):  # hook: attacks that need the job's context (transfer's surrogate,
-        # hard-label attacks' target-class training images)
-        attack.bind(context)
+    ev.prepare(model, attack, cfg.attack, splits, x)  # pre-flight, seeds, BPDA switch, EOT, detector
+    context = AttackContext(device=device, class_images=ClassImages(splits.train),
+                            load_surrogate=surrogate_loader(cfg.checkpoint_dir, _plain(cfg.dataset), splits, device))
+    prepare_attack(attack, context)
     logits = predict(model, x).cpu()
     clean_pred = logits.argmax(1)
     if n_correct is not None:  # the slice ends at its n-th originally-correct sample
@@ -176,131 +126,127 @@ def run_attack(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
         idx, x, y, logits, clean_pred = idx[:cut], x[:cut], y[:cut], logits[:cut], clean_pred[:cut]
         pos, n_slice = pos[:cut], cut
     b = cfg.budget
-    gen_cpu = torch.Generator().manual_seed(int(cfg.seed))
-    targets = (choose_targets(b.target, y, logits, splits.num_classes, gen_cpu, pos, n_slice)
-               if b.targeted else None)
+    targets = (choose_targets(b.target, y, logits, splits.num_classes, torch.Generator().manual_seed(int(cfg.seed)),
+                              pos, n_slice) if b.targeted else None)
     attacked = (clean_pred == y) if cfg.get("correct_only", True) else torch.ones_like(y, dtype=torch.bool)
     if targets is not None:
         attacked &= targets != y  # a target equal to the label is no attack at all
-
-    batch_of = (pos // batch_size).tolist()
-    # anytime curve (hard-label / minimal-distortion attacks): best distortion at these query counts
-    cps = b.get("checkpoints")
+    plan = Plan(x, y, targets, attacked, (pos // batch_size).tolist(), int(cfg.seed))
+    cps = b.get("checkpoints")  # anytime curve (minimal-distortion attacks): best distortion at these query counts
     cps = sorted({int(c) for c in cps}) if cps is not None else (
         R.default_checkpoints(int(b.max_queries)) if attack.minimizes_distortion else [])
+    referee = Referee(access=attack.access, norm=b.norm, eps=b.eps, max_queries=int(b.max_queries),
+                      num_classes=splits.num_classes, stop_on_success=not attack.minimizes_distortion,
+                      recheck_repeats=ev.recheck_repeats, confirm_repeats=ev.confirm_repeats,
+                      eot_samples=ev.eot_samples, checkpoints=tuple(cps))
+    meta_summary = {"attack": cfg.attack.name, "model": cfg.model.name, "dataset": cfg.dataset.name,
+                    "defense": ev.label, "targeted": bool(b.targeted), "target": b.target if b.targeted else None,
+                    "seed": int(cfg.seed), "started": started, "checkpoint": meta.get("path", meta.get("source")),
+                    "shard": cfg.dataset.get("shard"),
+                    "victim": victim_summary(cfg, meta, splits)}  # model source, name, weights sha256 (models/sources.py)
 
-    records: List[Dict[str, Any]] = [
-        {"index": int(i), "label": int(l), "target": -1 if targets is None else int(targets[k]),
-         "clean_pred": int(p), "attacked": bool(a), "success": False, "queries": 0, "grad_queries": 0,
-         "queries_at_success": -1, "l0": float("nan"), "l2": float("nan"), "linf": float("nan"), "seconds": 0.0,
-         "batch": batch_of[k], "batch_seconds": 0.0, "recheck_failed": False,
-         **{f"{R.CHECKPOINT_PREFIX}{c}": float("nan") for c in cps}, **defended.record_columns()}
-        for k, (i, l, p, a) in enumerate(zip(idx, y, clean_pred, attacked))]
-    batches: Dict[int, List[int]] = {}
-    for k, bt in enumerate(batch_of):
-        batches.setdefault(bt, []).append(k)
-    done = _restore(records, batches, prior_records)
+    def fresh_attack():  # a protocol's extra run gets its own instance, prepared like the main one
+        a = make_attack()
+        prepare_attack(a, context)
+        return a
+
+    summary, _, _ = run_plan(attack, fresh_attack, model, plan, idx, clean_pred, referee, ev, device, meta_summary,
+                             run_dir=run_dir, prior_records=prior_records, batch_size=batch_size,
+                             progress=bool(cfg.get("progress", True)) and not quiet, quiet=quiet, multirun=_in_multirun())
+    return summary
+
+
+def run_plan(attack, make_attack: Callable[[], Any], model, plan: Plan, idx: torch.Tensor, clean_pred: torch.Tensor,
+             referee: Referee, ev: Evaluation, device, meta: Dict[str, Any], *, run_dir: Optional[Path] = None,
+             prior_records: Optional[List[Dict[str, Any]]] = None, batch_size: int = 1000, progress: bool = True,
+             quiet: bool = False, multirun: bool = False, announce: bool = True):
+    """Run ``attack`` over ``plan`` through the engine and summarize: returns (summary, records, best points).
+
+    With ``run_dir`` the run folder gets records.csv and progress.json after every batch (batches
+    already in ``prior_records`` are restored, not re-run), then summary.json / summary.md; the
+    protocols of ``ev`` add their columns, run their declared extra runs and merge their keys.
+    ``best`` holds each sample's best adversarial point (its clean image where none was seen; NaN
+    for batches restored from an earlier process)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    console = Console(stderr=True)
+    targets = plan.targets
+    extra_cols = ev.record_columns()
+    records = [R.new_record(int(i), int(l), -1 if targets is None else int(targets[k]), int(p), bool(a), plan.batch_of[k],
+                            referee.checkpoints, extra_cols)
+               for k, (i, l, p, a) in enumerate(zip(idx.tolist(), plan.y.tolist(), clean_pred.tolist(), plan.attacked.tolist()))]
+    batches = plan.batches
+    done = _restore(records, batches, prior_records or [])
     resumed = len(done)
+    best = plan.x.clone()
+    for bt in done:
+        best[batches[bt]] = float("nan")
     if done:
-        log.info("resuming %s: %d of %d batches complete, %d to go", run_dir, len(done), len(batches),
-                 len(batches) - len(done))
-        if not quiet and not multirun:
+        log.info("resuming %s: %d of %d batches complete, %d to go", run_dir, len(done), len(batches), len(batches) - len(done))
+        if not quiet and not multirun and announce:
             console.print(f"resuming: {len(done)} of {len(batches)} batches already complete")
-    log.info("%s on %s/%s/%s: %d samples (indices %d..%d), %d batch(es) of up to %d, seed %d",
-             cfg.attack.name, cfg.dataset.name, cfg.model.name, defended.label, len(idx), int(idx[0]),
-             int(idx[-1]), len(batches), batch_size, int(cfg.seed))
+    log.info("%s on %s/%s/%s: %d samples (indices %d..%d), %d batch(es) of up to %d, seed %d", meta["attack"],
+             meta["dataset"], meta["model"], ev.label, len(idx), int(idx[0]), int(idx[-1]), len(batches), batch_size, plan.seed)
 
     def flush():  # rows of completed batches only, atomically: nothing finished is lost, nothing doubled
+        if run_dir is None:
+            return
         R.write_records(run_dir / "records.csv", [records[k] for bt in sorted(done) for k in batches[bt]])
         n_att = sum(records[k]["attacked"] for bt in done for k in batches[bt])
         n_succ = sum(records[k]["success"] for bt in done for k in batches[bt])
-        R.atomic_write_text(run_dir / "progress.json", __import__("json").dumps({
+        R.atomic_write_text(run_dir / "progress.json", json.dumps({
             "batches_done": len(done), "batches_total": len(batches), "samples_done": sum(len(batches[bt]) for bt in done),
             "samples_total": len(records), "attacked_done": int(n_att), "success": int(n_succ),
-            "status": "done" if len(done) == len(batches) else "running", "attack": cfg.attack.name}) + "\n")
-
-    def new_oracle(att, sel: torch.Tensor, eot: int, confirm: int, checkpoints=()) -> Oracle:
-        """The referee for rows ``sel`` of the slice (the main run, and the adaptive report's re-run)."""
-        return Oracle(model, x[sel].to(device), y[sel].to(device), access=att.access, norm=b.norm, eps=b.eps,
-                      max_queries=int(b.max_queries), targets=None if targets is None else targets[sel].to(device),
-                      stop_on_success=not att.minimizes_distortion, recheck_repeats=defended.recheck_repeats,
-                      num_classes=splits.num_classes, eot_samples=eot if att.access != "label" else 1,
-                      checkpoints=checkpoints, confirm_repeats=confirm)
+            "status": "done" if len(done) == len(batches) else "running", "attack": meta["attack"]}) + "\n")
 
     flush()
-    todo_total = int(attacked.sum())
-    with Progress(TextColumn(f"[bold]{cfg.attack.name}"), BarColumn(), MofNCompleteColumn(),
+    with Progress(TextColumn(f"[bold]{meta['attack']}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("success {task.fields[rate]}"), TimeElapsedColumn(),
-                  console=console, disable=quiet or multirun or not cfg.get("progress", True)) as bar:
+                  console=console, disable=multirun or not progress) as bar:
         n_done = sum(records[k]["attacked"] for bt in done for k in batches[bt])
         n_succ = sum(records[k]["success"] for bt in done for k in batches[bt])
-        task = bar.add_task("attack", total=todo_total, completed=n_done,
+        task = bar.add_task("attack", total=int(plan.attacked.sum()), completed=n_done,
                             rate=f"{n_succ / n_done:.1%}" if n_done else "-")
-        for bt in sorted(batches):
-            if bt in done:
-                continue
-            rows = batches[bt]
-            sel = torch.tensor([k for k in rows if records[k]["attacked"]], dtype=torch.long)
-            gen = torch.Generator(device=device).manual_seed(batch_seed(int(cfg.seed), bt))
-            batch_secs = 0.0
-            if len(sel):
-                oracle = new_oracle(attack, sel, eot_samples, defended.confirm_repeats, cps)
-                attack.run(oracle, gen)
-                res = oracle.finalize()
-                batch_secs = res.seconds
-                delta = res.best_x - x[sel]
-                d = {k: distortion(delta, k) for k in ("l0", "l2", "linf")}
-                for j, k in enumerate(sel.tolist()):
-                    r = records[k]
-                    r.update(success=bool(res.success[j]), queries=int(res.queries[j]), grad_queries=int(res.grad_queries[j]),
-                             queries_at_success=int(res.queries_at_success[j]) if res.success[j] else -1,
-                             seconds=float(res.seconds_at_success[j]) if res.success[j] else res.seconds,
-                             recheck_failed=bool(res.claimed[j] and not res.success[j]))
-                    if res.adversarial[j]:
-                        r.update(l0=float(d["l0"][j]), l2=float(d["l2"][j]), linf=float(d["linf"][j]))
-                    for c, v in zip(res.checkpoints, res.dist_at[j].tolist()):
-                        r[f"{R.CHECKPOINT_PREFIX}{c}"] = v if v != float("inf") else float("nan")
-                for j, extra in enumerate(defended.after_batch(res)):  # e.g. the detector's score of the point
-                    records[sel[j].item()].update(extra)
-            for k in rows:
-                records[k]["batch_seconds"] = batch_secs
-            done.add(bt)
+        for out in execute(attack, model, plan, referee, device, skip=done, after=ev.after_batch):
+            for k, f in zip(out.rows.tolist(), out.fields):
+                records[k].update(f)
+            if out.result is not None:
+                best[out.rows] = out.result.best_x
+            for k in batches[out.batch]:
+                records[k]["batch_seconds"] = out.seconds
+            done.add(out.batch)
             flush()  # after every batch: nothing finished is lost
-            n_done += len(sel)
-            n_succ += int(sum(records[k]["success"] for k in sel.tolist()))
-            log.info("batch %d done (%d/%d): %d attacked, %d successes so far of %d, %.2fs", bt, len(done),
-                     len(batches), len(sel), n_succ, n_done, batch_secs)
-            bar.update(task, advance=len(sel), rate=f"{n_succ / n_done:.1%}" if n_done else "-")
+            n_done += len(out.rows)
+            n_succ += sum(f["success"] for f in out.fields)
+            log.info("batch %d done (%d/%d): %d attacked, %d successes so far of %d, %.2fs", out.batch, len(done),
+                     len(batches), len(out.rows), n_succ, n_done, out.seconds)
+            bar.update(task, advance=len(out.rows), rate=f"{n_succ / n_done:.1%}" if n_done else "-")
 
     totals = R.record_totals(records)
-    budget_label = f"{b.norm}_{b.eps}" + ("_targeted" if b.targeted else "")
+    budget_label = f"{referee.norm}_{referee.eps}" + ("_targeted" if meta["targeted"] else "")
     summary = R.summarize(records, {
-        "attack": cfg.attack.name, "model": cfg.model.name, "dataset": cfg.dataset.name, "defense": defended.label,
-        "budget": budget_label, "norm": b.norm, "eps": b.eps, "max_queries": int(b.max_queries),
-        "targeted": bool(b.targeted), "target": b.target if b.targeted else None, "seconds": totals["seconds"],
-        "recheck_failed": totals["recheck_failed"], "device": str(device), "seed": int(cfg.seed),
-        "robench_version": robench.__version__, "started": started, "finished": _now()})
-    summary["checkpoint"] = meta.get("path", meta.get("source"))
-    summary.update(victim_summary(cfg, meta, splits))  # model source, name, weights sha256 (models/sources.py)
-    summary["access"] = attack.access
-    summary["shard"] = cfg.dataset.get("shard")
+        **{k: meta[k] for k in ("attack", "model", "dataset", "defense")}, "budget": budget_label, "norm": referee.norm,
+        "eps": referee.eps, "max_queries": referee.max_queries, "targeted": meta["targeted"], "target": meta["target"],
+        "seconds": totals["seconds"], "recheck_failed": totals["recheck_failed"], "device": str(device),
+        "seed": plan.seed, "robench_version": robench.__version__, "started": meta["started"], "finished": _now()})
+    summary["checkpoint"] = meta.get("checkpoint")
+    summary.update(meta.get("victim") or {})
+    summary["access"] = referee.access  # the run's referee, not the attack object
+    summary["shard"] = meta.get("shard")
     summary["batch_size"] = batch_size
     summary["resumed_batches"] = resumed
     summary["host"], summary["pid"] = __import__("socket").gethostname(), __import__("os").getpid()
-    if hasattr(attack, "summary_extra"):  # hook: attack-specific figures (e.g. ensemble contributions)
+    if hasattr(attack, "summary_extra"):  # attack-specific figures (e.g. ensemble contributions)
         summary.update(attack.summary_extra())
-
-    def rerun(bpda_: bool, eot_: int, confirm_: int):  # the adaptive report's second, non-adaptive run
-        again = make_attack()
-        if hasattr(again, "bind"):
-            again.bind(context)
-        plan = [(bt, torch.tensor([k for k in batches[bt] if records[k]["attacked"]], dtype=torch.long))
-                for bt in sorted(batches)]
-        return run_batches(again, plan, lambda sel: new_oracle(again, sel, eot_, confirm_),
-                           seed_of=lambda bt: batch_seed(int(cfg.seed), bt), device=device)
-
-    defended.finish(summary, records, x, run_dir, rerun=rerun)
-    R.write_summary(run_dir, summary)
+    extra = {}
+    for run in ev.extra_runs():  # e.g. the adaptive protocol's non-adaptive run, through the same engine
+        run.before()
+        extra[run.name] = run_all(make_attack(), model, plan, dataclasses.replace(referee, **run.referee), device)
+        run.after()
+    ev.merge(summary, records, plan.x, run_dir, extra)
+    if run_dir is not None:
+        R.write_summary(run_dir, summary)
     log.info("finished: success rate %s, robust accuracy %s\n%s", summary["success_rate"],
              summary["robust_accuracy"], R.summary_markdown(summary))
     if quiet:
@@ -309,8 +255,9 @@ def run_attack(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
         print(R.one_line(summary, run_dir), flush=True)
     else:
         R.print_summary(summary)
-    defended.report(run_dir, summary, show=not (quiet or multirun))
-    return summary
+    if run_dir is not None:
+        ev.report(run_dir, summary, show=not (quiet or multirun))
+    return summary, records, best
 
 
 def _restore(records: List[Dict[str, Any]], batches: Dict[int, List[int]], prior: List[Dict[str, Any]]) -> set:
@@ -342,101 +289,3 @@ def _in_multirun() -> bool:
         return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
     except Exception:  # outside a Hydra app (tests calling run_attack directly)
         return False
-def _checkpoint_model(cfg: DictConfig, splits, defense_name: str, what: str):
-    """The run's (dataset, model) architecture with the weights ``defense=<defense_name>`` trained;
-    a missing checkpoint fails in one line with the command that makes it."""
-    dcfg, mcfg = _plain(cfg.dataset), _plain(cfg.model)
-    model = build_source(mcfg, splits)[0] if source_of(mcfg) else build_model(mcfg["name"], splits, mcfg.get("params"))
-    path = checkpoint_path(cfg.checkpoint_dir, dcfg, source_tag(mcfg) if source_of(mcfg) else mcfg, defense_name)
-    if not path.exists():
-        raise RobenchError(f"{what}: no checkpoint at {path}; create it first with "
-                           f"`{train_command(dcfg, mcfg, defense_name, cfg.checkpoint_dir)}`")
-    load_checkpoint(path, model, remake=train_command(dcfg, mcfg, defense_name, cfg.checkpoint_dir))
-    return model
-
-
-def _train_fingerprint(cfg: DictConfig) -> str:
-    """What decides the weights (resume only continues a run with the same one)."""
-    import hashlib
-
-    full = _plain(cfg)
-    keep = {k: full.get(k) for k in ("dataset", "model", "defense", "train", "seed")}
-    for k in ("resume", "amp", "channels_last"):
-        keep["train"].pop(k, None)
-    for k in ("n_samples", "offset", "shard"):  # evaluation slice only
-        keep["dataset"].pop(k, None)
-    return hashlib.sha256(repr(sorted(keep.items())).encode()).hexdigest()[:16]
-
-
-def run_train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
-    from rich.console import Console
-    from rich.table import Table
-
-    from robench.defenses.base import TrainContext
-    from robench.robust_eval import robust_accuracy
-
-    validate_common(cfg)
-    validate_names(cfg, ("dataset", "model"))
-    device = resolve_device(cfg.device)
-    spec = defense_spec(cfg.defense)
-    dname = spec.recipe
-    if spec.inputs or spec.detector:
-        extra = ", ".join([n for n, _ in spec.inputs] + ([spec.detector[0]] if spec.detector else []))
-        raise RobenchError(f"defense={spec.label}: {extra} act(s) at attack time, not in training; train the model "
-                           f"behind it with defense={dname}")
-    recipe = instantiate(DEFENSES, dname, spec.recipe_params, "defense")
-    if not isinstance(recipe, TrainingRecipe):
-        raise RobenchError(f"defense '{dname}' is an input transformation, not a training recipe: nothing to train")
-    R.atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    splits = load_dataset(cfg.dataset)
-    dcfg, mcfg = _plain(cfg.dataset), _plain(cfg.model)
-    recipe.bind(TrainContext(cfg=cfg, splits=splits, device=device,
-                             load_model=lambda d: _checkpoint_model(cfg, splits, d, f"defense '{dname}' needs '{d}'")))
-    torch.manual_seed(int(cfg.seed))
-    model = build_source(mcfg, splits)[0] if source_of(mcfg) else build_model(mcfg["name"], splits, mcfg.get("params"))
-    init_from = cfg.train.get("init_from")
-    if init_from and init_from != dname:  # a sweep over defense=none,pgd_at may set it once for all
-        model.load_state_dict(_checkpoint_model(cfg, splits, init_from, f"train.init_from={init_from}").state_dict())
-    path = checkpoint_path(cfg.checkpoint_dir, dcfg, source_tag(mcfg) if source_of(mcfg) else mcfg, dname)
-    state_path = path.with_name(path.name + ".resume")
-    started = _now()
-    quiet = bool(cfg.get("quiet", False))
-    m = train(model, recipe, splits, cfg.train, device, int(cfg.seed), log_path=run_dir / "train_log.csv",
-              progress=bool(cfg.get("progress", True)) and not quiet and not _in_multirun(), state_path=state_path, fingerprint=_train_fingerprint(cfg))
-    ev = robust_accuracy(model, splits, cfg.get("eval") or {}, cfg.budget, int(cfg.seed), device) if "budget" in cfg else {}
-    robust = {"robust_accuracy": ev.get("robust_accuracy"), "eval_clean_accuracy": ev.get("clean_accuracy"),
-              "robust_eval": {k: v for k, v in ev.items() if k not in ("clean_accuracy", "robust_accuracy")} or None}
-    base = {"model": mcfg["name"], "model_params": dict(mcfg.get("params") or {}), "dataset": dcfg["name"],
-            "defense": dname, "defense_params": spec.recipe_params or {},
-            "clean_accuracy": m["clean_accuracy"], "train_accuracy": m["train_accuracy"],
-            "train_adv_accuracy": m["train_adv_accuracy"], **robust, "epochs": m["epochs"],
-            "early_stopped_at_epoch": m["early_stopped_at_epoch"],
-            "train_seconds": m["seconds"], "init_from": init_from if init_from != dname else None, "seed": int(cfg.seed)}
-    meta = {"robench_version": robench.__version__, "dataset_source": dcfg.get("source"), **base,
-            "created": _now(), "config": OmegaConf.to_yaml(cfg, resolve=True)}
-    save_checkpoint(path, model, meta)
-    state_path.unlink(missing_ok=True)  # the checkpoint is safe: nothing left to resume
-    summary = {"schema_version": R.SCHEMA_VERSION, "command": "train-defense", **base, "seconds": m["seconds"],
-               "resumed_from_epoch": m["resumed_from_epoch"], "checkpoint": str(path), "device": str(device),
-               "robench_version": robench.__version__, "started": started, "finished": _now()}
-    summary.update(train_summary(cfg, path, splits))  # model source, name, sha256s (models/sources.py)
-    R.atomic_write_text(run_dir / "summary.json", __import__("json").dumps(summary, indent=2, default=str) + "\n")
-    log.info("train-defense %s on %s/%s: train accuracy %.4f, clean accuracy %.4f, checkpoint %s", dname,
-             dcfg["name"], mcfg["name"], m["train_accuracy"], m["clean_accuracy"], path)
-    if quiet:
-        return summary
-    t = Table(title=f"train-defense {dname}: {dcfg['name']}/{mcfg['name']}")
-    t.add_column("metric")
-    t.add_column("value", justify="right")
-    rows = [("train accuracy", f"{m['train_accuracy']:.2%}"), ("test (clean) accuracy", f"{m['clean_accuracy']:.2%}")]
-    if ev:
-        p = ev["params"]
-        rows.append((f"robust accuracy ({ev['attack']}-{p.get('steps', '?')}, {ev['norm']} {ev['eps']}, "
-                     f"{ev['n_samples']} test images)", f"{ev['robust_accuracy']:.2%}"))
-    if m["early_stopped_at_epoch"] is not None:
-        rows.append(("early stop", f"epoch {m['early_stopped_at_epoch'] + 1} overfitted: kept epoch {m['early_stopped_at_epoch']}"))
-    rows += [("epochs", str(m["epochs"])), ("training seconds", f"{m['seconds']:.1f}"), ("checkpoint", str(path))]
-    for k, v in rows:
-        t.add_row(k, v)
-    Console().print(t)
-    return summary

@@ -110,7 +110,9 @@ def test_signopt_targeted_starts_from_target_class_images(victim, test_xy, split
     o = rec.spy(Oracle(rec, x0, y, access="label", norm="l2", eps=None, max_queries=1000, targets=t,
                        stop_on_success=False, num_classes=10, checkpoints=[1000]))
     a = SignOPT()
-    a.bind({"splits": splits})
+    from robench.attacks.base import AttackContext, ClassImages
+
+    a.prepare(AttackContext(class_images=ClassImages(splits.train)))
     a.run(o, torch.Generator().manual_seed(0))
     rec.enabled = False
     r = o.finalize()

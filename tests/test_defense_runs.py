@@ -50,7 +50,7 @@ def test_composition_keeps_the_recipe_checkpoint(monkeypatch, splits, tmp_path):
 
     from robench.checkpoint import checkpoint_path, save_checkpoint
     from robench.models import build_model
-    from robench.run import load_victim
+    from robench.victim import load_victim
 
     monkeypatch.setitem(DEFENSES._items, "dummy_at", DummyAT)
     cfg = compose("defense=[none,jpeg]", f"checkpoint_dir={tmp_path}")
@@ -113,7 +113,7 @@ def test_randomized_defense_rechecks_three_times(ckpt_dir, tmp_path):
 
 
 def test_recheck_and_confirm_settings(victim):
-    from robench.defenses.evaluate import DefenseRun
+    from robench.protocols import Evaluation as DefenseRun
     from robench.registry import ATTACKS
 
     pgd = ATTACKS.get("pgd")()

@@ -1,26 +1,94 @@
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Optional, Tuple
+
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from robench.oracle import Oracle
+from robench.oracle import OracleView
+
+#: what an attack may ask the engine for, beyond its oracle view (``Attack.requires``)
+CONTEXT_NEEDS = ("class_images", "surrogate")
+
+
+class ClassImages:
+    """Training-split images by class, drawn on demand (targeted hard-label initialisation [cheng2019opt §2.5]:
+    "100 samples in target class from training dataset"). Built lazily from a dataset
+    of (image, label) pairs; the attack never sees the dataset object or the run's config."""
+
+    def __init__(self, dataset):
+        self._dataset = dataset
+        self._xy: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
+
+    def _all(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        if self._xy is None:
+            from torch.utils.data import DataLoader
+
+            self._xy = tuple(map(torch.cat, zip(*[(a, b) for a, b in DataLoader(self._dataset, batch_size=1000)])))
+        return self._xy
+
+    def draw(self, classes: torch.Tensor, n: int, gen: torch.Generator) -> Optional[torch.Tensor]:
+        """(len(classes), n, C, H, W) images of each class (CPU), without replacement and cycled when a
+        class has fewer than ``n``; None when some class has no image. ``gen`` seeds a CPU generator."""
+        xs, ys = self._all()
+        cpu = torch.Generator().manual_seed(int(torch.randint(2 ** 31 - 1, (1,), generator=gen, device=gen.device)))
+        out = []
+        for c in classes.tolist():
+            pool = (ys == c).nonzero().flatten()
+            if len(pool) == 0:
+                return None
+            out.append(xs[pool[torch.randperm(len(pool), generator=cpu)[:n]]])
+            if len(out[-1]) < n:
+                out[-1] = out[-1].repeat((n + len(out[-1]) - 1) // len(out[-1]), 1, 1, 1)[:n]
+        return torch.stack(out)
+
+
+@dataclass(frozen=True)
+class AttackContext:
+    """The narrow context the engine hands to :meth:`Attack.prepare`: only what the attack declared in
+    ``requires`` is filled in (None otherwise). Never the run's config, the victim or the test split.
+
+    * ``class_images``: a :class:`ClassImages` over the training split (``requires`` "class_images");
+    * ``load_surrogate(spec) -> (model, label, checkpoint path)``: builds a surrogate model from a spec
+      ``{model, params, defense, checkpoint}`` (``requires`` "surrogate"; transfer);
+    * ``device``: where the victim runs.
+    """
+
+    device: torch.device = torch.device("cpu")
+    class_images: Optional[ClassImages] = None
+    load_surrogate: Optional[Callable[[Dict[str, Any]], Tuple[nn.Module, str, str]]] = None
 
 
 class Attack:
     """Base class. Subclasses set ``access`` and implement :meth:`run`.
 
-    ``run(oracle, generator)`` drives the oracle and returns nothing the benchmark trusts: success,
-    query counts and the adversarial examples are whatever the oracle observed.
+    ``run(oracle, generator)`` drives an :class:`~robench.oracle.OracleView` (the oracle's answers at
+    ``access``, nothing more) and returns nothing the benchmark trusts: success, query counts and the
+    adversarial examples are whatever the oracle observed.
 
     ``minimizes_distortion``: False for eps-bounded attacks (the oracle stops answering a sample once
     it has succeeded), True for minimal-perturbation attacks that keep shrinking the distortion of an
     adversarial point (C&W, DeepFool, hard-label attacks).
+
+    ``eps_policy``: what the attack needs of ``budget.eps``: ``"any"`` (default), ``"finite"`` (an
+    eps-ball, e.g. the ensemble) or ``"null"`` (not eps-bounded, e.g. gaussian_noise); the contract
+    test (tests/test_contract.py) picks its budget from it.
+
+    ``requires``: names from :data:`CONTEXT_NEEDS` the attack needs beyond its view; the engine fills
+    them into the :class:`AttackContext` it passes to :meth:`prepare` once, before the first batch.
     """
 
     access: str = "gradient"
     minimizes_distortion: bool = False
+    requires: Tuple[str, ...] = ()
+    eps_policy: str = "any"
 
-    def run(self, oracle: Oracle, generator: torch.Generator) -> None:
+    def prepare(self, context: AttackContext) -> None:
+        """Receive the declared context (default: nothing to do)."""
+
+    def run(self, oracle: OracleView, generator: torch.Generator) -> None:
         raise NotImplementedError
 
 

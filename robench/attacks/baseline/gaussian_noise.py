@@ -26,6 +26,7 @@ class GaussianNoise(Attack):
     """
 
     access = "label"
+    eps_policy = "null"
 
     def __init__(self, sigma: float = 1.0, draws: int = 1):
         if sigma <= 0 or draws < 1:

@@ -1,47 +1,22 @@
 from __future__ import annotations
 
 import time
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Tuple
 
 import torch
 
 from robench.attacks.base import Attack
 from robench.errors import RobenchError
-from robench.oracle import _RANK, AccessError, Oracle
+from robench.oracle import _RANK, OracleView
 from robench.registry import ATTACKS
 
 
-class MemberView:
-    """What one ensemble member sees: the shared oracle, restricted to the member's access level.
-
-    Every query goes to the same oracle (same counts, same budget, same success judging, same best
-    point); only answers above the member's declared access are refused, as the oracle itself would.
-    """
-
-    def __init__(self, oracle: Oracle, access: str):
-        self._oracle, self.access = oracle, access
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._oracle, name)
-
-    def _need(self, level: str) -> None:
-        if _RANK[self.access] < _RANK[level]:
-            raise AccessError(f"an attack with access '{self.access}' asked for {level}-level answers")
-
-    def labels(self, x, idx=None):
-        return self._oracle.labels(x, idx)
-
-    def scores(self, x, idx=None):
-        self._need("scores")
-        return self._oracle.scores(x, idx)
-
-    def logits(self, x, idx=None):
-        self._need("gradient")
-        return self._oracle.logits(x, idx)
-
-    def gradient(self, x, loss_fn, idx=None):
-        self._need("gradient")
-        return self._oracle.gradient(x, loss_fn, idx)
+def MemberView(oracle, access: str) -> OracleView:
+    """What one ensemble member sees: the shared oracle's view restricted to the member's access level
+    (public API: :meth:`OracleView.restrict`). Every query goes to the same oracle (same counts, same
+    budget, same success judging, same best point); answers above the member's level are refused."""
+    view = oracle if isinstance(oracle, OracleView) else oracle.view()
+    return view.restrict(access)
 
 
 def _member_spec(spec: Any) -> tuple[str, Dict[str, Any]]:
@@ -77,6 +52,7 @@ class Ensemble(Attack):
     """
 
     minimizes_distortion = False
+    eps_policy = "finite"
 
     def __init__(self, attacks: List[Any]):
         from robench.registry import instantiate
@@ -101,20 +77,25 @@ class Ensemble(Attack):
         self.labels = labels
         self.stats = [{"attack": l, "success": 0, "queries": 0, "seconds": 0.0} for l in labels]
 
-    def bind(self, context: Dict[str, Any]) -> None:
-        """Forward the job's context to members that need it (e.g. ``transfer``)."""
-        for _, m in self.members:
-            if hasattr(m, "bind"):
-                m.bind(context)
+    @property
+    def requires(self) -> Tuple[str, ...]:  # type: ignore[override]
+        """The union of the members' needs (e.g. ``transfer``'s surrogate)."""
+        return tuple(sorted({r for _, m in self.members for r in getattr(m, "requires", ())}))
 
-    def run(self, oracle: Oracle, generator: torch.Generator) -> None:
+    def prepare(self, context) -> None:
+        """Forward the engine's context to the members."""
+        for _, m in self.members:
+            if hasattr(m, "prepare"):
+                m.prepare(context)
+
+    def run(self, oracle: OracleView, generator: torch.Generator) -> None:
         if oracle.eps is None:
             raise RobenchError("ensemble needs a finite budget.eps: it reports robust accuracy at that eps")
         for (name, member), st in zip(self.members, self.stats):
             if not bool(oracle.active.any()):
                 break
             before, q0, t0 = oracle.success, oracle.queries, time.perf_counter()
-            member.run(MemberView(oracle, member.access), generator)
+            member.run(oracle.restrict(member.access), generator)
             st["success"] += int((oracle.success & ~before).sum())
             st["queries"] += int((oracle.queries - q0).sum())
             st["seconds"] += time.perf_counter() - t0

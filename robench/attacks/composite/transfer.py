@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Dict, Optional
 
 import torch
@@ -9,24 +8,23 @@ from torch import nn
 from robench.attacks.base import Attack
 from robench.attacks.whitebox.pgd import project
 from robench.errors import RobenchError
-from robench.oracle import Oracle
+from robench.oracle import Oracle, OracleView
 from robench.registry import ATTACKS
 
 
-class SurrogateOracle(Oracle):
-    """A local oracle around the surrogate that also remembers the last row evaluated for each sample
-    (the crafting attack's final proposal). Its queries are the attacker's own, not the victim's."""
+class LastProposal:
+    """Remembers the last row evaluated for each sample (the crafting attack's final proposal), fed by
+    the surrogate oracle view's public ``observe`` hook."""
 
-    def __init__(self, *a, **kw):
-        super().__init__(*a, **kw)
-        self.last_x = self._x0.clone()
+    def __init__(self, x0: torch.Tensor):
+        self.x = x0.clone()
 
-    def _record(self, x, idx, rank, logits, gradient):
-        super()._record(x, idx, rank, logits, gradient)
+    def __call__(self, x: torch.Tensor, idx: torch.Tensor) -> None:
+        idx = idx.to(x.device)
         pos = torch.arange(len(idx), device=idx.device)
-        last = torch.full((self.n,), -1, dtype=torch.long, device=idx.device).scatter_reduce(0, idx, pos, "amax")
+        last = torch.full((self.x.shape[0],), -1, dtype=torch.long, device=idx.device).scatter_reduce(0, idx, pos, "amax")
         has = last >= 0
-        self.last_x[has] = x[last[has]]
+        self.x[has] = x[last[has]].detach()
 
 
 _SURROGATE_KEYS = {"model", "params", "defense", "checkpoint"}
@@ -58,6 +56,7 @@ class Transfer(Attack):
     """
 
     access = "label"
+    requires = ("surrogate",)
 
     def __init__(self, surrogate: Optional[Dict[str, Any]] = None, attack: Optional[Dict[str, Any]] = None,
                  surrogate_max_queries: int = 100_000):
@@ -93,48 +92,36 @@ class Transfer(Attack):
         self.surrogate = model.eval()
         self.stats["surrogate"] = label
 
-    def bind(self, context: Dict[str, Any]) -> None:
-        """Build and load the surrogate from the job's context (``cfg``, ``splits``, ``device``)."""
-        from omegaconf import OmegaConf
-
-        from robench.checkpoint import checkpoint_path, load_checkpoint, model_tag, train_command
-        from robench.config import config_dirs
-        from robench.models import build_model
-
-        cfg, splits, device = context["cfg"], context["splits"], context["device"]
-        sc = self.surrogate_cfg
-        params = sc["params"]
-        if params is None:  # the model's config defaults, as `model=<name>` would compose them
-            for d in config_dirs():
-                f = Path(d) / "model" / f"{sc['model']}.yaml"
-                if f.exists():
-                    params = OmegaConf.to_container(OmegaConf.load(f)).get("params") or {}
-                    break
-        mcfg = {"name": sc["model"], "params": dict(params or {})}
-        dcfg = OmegaConf.to_container(cfg.dataset, resolve=True)
-        model = build_model(mcfg["name"], splits, mcfg["params"])
-        path = Path(sc["checkpoint"]) if sc["checkpoint"] else checkpoint_path(cfg.checkpoint_dir, dcfg, mcfg, sc["defense"])
-        load_checkpoint(path, model, remake=train_command(dcfg, mcfg, sc["defense"], cfg.checkpoint_dir))
-        self.set_surrogate(model.to(device), f"{model_tag(mcfg)}/{sc['defense']}")
-        self.stats["surrogate_checkpoint"] = str(path)
+    def prepare(self, context) -> None:
+        """Build and load the surrogate through the engine's ``context.load_surrogate`` (unless
+        :meth:`set_surrogate` already gave one)."""
+        if self.surrogate is not None and context.load_surrogate is None:
+            return
+        if context.load_surrogate is None:
+            raise RobenchError("transfer: no surrogate model (give one with set_surrogate, or run it where the "
+                               "engine can load attack.params.surrogate)")
+        model, label, path = context.load_surrogate(dict(self.surrogate_cfg))
+        self.set_surrogate(model.to(context.device), label)
+        self.stats["surrogate_checkpoint"] = path
 
     # ------------------------------------------------------------------ the attack
-    def run(self, oracle: Oracle, generator: torch.Generator) -> None:
+    def run(self, oracle: OracleView, generator: torch.Generator) -> None:
         if self.surrogate is None:
-            raise RobenchError("transfer: no surrogate model (the attack job binds it from attack.params.surrogate)")
+            raise RobenchError("transfer: no surrogate model (the engine loads it from attack.params.surrogate)")
         idx = oracle.active_indices()
         if len(idx) == 0:
             return
         x0, y, t = oracle.x0[idx], oracle.y[idx], oracle.targets
-        so = SurrogateOracle(self.surrogate, x0, y, access="gradient", norm=oracle.norm, eps=oracle.eps,
-                             max_queries=self.surrogate_max_queries, targets=None if t is None else t[idx],
-                             stop_on_success=False, num_classes=oracle.num_classes)
-        self.inner.run(so, generator)
+        so = Oracle(self.surrogate, x0, y, access="gradient", norm=oracle.norm, eps=oracle.eps,
+                    max_queries=self.surrogate_max_queries, targets=None if t is None else t[idx],
+                    stop_on_success=False, num_classes=oracle.num_classes)
+        last = LastProposal(x0)
+        self.inner.run(so.view(observe=last), generator)
         res = so.finalize()
         best = res.best_x.to(x0.device)
-        x = best if self.inner.minimizes_distortion else so.last_x
+        x = best if self.inner.minimizes_distortion else last.x
         if self.inner.minimizes_distortion:  # no surrogate success: fall back to the last proposal
-            x = torch.where(res.adversarial.to(x0.device).view(-1, *[1] * (x0.dim() - 1)), best, so.last_x)
+            x = torch.where(res.adversarial.to(x0.device).view(-1, *[1] * (x0.dim() - 1)), best, last.x)
         x = project(x, x0, oracle.norm, oracle.eps) if oracle.eps is not None else x.clamp(0, 1)
         oracle.labels(x, idx)
         self.stats["surrogate_success"] += int(res.success.sum())

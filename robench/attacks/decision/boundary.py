@@ -27,11 +27,12 @@ class BoundaryAttack(Attack):
     Foolbox 3's ``BoundaryAttack`` and its defaults (spherical_step = source_step = 0.01,
     step_adaptation = 1.5, update_stats_every_k = 10, convergence at source_step < 1e-7) and its
     initialisation (uniform noise until adversarial, then a blend search towards x0, here bisection;
-    targeted runs try target-class training images first, needs :meth:`bind`). The walk is L2 by
+    targeted runs try target-class training images first, needs :meth:`prepare`). The walk is L2 by
     design; with a Linf budget the oracle still keeps the point of smallest Linf distortion it saw.
     """
 
     access = "label"
+    requires = ("class_images",)
     minimizes_distortion = True
 
     def __init__(self, spherical_step: float = 0.01, source_step: float = 0.01, step_adaptation: float = 1.5,
@@ -41,15 +42,16 @@ class BoundaryAttack(Attack):
                                "update_stats_every_k >= 1")
         self.spherical_step, self.source_step, self.step_adaptation = spherical_step, source_step, step_adaptation
         self.k, self.conv, self.max_steps = update_stats_every_k, source_step_convergence, max_steps
-        self.context: dict | None = None
+        self.class_images = None  # ClassImages of the training split, from prepare()
 
-    def bind(self, context: dict) -> None:
-        self.context = context
+    def prepare(self, context) -> None:
+        """Keep the training images by class (targeted θ0 / starting points; AttackContext.class_images)."""
+        self.class_images = context.class_images
 
     def run(self, oracle: Oracle, generator: torch.Generator) -> None:
         x0 = oracle.x0
         n, dev = x0.shape[0], x0.device
-        best, found = noise_init(oracle, generator, pool=targeted_pool(self.context, oracle, 100, generator))
+        best, found = noise_init(oracle, generator, pool=targeted_pool(self.class_images, oracle, 100, generator))
         sph = torch.full((n,), self.spherical_step, device=dev)
         src = torch.full((n,), self.source_step, device=dev)
         sph_stats = torch.full((n, 100), float("nan"), device=dev)  # queues of the last checks (NaN: empty)

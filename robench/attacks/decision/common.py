@@ -191,30 +191,15 @@ def init_directions(oracle: Oracle, gen: torch.Generator, norm: str, n_dirs: int
     return best_t, best_g
 
 
-def targeted_pool(context: Optional[dict], oracle: Oracle, n_dirs: int, gen: torch.Generator) -> Optional[torch.Tensor]:
+def targeted_pool(images, oracle: Oracle, n_dirs: int, gen: torch.Generator) -> Optional[torch.Tensor]:
     """(n, n_dirs, C, H, W) training images of each sample's target class (drawn with ``gen``), or None
-    when the run is untargeted or the attack was not bound to a dataset (then random directions)."""
+    when the run is untargeted or no :class:`~robench.attacks.base.ClassImages` was supplied (then
+    random directions)."""
     t = oracle.targets
-    if t is None or not context or context.get("splits") is None:
+    if t is None or images is None:
         return None
-    train = context["splits"].train
-    xs, ys = context.get("_train_xy", (None, None))
-    if xs is None:
-        from torch.utils.data import DataLoader
-
-        xs, ys = map(torch.cat, zip(*[(a, b) for a, b in DataLoader(train, batch_size=1000)]))
-        context["_train_xy"] = (xs, ys)
-    dev = oracle.x0.device
-    cpu = torch.Generator().manual_seed(int(torch.randint(2 ** 31 - 1, (1,), generator=gen, device=gen.device)))
-    out = []
-    for c in t.tolist():
-        pool = (ys == c).nonzero().flatten()
-        if len(pool) == 0:
-            return None
-        out.append(xs[pool[torch.randperm(len(pool), generator=cpu)[:n_dirs]]])
-        if len(out[-1]) < n_dirs:  # fewer images of that class than directions: cycle
-            out[-1] = out[-1].repeat((n_dirs + len(out[-1]) - 1) // len(out[-1]), 1, 1, 1)[:n_dirs]
-    return torch.stack(out).to(dev)
+    pool = images.draw(t.cpu(), n_dirs, gen)
+    return None if pool is None else pool.to(oracle.x0.device)
 
 
 def line_search(oracle: Oracle, x0: torch.Tensor, s: torch.Tensor, theta: torch.Tensor, g: torch.Tensor,

@@ -26,10 +26,11 @@ class HopSkipJump(Attack):
 
     Defaults are the authors' code's: gamma = 1, init_evals = 100, max_evals = 10,000, geometric step
     search. Initialisation: uniform noise until adversarial, then bisection of the blend (the authors'
-    code); targeted runs try target-class training images first (needs :meth:`bind`).
+    code); targeted runs try target-class training images first (needs :meth:`prepare`).
     """
 
     access = "label"
+    requires = ("class_images",)
     minimizes_distortion = True
 
     def __init__(self, gamma: float = 1.0, init_evals: int = 100, max_evals: int = 10_000,
@@ -39,10 +40,11 @@ class HopSkipJump(Attack):
                                f"(got gamma={gamma}, init_evals={init_evals}, max_evals={max_evals})")
         self.gamma, self.init_evals, self.max_evals = gamma, init_evals, max_evals
         self.max_iterations, self.max_halvings = max_iterations, max_halvings
-        self.context: dict | None = None
+        self.class_images = None  # ClassImages of the training split, from prepare()
 
-    def bind(self, context: dict) -> None:
-        self.context = context
+    def prepare(self, context) -> None:
+        """Keep the training images by class (targeted θ0 / starting points; AttackContext.class_images)."""
+        self.class_images = context.class_images
 
     def _bisect(self, oracle, x0, xa, s, theta):
         """HSJA's binary_search_batch: move each point of ``xa`` (rows of samples ``s``) to the boundary."""
@@ -81,7 +83,7 @@ class HopSkipJump(Attack):
         n, dev = x0.shape[0], x0.device
         d = x0[0].numel()
         theta = self.gamma / (d ** 1.5) if norm == "l2" else self.gamma / d ** 2
-        pool = targeted_pool(self.context, oracle, 100, generator)
+        pool = targeted_pool(self.class_images, oracle, 100, generator)
         xa, found = noise_init(oracle, generator, pool=pool)
         s = found.nonzero().flatten()
         if len(s) == 0:

@@ -23,7 +23,7 @@ class OPTAttack(Attack):
     as there, the iterate becomes the best of the line-search result and the best probed direction.
 
     Defaults (§2.4.2 / §2.5): q = 20, beta = 0.005, theta_0 the best of 100 random Gaussian directions
-    (targeted: of 100 target-class training images, needs :meth:`bind`); g from scratch by an outward
+    (targeted: of 100 target-class training images, needs :meth:`prepare`); g from scratch by an outward
     search then bisection (step not stated by the thesis: see ``search_scale``), initial bisection
     tolerance 1e-3. Not stated, from the reference code: the initial step alpha = 0.2 and the stall
     rule (alpha < 1e-4: alpha <- 1, beta <- beta/10; a sample stops when beta < 0.0005).
@@ -35,6 +35,7 @@ class OPTAttack(Attack):
     """
 
     access = "label"
+    requires = ("class_images",)
     minimizes_distortion = True
 
     def __init__(self, q: int = 20, beta: float = 0.005, alpha: float = 0.2, n_init: int = 100,
@@ -45,11 +46,11 @@ class OPTAttack(Attack):
                                f"(got q={q}, n_init={n_init}, beta={beta}, alpha={alpha}, init_tol={init_tol})")
         self.q, self.beta, self.alpha, self.n_init = q, beta, alpha, n_init
         self.init_tol, self.search_tol, self.min_beta, self.max_iterations = init_tol, search_tol, min_beta, max_iterations
-        self.context: dict | None = None
+        self.class_images = None  # ClassImages of the training split, from prepare()
 
-    def bind(self, context: dict) -> None:
-        """Keep the run's context (the dataset splits: target-class training images for targeted θ0)."""
-        self.context = context
+    def prepare(self, context) -> None:
+        """Keep the training images by class (targeted θ0 / starting points; AttackContext.class_images)."""
+        self.class_images = context.class_images
 
     def run(self, oracle: Oracle, generator: torch.Generator) -> None:
         norm, x0, eps = oracle.norm, oracle.x0, oracle.eps
@@ -63,7 +64,7 @@ class OPTAttack(Attack):
         else:
             def objective(rows, th, lam):
                 return lam
-        pool = targeted_pool(self.context, oracle, self.n_init, generator)
+        pool = targeted_pool(self.class_images, oracle, self.n_init, generator)
         theta, g = init_directions(oracle, generator, norm, self.n_init, self.init_tol, pool)
         alpha = torch.full((n,), float(self.alpha), device=dev)
         beta = torch.full((n,), float(self.beta), device=dev)

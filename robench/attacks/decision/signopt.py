@@ -23,7 +23,7 @@ class SignOPT(Attack):
     the local search of Algorithm 2 (ratio 0.01, tolerance beta/500 as in the reference code).
 
     Defaults: Q = 200 (§2.5); theta_0 the best of 100 random Gaussian directions, or for targeted runs
-    of 100 target-class training images (§2.5; needs :meth:`bind` with the dataset, else random
+    of 100 target-class training images (§2.5; needs :meth:`prepare` with the dataset, else random
     directions); initial bisection tolerance 1e-3. The thesis does not state the oracle's
     perturbation size (printed beta in Algorithm 4, epsilon in eq. 2.17): robench takes the reference
     code's beta = 0.001 and its initial step alpha = 0.2, and its stall rule: when alpha < 1e-4,
@@ -37,6 +37,7 @@ class SignOPT(Attack):
     """
 
     access = "label"
+    requires = ("class_images",)
     minimizes_distortion = True
 
     def __init__(self, q: int = 200, beta: float = 0.001, alpha: float = 0.2, n_init: int = 100,
@@ -46,16 +47,16 @@ class SignOPT(Attack):
                                f"(got q={q}, n_init={n_init}, beta={beta}, alpha={alpha}, init_tol={init_tol})")
         self.q, self.beta, self.alpha, self.n_init = q, beta, alpha, n_init
         self.init_tol, self.search_tol, self.max_iterations = init_tol, search_tol, max_iterations
-        self.context: dict | None = None
+        self.class_images = None  # ClassImages of the training split, from prepare()
 
-    def bind(self, context: dict) -> None:
-        """Keep the run's context (the dataset splits: target-class training images for targeted θ0)."""
-        self.context = context
+    def prepare(self, context) -> None:
+        """Keep the training images by class (targeted θ0 / starting points; AttackContext.class_images)."""
+        self.class_images = context.class_images
 
     def run(self, oracle: Oracle, generator: torch.Generator) -> None:
         norm, x0 = oracle.norm, oracle.x0
         n, dev = x0.shape[0], x0.device
-        pool = targeted_pool(self.context, oracle, self.n_init, generator)
+        pool = targeted_pool(self.class_images, oracle, self.n_init, generator)
         theta, g = init_directions(oracle, generator, norm, self.n_init, self.init_tol, pool)
         alpha = torch.full((n,), float(self.alpha), device=dev)
         beta = torch.full((n,), float(self.beta), device=dev)

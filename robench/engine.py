@@ -1,0 +1,148 @@
+"""One engine: a :class:`Plan` (slice, targets, batches, per-batch seeds), a :class:`Referee` (the
+oracle's settings) and :func:`execute`, the one batch loop in robench.
+
+``robench attack`` (main run and the adaptive protocol's second run), detection runs, the
+end-of-training robust evaluation (robust_eval.py) and the Python API (:func:`robench.evaluate`) all
+run attacks through :func:`execute`: per batch, a fresh :class:`~robench.oracle.Oracle` for the
+batch's attacked rows, the attack driving an :class:`~robench.oracle.OracleView` of it with the
+batch's generator, the oracle's certified result turned into record fields
+(:func:`robench.results.attack_fields`). The attack never sees the model, the plan or the records.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
+
+import torch
+
+from robench import results as R
+from robench.oracle import Oracle, OracleResult
+
+
+def batch_seed(seed: int, batch: int) -> int:
+    """The seed of batch ``batch``'s generator: a hash of (run seed, global batch number), so a batch
+    draws the same random numbers whichever shard or resumed process attacks it (README, "Sharding")."""
+    import numpy as np
+
+    return int(np.random.SeedSequence([int(seed), int(batch)]).generate_state(1, dtype=np.uint64)[0])
+
+
+def choose_targets(mode: Any, y: torch.Tensor, logits: torch.Tensor, num_classes: int,
+                   generator: torch.Generator, positions: torch.Tensor | None = None,
+                   n_slice: int | None = None) -> torch.Tensor:
+    """random: uniform over the other classes (seeded, never the label); least_likely: the clean
+    prediction's least-likely class; an int: that class for every sample.
+
+    Random targets are drawn for the whole unsharded slice (``n_slice`` samples) and picked at this
+    shard's ``positions``, so a sample gets the same target whether or not the slice is sharded."""
+    if mode == "random":
+        if positions is None:
+            positions, n_slice = torch.arange(len(y)), len(y)
+        off = torch.randint(1, num_classes, (int(n_slice),), generator=generator)[positions]
+        return (y + off) % num_classes
+    if mode == "least_likely":
+        return logits.argmin(1).cpu()
+    return torch.full_like(y, int(mode))
+
+
+@dataclass(frozen=True)
+class Referee:
+    """The oracle's settings for one run: from the run's configuration, never from the attack."""
+
+    access: str
+    norm: str
+    eps: Optional[float]
+    max_queries: int
+    num_classes: int
+    stop_on_success: bool = True
+    recheck_repeats: int = 1
+    confirm_repeats: int = 0
+    eot_samples: int = 1
+    checkpoints: tuple = ()
+
+    def oracle(self, model, x0: torch.Tensor, y: torch.Tensor, targets: Optional[torch.Tensor]) -> Oracle:
+        return Oracle(model, x0, y, access=self.access, norm=self.norm, eps=self.eps, max_queries=self.max_queries,
+                      targets=targets, stop_on_success=self.stop_on_success, recheck_repeats=self.recheck_repeats,
+                      num_classes=self.num_classes, eot_samples=self.eot_samples if self.access != "label" else 1,
+                      checkpoints=self.checkpoints, confirm_repeats=self.confirm_repeats)
+
+
+@dataclass
+class Plan:
+    """What gets attacked: the slice (``x`` in [0, 1] on CPU, ``y``), ``targets`` (None: untargeted),
+    which rows are ``attacked``, each row's global batch number (``batch_of``; batch b = positions
+    [b*B, (b+1)*B) of the unsharded slice) and the run ``seed`` (batch b's generator: :func:`batch_seed`)."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    targets: Optional[torch.Tensor]
+    attacked: torch.Tensor
+    batch_of: List[int]
+    seed: int
+    batches: Dict[int, List[int]] = field(init=False)
+
+    def __post_init__(self):
+        self.batches = {}
+        for k, bt in enumerate(self.batch_of):
+            self.batches.setdefault(int(bt), []).append(k)
+
+    @classmethod
+    def contiguous(cls, x, y, targets, attacked, batch_size: int, seed: int) -> "Plan":
+        """Batches of ``batch_size`` consecutive rows, numbered from 0."""
+        return cls(x, y, targets, attacked, [k // int(batch_size) for k in range(len(y))], int(seed))
+
+    def attacked_rows(self, bt: int) -> torch.Tensor:
+        return torch.tensor([k for k in self.batches[bt] if bool(self.attacked[k])], dtype=torch.long)
+
+    def generator(self, bt: int, device) -> torch.Generator:
+        return torch.Generator(device=device).manual_seed(batch_seed(self.seed, bt))
+
+
+@dataclass
+class BatchOutcome:
+    """One executed batch: its number, the plan rows attacked, the oracle's certified result (None
+    when no row was attacked) and, per attacked row, the record fields the result gives."""
+
+    batch: int
+    rows: torch.Tensor
+    result: Optional[OracleResult]
+    fields: List[Dict[str, Any]]
+
+    @property
+    def seconds(self) -> float:
+        return self.result.seconds if self.result is not None else 0.0
+
+
+def prepare_attack(attack, context) -> None:
+    """Hand the attack its declared context once (see :class:`~robench.attacks.base.AttackContext`)."""
+    if hasattr(attack, "prepare"):
+        attack.prepare(context)
+
+
+def execute(attack, model, plan: Plan, referee: Referee, device, *, skip: Sequence[int] = (),
+            after: Optional[Callable[[BatchOutcome], None]] = None) -> Iterator[BatchOutcome]:
+    """Run ``attack`` over the plan's batches (ascending, those in ``skip`` left out), yielding each
+    batch's :class:`BatchOutcome` as soon as it is done (the caller writes records, flushes, reports
+    progress). ``after(outcome)`` may add fields (e.g. a detector's score) before it is yielded."""
+    skip = set(skip)
+    for bt in sorted(plan.batches):
+        if bt in skip:
+            continue
+        sel = plan.attacked_rows(bt)
+        if len(sel) == 0:
+            yield BatchOutcome(bt, sel, None, [])
+            continue
+        x0 = plan.x[sel]
+        oracle = referee.oracle(model, x0.to(device), plan.y[sel].to(device),
+                                None if plan.targets is None else plan.targets[sel].to(device))
+        attack.run(oracle.view(), plan.generator(bt, device))
+        res = oracle.finalize()
+        out = BatchOutcome(bt, sel, res, R.attack_fields(res, x0))
+        if after is not None:
+            after(out)
+        yield out
+
+
+def run_all(attack, model, plan: Plan, referee: Referee, device) -> List[BatchOutcome]:
+    """:func:`execute` to the end (a re-run, the train-time evaluation)."""
+    return list(execute(attack, model, plan, referee, device))

@@ -1,0 +1,111 @@
+"""The victim: a model (+ weights of its training recipe, + input defenses) and its pre-flight checks.
+
+:func:`load_victim` is what ``robench attack`` and :func:`robench.load_victim` use to turn (dataset,
+model, defense) into a module in eval mode. :func:`preflight` checks any victim before it is attacked,
+as AutoAttack's ``checks.py`` does [croce2020]: randomness measured by repeated forward passes (not
+trusted from a defense's flag), a warning when the outputs look like probabilities rather than logits,
+and inputs outside [0, 1] refused.
+"""
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+from typing import Any, Dict, Tuple
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from robench.errors import InputError, RobenchError
+
+log = logging.getLogger("robench")
+
+
+def _plain(cfg) -> Dict[str, Any]:
+    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+
+
+def load_victim(cfg: DictConfig, splits, device: torch.device):
+    """Model (+ weights from the conventional checkpoint of its training recipe) for (dataset, model,
+    defense), behind the defense's input transformations if any (robench/defenses/compose.py), in eval mode."""
+    from robench.checkpoint import checkpoint_path, load_checkpoint, train_command
+    from robench.defenses.compose import DefendedModel, build_inputs, defense_spec
+    from robench.models import build_model
+    from robench.models.sources import source_of, source_victim
+
+    spec = defense_spec(cfg.defense)
+    dcfg, mcfg, dname = _plain(cfg.dataset), _plain(cfg.model), spec.recipe
+    if source_of(mcfg):  # your own model, TorchScript, ONNX, the zoos (robench/models/sources.py)
+        model, meta = source_victim(cfg, splits, dname)
+        return (DefendedModel(model, build_inputs(spec)) if spec.inputs else model).to(device).eval(), meta
+    model = build_model(mcfg["name"], splits, mcfg.get("params"))
+    meta: Dict[str, Any] = {}
+    if (mcfg.get("params") or {}).get("pretrained") and dname == "none":
+        meta = {"source": "pretrained"}
+    else:
+        path = checkpoint_path(cfg.checkpoint_dir, dcfg, mcfg, dname)
+        meta = load_checkpoint(path, model, remake=train_command(dcfg, mcfg, dname, cfg.checkpoint_dir))
+        meta["path"] = str(path)
+    if spec.inputs:
+        model = DefendedModel(model, build_inputs(spec))
+    return model.to(device).eval(), meta
+
+
+def surrogate_loader(checkpoint_dir: str, dataset_cfg: Dict[str, Any], splits, device: torch.device):
+    """``load_surrogate(spec) -> (model, label, checkpoint path)`` for :class:`~robench.attacks.base.AttackContext`:
+    a registered architecture (``spec['model']``, its config's default ``params`` when null) with the
+    weights of ``spec['defense']`` at its conventional path under ``checkpoint_dir``, or ``spec['checkpoint']``."""
+    def load(spec: Dict[str, Any]) -> Tuple[torch.nn.Module, str, str]:
+        from robench.checkpoint import checkpoint_path, load_checkpoint, model_tag, train_command
+        from robench.config import config_dirs
+        from robench.models import build_model
+
+        params = spec.get("params")
+        if params is None:  # the model's config defaults, as `model=<name>` would compose them
+            for d in config_dirs():
+                f = Path(d) / "model" / f"{spec['model']}.yaml"
+                if f.exists():
+                    params = OmegaConf.to_container(OmegaConf.load(f)).get("params") or {}
+                    break
+        mcfg = {"name": spec["model"], "params": dict(params or {})}
+        model = build_model(mcfg["name"], splits, mcfg["params"])
+        defense = spec.get("defense") or "none"
+        path = Path(spec["checkpoint"]) if spec.get("checkpoint") else checkpoint_path(checkpoint_dir, dataset_cfg, mcfg, defense)
+        load_checkpoint(path, model, remake=train_command(dataset_cfg, mcfg, defense, checkpoint_dir))
+        return model.to(device).eval(), f"{model_tag(mcfg)}/{defense}", str(path)
+    return load
+
+
+def check_inputs(x: torch.Tensor, what: str = "inputs") -> None:
+    """Refuse images outside [0, 1] (one line): robench's threat models and the oracle's box live there."""
+    if not torch.is_tensor(x) or not x.is_floating_point():
+        raise InputError(f"{what} must be a floating-point tensor of images in [0, 1] (NCHW), got "
+                           f"{type(x).__name__ if not torch.is_tensor(x) else x.dtype}")
+    if x.numel() and (float(x.min()) < 0 or float(x.max()) > 1):
+        raise InputError(f"{what} must lie in [0, 1] (found values in [{float(x.min()):.4g}, {float(x.max()):.4g}]); "
+                           f"pass unnormalized images and give the model's normalization as mean=/std=")
+
+
+def preflight(model: torch.nn.Module, x: torch.Tensor, *, repeats: int = 3, tol: float = 1e-5) -> Dict[str, Any]:
+    """Checks before an attack (AutoAttack checks.py [croce2020]): returns {randomized, probabilities}.
+
+    * ``randomized``: two or more forward passes of the same (first 8) inputs disagree by more than
+      ``tol`` -- measured, not read from a defense's flag;
+    * ``probabilities``: every output row is non-negative and sums to 1 (within 1e-4): the model likely
+      ends in a softmax, which hides the logits from gradient attacks and weakens them: a warning.
+    Inputs outside [0, 1] are refused (:func:`check_inputs`). The forward passes are the engine's, not
+    queries of any attack.
+    """
+    check_inputs(x)
+    xs = x[:8]
+    with torch.no_grad():
+        outs = [model(xs).float() for _ in range(max(2, int(repeats)))]
+    randomized = any(not torch.allclose(outs[0], o, atol=tol, rtol=0) for o in outs[1:])
+    o = outs[0]
+    probabilities = bool(o.numel() and (o >= 0).all() and torch.allclose(o.sum(1), torch.ones(len(o), device=o.device), atol=1e-4))
+    if probabilities:
+        msg = ("the model's outputs look like probabilities (non-negative rows summing to 1), not logits: "
+               "gradient attacks on a softmax output are weaker; pass the model without its final softmax")
+        warnings.warn(msg, stacklevel=2)
+        log.warning(msg)
+    return {"randomized": randomized, "probabilities": probabilities}
