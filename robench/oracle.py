@@ -39,28 +39,14 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
+from robench.geometry import distortion, geometry  # noqa: F401  (distortion: re-exported, robench.oracle.distortion)
+
 ACCESS_LEVELS = ("gradient", "scores", "label")
 _RANK = {"label": 0, "scores": 1, "gradient": 2}
 
 
 class AccessError(RuntimeError):
     """An attack asked the oracle for more than its declared access level allows."""
-
-
-def distortion(delta: torch.Tensor, norm: str) -> torch.Tensor:
-    """Per-row Lp norm of a perturbation batch (norm in {'linf', 'l2', 'l0'})."""
-    d = delta.flatten(1)
-    if norm == "linf":
-        return d.abs().amax(1)
-    if norm == "l2":
-        return d.norm(p=2, dim=1)
-    if norm == "l0":
-        return (d.abs() > L0_THRESHOLD).sum(1).to(d.dtype)
-    raise ValueError(f"unknown norm {norm!r}")
-
-
-#: an element counts as changed for L0 when it moved by more than this (well below 1/255)
-L0_THRESHOLD = 1e-6
 
 
 @dataclass
@@ -94,6 +80,7 @@ class Oracle:
         self._model = model
         self.access = access
         self.norm = norm
+        self._geometry = geometry(norm)  # distance in the budget's norm (robench.geometry)
         self.eps = None if eps is None else float(eps)
         self.max_queries = int(max_queries)
         self.stop_on_success = stop_on_success
@@ -332,7 +319,7 @@ class Oracle:
         """(is adversarial and a valid image, is that and within eps, distortion) per row."""
         is_adv = (pred == self._targets[idx]) if self.targeted else (pred != self._y[idx])
         in_box = (x >= -self.tol).flatten(1).all(1) & (x <= 1 + self.tol).flatten(1).all(1)
-        dist = distortion(x - self._x0[idx], self.norm)
+        dist = self._geometry.distance(x - self._x0[idx])
         valid = is_adv & in_box
         within = valid if self.eps is None else valid & (dist <= self.eps + self.tol)
         return valid, within, dist
