@@ -157,3 +157,41 @@ def test_keep_active_drops_done_and_masked_rows():
     o.scores(x0[[2, 2, 2, 2]], torch.tensor([2, 2, 2, 2]))
     i4, x4 = keep_active(o, i3, x3)
     assert len(i4) == 0 and x4.shape == (0, 1, 2, 2)
+
+
+# ---------------------------------------------------------------------- family bases
+def score_attacks():
+    from robench.attacks.score._common import ScoreAttack
+    from robench.registry import ATTACKS
+
+    names = [n for n in ATTACKS.names() if isinstance(ATTACKS.get(n), type) and issubclass(ATTACKS.get(n), ScoreAttack)]
+    return [(n, ATTACKS.get(n)) for n in names]
+
+
+def test_every_score_attack_runs_the_shared_preamble():
+    from robench.errors import RobenchError
+
+    found = score_attacks()
+    assert {"square", "genattack", "nes", "zoo", "noise"} <= {n for n, _ in found}
+    x0 = torch.rand(3, 1, 4, 4)
+    for name, cls in found:
+        assert cls.name == name and cls.access == "scores"
+        o = Oracle(Fixed(), x0, torch.zeros(3, dtype=torch.long), access="scores", norm="linf", eps=None, num_classes=2)
+        with pytest.raises(RobenchError, match=name):  # no eps: the preamble refuses, naming the attack
+            cls().run(o, torch.Generator().manual_seed(0))
+        # nothing active: the preamble returns before any query or random draw
+        o = Oracle(Fixed(), x0, torch.zeros(3, dtype=torch.long), access="scores", norm="linf", eps=0.1,
+                   max_queries=0, num_classes=2)
+        g = torch.Generator().manual_seed(0)
+        cls().run(o, g)
+        assert int(o.queries.sum()) == 0 and torch.equal(g.get_state(), torch.Generator().manual_seed(0).get_state())
+
+
+def test_opt_and_signopt_share_the_direction_search_skeleton():
+    from robench.attacks.decision.common import DirectionSearchAttack
+    from robench.attacks.decision.opt import OPTAttack
+    from robench.attacks.decision.signopt import SignOPT
+
+    for cls in (OPTAttack, SignOPT):
+        assert issubclass(cls, DirectionSearchAttack) and "run" not in cls.__dict__
+        assert "_estimate" in cls.__dict__
