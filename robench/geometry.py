@@ -121,7 +121,7 @@ class L2(Geometry):
         d = torch.randn(shape, generator=generator, device=device)
         dim = d[0].numel()
         r = torch.rand(shape[0], generator=generator, device=device) ** (1.0 / dim) * eps
-        return d / bview(d.flatten(1).norm(dim=1).clamp_min(TINY), len(shape)) * bview(r, len(shape))
+        return d / bview(self.distance(d).clamp_min(TINY), len(shape)) * bview(r, len(shape))
 
 
 LINF_BALL, L2_BALL = Linf(), L2()

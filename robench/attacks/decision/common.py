@@ -330,8 +330,8 @@ class DirectionSearchAttack(Attack):
     the stall rule of the reference code (``alpha < 1e-4``: alpha <- 1, beta <- beta / 10; the
     sample stops once beta < ``min_beta``).
 
-    A subclass sets ``q, beta, alpha, n_init, init_tol, search_tol, min_beta, max_iterations`` and
-    ``context`` (from its ``bind``), and writes :meth:`_estimate`.
+    A subclass sets ``alpha, beta, n_init, init_tol, min_beta, max_iterations`` and ``context`` (from
+    its ``bind``), writes :meth:`_estimate`, and may override :meth:`_objective` and :meth:`_accept`.
     """
 
     access = "label"
