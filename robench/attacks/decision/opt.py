@@ -4,6 +4,7 @@ import torch
 
 from robench.attacks.decision.common import LOCAL, DirectionSearchAttack, boundary_distance, normalize, search_scale, view_b
 from robench.errors import RobenchError
+from robench.geometry import LINF_BALL
 from robench.oracle import Oracle
 from robench.registry import ATTACKS
 
@@ -50,7 +51,7 @@ class OPTAttack(DirectionSearchAttack):
         eps = oracle.eps
         if oracle.norm == "linf" and eps is not None:
             def objective(rows, th, lam):  # the thesis's smooth Linf surrogate (§2.4.2)
-                a = th.flatten(1).abs() / th.flatten(1).abs().amax(1, keepdim=True).clamp_min(1e-12)
+                a = LINF_BALL.normalize(th.flatten(1)).abs()  # |theta_i| / ||theta||_inf
                 val = ((lam[:, None] * a - eps).clamp_min(0) ** 2).sum(1)
                 return torch.where(torch.isfinite(lam), val, torch.full_like(val, float("inf")))
         else:

@@ -138,7 +138,7 @@ class ZOO(ScoreAttack):
             delta = delta.scatter(1, coords, new)
             if norm == "l2":
                 if resize:  # S is linear: scaling δ scales S δ
-                    n = to_image(delta).flatten(1).norm(dim=1)
+                    n = L2_BALL.distance(to_image(delta))
                     delta = delta * L2_BALL.shrink(n, eps)[:, None]
                 else:
                     delta = (L2_BALL.clip(x0, delta.view(B, *shape), eps) - x0).flatten(1)
