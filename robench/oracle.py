@@ -39,24 +39,9 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
+from robench.geometry import distortion, geometry  # noqa: F401  (distortion: re-exported, robench.oracle.distortion)
 from robench.oracle_view import (_RANK, ACCESS_LEVELS, VIEW_FACTS, VIEW_METHODS, AccessError,  # noqa: F401
                                    OracleResult, OracleView)
-
-
-def distortion(delta: torch.Tensor, norm: str) -> torch.Tensor:
-    """Per-row Lp norm of a perturbation batch (norm in {'linf', 'l2', 'l0'})."""
-    d = delta.flatten(1)
-    if norm == "linf":
-        return d.abs().amax(1)
-    if norm == "l2":
-        return d.norm(p=2, dim=1)
-    if norm == "l0":
-        return (d.abs() > L0_THRESHOLD).sum(1).to(d.dtype)
-    raise ValueError(f"unknown norm {norm!r}")
-
-
-#: an element counts as changed for L0 when it moved by more than this (well below 1/255)
-L0_THRESHOLD = 1e-6
 
 
 class Oracle:
@@ -72,6 +57,7 @@ class Oracle:
         self._model = model
         self._access = access
         self._norm = norm
+        self._geometry = geometry(norm)  # distance in the budget's norm (robench.geometry)
         self._eps = None if eps is None else float(eps)
         self._max_queries = int(max_queries)
         self._stop_on_success = bool(stop_on_success)
@@ -316,7 +302,7 @@ class Oracle:
         """(is adversarial and a valid image, is that and within eps, distortion) per row."""
         is_adv = (pred == self._targets[idx]) if self._targeted else (pred != self._y[idx])
         in_box = (x >= -self._tol).flatten(1).all(1) & (x <= 1 + self._tol).flatten(1).all(1)
-        dist = distortion(x - self._x0[idx], self._norm)
+        dist = self._geometry.distance(x - self._x0[idx])
         valid = is_adv & in_box
         within = valid if self._eps is None else valid & (dist <= self._eps + self._tol)
         return valid, within, dist

@@ -237,8 +237,7 @@ def run_plan(attack, make_attack: Callable[[], Any], model, plan: Plan, idx: tor
     summary["batch_size"] = batch_size
     summary["resumed_batches"] = resumed
     summary["host"], summary["pid"] = __import__("socket").gethostname(), __import__("os").getpid()
-    if hasattr(attack, "summary_extra"):  # attack-specific figures (e.g. ensemble contributions)
-        summary.update(attack.summary_extra())
+    summary.update(attack.summary_extra())  # attack-specific figures (e.g. ensemble contributions)
     extra = {}
     for run in ev.extra_runs():  # e.g. the adaptive protocol's non-adaptive run, through the same engine
         run.before()

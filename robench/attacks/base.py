@@ -91,6 +91,36 @@ class Attack:
     def run(self, oracle: OracleView, generator: torch.Generator) -> None:
         raise NotImplementedError
 
+    def summary_extra(self) -> Dict[str, Any]:
+        """Attack-specific figures merged into the run's summary (optional hook; none by default)."""
+        return {}
+
+
+def _take(state, keep: torch.Tensor):
+    if state is None:
+        return None
+    if isinstance(state, dict):
+        return {k: v[keep] for k, v in state.items()}
+    return state[keep]
+
+
+def keep_active(oracle: OracleView, idx: torch.Tensor, *state, mask: Optional[torch.Tensor] = None):
+    """The active-set step every batched attack takes after an oracle call: drop the rows whose sample
+    the oracle no longer answers (succeeded in an eps-bounded run, or out of budget) from the working
+    tensors. ``idx``: the sample of each working row; ``state``: tensors (or dicts of tensors, or None)
+    whose first dimension is aligned with ``idx``; ``mask`` (optional, per row): rows the attack itself
+    wants to keep (e.g. answered rows), combined with the oracle's ``active``.
+
+    Returns ``(idx, *state)``, filtered; the very same objects when every row stays (no copy). The
+    caller stops when ``len(idx) == 0``.
+    """
+    keep = oracle.active[idx]
+    if mask is not None:
+        keep = keep & mask
+    if bool(keep.all()):
+        return (idx, *state)
+    return (idx[keep], *[_take(t, keep) for t in state])
+
 
 def attack_loss(kind: str, logits: torch.Tensor, y: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor:
     """Per-row loss to MAXIMISE. ``ce``: cross-entropy (untargeted: of y; targeted: minus that of the

@@ -1,7 +1,8 @@
 """Shared pieces of the recipes that craft adversarial examples during training (not a recipe).
 
 Training is not an attack run: recipes craft their examples on the model directly (no oracle, no
-query counting), reusing PGD's ``random_in_ball`` / ``step`` / ``project``. Examples are crafted
+query counting), with the Lp geometry of :mod:`robench.geometry` (the oracle's and the attacks'
+random start, step and projection). Examples are crafted
 with the model in eval mode (no dropout, batch-norm running statistics neither used as batch
 statistics nor updated by adversarial batches, as in the TRADES reference code) and the mode is
 restored afterwards. ``eps`` may be a float or a per-example tensor (CAT's eps_i).
@@ -15,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robench.attacks.whitebox.pgd import project, random_in_ball, step
 from robench.errors import RobenchError
+from robench.geometry import geometry
 
 Eps = Union[float, torch.Tensor]
 
@@ -40,10 +41,7 @@ def _bcast(eps: Eps, x: torch.Tensor) -> Eps:
 
 def random_start(x: torch.Tensor, norm: str, eps: Eps) -> torch.Tensor:
     """A uniform point of the eps ball around x (global RNG), clipped to [0, 1]."""
-    e = _bcast(eps, x)
-    if isinstance(e, torch.Tensor):
-        return (x + random_in_ball(x.shape, norm, 1.0, None, x.device) * e).clamp(0, 1)
-    return (x + random_in_ball(x.shape, norm, e, None, x.device)).clamp(0, 1)
+    return geometry(norm).random_start(x, _bcast(eps, x))
 
 
 def ce_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -64,6 +62,7 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: Eps, steps: 
     loss_fn = loss_fn or ce_loss
     e = _bcast(eps, x)
     a = _bcast(step_size, x) if step_size is not None else 2.5 * e / steps
+    geo = geometry(norm)
     xa = start if start is not None else (random_start(x, norm, eps) if rand_init else x.clone())
     with eval_mode(model):
         for _ in range(steps):
@@ -71,7 +70,7 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: Eps, steps: 
             with torch.enable_grad():
                 loss = loss_fn(model(xa), y).sum()
                 g, = torch.autograd.grad(loss, xa)
-            xa = project(xa.detach() + step(g.float(), norm, a), x, norm, e)
+            xa = geo.project_point(xa.detach() + geo.step(g.float(), a), x, e)
     return xa.detach()
 
 

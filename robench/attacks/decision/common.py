@@ -1,5 +1,7 @@
 """Shared machinery of the hard-label (decision-based) attacks: the label-only adversarial test, the
-boundary distance g(theta) of Cheng et al. (batched over rows), and direction initialisation.
+boundary distance g(theta) of cheng2019opt (batched over rows), direction initialisation, and
+:class:`DirectionSearchAttack`, the skeleton shared by OPT and Sign-OPT (cheng2019opt,
+cheng2020signopt). Norms and normalisation are :mod:`robench.geometry`'s.
 
 Every function here goes through the oracle: each label it looks at is a counted query. Rows carry
 the sample index ``idx`` of the batch; rows of samples that are out of budget come back unanswered
@@ -7,10 +9,12 @@ the sample index ``idx`` of the batch; rows of samples that are out of budget co
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 import torch
 
+from robench.attacks.base import Attack
+from robench.geometry import bview, geometry
 from robench.oracle import Oracle
 
 #: rows per oracle call; large calls are split (small calls are faster per row on a CPU)
@@ -18,17 +22,18 @@ CHUNK = 200
 
 
 def flat_norm(v: torch.Tensor, norm: str) -> torch.Tensor:
-    f = v.flatten(1)
-    return f.abs().amax(1) if norm == "linf" else f.norm(dim=1)
+    """Per-row norm (:meth:`robench.geometry.Geometry.distance`)."""
+    return geometry(norm).distance(v)
 
 
 def view_b(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """Per-row scalars shaped to broadcast against image rows."""
-    return v.view(-1, *[1] * (like.dim() - 1))
+    return bview(v, like.dim())
 
 
 def normalize(v: torch.Tensor, norm: str) -> torch.Tensor:
-    return v / view_b(flat_norm(v, norm).clamp_min(1e-12), v)
+    """Rows scaled to unit norm (:meth:`robench.geometry.Geometry.normalize`)."""
+    return geometry(norm).normalize(v)
 
 
 def adversarial(oracle: Oracle, x: torch.Tensor, idx: torch.Tensor, chunk: int = CHUNK) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -292,3 +297,74 @@ def noise_init(oracle: Oracle, gen: torch.Generator, max_draws: int = 1000, tol:
     out = x0.clone()
     out[s] = x0[s] + view_b(hi, x0) * (start[s] - x0[s])
     return out, found
+
+
+#: the objective of a direction given its boundary distance, ``(rows, theta, lam) -> value`` to minimise
+Objective = Callable[[Optional[torch.Tensor], torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class DirectionSearchAttack(Attack):
+    """The skeleton OPT and Sign-OPT share (cheng2019opt; cheng2020signopt; cheng2021 §2.4.2-2.4.3):
+    minimise over directions theta the boundary distance g(theta) (or an objective of it).
+
+    :meth:`run` is the template: theta_0 and g(theta_0) by :func:`init_directions` (the best of
+    ``n_init`` random directions, or of target-class training images for targeted runs); then, per
+    iteration, for every sample still live and active: a gradient estimate of the objective
+    (:meth:`_estimate`, the one part that differs), the reference code's :func:`line_search` with
+    the per-sample step ``alpha`` it updates, the subclass's acceptance rule (:meth:`_accept`), and
+    the stall rule of the reference code (``alpha < 1e-4``: alpha <- 1, beta <- beta / 10; the
+    sample stops once beta < ``min_beta``).
+
+    A subclass sets ``alpha, beta, n_init, init_tol, min_beta, max_iterations`` (the class images come
+    through :meth:`prepare`), writes :meth:`_estimate`, and may override :meth:`_objective` and :meth:`_accept`.
+    """
+
+    access = "label"
+    minimizes_distortion = True
+    requires = ("class_images",)
+    class_images = None  # ClassImages of the training split (targeted theta0), from prepare()
+
+    def prepare(self, context) -> None:
+        """Keep the training images by class (targeted θ0 / starting points; AttackContext.class_images)."""
+        self.class_images = context.class_images
+
+    def _objective(self, oracle: Oracle) -> Optional[Objective]:
+        """The objective of a direction (None: g itself, the boundary distance)."""
+        return None
+
+    def _estimate(self, oracle: Oracle, generator: torch.Generator, x0: torch.Tensor, s: torch.Tensor,
+                  theta: torch.Tensor, g: torch.Tensor, beta: torch.Tensor, objective: Optional[Objective]):
+        """Gradient estimate for samples ``s`` at directions ``theta`` (boundary distances ``g``, smoothing
+        ``beta``). Returns (gradient, bisection tolerance of the line search, data for :meth:`_accept`)."""
+        raise NotImplementedError
+
+    def _accept(self, theta: torch.Tensor, g: torch.Tensor, new_t: torch.Tensor, new_g: torch.Tensor, extra,
+                objective: Optional[Objective]) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The new (theta, g) of the iterated samples from the line search's result (default: take it)."""
+        return new_t, new_g
+
+    def run(self, oracle: Oracle, generator: torch.Generator) -> None:
+        norm, x0 = oracle.norm, oracle.x0
+        n, dev = x0.shape[0], x0.device
+        objective = self._objective(oracle)
+        pool = targeted_pool(self.class_images, oracle, self.n_init, generator)
+        theta, g = init_directions(oracle, generator, norm, self.n_init, self.init_tol, pool)
+        alpha = torch.full((n,), float(self.alpha), device=dev)
+        beta = torch.full((n,), float(self.beta), device=dev)
+        live = torch.isfinite(g)
+        for _ in range(self.max_iterations):
+            if objective is not None:  # done once the objective reaches 0 (the Linf surrogate inside eps)
+                live &= objective(None, theta, g) > 0
+            s = (live & oracle.active).nonzero().flatten()
+            if len(s) == 0:
+                return
+            th, gs = theta[s], g[s]
+            grad, tol, extra = self._estimate(oracle, generator, x0, s, th, gs, beta[s], objective)
+            a = alpha[s].clone()
+            new_t, new_g = line_search(oracle, x0[s], s, th, gs, grad, a, norm, tol, evaluate=objective)
+            alpha[s] = a
+            theta[s], g[s] = self._accept(th, gs, new_t, new_g, extra, objective)
+            stall = a < 1e-4
+            alpha[s[stall]] = 1.0
+            beta[s[stall]] *= 0.1
+            live[s[stall & (beta[s] < self.min_beta)]] = False

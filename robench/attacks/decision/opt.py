@@ -2,16 +2,15 @@ from __future__ import annotations
 
 import torch
 
-from robench.attacks.base import Attack
-from robench.attacks.decision.common import (LOCAL, boundary_distance, init_directions, line_search, normalize,
-                                             search_scale, targeted_pool, view_b)
+from robench.attacks.decision.common import LOCAL, DirectionSearchAttack, boundary_distance, normalize, search_scale, view_b
 from robench.errors import RobenchError
+from robench.geometry import LINF_BALL
 from robench.oracle import Oracle
 from robench.registry import ATTACKS
 
 
 @ATTACKS.register("opt")
-class OPTAttack(Attack):
+class OPTAttack(DirectionSearchAttack):
     """OPT-attack (Cheng, Le, Chen, Yi, Zhang, Hsieh 2019; the Cheng thesis §2.4.2), hard-label.
 
     Minimises the boundary distance g(theta) (eqs. 2.13-2.15) with the random gradient-free (RGF)
@@ -34,10 +33,6 @@ class OPTAttack(Attack):
     boundary distance itself is minimised.
     """
 
-    access = "label"
-    requires = ("class_images",)
-    minimizes_distortion = True
-
     def __init__(self, q: int = 20, beta: float = 0.005, alpha: float = 0.2, n_init: int = 100,
                  init_tol: float = 1e-3, search_tol: float | None = None, min_beta: float = 0.0005,
                  max_iterations: int = 100_000):
@@ -46,60 +41,45 @@ class OPTAttack(Attack):
                                f"(got q={q}, n_init={n_init}, beta={beta}, alpha={alpha}, init_tol={init_tol})")
         self.q, self.beta, self.alpha, self.n_init = q, beta, alpha, n_init
         self.init_tol, self.search_tol, self.min_beta, self.max_iterations = init_tol, search_tol, min_beta, max_iterations
-        self.class_images = None  # ClassImages of the training split, from prepare()
 
-    def prepare(self, context) -> None:
-        """Keep the training images by class (targeted θ0 / starting points; AttackContext.class_images)."""
-        self.class_images = context.class_images
 
-    def run(self, oracle: Oracle, generator: torch.Generator) -> None:
-        norm, x0, eps = oracle.norm, oracle.x0, oracle.eps
-        n, dev = x0.shape[0], x0.device
-        _, lam_max = search_scale(x0, norm)
-        if norm == "linf" and eps is not None:
+    def _objective(self, oracle: Oracle):
+        eps = oracle.eps
+        if oracle.norm == "linf" and eps is not None:
             def objective(rows, th, lam):  # the thesis's smooth Linf surrogate (§2.4.2)
-                a = th.flatten(1).abs() / th.flatten(1).abs().amax(1, keepdim=True).clamp_min(1e-12)
+                a = LINF_BALL.normalize(th.flatten(1)).abs()  # |theta_i| / ||theta||_inf
                 val = ((lam[:, None] * a - eps).clamp_min(0) ** 2).sum(1)
                 return torch.where(torch.isfinite(lam), val, torch.full_like(val, float("inf")))
         else:
             def objective(rows, th, lam):
                 return lam
-        pool = targeted_pool(self.class_images, oracle, self.n_init, generator)
-        theta, g = init_directions(oracle, generator, norm, self.n_init, self.init_tol, pool)
-        alpha = torch.full((n,), float(self.alpha), device=dev)
-        beta = torch.full((n,), float(self.beta), device=dev)
-        live = torch.isfinite(g)
-        for _ in range(self.max_iterations):
-            live &= objective(None, theta, g) > 0
-            s = (live & oracle.active).nonzero().flatten()
-            if len(s) == 0:
-                return
-            th, gs = theta[s], g[s]
-            obj = objective(s, th, gs)
-            tol = beta[s] / 500 if self.search_tol is None else torch.full_like(gs, self.search_tol)
-            # RGF: q unit directions per sample, g of each by Algorithm 2 around g(theta), all at once
-            u = torch.randn((len(s), self.q, *x0.shape[1:]), generator=generator, device=dev)
-            u = normalize(u.flatten(0, 1), "l2")
-            rows = s.repeat_interleave(self.q)
-            pos = torch.arange(len(s), device=dev).repeat_interleave(self.q)
-            b = beta[s][pos]
-            ttt = normalize(th[pos] + view_b(b, u) * u, norm)
-            lam1 = boundary_distance(oracle, x0[rows], ttt, rows, gs[pos], LOCAL, tol[pos], lam_max=lam_max)
-            o1 = objective(rows, ttt, lam1)
-            diff = torch.where(torch.isfinite(o1), (o1 - obj[pos]) / b, torch.zeros_like(o1))
-            grad = (view_b(diff, u) * u).view(len(s), self.q, *x0.shape[1:]).mean(1)
-            o1v = o1.view(len(s), self.q)
-            best_q = o1v.argmin(1)
-            min_o1 = o1v.gather(1, best_q[:, None]).squeeze(1)
-            pick = torch.arange(len(s), device=dev) * self.q + best_q
-            a = alpha[s].clone()
-            new_t, new_g = line_search(oracle, x0[s], s, th, gs, grad, a, norm, tol, evaluate=objective)
-            alpha[s] = a
-            new_o = objective(s, new_t, new_g)
-            use_probe = min_o1 < new_o  # the reference code: keep the best probed direction if it is better
-            new_t[use_probe], new_g[use_probe] = ttt[pick[use_probe]], lam1[pick[use_probe]]
-            theta[s], g[s] = new_t, new_g
-            stall = a < 1e-4
-            alpha[s[stall]] = 1.0
-            beta[s[stall]] *= 0.1
-            live[s[stall & (beta[s] < self.min_beta)]] = False
+        return objective
+
+    def _estimate(self, oracle, generator, x0, s, th, gs, beta, objective):
+        """RGF (Algorithm 3 / eq. 2.16): q unit directions per sample, g of each by Algorithm 2 around
+        g(theta), all at once."""
+        dev, norm = x0.device, oracle.norm
+        _, lam_max = search_scale(x0, norm)
+        obj = objective(s, th, gs)
+        tol = beta / 500 if self.search_tol is None else torch.full_like(gs, self.search_tol)
+        u = torch.randn((len(s), self.q, *x0.shape[1:]), generator=generator, device=dev)
+        u = normalize(u.flatten(0, 1), "l2")
+        rows = s.repeat_interleave(self.q)
+        pos = torch.arange(len(s), device=dev).repeat_interleave(self.q)
+        b = beta[pos]
+        ttt = normalize(th[pos] + view_b(b, u) * u, norm)
+        lam1 = boundary_distance(oracle, x0[rows], ttt, rows, gs[pos], LOCAL, tol[pos], lam_max=lam_max)
+        o1 = objective(rows, ttt, lam1)
+        diff = torch.where(torch.isfinite(o1), (o1 - obj[pos]) / b, torch.zeros_like(o1))
+        grad = (view_b(diff, u) * u).view(len(s), self.q, *x0.shape[1:]).mean(1)
+        return grad, tol, (ttt, lam1, o1.view(len(s), self.q))
+
+    def _accept(self, th, gs, new_t, new_g, extra, objective):
+        """The reference code: keep the best probed direction if it beats the line search's result."""
+        ttt, lam1, o1v = extra
+        best_q = o1v.argmin(1)
+        min_o1 = o1v.gather(1, best_q[:, None]).squeeze(1)
+        pick = torch.arange(len(th), device=th.device) * self.q + best_q
+        use_probe = min_o1 < objective(None, new_t, new_g)
+        new_t[use_probe], new_g[use_probe] = ttt[pick[use_probe]], lam1[pick[use_probe]]
+        return new_t, new_g

@@ -2,16 +2,13 @@ from __future__ import annotations
 
 import torch
 
-from robench.attacks.base import Attack
-from robench.attacks.decision.common import (adversarial, init_directions, line_search, normalize, ray_point,
-                                             targeted_pool, view_b)
+from robench.attacks.decision.common import DirectionSearchAttack, adversarial, normalize, ray_point
 from robench.errors import RobenchError
-from robench.oracle import Oracle
 from robench.registry import ATTACKS
 
 
 @ATTACKS.register("signopt")
-class SignOPT(Attack):
+class SignOPT(DirectionSearchAttack):
     """Sign-OPT (Cheng, Singh, Chen, Chen, Liu, Hsieh 2020; the Cheng thesis §2.4.3, Algorithm 4), hard-label.
 
     Minimises the boundary distance g(theta) (thesis eq. 2.13/2.14) over directions theta. Each
@@ -36,9 +33,8 @@ class SignOPT(Attack):
     the initialisation, the searches and the sign oracle, are counted by the oracle.
     """
 
-    access = "label"
-    requires = ("class_images",)
-    minimizes_distortion = True
+    #: a sample stops once its beta falls below this (the reference code's stall rule)
+    min_beta = 1e-8
 
     def __init__(self, q: int = 200, beta: float = 0.001, alpha: float = 0.2, n_init: int = 100,
                  init_tol: float = 1e-3, search_tol: float | None = None, max_iterations: int = 100_000):
@@ -47,40 +43,21 @@ class SignOPT(Attack):
                                f"(got q={q}, n_init={n_init}, beta={beta}, alpha={alpha}, init_tol={init_tol})")
         self.q, self.beta, self.alpha, self.n_init = q, beta, alpha, n_init
         self.init_tol, self.search_tol, self.max_iterations = init_tol, search_tol, max_iterations
-        self.class_images = None  # ClassImages of the training split, from prepare()
 
-    def prepare(self, context) -> None:
-        """Keep the training images by class (targeted θ0 / starting points; AttackContext.class_images)."""
-        self.class_images = context.class_images
 
-    def run(self, oracle: Oracle, generator: torch.Generator) -> None:
-        norm, x0 = oracle.norm, oracle.x0
-        n, dev = x0.shape[0], x0.device
-        pool = targeted_pool(self.class_images, oracle, self.n_init, generator)
-        theta, g = init_directions(oracle, generator, norm, self.n_init, self.init_tol, pool)
-        alpha = torch.full((n,), float(self.alpha), device=dev)
-        beta = torch.full((n,), float(self.beta), device=dev)
-        live = torch.isfinite(g)
-        for _ in range(self.max_iterations):
-            s = (live & oracle.active).nonzero().flatten()
-            if len(s) == 0:
-                return
-            th, gs = theta[s], g[s]
-            # sign oracle: Q rows per sample, one query each
-            u = torch.randn((len(s), self.q, *x0.shape[1:]), generator=generator, device=dev)
-            u = normalize(u.flatten(0, 1), "l2").view_as(u)
-            b = beta[s].view(-1, 1, *[1] * (x0.dim() - 1))
-            cand = normalize((th[:, None] + b * u).flatten(0, 1), norm)
-            rows = s.repeat_interleave(self.q)
-            adv, ans = adversarial(oracle, ray_point(x0[rows], cand, gs.repeat_interleave(self.q)), rows)
-            sign = torch.where(adv, -1.0, 1.0) * ans.float()
-            grad = (sign.view(len(s), self.q, *[1] * (x0.dim() - 1)) * u).mean(1)
-            tol = beta[s] / 500 if self.search_tol is None else self.search_tol
-            a = alpha[s].clone()
-            new_t, new_g = line_search(oracle, x0[s], s, th, gs, grad, a, norm, tol)
-            alpha[s] = a
-            theta[s], g[s] = new_t, torch.minimum(new_g, gs)
-            stall = a < 1e-4
-            alpha[s[stall]] = 1.0
-            beta[s[stall]] *= 0.1
-            live[s[stall & (beta[s] < 1e-8)]] = False
+    def _estimate(self, oracle, generator, x0, s, th, gs, beta, objective):
+        """The sign oracle (eq. 2.17/2.18): Q rows per sample, one label query each."""
+        dev = x0.device
+        u = torch.randn((len(s), self.q, *x0.shape[1:]), generator=generator, device=dev)
+        u = normalize(u.flatten(0, 1), "l2").view_as(u)
+        b = beta.view(-1, 1, *[1] * (x0.dim() - 1))
+        cand = normalize((th[:, None] + b * u).flatten(0, 1), oracle.norm)
+        rows = s.repeat_interleave(self.q)
+        adv, ans = adversarial(oracle, ray_point(x0[rows], cand, gs.repeat_interleave(self.q)), rows)
+        sign = torch.where(adv, -1.0, 1.0) * ans.float()
+        grad = (sign.view(len(s), self.q, *[1] * (x0.dim() - 1)) * u).mean(1)
+        tol = beta / 500 if self.search_tol is None else self.search_tol
+        return grad, tol, None
+
+    def _accept(self, th, gs, new_t, new_g, extra, objective):
+        return new_t, torch.minimum(new_g, gs)

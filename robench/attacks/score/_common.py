@@ -1,4 +1,6 @@
-"""Helpers shared by the score-based attacks (probabilities in, losses out; shapes and projections).
+"""The score-based attack family: its base :class:`ScoreAttack` (the preamble every score attack runs)
+and the helpers it shares (probabilities in, losses out; shapes). The Lp geometry is
+:mod:`robench.geometry`; the active-set step is :func:`robench.attacks.base.keep_active`.
 
 Every score attack sees only ``oracle.scores`` (softmax probabilities, NaN rows where the oracle did
 not answer). Log-probabilities are taken of probabilities clamped at :data:`P_MIN`, so a class the
@@ -9,13 +11,15 @@ Every row a score attack in this package sends to the oracle is a valid image: i
 """
 from __future__ import annotations
 
-from typing import Optional
+from dataclasses import dataclass
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 
+from robench.attacks.base import Attack
 from robench.errors import RobenchError
-from robench.attacks.whitebox.pgd import project_delta
+from robench.geometry import Geometry, bview, geometry  # noqa: F401  (bview: used by the score attacks)
 from robench.oracle import Oracle
 
 #: probabilities are clamped here before the log
@@ -65,11 +69,6 @@ def need_eps(oracle: Oracle, name: str, norms=("linf", "l2")) -> float:
     return float(oracle.eps)
 
 
-def bview(v: torch.Tensor, dim: int) -> torch.Tensor:
-    """A per-row vector shaped to broadcast against a tensor of ``dim`` dimensions."""
-    return v.view(-1, *([1] * (dim - 1)))
-
-
 def upsample(e: torch.Tensor, size) -> torch.Tensor:
     """Bilinear resize of (B, C, h, w) perturbations to (B, C, H, W) (GenAttack §2.5.1.1, AutoZOOM/ZOO's S)."""
     if tuple(e.shape[-2:]) == tuple(size):
@@ -87,21 +86,50 @@ def reduced_shape(shape, resize: Optional[int]):
     return (c, int(resize), int(resize))
 
 
-def l2_project(d: torch.Tensor, eps: float) -> torch.Tensor:
-    """Scale each row of d into the L2 ball of radius eps."""
-    n = d.flatten(1).norm(dim=1)
-    return d * bview(torch.clamp(eps / n.clamp_min(1e-12), max=1.0), d.dim())
+@dataclass
+class ScoreTask:
+    """What every score attack reads from the oracle before its first query (:meth:`ScoreAttack.run`).
+
+    ``x0``, ``y``, ``targets`` are over all samples of the batch (index them with a row's sample);
+    ``idx`` are the samples active at the start; ``shape`` is one image's (C, H, W).
+    """
+
+    eps: float
+    norm: str
+    geometry: Geometry
+    idx: torch.Tensor
+    x0: torch.Tensor
+    y: torch.Tensor
+    targets: Optional[torch.Tensor]
+    shape: Tuple[int, ...]
+    device: torch.device
+
+    def classes(self, rows: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """(true label, target or None) of each row's sample: the ``y, targets`` arguments of the losses."""
+        return self.y[rows], None if self.targets is None else self.targets[rows]
 
 
-#: x0 + d projected onto B(x0, eps) and [0, 1]: the same projection white-box PGD uses
-project_box = project_delta
+class ScoreAttack(Attack):
+    """Base of the score-based, eps-bounded attacks. :meth:`run` is the template: it checks the budget
+    (``eps`` set, ``norm`` in :attr:`norms`), returns at once when no sample is active, reads the
+    batch into a :class:`ScoreTask` and calls :meth:`_attack`, the one method a subclass writes.
+    No query is made and no random number drawn before :meth:`_attack`."""
 
+    access = "scores"
+    #: the registry name, for error messages
+    name: str = ""
+    #: budget norms the attack supports
+    norms: Tuple[str, ...] = ("linf", "l2")
 
-def keep_active(oracle: Oracle, idx: torch.Tensor, *tensors):
-    """Drop the rows of samples the oracle no longer answers. Returns (idx, tensors...) or None if empty."""
-    keep = oracle.active[idx]
-    if bool(keep.all()):
-        return (idx, *tensors)
-    if not bool(keep.any()):
-        return None
-    return (idx[keep], *[t[keep] for t in tensors])
+    def run(self, oracle: Oracle, generator: torch.Generator) -> None:
+        eps = need_eps(oracle, self.name, self.norms)
+        idx = oracle.active_indices()
+        if len(idx) == 0:
+            return
+        x0 = oracle.x0
+        task = ScoreTask(eps=eps, norm=oracle.norm, geometry=geometry(oracle.norm), idx=idx, x0=x0, y=oracle.y,
+                         targets=oracle.targets, shape=tuple(x0.shape[1:]), device=oracle.device)
+        self._attack(oracle, generator, task)
+
+    def _attack(self, oracle: Oracle, generator: torch.Generator, task: ScoreTask) -> None:
+        raise NotImplementedError

@@ -4,8 +4,8 @@ from typing import Optional
 
 import torch
 
-from robench.attacks.base import Attack
-from robench.attacks.score._common import log_probs, need_eps, reduced_shape, upsample
+from robench.attacks.base import keep_active
+from robench.attacks.score._common import ScoreAttack, ScoreTask, log_probs, reduced_shape, upsample
 from robench.errors import RobenchError
 from robench.oracle import Oracle
 from robench.registry import ATTACKS
@@ -32,7 +32,7 @@ def genattack_fitness(p: torch.Tensor, y: torch.Tensor, targets: Optional[torch.
 
 
 @ATTACKS.register("genattack")
-class GenAttack(Attack):
+class GenAttack(ScoreAttack):
     """GenAttack (Alzantot et al. 2019; thesis Ch. 2, §2.5, Algorithm 1): a gradient-free genetic
     search inside the Linf ball, score-based (probabilities only).
 
@@ -78,7 +78,8 @@ class GenAttack(Attack):
     the oracle reports done leave the batch.
     """
 
-    access = "scores"
+    name = "genattack"
+    norms = ("linf",)
 
     def __init__(self, pop_size: int = 6, mutation_prob: float = 0.05, mutation_range: float = 1.0,
                  temperature: float = 0.1, resize: Optional[int] = None, adaptive: bool = False,
@@ -101,14 +102,9 @@ class GenAttack(Attack):
         self.rho0, self.alpha0, self.decay = float(rho_init), float(alpha_init), float(decay)
         self.rho_min, self.alpha_min, self.patience = float(rho_min), float(alpha_min), int(plateau_patience)
 
-    def run(self, oracle: Oracle, generator: torch.Generator) -> None:
-        eps = need_eps(oracle, "genattack", norms=("linf",))
-        idx = oracle.active_indices()
-        if len(idx) == 0:
-            return
-        dev, N = oracle.device, self.pop_size
-        x0_all, y_all, t_all = oracle.x0, oracle.y, oracle.targets
-        shape = tuple(x0_all.shape[1:])
+    def _attack(self, oracle: Oracle, generator: torch.Generator, task: ScoreTask) -> None:
+        eps, idx, dev, N = task.eps, task.idx, task.device, self.pop_size
+        x0_all, shape, geo = task.x0, task.shape, task.geometry
         esh = reduced_shape(shape, self.resize)
         resize = esh != shape
         B = len(idx)
@@ -118,17 +114,16 @@ class GenAttack(Attack):
             b, m = pop.shape[:2]
             x0 = x0_all[idx][:, None]
             if resize:
-                d = upsample(pop.reshape(b * m, *esh), shape[1:]).clamp(-eps, eps).view(b, m, *shape)
-                x = (x0 + d).clamp(0, 1)
+                x = geo.clip(x0, upsample(pop.reshape(b * m, *esh), shape[1:]).view(b, m, *shape), eps)
             else:
                 x = (x0 + pop).clamp(0, 1)
                 pop = x - x0  # the exact projection onto ball ∩ box is what gets kept
             rows = idx.repeat_interleave(m)
             p = oracle.scores(x.view(b * m, *shape), rows)
-            f = genattack_fitness(p, y_all[rows], None if t_all is None else t_all[rows])
+            f = genattack_fitness(p, *task.classes(rows))
             return f.view(b, m), pop
 
-        pop = (torch.rand((B, N, *esh), generator=generator, device=dev) * 2 - 1) * eps
+        pop = geo.random_in_ball((B, N, *esh), eps, generator, dev)  # U(-δ, δ) per feature
         fit, pop = evaluate(pop, idx)
         best = fit.max(1).values
         stall = torch.zeros(B, dtype=torch.long, device=dev)
@@ -137,11 +132,10 @@ class GenAttack(Attack):
         ones = (1,) * len(esh)
 
         while True:
-            keep = oracle.active[idx]
-            if not bool(keep.all()):
-                if not bool(keep.any()):
-                    return
-                idx, pop, fit, best, stall, plateaus = (t[keep] for t in (idx, pop, fit, best, stall, plateaus))
+            idx, pop, fit, best, stall, plateaus = keep_active(oracle, idx, pop, fit, best, stall, plateaus)
+            if len(idx) == 0:
+                return
+            if len(idx) != B:
                 B = len(idx)
                 ar = torch.arange(B, device=dev)
             # elitism
@@ -167,7 +161,7 @@ class GenAttack(Attack):
                 rho, alpha = self.rho, self.alpha
             u = torch.rand((2, B, N - 1, *esh), generator=generator, device=dev)
             child = child + (u[0] < rho) * (u[1] * 2 - 1) * (alpha * eps)
-            child = child.clamp(-eps, eps)  # Π_δ
+            child = geo.project(child, eps)  # Π_δ
             cfit, child = evaluate(child, idx)
             pop = torch.cat([elite[:, None], child], 1)
             fit = torch.cat([elite_fit[:, None], cfit], 1)

@@ -5,15 +5,15 @@ from typing import Optional
 
 import torch
 
-from robench.attacks.base import Attack
-from robench.attacks.score._common import bview, ce_loss, margin_loss, need_eps, project_box
+from robench.attacks.base import keep_active
+from robench.attacks.score._common import ScoreAttack, ScoreTask, ce_loss, margin_loss
 from robench.errors import RobenchError
 from robench.oracle import Oracle
 from robench.registry import ATTACKS
 
 
 @ATTACKS.register("nes")
-class NES(Attack):
+class NES(ScoreAttack):
     """NES gradient estimation + projected steps (Ilyas et al., ICML 2018, "Black-box adversarial
     attacks with limited queries and information", §2.2 Algorithm 1 and §2.3, the query-limited setting).
 
@@ -39,7 +39,7 @@ class NES(Attack):
     the paper checks the iterate's label every step).
     """
 
-    access = "scores"
+    name = "nes"
 
     def __init__(self, n_samples: int = 50, sigma: float = 0.001, step_size: float = 0.01,
                  step_size_l2: Optional[float] = None, momentum: float = 0.0, loss: str = "ce"):
@@ -54,14 +54,9 @@ class NES(Attack):
         self.n, self.sigma, self.eta, self.eta2 = int(n_samples), float(sigma), float(step_size), step_size_l2
         self.momentum, self.loss = float(momentum), loss
 
-    def run(self, oracle: Oracle, generator: torch.Generator) -> None:
-        eps = need_eps(oracle, "nes")
-        idx = oracle.active_indices()
-        if len(idx) == 0:
-            return
-        dev, norm = oracle.device, oracle.norm
-        x0_all, y_all, t_all = oracle.x0, oracle.y, oracle.targets
-        shape = tuple(x0_all.shape[1:])
+    def _attack(self, oracle: Oracle, generator: torch.Generator, task: ScoreTask) -> None:
+        eps, idx, dev, norm, geo = task.eps, task.idx, task.device, task.norm, task.geometry
+        x0_all, shape = task.x0, task.shape
         dim = math.prod(shape)
         eta = self.eta if norm == "linf" else (self.eta2 if self.eta2 is not None else self.eta * math.sqrt(dim))
         half, n = self.n // 2, self.n
@@ -70,11 +65,9 @@ class NES(Attack):
         lossf = margin_loss if self.loss == "margin" else ce_loss
 
         while True:
-            keep = oracle.active[idx]
-            if not bool(keep.all()):
-                if not bool(keep.any()):
-                    return
-                idx, x, mom = idx[keep], x[keep], mom[keep]
+            idx, x, mom = keep_active(oracle, idx, x, mom)
+            if len(idx) == 0:
+                return
             B = len(idx)
             u = torch.randn((B, half, *shape), generator=generator, device=dev)
             u = torch.cat([u, -u], 1)                                               # antithetic
@@ -83,15 +76,11 @@ class NES(Attack):
             ridx = idx.repeat_interleave(n + 1)
             p = oracle.scores(rows, ridx)
             kw = {"kappa": float("inf")} if self.loss == "margin" else {}
-            l = lossf(p, y_all[ridx], None if t_all is None else t_all[ridx], **kw).view(B, n + 1)[:, 1:]
+            l = lossf(p, *task.classes(ridx), **kw).view(B, n + 1)[:, 1:]
             l = torch.nan_to_num(l, nan=0.0)
             g = (l.view(B, n, *[1] * len(shape)) * u).sum(1) / (n * self.sigma)
             if self.momentum > 0:
                 mom = self.momentum * mom + (1 - self.momentum) * g
                 g = mom
-            if norm == "linf":
-                step = eta * g.sign()
-            else:
-                step = eta * g / bview(g.flatten(1).norm(dim=1).clamp_min(1e-12), g.dim())
             x0 = x0_all[idx]
-            x = project_box(x0, x - step - x0, norm, eps)
+            x = geo.clip(x0, x - geo.step(g, eta) - x0, eps)

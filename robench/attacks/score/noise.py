@@ -2,15 +2,14 @@ from __future__ import annotations
 
 import torch
 
-from robench.attacks.base import Attack
-from robench.attacks.score._common import need_eps
+from robench.attacks.score._common import ScoreAttack, ScoreTask
 from robench.errors import RobenchError
 from robench.oracle import Oracle
 from robench.registry import ATTACKS
 
 
 @ATTACKS.register("noise")
-class RandomNoise(Attack):
+class RandomNoise(ScoreAttack):
     """Random-noise baseline: what chance achieves with the same budget and threat model.
 
     Every query is an independent draw around the clean image: Linf, uniform in the ball
@@ -23,28 +22,25 @@ class RandomNoise(Attack):
     calls. Samples leave as soon as the oracle has seen one draw succeed.
     """
 
-    access = "scores"
+    name = "noise"
 
     def __init__(self, draws_per_step: int = 100):
         if int(draws_per_step) < 1:
             raise RobenchError(f"noise draws_per_step must be >= 1, got {draws_per_step}")
         self.k = int(draws_per_step)
 
-    def run(self, oracle: Oracle, generator: torch.Generator) -> None:
-        eps = need_eps(oracle, "noise")
-        x0_all = oracle.x0
-        shape = tuple(x0_all.shape[1:])
-        dev = oracle.device
+    def _attack(self, oracle: Oracle, generator: torch.Generator, task: ScoreTask) -> None:
+        eps, x0_all, shape, dev, geo = task.eps, task.x0, task.shape, task.device, task.geometry
+        idx = task.idx
         while True:
+            k = int(min(self.k, int(oracle.remaining[idx].max())))
+            B = len(idx)
+            if task.norm == "linf":  # uniform in the ball
+                d = geo.random_in_ball((B * k, *shape), eps, generator, dev)
+            else:  # uniform on the sphere
+                d = geo.normalize(torch.randn((B * k, *shape), generator=generator, device=dev)) * eps
+            x = (x0_all[idx].repeat_interleave(k, 0) + d).clamp(0, 1)
+            oracle.scores(x, idx.repeat_interleave(k))
             idx = oracle.active_indices()
             if len(idx) == 0:
                 return
-            k = int(min(self.k, int(oracle.remaining[idx].max())))
-            B = len(idx)
-            if oracle.norm == "linf":
-                d = (torch.rand((B, k, *shape), generator=generator, device=dev) * 2 - 1) * eps
-            else:
-                d = torch.randn((B, k, *shape), generator=generator, device=dev)
-                d = d / d.flatten(2).norm(dim=2).clamp_min(1e-12).view(B, k, *[1] * len(shape)) * eps
-            x = (x0_all[idx][:, None] + d).clamp(0, 1).view(B * k, *shape)
-            oracle.scores(x, idx.repeat_interleave(k))

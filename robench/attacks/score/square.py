@@ -5,9 +5,10 @@ from typing import Optional
 
 import torch
 
-from robench.attacks.base import Attack
-from robench.attacks.score._common import bview, ce_loss, margin_loss, need_eps
+from robench.attacks.base import keep_active
+from robench.attacks.score._common import ScoreAttack, ScoreTask, bview, ce_loss, margin_loss
 from robench.errors import RobenchError
+from robench.geometry import L2_BALL, LINF_BALL
 from robench.oracle import Oracle
 from robench.registry import ATTACKS
 
@@ -59,7 +60,7 @@ def _window_mask(b: int, h: int, w: int, s: int, generator, device):
 
 
 @ATTACKS.register("square")
-class Square(Attack):
+class Square(ScoreAttack):
     """Square Attack (Andriushchenko et al., ECCV 2020): random search with square-shaped updates,
     score-based, Linf (Alg. 1 + Alg. 2) and L2 (Alg. 3).
 
@@ -85,7 +86,7 @@ class Square(Attack):
     (as the Linf code does), so samples are attacked independently of who else is in the batch.
     """
 
-    access = "scores"
+    name = "square"
 
     def __init__(self, p_init: Optional[float] = None, loss: Optional[str] = None):
         if p_init is not None and not 0 < p_init <= 1:
@@ -98,23 +99,17 @@ class Square(Attack):
         kind = self.loss or ("margin" if t is None else "ce")
         return margin_loss(p, y, t, kappa=float("inf")) if kind == "margin" else ce_loss(p, y, t)
 
-    def run(self, oracle: Oracle, generator: torch.Generator) -> None:
-        eps = need_eps(oracle, "square")
-        idx = oracle.active_indices()
-        if len(idx) == 0:
-            return
-        dev, norm = oracle.device, oracle.norm
-        x0_all, y_all, t_all = oracle.x0, oracle.y, oracle.targets
-        c, h, w = x0_all.shape[1:]
+    def _attack(self, oracle: Oracle, generator: torch.Generator, task: ScoreTask) -> None:
+        eps, idx, dev, norm = task.eps, task.idx, task.device, task.norm
+        c, h, w = task.shape
         n_iters = oracle.max_queries
         p_init = self.p_init if self.p_init is not None else (0.05 if norm == "linf" else 0.1)
-        x0 = x0_all[idx]
+        x0 = task.x0[idx]
         B = len(idx)
 
         def loss_of(x, idx):
             p = oracle.scores(x, idx)
-            l = self._loss(p, y_all[idx], None if t_all is None else t_all[idx])
-            return torch.nan_to_num(l, nan=float("inf"))
+            return torch.nan_to_num(self._loss(p, *task.classes(idx)), nan=float("inf"))
 
         if norm == "linf":
             stripes = (torch.randint(0, 2, (B, c, 1, w), generator=generator, device=dev) * 2 - 1).to(x0.dtype) * eps
@@ -124,11 +119,9 @@ class Square(Attack):
         best = loss_of(x, idx)
         it = 0
         while True:
-            keep = oracle.active[idx]
-            if not bool(keep.all()):
-                if not bool(keep.any()):
-                    return
-                idx, x, x0, best = idx[keep], x[keep], x0[keep], best[keep]
+            idx, x, x0, best = keep_active(oracle, idx, x, x0, best)
+            if len(idx) == 0:
+                return
             it += 1
             p = p_selection(p_init, it - 1, n_iters)
             if norm == "linf":
@@ -157,7 +150,7 @@ class Square(Attack):
             todo = ~changed
             if not bool(todo.any()):
                 break
-        return (x0 + new.clamp(-eps, eps)).clamp(0, 1)
+        return LINF_BALL.clip(x0, new, eps)
 
     # ------------------------------------------------------------------ L2 (Alg. 3)
     @staticmethod
@@ -177,7 +170,7 @@ class Square(Attack):
                     delta[:, :, ch:ch + s, cw:cw + s] += bb[:, None] * sign
                 cw += s
             ch += s
-        return delta / bview(delta.flatten(1).norm(dim=1).clamp_min(1e-12), 4) * eps
+        return L2_BALL.normalize(delta) * eps
 
     @staticmethod
     def _l2_step(x, x0, p, eps, generator):
@@ -211,5 +204,5 @@ class Square(Attack):
         new = new / new_norm * target
         d = delta * (1 - m2f)          # window 2 set to 0
         d = d * (1 - m1f) + new        # window 1 replaced
-        d = d / bview(d.flatten(1).norm(dim=1).clamp_min(1e-12), 4) * eps
+        d = L2_BALL.normalize(d) * eps
         return (x0 + d).clamp(0, 1)

@@ -4,15 +4,16 @@ from typing import Optional
 
 import torch
 
-from robench.attacks.base import Attack
-from robench.attacks.score._common import l2_project, margin_loss, need_eps, reduced_shape, upsample
+from robench.attacks.base import keep_active
+from robench.attacks.score._common import ScoreAttack, ScoreTask, margin_loss, reduced_shape, upsample
 from robench.errors import RobenchError
+from robench.geometry import L2_BALL, LINF_BALL
 from robench.oracle import Oracle
 from robench.registry import ATTACKS
 
 
 @ATTACKS.register("zoo")
-class ZOO(Attack):
+class ZOO(ScoreAttack):
     """ZOO-Adam (Chen et al., AISec 2017, "ZOO: Zeroth order optimization based black-box attacks"),
     score-based, targeted and untargeted, Linf or L2 budget.
 
@@ -47,7 +48,7 @@ class ZOO(Attack):
     and the hierarchical attack (ImageNet tricks) are not implemented.
     """
 
-    access = "scores"
+    name = "zoo"
 
     def __init__(self, coords_per_step: int = 128, lr: float = 0.01, h: float = 1e-4, beta1: float = 0.9,
                  beta2: float = 0.999, const: float = 10.0, confidence: float = 0.0, binary_search_steps: int = 1,
@@ -71,14 +72,9 @@ class ZOO(Attack):
         self.stages, self.max_it = int(binary_search_steps), None if max_iterations is None else int(max_iterations)
         self.resize = resize
 
-    def run(self, oracle: Oracle, generator: torch.Generator) -> None:
-        eps = need_eps(oracle, "zoo")
-        idx = oracle.active_indices()
-        if len(idx) == 0:
-            return
-        dev, norm = oracle.device, oracle.norm
-        x0_all, y_all, t_all = oracle.x0, oracle.y, oracle.targets
-        shape = tuple(x0_all.shape[1:])
+    def _attack(self, oracle: Oracle, generator: torch.Generator, task: ScoreTask) -> None:
+        eps, idx, dev, norm = task.eps, task.idx, task.device, task.norm
+        x0_all, shape = task.x0, task.shape
         esh = reduced_shape(shape, self.resize)
         resize = esh != shape
         D = int(torch.tensor(esh).prod())
@@ -103,13 +99,9 @@ class ZOO(Attack):
             return upsample(d, shape[1:]) if resize else d
 
         while True:
-            keep = oracle.active[idx]
-            if not bool(keep.all()):
-                if not bool(keep.any()):
-                    return
-                idx, x0, delta, M, V, T, c, it, stage = (t[keep] for t in (idx, x0, delta, M, V, T, c, it, stage))
-                if lo is not None:
-                    lo, hi = lo[keep], hi[keep]
+            idx, x0, delta, M, V, T, c, it, stage, lo, hi = keep_active(oracle, idx, x0, delta, M, V, T, c, it, stage, lo, hi)
+            if len(idx) == 0:
+                return
             B = len(idx)
             ar = torch.arange(B, device=dev)[:, None]
             coords = torch.rand(B, D, generator=generator, device=dev).topk(K, dim=1).indices   # (B, K)
@@ -119,7 +111,7 @@ class ZOO(Attack):
             x = (x0[:, None] + to_image(rows.view(-1, D)).view(B, 2 * K + 1, *shape)).clamp(0, 1)
             ridx = idx.repeat_interleave(2 * K + 1)
             p = oracle.scores(x.view(-1, *shape), ridx)
-            f = margin_loss(p, y_all[ridx], None if t_all is None else t_all[ridx], self.kappa).view(B, 2 * K + 1)
+            f = margin_loss(p, *task.classes(ridx), self.kappa).view(B, 2 * K + 1)
             f = torch.nan_to_num(f, nan=0.0)
             g = c[:, None] * (f[:, 1:K + 1] - f[:, K + 1:]) / (2 * self.h)                        # (B, K)
             # exact gradient of ||S δ||^2 at the chosen coordinates
@@ -142,14 +134,14 @@ class ZOO(Attack):
             if lo is not None:
                 new = torch.minimum(torch.maximum(new, lo.gather(1, coords)), hi.gather(1, coords))
             elif norm == "linf":
-                new = new.clamp(-eps, eps)
+                new = LINF_BALL.project(new, eps)
             delta = delta.scatter(1, coords, new)
             if norm == "l2":
                 if resize:  # S is linear: scaling δ scales S δ
-                    n = to_image(delta).flatten(1).norm(dim=1)
-                    delta = delta * torch.clamp(eps / n.clamp_min(1e-12), max=1.0)[:, None]
+                    n = L2_BALL.distance(to_image(delta))
+                    delta = delta * L2_BALL.shrink(n, eps)[:, None]
                 else:
-                    delta = ((x0 + l2_project(delta.view(B, *shape), eps)).clamp(0, 1) - x0).flatten(1)
+                    delta = (L2_BALL.clip(x0, delta.view(B, *shape), eps) - x0).flatten(1)
             # binary-search stages on c (upward only in eps-bounded runs, see the docstring)
             it += 1
             if self.max_it is not None:
@@ -165,9 +157,7 @@ class ZOO(Attack):
                     c = torch.where(more, c * 10, c)
                     stage = stage + more.long()
                     it = torch.where(more, torch.zeros_like(it), it)
-                    if not bool(keep2.all()):
-                        if not bool(keep2.any()):
-                            return
-                        idx, x0, delta, M, V, T, c, it, stage = (t[keep2] for t in (idx, x0, delta, M, V, T, c, it, stage))
-                        if lo is not None:
-                            lo, hi = lo[keep2], hi[keep2]
+                    idx, x0, delta, M, V, T, c, it, stage, lo, hi = keep_active(
+                        oracle, idx, x0, delta, M, V, T, c, it, stage, lo, hi, mask=keep2)
+                    if len(idx) == 0:
+                        return

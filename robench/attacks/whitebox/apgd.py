@@ -4,9 +4,9 @@ from typing import Optional
 
 import torch
 
-from robench.attacks.base import Attack, attack_loss
-from robench.attacks.whitebox.pgd import project
+from robench.attacks.base import Attack, attack_loss, keep_active
 from robench.errors import RobenchError
+from robench.geometry import geometry
 from robench.oracle import Oracle
 from robench.registry import ATTACKS
 
@@ -103,6 +103,7 @@ class APGD(Attack):
         if len(idx) == 0:
             return False
         eps, norm, n_iter = oracle.eps, oracle.norm, self.steps
+        geo = geometry(norm)
         x0all = oracle.x0
         x0 = x0all[idx]
         view = (-1,) + (1,) * (x0.dim() - 1)
@@ -119,7 +120,7 @@ class APGD(Attack):
              "loss_best": loss.clone(), "loss_prev": loss.clone(), "n_incr": torch.zeros_like(loss),
              "eta": torch.full_like(loss, 2.0 * eps), "reduced_last": torch.ones_like(loss, dtype=torch.bool),
              "best_last": loss.clone()}
-        idx, s = _keep(oracle, idx, s, logits)
+        idx, s = keep_active(oracle, idx, s, mask=~torch.isnan(logits[:, 0]))
         cps = set(checkpoints(n_iter))
         last_cp = 0
         for i in range(n_iter):
@@ -132,10 +133,10 @@ class APGD(Attack):
             s["x_old"] = x
             eta = s["eta"].view(view)
             if norm == "linf":
-                z = project(x + eta * g.sign(), x0, norm, eps)
+                z = geo.project_point(x + eta * g.sign(), x0, eps)
             else:
-                z = project(x + eta * g / (g.flatten(1).norm(dim=1).view(view) + 1e-12), x0, norm, eps)
-            x = project(x + a * (z - x) + (1 - a) * mom, x0, norm, eps)
+                z = geo.project_point(x + eta * g / (g.flatten(1).norm(dim=1).view(view) + 1e-12), x0, eps)
+            x = geo.project_point(x + a * (z - x) + (1 - a) * mom, x0, eps)
             logits, g = oracle.gradient(x, loss_fn, idx)
             loss = loss_fn(torch.nan_to_num(logits), idx)
             s["x"], s["grad"] = x, g
@@ -157,13 +158,6 @@ class APGD(Attack):
                 s["eta"] = torch.where(red, s["eta"] / 2, s["eta"])
                 s["x"] = torch.where(red.view(view), s["x_best"], s["x"])
                 s["grad"] = torch.where(red.view(view), s["grad_best"], s["grad"])
-            idx, s = _keep(oracle, idx, s, logits)
+            idx, s = keep_active(oracle, idx, s, mask=~torch.isnan(logits[:, 0]))
         return bool(oracle.active.any())
 
-
-def _keep(oracle: Oracle, idx: torch.Tensor, s: dict, logits: torch.Tensor):
-    """Drop samples the oracle no longer answers (succeeded or out of budget) from the run's state."""
-    keep = oracle.active[idx] & ~torch.isnan(logits[:, 0])
-    if bool(keep.all()):
-        return idx, s
-    return idx[keep], {k: v[keep] for k, v in s.items()}

@@ -4,9 +4,9 @@ from typing import Optional
 
 import torch
 
-from robench.attacks.base import Attack, attack_loss
-from robench.attacks.whitebox.pgd import project, step
+from robench.attacks.base import Attack, attack_loss, keep_active
 from robench.errors import RobenchError
+from robench.geometry import geometry
 from robench.oracle import Oracle
 from robench.registry import ATTACKS
 
@@ -66,7 +66,7 @@ class BIM(Attack):
         if eps is None:
             raise RobenchError(f"{self.name} needs a finite budget.eps")
         steps, alpha = self.schedule(eps, oracle.norm)
-        norm, x0, y = oracle.norm, oracle.x0, oracle.y
+        geo, x0, y = geometry(oracle.norm), oracle.x0, oracle.y
         t = self.loss_targets(oracle)
 
         def loss_fn(logits, i):
@@ -78,9 +78,7 @@ class BIM(Attack):
             if len(idx) == 0:
                 return
             _, g = oracle.gradient(x, loss_fn, idx)
-            x = project(x + step(g, norm, alpha), x0[idx], norm, eps)
-            keep = oracle.active[idx]
-            if not bool(keep.all()):
-                idx, x = idx[keep], x[keep]
+            x = geo.project_point(x + geo.step(g, alpha), x0[idx], eps)
+            idx, x = keep_active(oracle, idx, x)
         if len(idx):
             oracle.labels(x, idx)

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import torch
 
-from robench.attacks.base import Attack, attack_loss
+from robench.attacks.base import Attack, attack_loss, keep_active
 from robench.errors import RobenchError
 from robench.oracle import Oracle
 from robench.registry import ATTACKS
@@ -99,16 +99,15 @@ class CWL2(Attack):
                 mhat = m / (1 - b1 ** step_t)
                 vhat = v / (1 - b2 ** step_t)
                 w = w - self.lr * mhat / (vhat.sqrt() + ae)
-                keep = answered & oracle.active[idx]
+                keep = answered
                 if self.abort_early and it % check_every == 0:
                     obj = d.flatten(1).pow(2).sum(1) + const[idx] * margin
                     stalled = obj > prev[idx] * 0.9999
                     prev[idx] = obj
-                    keep &= ~stalled
-                if not bool(keep.all()):
-                    idx, w, m, v = idx[keep], w[keep], m[keep], v[keep]
-                    if len(idx) == 0:
-                        break
+                    keep = keep & ~stalled
+                idx, w, m, v = keep_active(oracle, idx, w, m, v, mask=keep)
+                if len(idx) == 0:
+                    break
             # binary search on c (CW17 reference code)
             upper = torch.where(found, torch.minimum(upper, const), upper)
             lower = torch.where(found, lower, torch.maximum(lower, const))

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import torch
 
-from robench.attacks.base import Attack
+from robench.attacks.base import Attack, keep_active
 from robench.errors import RobenchError
 from robench.oracle import Oracle
 from robench.registry import ATTACKS
@@ -67,7 +67,7 @@ class DeepFool(Attack):
         r_tot = torch.zeros_like(x0)
         x = x0.clone()
         for it in range(self.max_iter):
-            idx = idx[oracle.active[idx] & (oracle.remaining[idx] >= per_jacobian)]
+            idx, = keep_active(oracle, idx, mask=oracle.remaining[idx] >= per_jacobian)  # a whole Jacobian left
             if len(idx) == 0:
                 return
             m = len(idx)

@@ -3,8 +3,8 @@ from __future__ import annotations
 import torch
 
 from robench.attacks.base import Attack, attack_loss
-from robench.attacks.whitebox.pgd import project, step
 from robench.errors import RobenchError
+from robench.geometry import geometry
 from robench.oracle import Oracle
 from robench.registry import ATTACKS
 
@@ -49,5 +49,6 @@ class FGSM(Attack):
             return attack_loss(self.loss, logits, y[i], None if t is None else t[i])
 
         _, g = oracle.gradient(x0[idx], loss_fn, idx)
-        x = project(x0[idx] + step(g, oracle.norm, alpha), x0[idx], oracle.norm, eps)
+        geo = geometry(oracle.norm)
+        x = geo.project_point(x0[idx] + geo.step(g, alpha), x0[idx], eps)
         oracle.labels(x, idx)

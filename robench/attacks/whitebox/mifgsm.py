@@ -4,9 +4,9 @@ from typing import Optional
 
 import torch
 
-from robench.attacks.base import Attack, attack_loss
-from robench.attacks.whitebox.pgd import project, step
+from robench.attacks.base import Attack, attack_loss, keep_active
 from robench.errors import RobenchError
+from robench.geometry import geometry
 from robench.oracle import Oracle
 from robench.registry import ATTACKS
 
@@ -42,7 +42,7 @@ class MIFGSM(Attack):
         if eps is None:
             raise RobenchError("mifgsm needs a finite budget.eps")
         alpha = self.step_size if self.step_size is not None else eps / self.steps
-        norm, x0, y, t = oracle.norm, oracle.x0, oracle.y, oracle.targets
+        geo, x0, y, t = geometry(oracle.norm), oracle.x0, oracle.y, oracle.targets
 
         def loss_fn(logits, i):
             return attack_loss(self.loss, logits, y[i], None if t is None else t[i])
@@ -56,9 +56,7 @@ class MIFGSM(Attack):
             _, g = oracle.gradient(x, loss_fn, idx)
             l1 = g.flatten(1).abs().sum(1).clamp_min(1e-12).view(-1, *[1] * (g.dim() - 1))
             mom = self.decay * mom + g / l1
-            x = project(x + step(mom, norm, alpha), x0[idx], norm, eps)
-            keep = oracle.active[idx]
-            if not bool(keep.all()):
-                idx, x, mom = idx[keep], x[keep], mom[keep]
+            x = geo.project_point(x + geo.step(mom, alpha), x0[idx], eps)
+            idx, x, mom = keep_active(oracle, idx, x, mom)
         if len(idx):
             oracle.labels(x, idx)

@@ -4,8 +4,9 @@ from typing import Optional
 
 import torch
 
-from robench.attacks.base import Attack, attack_loss
+from robench.attacks.base import Attack, attack_loss, keep_active
 from robench.errors import RobenchError
+from robench.geometry import geometry
 from robench.oracle import Oracle
 from robench.registry import ATTACKS
 
@@ -49,7 +50,7 @@ class PGD(Attack):
         if eps is None:
             raise RobenchError("pgd needs a finite budget.eps")
         alpha = self.step_size if self.step_size is not None else 2.5 * eps / self.steps
-        norm, x0 = oracle.norm, oracle.x0
+        geo, x0 = geometry(oracle.norm), oracle.x0
         y, t = oracle.y, oracle.targets
 
         def loss_fn(logits, i):
@@ -61,48 +62,33 @@ class PGD(Attack):
                 return
             x = x0[idx].clone()
             if self.random_start:
-                x = (x + random_in_ball(x.shape, norm, eps, generator, x.device)).clamp(0, 1)
+                x = geo.random_start(x, eps, generator)
             for _ in range(self.steps):
                 _, g = oracle.gradient(x, loss_fn, idx)
-                x = project(x + step(g, norm, alpha), x0[idx], norm, eps)
+                x = geo.project_point(x + geo.step(g, alpha), x0[idx], eps)
                 if self.early_stop:  # drop samples the oracle has seen succeed (or out of budget)
-                    keep = oracle.active[idx]
-                    if not bool(keep.all()):
-                        idx, x = idx[keep], x[keep]
-                        if len(idx) == 0:
-                            return
+                    idx, x = keep_active(oracle, idx, x)
+                    if len(idx) == 0:
+                        return
             oracle.labels(x, idx)  # the final iterate is a point the attack proposes: it must be evaluated
 
 
+# The Lp operations live in robench.geometry; these names stay for modules that import them from here.
 def random_in_ball(shape, norm: str, eps: float, generator: torch.Generator, device) -> torch.Tensor:
-    """Uniform in the Linf ball, or uniform in the L2 ball (Gaussian direction, radius eps * U^(1/d))."""
-    if norm == "linf":
-        return (torch.rand(shape, generator=generator, device=device) * 2 - 1) * eps
-    d = torch.randn(shape, generator=generator, device=device)
-    dim = d[0].numel()
-    r = torch.rand(shape[0], generator=generator, device=device) ** (1.0 / dim) * eps
-    return d / d.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *[1] * (len(shape) - 1)) * r.view(-1, *[1] * (len(shape) - 1))
+    """Uniform in the ball of radius eps (:meth:`robench.geometry.Geometry.random_in_ball`)."""
+    return geometry(norm).random_in_ball(shape, eps, generator, device)
 
 
-def step(g: torch.Tensor, norm: str, alpha: float) -> torch.Tensor:
-    if norm == "linf":
-        return alpha * g.sign()
-    n = g.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *[1] * (g.dim() - 1))
-    return alpha * g / n
+def step(g: torch.Tensor, norm: str, alpha) -> torch.Tensor:
+    """The steepest-ascent step (:meth:`robench.geometry.Geometry.step`)."""
+    return geometry(norm).step(g, alpha)
 
 
-def project(x: torch.Tensor, x0: torch.Tensor, norm: str, eps: float) -> torch.Tensor:
-    """Projection onto B(x0, eps) then onto [0, 1] (for Linf the intersection's exact projection)."""
-    return project_delta(x0, x - x0, norm, eps)
+def project(x: torch.Tensor, x0: torch.Tensor, norm: str, eps) -> torch.Tensor:
+    """Projection onto B(x0, eps) then onto [0, 1] (:meth:`robench.geometry.Geometry.project_point`)."""
+    return geometry(norm).project_point(x, x0, eps)
 
 
-def project_delta(x0: torch.Tensor, d: torch.Tensor, norm: str, eps: float) -> torch.Tensor:
-    """The point x0 + d projected onto B(x0, eps), then onto [0, 1] (ball first, then box: for Linf
-    this is the exact projection onto the intersection; for L2 the box clip only shrinks |d_i|, so
-    the point stays in the ball)."""
-    if norm == "linf":
-        d = d.clamp(-eps, eps)
-    else:
-        n = d.flatten(1).norm(dim=1).view(-1, *[1] * (d.dim() - 1))
-        d = d * torch.clamp(eps / n.clamp_min(1e-12), max=1.0)
-    return (x0 + d).clamp(0, 1)
+def project_delta(x0: torch.Tensor, d: torch.Tensor, norm: str, eps) -> torch.Tensor:
+    """The point x0 + d projected onto B(x0, eps), then onto [0, 1] (:meth:`robench.geometry.Geometry.clip`)."""
+    return geometry(norm).clip(x0, d, eps)
