@@ -23,7 +23,7 @@ import pandas as pd
 
 from robench import results as R
 from robench.errors import RobenchError
-from robench.results import atomic_write_text
+from robench.results import atomic_write_text, check_summary
 
 #: report columns: (summary key, column name)
 COLUMNS = [("dataset", "dataset"), ("model", "model"), ("defense", "defense"), ("attack", "attack"),
@@ -52,17 +52,10 @@ IGNORED_OVERRIDES = ("progress=", "quiet=", "resume=", "launcher=", "hydra.")
 
 # ---------------------------------------------------------------------------------------- collect
 def run_overrides(run_dir: Path) -> str:
-    """The Hydra overrides that made this run (from .hydra/overrides.yaml), minus display-only ones."""
-    f = run_dir / ".hydra" / "overrides.yaml"
-    if not f.exists():
-        return ""
-    import yaml
+    """The overrides that made this run, minus display-only ones (robench.results.run_overrides)."""
+    from robench.results import run_overrides as overrides_of
 
-    try:
-        ov = yaml.safe_load(f.read_text()) or []
-    except yaml.YAMLError:
-        return ""
-    return " ".join(str(o) for o in ov if not str(o).startswith(IGNORED_OVERRIDES))
+    return overrides_of(run_dir)
 
 
 def _read_json(f: Path) -> Dict[str, Any]:
@@ -95,6 +88,7 @@ def find_runs(dirs: List[str]) -> Tuple[List[Dict[str, Any]], List[Dict[str, Any
                 continue
             seen.add(f.resolve())
             s = _read_json(f)
+            check_summary(f, s)  # one line naming what a truncated or foreign summary lacks
             s["run"] = str(f.parent)
             s["overrides"] = run_overrides(f.parent)
             if s.get("command") == "attack":

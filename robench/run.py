@@ -17,7 +17,8 @@ from omegaconf import DictConfig, OmegaConf
 import robench
 from robench import results as R
 from robench.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint, train_command
-from robench.config import resolve_device, validate_budget, validate_common, validate_names
+from robench.config import (resolve_device, validate_attack_config, validate_budget, validate_names,
+                            validate_train_config)
 from robench.data import eval_slice, load_dataset, parse_shard
 from robench.data.base import eval_indices
 from robench.defenses.base import TrainingRecipe
@@ -125,8 +126,7 @@ def run_attack(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     console = Console(stderr=True)
     quiet = bool(cfg.get("quiet", False))
     multirun = _in_multirun()
-    validate_common(cfg)
-    validate_budget(cfg.budget, cfg.dataset.get("num_classes"))
+    validate_attack_config(cfg)  # every setting, before any work (robench/config.py)
     validate_names(cfg, ("dataset", "model", "attack"))
     defended = DefenseRun(cfg)  # validates the defense group (recipe, input transformations, detector)
     parse_shard(cfg.dataset.get("shard"))
@@ -151,7 +151,7 @@ def run_attack(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
         if not quiet:
             console.print(f"[dim]skipped {run_dir}: complete already[/dim]")
         return prior_summary
-    R.atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    R.write_run_config(run_dir, cfg)  # config.yaml + overrides.yaml, once the run is accepted
 
     splits = load_dataset(cfg.dataset)
     validate_budget(cfg.budget, splits.num_classes)
@@ -370,7 +370,7 @@ def run_train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     from robench.defenses.base import TrainContext
     from robench.robust_eval import robust_accuracy
 
-    validate_common(cfg)
+    validate_train_config(cfg)  # every setting, before any work (robench/config.py)
     validate_names(cfg, ("dataset", "model"))
     device = resolve_device(cfg.device)
     spec = defense_spec(cfg.defense)
@@ -382,7 +382,7 @@ def run_train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     recipe = instantiate(DEFENSES, dname, spec.recipe_params, "defense")
     if not isinstance(recipe, TrainingRecipe):
         raise RobenchError(f"defense '{dname}' is an input transformation, not a training recipe: nothing to train")
-    R.atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    R.write_run_config(run_dir, cfg)  # config.yaml + overrides.yaml, once the run is accepted
     splits = load_dataset(cfg.dataset)
     dcfg, mcfg = _plain(cfg.dataset), _plain(cfg.model)
     recipe.bind(TrainContext(cfg=cfg, splits=splits, device=device,
