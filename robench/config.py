@@ -223,6 +223,10 @@ def _defense(d: Any, for_training: bool = False):
         validate_params(DEFENSES, name, params, "defense", prefix)
     if spec.detector:
         validate_params(DEFENSES, spec.detector[0], spec.detector[1], "defense", "defense.detector.params")
+    if for_training and (spec.inputs or spec.detector):
+        extra = ", ".join([n for n, _ in spec.inputs] + ([spec.detector[0]] if spec.detector else []))
+        raise RobenchError(f"defense={spec.label}: {extra} act(s) at attack time, not in training; train the model "
+                           f"behind it with defense={spec.recipe}")
     return spec
 
 
@@ -339,9 +343,6 @@ def validate_train_config(cfg: Any) -> dict:
 
 def validate_slice(n_total: int, n_samples: Any, offset: Any) -> None:
     """The evaluation slice fits in the test split (``n_total`` images): no silently shorter slice."""
-    if not 0 <= offset < n_total:
-        raise RobenchError(f"dataset.offset={offset} is outside the test split (0..{n_total - 1})")
-    if n_samples is not None and offset + n_samples > n_total:
-        raise RobenchError(f"dataset.offset={offset} + dataset.n_samples={n_samples} runs past the end of the test "
-                           f"split ({n_total} images): the slice would hold only {n_total - offset}; lower one of them "
-                           f"(dataset.n_samples=null takes the rest of the split)")
+    from robench.data.base import eval_indices
+
+    eval_indices(n_total, n_samples, offset, None)
