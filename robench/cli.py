@@ -148,17 +148,16 @@ def _prevalidate(config_name: str, composed, multirun: bool) -> None:
     if multirun:
         R.check_output_dir(_hydra_dir(hyd, "sweep.dir"), "hydra.sweep.dir")
         return
-    run_dir = _hydra_dir(hyd, "run.dir")
-    R.check_run_dir(run_dir, plain, resume=bool(plain.get("resume", True)) if attack else True)
-    if attack:
+    if attack:  # what needs the data: the slice fits in the split, a target class exists; and the victim
+        from robench.config import validate_budget
         from robench.data import load_dataset
 
         d = plain["dataset"]
         splits = load_dataset(OmegaConf.create(d))
-        from robench.config import validate_budget
         validate_budget(plain["budget"], splits.num_classes)
         validate_slice(len(splits.test), d.get("n_samples"), d.get("offset", 0))
         _check_victim_checkpoint(plain)
+    R.check_run_dir(_hydra_dir(hyd, "run.dir"), plain, resume=bool(plain.get("resume", True)) if attack else True)
 
 
 def _check_victim_checkpoint(c: dict) -> None:

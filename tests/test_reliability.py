@@ -181,8 +181,9 @@ def test_fuzz_table_of_invalid_command_lines(world, capsys):
                     f"checkpoint_dir={world['ck']}", f"hydra.run.dir={fresh}", f"hydra.sweep.dir={fresh}"]
         else:
             extra = _fill(args, world).split()
-            argv = ["attack", "dataset.n_samples=20", "attack.params.steps=5", "progress=false",
-                    f"checkpoint_dir={world['ck']}", f"hydra.run.dir={world['prev']}", *extra]
+            base = ["dataset.n_samples=20"] + ([] if args.startswith("attack=") else ["attack.params.steps=5"])
+            argv = ["attack", *base, "progress=false", f"checkpoint_dir={world['ck']}",
+                    f"hydra.run.dir={world['prev']}", *extra]
         code, lines = _one_line_exit_2(argv, capsys)
         want = _fill(msg, world)
         if code != 2 or len(lines) != 1 or not lines[0].startswith("robench: error: ") or want not in lines[0]:
