@@ -196,7 +196,7 @@ def test_fuzz_table_of_invalid_command_lines(world, capsys):
 def test_report_failures_are_one_line(world, capsys):
     base = world["base"]
     for argv, msg in [(["report", str(world["prev"]), "--out", "/proc/robench_report"], "/proc/robench_report"),
-                      (["report", str(world["prev"]), "--out", str(base / "afile")], str(base / "afile")),
+                      (["report", str(world["prev"]), "--out", str(base / "afile" / "sub")], "afile"),
                       (["report", str(base / "badsum")], "lacks a valid 'command'"),
                       (["report", str(base / "partial")], "lacks model, dataset, defense, budget"),
                       (["report", str(base / "nothing")], "does not exist")]:
