@@ -120,15 +120,35 @@ def _dry_compose(config_name: str, args: List[str], multirun: bool = False):
             check_defense_choice(o.value())
     try:
         keep = lambda k: not k.startswith("hydra.") or k.startswith(("hydra.searchpath", "hydra.run.", "hydra.sweep."))
+        kept = [o for o in parsed if keep(o.get_key_element().lstrip("+~"))]
         plain = [f"{o.get_key_element()}={next(o.sweep_string_iterator())}" if o.is_sweep_override() else o.input_line
-                 for o in parsed if keep(o.get_key_element().lstrip("+~"))]
+                 for o in kept]
         with initialize_config_dir(version_base="1.3", config_dir=str(configs_dir())):
-            return compose(config_name=config_name, overrides=plain, return_hydra_config=True)
+            first = compose(config_name=config_name, overrides=plain, return_hydra_config=True)
+            if multirun:  # each further value of each swept key once (the others at their first value)
+                variants = [plain[:k] + [f"{o.get_key_element()}={v}"] + plain[k + 1:]
+                            for k, o in enumerate(kept) if o.is_sweep_override()
+                            for v in list(o.sweep_string_iterator())[1:]]
+                for ov in variants[:MAX_SWEEP_CHECKS]:
+                    _validate_job(config_name, compose(config_name=config_name, overrides=ov))
+            return first
+    except RobenchError:
+        raise
     except Exception as e:  # Hydra's errors are multi-line: keep the first, it names the problem
         msg = " ".join(str(e).strip().splitlines()[:2]).strip() or e.__class__.__name__
         raise RobenchError(f"bad override: {msg}") from None
     finally:
         GlobalHydra.instance().clear()
+
+
+#: at most this many extra compositions check a sweep's further values before it starts (0.5 s each)
+MAX_SWEEP_CHECKS = 32
+
+
+def _validate_job(config_name: str, cfg) -> dict:
+    from robench.config import validate_attack_config, validate_train_config
+
+    return (validate_attack_config if config_name == "run_attack" else validate_train_config)(cfg)
 
 
 def _prevalidate(config_name: str, composed, multirun: bool) -> None:
@@ -144,7 +164,9 @@ def _prevalidate(config_name: str, composed, multirun: bool) -> None:
     with open_dict(composed):
         del composed["hydra"]
     attack = config_name == "run_attack"
-    plain = (validate_attack_config if attack else validate_train_config)(composed)
+    plain = _validate_job(config_name, composed)
+    if not attack:  # the checkpoint is written after training: its folder must be writable now
+        R.check_output_dir(plain["checkpoint_dir"], "checkpoint_dir")
     if multirun:
         R.check_output_dir(_hydra_dir(hyd, "sweep.dir"), "hydra.sweep.dir")
         return
@@ -193,8 +215,6 @@ def _hydra_command(prog: str, config_name: str, job: Callable, args: List[str]) 
     import hydra
     from hydra.core.hydra_config import HydraConfig
 
-    from robench.oracle import AccessError
-
     from robench.config import configs_dir
     from robench.registry import PLUGIN_CONFIG_DIRS, load_plugins
 
@@ -212,19 +232,26 @@ def _hydra_command(prog: str, config_name: str, job: Callable, args: List[str]) 
 
     @hydra.main(version_base="1.3", config_path=str(configs_dir()), config_name=config_name)
     def app(cfg) -> None:
-        run_dir = Path(HydraConfig.get().runtime.output_dir)
-        try:
-            job(cfg, run_dir)
-        except RobenchError as e:
-            die(str(e))
-        except AccessError as e:  # an attack broke its declared access: a bug in the attack, said in one line
-            die(f"attack '{cfg.attack.name}' broke its declared access ({e}); the oracle refused the query: "
-                f"fix the attack's `access` or the queries it makes")
-        except OSError as e:  # a folder or file the run needs: unwritable, missing, full disk
-            die(os_error_line(e))
+        run_job(job, cfg, Path(HydraConfig.get().runtime.output_dir))
 
     sys.argv = [prog] + args
     app()
+
+
+def run_job(job: Callable, cfg, run_dir: Path) -> None:
+    """Run a Hydra job; whatever a user can fix, or an attack's broken access, ends in one line, exit 2."""
+    from robench.oracle import AccessError
+
+    try:
+        job(cfg, run_dir)
+    except RobenchError as e:
+        die(str(e))
+    except AccessError as e:  # an attack broke its declared access: a bug in the attack, said in one line
+        name = cfg.get("attack", {}).get("name", "?") if hasattr(cfg, "get") else "?"
+        die(f"attack '{name}' broke its declared access ({e}); the oracle refused the query: "
+            f"fix the attack's `access` or the queries it makes")
+    except OSError as e:  # a folder or file the run needs: unwritable, missing, full disk
+        die(os_error_line(e))
 
 
 def main(argv: List[str] | None = None) -> None:

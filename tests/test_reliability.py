@@ -20,8 +20,8 @@ BIG = str(2 ** 70)
 
 
 def snapshot(folder: Path) -> dict:
-    """Every file below ``folder`` (hidden ones included) -> its bytes."""
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+    """Every file and folder below ``folder`` (hidden ones included) -> its bytes (None: a folder)."""
+    return {str(p.relative_to(folder)): p.read_bytes() if p.is_file() else None for p in sorted(folder.rglob("*"))}
 
 
 @pytest.fixture(scope="module")
@@ -135,6 +135,9 @@ ATTACK_CASES = [
     ("hydra.run.dir={base}/afile", "is a file, not a folder"), ("hydra.run.dir={base}/afile/sub", "cannot be created"),
     ("hydra.run.dir={base}/other", "is an existing folder that is not a robench run"),
     ("attack.params.steps=7", "holds a run with a different config (differs in attack.params.steps)"),
+    ("-m hydra.sweep.dir={base}/sw budget.eps=0.1,nan", "budget.eps must be a number >= 0"),
+    ("-m hydra.sweep.dir={base}/sw attack.params.steps=5,1.5", "attack.params.steps must be an integer"),
+    ("-m hydra.sweep.dir={base}/afile budget.eps=0.1,0.2", "hydra.sweep.dir={base}/afile is a file"),
 ]
 
 # (argv after `robench train-defense`, message): run in a fresh folder that must not come to exist
@@ -152,6 +155,9 @@ TRAIN_CASES = [
     ("defense=[pgd_at,trades]", "names 2 training recipes"),
     ("defense=[none,jpeg]", "act(s) at attack time, not in training"),
     (f"seed={BIG}", "seed must be"), ("train.epochs=1 -m train.lr=abc,0.1", "train.lr"),
+    ("-m train.epochs=1,0", "train.epochs must be an integer >= 1, got '0'"),
+    ("checkpoint_dir=/proc/robench_ck", "checkpoint_dir=/proc/robench_ck is not writable"),
+    ("checkpoint_dir={base}/afile", "checkpoint_dir={base}/afile is a file"),
 ]
 
 
@@ -177,8 +183,8 @@ def test_fuzz_table_of_invalid_command_lines(world, capsys):
     fresh = world["base"] / "fresh_train"
     for args, msg in ATTACK_CASES + [("__train__ " + a, m) for a, m in TRAIN_CASES]:
         if args.startswith("__train__ "):
-            argv = ["train-defense", *_fill(args[10:], world).split(), "progress=false",
-                    f"checkpoint_dir={world['ck']}", f"hydra.run.dir={fresh}", f"hydra.sweep.dir={fresh}"]
+            argv = ["train-defense", "progress=false", f"checkpoint_dir={world['ck']}", f"hydra.run.dir={fresh}",
+                    f"hydra.sweep.dir={fresh}", *_fill(args[10:], world).split()]
         else:
             extra = _fill(args, world).split()
             base = ["dataset.n_samples=20"] + ([] if args.startswith("attack=") else ["attack.params.steps=5"])
@@ -255,3 +261,18 @@ def test_failed_samples_distortion_columns_match_the_readme(ckpt_dir, tmp_path):
             assert row.linf > 0.02 + 1e-6 or row.recheck_failed
     assert r[~r.attacked].linf.isna().all()
     assert (r[r.success].linf <= 0.02 + 1e-5).all()
+
+
+def test_an_attack_breaking_its_declared_access_is_one_line(capsys):
+    from omegaconf import OmegaConf
+
+    from robench.oracle import AccessError
+
+    def job(cfg, run_dir):
+        raise AccessError("an attack with access 'label' asked for scores-level answers")
+
+    with pytest.raises(SystemExit) as e:
+        cli.run_job(job, OmegaConf.create({"attack": {"name": "sneaky"}}), Path("."))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1
+    assert "attack 'sneaky' broke its declared access (an attack with access 'label' asked for scores" in err[0]
