@@ -214,15 +214,15 @@ def _model(m: dict) -> None:
 
 def _defense(d: Any, for_training: bool = False):
     from robench.defenses.compose import defense_spec
-    from robench.registry import DEFENSES, validate_params
+    from robench.registry import DEFENSES, instantiate
 
-    spec = defense_spec(d)
-    validate_params(DEFENSES, spec.recipe, spec.recipe_params, "defense", "defense.params")
+    spec = defense_spec(d)  # schema, then each constructor's own checks (constructors do no work)
+    instantiate(DEFENSES, spec.recipe, spec.recipe_params, "defense", "defense.params")
     for name, params in spec.inputs:
         prefix = "defense.params" if (d or {}).get("name") == name else f"defense.input.{name}"
-        validate_params(DEFENSES, name, params, "defense", prefix)
+        instantiate(DEFENSES, name, params, "defense", prefix)
     if spec.detector:
-        validate_params(DEFENSES, spec.detector[0], spec.detector[1], "defense", "defense.detector.params")
+        instantiate(DEFENSES, spec.detector[0], spec.detector[1], "defense", "defense.detector.params")
     if for_training and (spec.inputs or spec.detector):
         extra = ", ".join([n for n, _ in spec.inputs] + ([spec.detector[0]] if spec.detector else []))
         raise RobenchError(f"defense={spec.label}: {extra} act(s) at attack time, not in training; train the model "
@@ -266,7 +266,7 @@ def _common(c: dict) -> None:
 
 def validate_attack_config(cfg: Any) -> dict:
     """Every setting of a ``robench attack`` config, before any work; returns it resolved."""
-    from robench.registry import ATTACKS, validate_params
+    from robench.registry import ATTACKS, instantiate
 
     c = resolved(cfg)
     _common(c)
@@ -287,7 +287,7 @@ def validate_attack_config(cfg: Any) -> dict:
     check_int("attack.batch_size", a.get("batch_size", 1000), lo=1)
     check_int("attack.eot_samples", a.get("eot_samples", 1), lo=1)
     check_bool("attack.bpda", a.get("bpda", False))
-    validate_params(ATTACKS, a["name"], a.get("params"), "attack", "attack.params")
+    instantiate(ATTACKS, a["name"], a.get("params"), "attack", "attack.params")  # schema, then the constructor's own checks
     _defense(c.get("defense"))
     if c.get("n_correct") is not None and (c.get("dataset") or {}).get("shard"):
         raise RobenchError("n_correct cuts the slice after its n-th correct sample and cannot be combined with "

@@ -276,3 +276,29 @@ def test_an_attack_breaking_its_declared_access_is_one_line(capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert e.value.code == 2 and len(err) == 1
     assert "attack 'sneaky' broke its declared access (an attack with access 'label' asked for scores" in err[0]
+
+
+def test_every_shipped_preset_passes_validation():
+    """The checks refuse nothing robench ships: every attack, defense and model preset, and every
+    experiment preset, composes and validates (attack, and train-defense for training recipes)."""
+    from hydra import compose, initialize_config_dir
+
+    from robench.config import configs_dir, group_options, validate_attack_config, validate_train_config
+    from robench.defenses.compose import _kind
+
+    problems = []
+    with initialize_config_dir(version_base="1.3", config_dir=str(configs_dir())):
+        attacks, defenses, models = group_options("attack"), group_options("defense"), group_options("model")
+        n = max(len(attacks), len(defenses), len(models))  # every preset at least once, in few compositions
+        runs = [("run_attack", [f"attack={attacks[i % len(attacks)]}", f"defense={defenses[i % len(defenses)]}",
+                                f"model={models[i % len(models)]}"]) for i in range(n)]
+        runs += [("run_train", [f"defense={d}"]) for d in defenses if _kind(d) == "train"]
+        runs += [("run_attack" if "train" not in e and "plasticity" not in e else "run_train", [f"experiment={e}"])
+                 for e in group_options("experiment")]
+        for name, ov in runs:
+            try:
+                cfg = compose(config_name=name, overrides=ov)
+                (validate_attack_config if name == "run_attack" else validate_train_config)(cfg)
+            except Exception as e:  # noqa: BLE001 - report them all
+                problems.append(f"{name} {ov}: {e}")
+    assert not problems, "\n".join(problems)
