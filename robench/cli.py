@@ -30,6 +30,13 @@ def die(msg: str, code: int = 2) -> None:
     sys.exit(code)
 
 
+def os_error_line(e: OSError) -> str:
+    """An OSError (unwritable folder, missing file, full disk) as one line naming the path."""
+    what = e.strerror or str(e) or e.__class__.__name__
+    path = e.filename if e.filename is not None else ""
+    return f"{what}: {path}" + (f" -> {e.filename2}" if getattr(e, "filename2", None) else "") if path else what
+
+
 def _user_searchpath(args: List[str]) -> bool:
     return any(a.startswith("hydra.searchpath") for a in args)
 
@@ -76,15 +83,8 @@ _FLAGS_WITH_VALUE = {"--cfg", "-c", "--config-name", "-cn", "--config-path", "-c
                      "--package", "-p", "--info", "--experimental-rerun"}
 
 
-def _dry_compose(config_name: str, args: List[str]) -> None:
-    """Compose the config once (first value of each sweep) so that a bad override fails in one line,
-    before Hydra prints its multi-line report."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    from robench.config import configs_dir
-
+def _split_flags(args: List[str]) -> List[str]:
+    """The key=value overrides of a command line (Hydra's own flags and their values dropped)."""
     overrides, skip = [], False
     for a in args:
         if skip:
@@ -94,18 +94,121 @@ def _dry_compose(config_name: str, args: List[str]) -> None:
             skip = a in _FLAGS_WITH_VALUE
             continue
         overrides.append(a)
+    return overrides
+
+
+def _dry_compose(config_name: str, args: List[str], multirun: bool = False):
+    """Compose the config once (first value of each sweep) so that a bad override fails in one line,
+    before Hydra prints its multi-line report. Returns the composed config, with its ``hydra`` node."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from robench.config import check_defense_choice, configs_dir
+
+    overrides = _split_flags(args)
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
-        keep = lambda k: not k.startswith("hydra.") or k.startswith("hydra.searchpath")  # search path: plugin configs
+    except Exception as e:  # Hydra's errors are multi-line: keep the first, it names the problem
+        msg = " ".join(str(e).strip().splitlines()[:2]).strip() or e.__class__.__name__
+        raise RobenchError(f"bad override: {msg}") from None
+    for o in parsed:
+        if o.is_sweep_override() and not multirun:
+            raise RobenchError(f"{o.input_line} gives several values (a sweep): add -m to run one job per value, "
+                               f"e.g. robench {'attack' if config_name == 'run_attack' else 'train-defense'} -m {o.input_line}")
+        if o.get_key_element().lstrip("+~") == "defense" and not o.is_sweep_override():
+            check_defense_choice(o.value())
+    try:
+        keep = lambda k: not k.startswith("hydra.") or k.startswith(("hydra.searchpath", "hydra.run.", "hydra.sweep."))
+        kept = [o for o in parsed if keep(o.get_key_element().lstrip("+~"))]
         plain = [f"{o.get_key_element()}={next(o.sweep_string_iterator())}" if o.is_sweep_override() else o.input_line
-                 for o in parsed if keep(o.get_key_element().lstrip("+~"))]
+                 for o in kept]
         with initialize_config_dir(version_base="1.3", config_dir=str(configs_dir())):
-            compose(config_name=config_name, overrides=plain)
+            first = compose(config_name=config_name, overrides=plain, return_hydra_config=True)
+            if multirun:  # each further value of each swept key once (the others at their first value)
+                variants = [plain[:k] + [f"{o.get_key_element()}={v}"] + plain[k + 1:]
+                            for k, o in enumerate(kept) if o.is_sweep_override()
+                            for v in list(o.sweep_string_iterator())[1:]]
+                for ov in variants[:MAX_SWEEP_CHECKS]:
+                    _validate_job(config_name, compose(config_name=config_name, overrides=ov))
+            return first
+    except RobenchError:
+        raise
     except Exception as e:  # Hydra's errors are multi-line: keep the first, it names the problem
         msg = " ".join(str(e).strip().splitlines()[:2]).strip() or e.__class__.__name__
         raise RobenchError(f"bad override: {msg}") from None
     finally:
         GlobalHydra.instance().clear()
+
+
+#: at most this many extra compositions check a sweep's further values before it starts (0.5 s each)
+MAX_SWEEP_CHECKS = 32
+
+
+def _validate_job(config_name: str, cfg) -> dict:
+    from robench.config import validate_attack_config, validate_train_config
+
+    return (validate_attack_config if config_name == "run_attack" else validate_train_config)(cfg)
+
+
+def _prevalidate(config_name: str, composed, multirun: bool) -> None:
+    """Every check that can run before Hydra touches the disk: the whole config (robench.config), the
+    run folder (writable, not a file, not someone else's folder, not a run of another config) and,
+    for a single attack run, that the evaluation slice fits in the test split."""
+    from omegaconf import OmegaConf, open_dict
+
+    from robench import run_folder
+    from robench.config import resolved, validate_attack_config, validate_slice, validate_train_config
+
+    hyd = composed.hydra
+    with open_dict(composed):
+        del composed["hydra"]
+    attack = config_name == "run_attack"
+    plain = _validate_job(config_name, composed)
+    if not attack:  # the checkpoint is written after training: its folder must be writable now
+        run_folder.check_output_dir(plain["checkpoint_dir"], "checkpoint_dir")
+    if multirun:
+        run_folder.check_output_dir(_hydra_dir(hyd, "sweep.dir"), "hydra.sweep.dir")
+        return
+    if attack:  # what needs the data: the slice fits in the split, a target class exists; and the victim
+        from robench.config import validate_budget
+        from robench.data import load_dataset
+
+        d = plain["dataset"]
+        splits = load_dataset(OmegaConf.create(d))
+        validate_budget(plain["budget"], splits.num_classes)
+        validate_slice(len(splits.test), d.get("n_samples"), d.get("offset", 0))
+        _check_victim_checkpoint(plain)
+    run_folder.check_run_dir(_hydra_dir(hyd, "run.dir"), plain, resume=bool(plain.get("resume", True)) if attack else True)
+
+
+def _check_victim_checkpoint(c: dict) -> None:
+    """The victim's checkpoint exists (or the model is pretrained): else the command that makes it."""
+    from robench.checkpoint import checkpoint_path, train_command
+    from robench.defenses.compose import defense_spec
+
+    recipe = defense_spec(c["defense"]).recipe
+    m = c["model"]
+    if (m.get("params") or {}).get("pretrained") and recipe == "none":
+        return
+    path = checkpoint_path(c["checkpoint_dir"], c["dataset"], m, recipe)
+    if not path.exists():
+        raise RobenchError(f"no checkpoint at {path}: create it with "
+                           f"`{train_command(c['dataset'], m, recipe, c['checkpoint_dir'])}`")
+
+
+def _hydra_dir(hyd, key: str) -> str:
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        v = OmegaConf.select(hyd, key, throw_on_resolution_failure=True)
+    except OmegaConfBaseException as e:
+        first = (str(e).strip().splitlines() or [e.__class__.__name__])[0]
+        raise RobenchError(f"cannot resolve hydra.{key}: {first}") from None
+    if v is None or not str(v).strip():
+        raise RobenchError(f"hydra.{key} is empty: give a folder, e.g. hydra.{key}=results/my_run")
+    return str(v)
 
 
 def _hydra_command(prog: str, config_name: str, job: Callable, args: List[str]) -> None:
@@ -121,18 +224,34 @@ def _hydra_command(prog: str, config_name: str, job: Callable, args: List[str]) 
     _precheck_groups(args)
     if PLUGIN_CONFIG_DIRS and not _user_searchpath(args):
         args = args + ["hydra.searchpath=[" + ",".join(f"file://{d}" for _, d in PLUGIN_CONFIG_DIRS) + "]"]
-    _dry_compose(config_name, args)
+    multirun = any(a in ("-m", "--multirun") for a in args)
+    composed = _dry_compose(config_name, args, multirun)
+    if not any(a in ("--cfg", "-c", "--info", "--help", "-h", "--hydra-help", "--shell-completion", "-sc")
+               for a in args):  # those only print: nothing to validate, nothing written
+        _prevalidate(config_name, composed, multirun)
 
     @hydra.main(version_base="1.3", config_path=str(configs_dir()), config_name=config_name)
     def app(cfg) -> None:
-        run_dir = Path(HydraConfig.get().runtime.output_dir)
-        try:
-            job(cfg, run_dir)
-        except RobenchError as e:
-            die(str(e))
+        run_job(job, cfg, Path(HydraConfig.get().runtime.output_dir))
 
     sys.argv = [prog] + args
     app()
+
+
+def run_job(job: Callable, cfg, run_dir: Path) -> None:
+    """Run a Hydra job; whatever a user can fix, or an attack's broken access, ends in one line, exit 2."""
+    from robench.oracle import AccessError
+
+    try:
+        job(cfg, run_dir)
+    except RobenchError as e:
+        die(str(e))
+    except AccessError as e:  # an attack broke its declared access: a bug in the attack, said in one line
+        name = cfg.get("attack", {}).get("name", "?") if hasattr(cfg, "get") else "?"
+        die(f"attack '{name}' broke its declared access ({e}); the oracle refused the query: "
+            f"fix the attack's `access` or the queries it makes")
+    except OSError as e:  # a folder or file the run needs: unwritable, missing, full disk
+        die(os_error_line(e))
 
 
 def main(argv: List[str] | None = None) -> None:
@@ -157,6 +276,8 @@ def main(argv: List[str] | None = None) -> None:
             raise RobenchError(f"unknown command '{cmd}'; valid: attack, train-defense, report, list")
     except RobenchError as e:
         die(str(e))
+    except OSError as e:
+        die(os_error_line(e))
     except KeyboardInterrupt:
         die("interrupted (records written so far are kept in the run folder)", 130)
 

@@ -2,8 +2,9 @@
 
 Files of an attack run folder:
 
-* ``config.yaml``: the composed, resolved config (Hydra's ``.hydra/`` folder holds the unresolved one
-  and the overrides);
+* ``config.yaml``: the composed, resolved config, and ``overrides.yaml``: the command line's overrides
+  (:func:`write_run_config`, once the run is accepted; robench's configs set ``hydra.output_subdir``
+  to null, so Hydra writes no ``.hydra/`` folder);
 * ``records.csv``: one row per evaluated sample (columns :data:`RECORD_COLUMNS`, then any extra
   columns an attack adds, e.g. ``dist_at_4000``), holding the rows of every *completed* batch:
   rewritten atomically after each batch, so an interrupted run resumes from it (:func:`read_records`);
@@ -74,6 +75,8 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, TypedDict
 
 import pandas as pd
+
+from robench.errors import RobenchError
 
 SCHEMA_VERSION = 1
 

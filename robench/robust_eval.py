@@ -36,7 +36,7 @@ def robust_accuracy(model, splits, ecfg, budget, seed: int, device: torch.device
     bs = int(ecfg.get("batch_size", 1000))
     if bs < 1:
         raise RobenchError(f"eval.batch_size must be >= 1, got {bs}")
-    _, x, y = eval_slice(splits, None if n is None else int(n), 0)
+    _, x, y = eval_slice(splits, None if n is None else int(n), 0, key="eval")
     model.eval()
     correct = (predict(model, x).argmax(1).cpu() == y)
     t0 = time.perf_counter()

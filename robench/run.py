@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 import robench
 from robench import results as R
 from robench.attacks.base import AttackContext, ClassImages
-from robench.config import resolve_device, validate_budget, validate_common, validate_names
+from robench.config import resolve_device, validate_attack_config, validate_budget, validate_names
 from robench.data import eval_slice, load_dataset, parse_shard
 from robench.data.base import eval_indices
 from robench.engine import Plan, Referee, batch_seed, choose_targets, execute, prepare_attack, run_all  # noqa: F401
@@ -32,6 +32,7 @@ from robench.train import predict
 from robench.train_job import run_train  # noqa: F401  (the train-defense job; cli.py imports it from here)
 from robench.models.sources import victim_summary
 from robench.victim import load_victim, surrogate_loader  # noqa: F401  (load_victim: kept importable from here)
+from robench.run_folder import write_run_config
 
 #: robench's own messages: Hydra's job logging sends them to <run dir>/<job name>.log (README, "Logs")
 log = logging.getLogger("robench")
@@ -76,8 +77,7 @@ def prefix_with_n_correct(correct: torch.Tensor, n: int) -> int:
 
 
 def run_attack(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
-    validate_common(cfg)
-    validate_budget(cfg.budget, cfg.dataset.get("num_classes"))
+    validate_attack_config(cfg)  # every setting, before any work (robench/config.py)
     validate_names(cfg, ("dataset", "model", "attack"))
     ev = Evaluation(cfg)  # validates the defense group (recipe, input transformations, detector)
     parse_shard(cfg.dataset.get("shard"))
@@ -106,7 +106,7 @@ def run_attack(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
 
             Console(stderr=True).print(f"[dim]skipped {run_dir}: complete already[/dim]")
         return prior_summary
-    R.atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    write_run_config(run_dir, cfg)  # config.yaml + overrides.yaml, once the run is accepted
 
     splits = load_dataset(cfg.dataset)
     validate_budget(cfg.budget, splits.num_classes)

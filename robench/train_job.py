@@ -12,12 +12,13 @@ from omegaconf import DictConfig, OmegaConf
 import robench
 from robench import results as R
 from robench.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint, train_command
-from robench.config import resolve_device, validate_common, validate_names
+from robench.config import resolve_device, validate_names, validate_train_config
 from robench.data import load_dataset
 from robench.defenses.base import TrainingRecipe
 from robench.defenses.compose import defense_spec
 from robench.errors import RobenchError
 from robench.models import build_model
+from robench.run_folder import write_run_config
 from robench.models.sources import build_source, source_of, source_tag, train_summary
 from robench.registry import DEFENSES, instantiate
 from robench.train import train
@@ -72,7 +73,7 @@ def run_train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     from robench.defenses.base import TrainContext
     from robench.robust_eval import robust_accuracy
 
-    validate_common(cfg)
+    validate_train_config(cfg)  # every setting, before any work (robench/config.py)
     validate_names(cfg, ("dataset", "model"))
     device = resolve_device(cfg.device)
     spec = defense_spec(cfg.defense)
@@ -84,7 +85,7 @@ def run_train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     recipe = instantiate(DEFENSES, dname, spec.recipe_params, "defense")
     if not isinstance(recipe, TrainingRecipe):
         raise RobenchError(f"defense '{dname}' is an input transformation, not a training recipe: nothing to train")
-    R.atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    write_run_config(run_dir, cfg)  # config.yaml + overrides.yaml, once the run is accepted
     splits = load_dataset(cfg.dataset)
     dcfg, mcfg = _plain(cfg.dataset), _plain(cfg.model)
     recipe.bind(TrainContext(cfg=cfg, splits=splits, device=device,

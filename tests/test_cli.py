@@ -75,8 +75,9 @@ def test_train_then_attack_end_to_end(tmp_path):
                 f"checkpoint_dir={ck}", f"hydra.run.dir={run}", cwd=tmp_path)
     assert p.returncode == 0, p.stderr
     assert "attack success rate" in p.stdout  # the rich table
-    for f in ("config.yaml", "records.csv", "summary.json", "summary.md", ".hydra/overrides.yaml"):
+    for f in ("config.yaml", "records.csv", "summary.json", "summary.md", "overrides.yaml"):
         assert (run / f).exists(), f
+    assert not (run / ".hydra").exists()  # robench writes its own overrides.yaml, once the run is accepted
     s = json.loads((run / "summary.json").read_text())
     for k in ("schema_version", "clean_accuracy", "success_rate", "robust_accuracy", "n_samples", "n_attacked",
               "mean_queries", "median_queries", "mean_l2", "median_l2", "mean_linf", "median_linf", "seconds",

@@ -73,7 +73,7 @@ def test_bad_defense_specs(monkeypatch):
         defense_spec({"input": {"none": {}}})
     with pytest.raises(RobenchError, match="unknown defense 'nope'"):
         defense_spec({"input": {"nope": {}}})
-    with pytest.raises(RobenchError, match="jpeg quality must be an integer in 1..100"):
+    with pytest.raises(RobenchError, match=r"quality must be an integer in \[1, 100\], got '0'"):  # the declared schema
         from robench.defenses.compose import instantiate_input
         instantiate_input("jpeg", {"quality": 0})
     # an input transformation named the old way is the natural checkpoint behind it

@@ -41,7 +41,8 @@ def parse_shard(shard: Any) -> Tuple[int, int]:
     return i, n
 
 
-def eval_indices(n_total: int, n_samples: Optional[int], offset: int, shard: Any, unit: int = 1) -> torch.Tensor:
+def eval_indices(n_total: int, n_samples: Optional[int], offset: int, shard: Any, unit: int = 1,
+                 key: str = "dataset") -> torch.Tensor:
     """Test-split indices for this evaluation: ``[offset, offset + n_samples)``, then shard i of n.
 
     The slice is cut into units of ``unit`` consecutive samples (``robench attack`` passes
@@ -53,7 +54,12 @@ def eval_indices(n_total: int, n_samples: Optional[int], offset: int, shard: Any
     if offset < 0 or offset >= n_total:
         raise RobenchError(f"dataset.offset={offset} is outside the test split (0..{n_total - 1})")
     if n_samples is not None and n_samples < 1:
-        raise RobenchError(f"dataset.n_samples must be >= 1 (or null for all), got {n_samples}")
+        raise RobenchError(f"{key}.n_samples must be >= 1 (or null for all), got {n_samples}")
+    if n_samples is not None and offset + n_samples > n_total:  # never a silently shorter slice
+        at = f"dataset.offset={offset} + " if offset else ""
+        raise RobenchError(f"{at}{key}.n_samples={n_samples} runs past the end of the test split ({n_total} images): "
+                           f"the slice would hold only {n_total - offset}; lower it ({key}.n_samples=null takes the "
+                           f"rest of the split)")
     end = n_total if n_samples is None else min(n_total, offset + n_samples)
     idx = torch.arange(offset, end)
     i, n = parse_shard(shard)
@@ -67,10 +73,10 @@ def eval_indices(n_total: int, n_samples: Optional[int], offset: int, shard: Any
 
 
 def eval_slice(splits: DatasetSplits, n_samples: Optional[int], offset: int = 0,
-               shard: Any = None, unit: int = 1) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+               shard: Any = None, unit: int = 1, key: str = "dataset") -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Returns (dataset indices, images NCHW in [0,1], labels) of the evaluation slice (shards in
     units of ``unit`` samples, see :func:`eval_indices`)."""
-    idx = eval_indices(len(splits.test), n_samples, offset, shard, unit)
+    idx = eval_indices(len(splits.test), n_samples, offset, shard, unit, key)
     if len(idx) == 0:
         raise RobenchError("the evaluation slice is empty: check dataset.n_samples, dataset.offset and dataset.shard")
     xs, ys = zip(*(splits.test[int(i)] for i in idx))

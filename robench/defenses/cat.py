@@ -50,6 +50,9 @@ class CAT(TrainingRecipe):
 
     adversarial = True
 
+    #: numeric ranges the registry checks before construction (robench.registry.validate_params)
+    param_ranges = {"eta": ">0", "c": ">=0"}
+
     def __init__(self, eps_max: float = PAPER_EPS_MAX, norm: str = "linf", eta: Optional[float] = None,
                  c: Optional[float] = None, beta: float = 1.0, steps: int = 10, loss: str = "ce", kappa: float = 10.0,
                  adaptive_eps: bool = True, label_smoothing: bool = True):

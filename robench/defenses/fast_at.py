@@ -41,6 +41,9 @@ class FastAT(TrainingRecipe):
 
     adversarial = True
 
+    #: numeric ranges the registry checks before construction (robench.registry.validate_params)
+    param_ranges = {"stop_drop": "(0,1]", "check_size": ">=1"}
+
     def __init__(self, eps: float = 0.3, norm: str = "linf", alpha: float = 1.25, warmup_epochs: float = 0.0,
                  early_stop: bool = True, stop_drop: float = 0.2, check_size: int = 128):
         check_threat(norm, eps, "fast_at")

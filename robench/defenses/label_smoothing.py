@@ -13,6 +13,9 @@ class LabelSmoothing(TrainingRecipe):
     against h(y) = (1 - α) y + α u with u = 1/K uniform. α = 0.1, Szegedy et al.'s value (the thesis
     states none)."""
 
+    #: numeric ranges the registry checks before construction (robench.registry.validate_params)
+    param_ranges = {"alpha": "[0,1)"}
+
     def __init__(self, alpha: float = 0.1):
         if not 0 <= alpha <= 1:
             raise RobenchError(f"label_smoothing needs 0 <= alpha <= 1, got {alpha}")

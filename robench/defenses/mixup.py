@@ -16,6 +16,9 @@ class Mixup(TrainingRecipe):
     0.2, see ``sprout``). λ is folded to min(λ, 1 - λ) (Beta(a, a) is symmetric, so the vicinity is
     unchanged) so that x_i dominates and the batch accuracy against y_i is meaningful."""
 
+    #: numeric ranges the registry checks before construction (robench.registry.validate_params)
+    param_ranges = {"a": ">0"}
+
     def __init__(self, a: float = 1.0):
         if a <= 0:
             raise RobenchError(f"mixup needs a > 0, got {a}")

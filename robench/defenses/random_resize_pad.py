@@ -32,6 +32,9 @@ class RandomResizePad(InputDefense):
     differentiable = True
     randomized = True
 
+    #: numeric ranges the registry checks before construction (robench.registry.validate_params)
+    param_ranges = {"min_scale": "(0,1]"}
+
     def __init__(self, min_scale: float = 299 / 331):
         super().__init__()
         if not 0 < min_scale <= 1:

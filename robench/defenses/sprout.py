@@ -40,6 +40,10 @@ class SPROUT(TrainingRecipe):
     trained model (§5.3.4.1): configs/defense/sprout.yaml sets ``train.init_from: none``.
     """
 
+    #: numeric ranges the registry checks before construction (robench.registry.validate_params)
+    param_ranges = {"alpha": "[0,1]", "sigma": ">=0", "mixup_a": ">=0", "beta_lr": ">=0", "beta_init": ">0",
+                    "concentration": ">0", "beta_min": ">0"}
+
     def __init__(self, alpha: float = 0.01, sigma: float = 0.1, mixup_a: float = 0.2, beta_lr: float = 0.1,
                  beta_init: float = 1.0, concentration: float = 1.0, beta_min: float = 1e-3):
         if not 0 <= alpha <= 1 or sigma < 0 or mixup_a < 0 or beta_lr < 0 or beta_init <= 0 or concentration <= 0:

@@ -76,6 +76,9 @@ class TVM(InputDefense):
     differentiable = False
     randomized = True
 
+    #: numeric ranges the registry checks before construction (robench.registry.validate_params)
+    param_ranges = {"drop_rate": "[0,1)", "weight": ">0"}
+
     def __init__(self, drop_rate: float = 0.5, weight: float = 0.03, iterations: int = 100):
         super().__init__()
         if not 0 <= drop_rate < 1:

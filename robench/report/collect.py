@@ -20,9 +20,6 @@ from typing import Any, Dict, List, Optional, Tuple
 from robench import results as R
 from robench.errors import RobenchError
 
-#: override keys that never distinguish what a run computes
-IGNORED_OVERRIDES = ("progress=", "quiet=", "resume=", "launcher=", "hydra.")
-
 #: per ``command``: the summary keys the tables need; a summary without one of them is skipped
 REQUIRED_KEYS = {
     "attack": ("attack", "model", "dataset", "defense", "budget", "n_samples", "clean_accuracy", "success_rate",
@@ -32,17 +29,11 @@ REQUIRED_KEYS = {
 
 
 def run_overrides(run_dir: Path) -> str:
-    """The Hydra overrides that made this run (from .hydra/overrides.yaml), minus display-only ones."""
-    f = Path(run_dir) / ".hydra" / "overrides.yaml"
-    if not f.exists():
-        return ""
-    import yaml
+    """The overrides that made this run, minus display-only ones (robench's own ``overrides.yaml``, else
+    ``.hydra/overrides.yaml`` of older runs: robench.run_folder.run_overrides)."""
+    from robench.run_folder import run_overrides as overrides_of
 
-    try:
-        ov = yaml.safe_load(f.read_text()) or []
-    except yaml.YAMLError:
-        return ""
-    return " ".join(str(o) for o in ov if not str(o).startswith(IGNORED_OVERRIDES))
+    return overrides_of(run_dir)
 
 
 def read_summary(f: Path) -> Tuple[Optional[Dict[str, Any]], str]:
@@ -57,11 +48,11 @@ def read_summary(f: Path) -> Tuple[Optional[Dict[str, Any]], str]:
         return None, "not a JSON object"
     cmd = s.get("command")
     if cmd not in REQUIRED_KEYS:
-        return None, (f"command {cmd!r} is not one of {', '.join(REQUIRED_KEYS)}" if "command" in s
-                      else "no 'command' key (not a robench summary)")
+        return None, (f"lacks a valid 'command' ({' or '.join(REQUIRED_KEYS)}, got {cmd!r}): not a robench "
+                      f"summary, or truncated")
     missing = [k for k in REQUIRED_KEYS[cmd] if k not in s]
     if missing:
-        return None, f"{cmd} summary lacks {', '.join(missing)}; re-run it with this robench"
+        return None, f"lacks {', '.join(missing)} ({cmd} summary); re-run it with this robench"
     return s, ""
 
 

@@ -60,7 +60,7 @@ class Ensemble(Attack):
         if not attacks:
             raise RobenchError("ensemble: attack.params.attacks is empty; list at least one registered attack")
         self.members: List[tuple[str, Attack]] = []
-        for spec in attacks:
+        for i, spec in enumerate(attacks):
             name, params = _member_spec(spec)
             if name == "ensemble":
                 raise RobenchError("ensemble: an ensemble cannot contain another ensemble")
@@ -68,7 +68,7 @@ class Ensemble(Attack):
                 raise RobenchError(f"ensemble member '{name}' is not a registered attack; valid: "
                                    f"{', '.join(ATTACKS.names())} (install or merge the plugin that provides it, "
                                    f"or remove it from attack.params.attacks)")
-            self.members.append((name, instantiate(ATTACKS, name, params, "attack")))
+            self.members.append((name, instantiate(ATTACKS, name, params, "attack", f"attack.params.attacks[{i}].params")))
         self.access = max((m.access for _, m in self.members), key=lambda a: _RANK[a])
         labels, seen = [], {}
         for name, _ in self.members:

@@ -58,6 +58,9 @@ class Transfer(Attack):
     access = "label"
     requires = ("surrogate",)
 
+    #: numeric ranges the registry checks before construction (robench.registry.validate_params)
+    param_ranges = {"surrogate_max_queries": ">=1"}
+
     def __init__(self, surrogate: Optional[Dict[str, Any]] = None, attack: Optional[Dict[str, Any]] = None,
                  surrogate_max_queries: int = 100_000):
         from robench.registry import instantiate

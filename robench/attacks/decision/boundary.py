@@ -35,6 +35,10 @@ class BoundaryAttack(Attack):
     requires = ("class_images",)
     minimizes_distortion = True
 
+    #: numeric ranges the registry checks before construction (robench.registry.validate_params)
+    param_ranges = {"spherical_step": ">0", "source_step": ">0", "step_adaptation": ">1", "update_stats_every_k": ">=1",
+                    "source_step_convergence": ">=0"}
+
     def __init__(self, spherical_step: float = 0.01, source_step: float = 0.01, step_adaptation: float = 1.5,
                  update_stats_every_k: int = 10, source_step_convergence: float = 1e-7, max_steps: int = 10_000_000):
         if spherical_step <= 0 or source_step <= 0 or step_adaptation <= 1 or update_stats_every_k < 1:

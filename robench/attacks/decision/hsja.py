@@ -33,6 +33,9 @@ class HopSkipJump(Attack):
     requires = ("class_images",)
     minimizes_distortion = True
 
+    #: numeric ranges the registry checks before construction (robench.registry.validate_params)
+    param_ranges = {"max_halvings": ">=0"}
+
     def __init__(self, gamma: float = 1.0, init_evals: int = 100, max_evals: int = 10_000,
                  max_iterations: int = 100_000, max_halvings: int = 30):
         if gamma <= 0 or init_evals < 1 or max_evals < init_evals:

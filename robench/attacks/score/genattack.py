@@ -81,6 +81,10 @@ class GenAttack(ScoreAttack):
     name = "genattack"
     norms = ("linf",)
 
+    #: numeric ranges the registry checks before construction (robench.registry.validate_params)
+    param_ranges = {"pop_size": ">=2", "mutation_prob": "[0,1]", "mutation_range": ">0", "rho_init": "[0,1]",
+                    "alpha_init": ">0", "decay": ">0", "rho_min": "[0,1]", "alpha_min": ">0", "plateau_patience": ">=1"}
+
     def __init__(self, pop_size: int = 6, mutation_prob: float = 0.05, mutation_range: float = 1.0,
                  temperature: float = 0.1, resize: Optional[int] = None, adaptive: bool = False,
                  rho_init: float = 0.5, alpha_init: float = 0.4, decay: float = 0.9, rho_min: float = 0.1,

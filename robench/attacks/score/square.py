@@ -88,6 +88,9 @@ class Square(ScoreAttack):
 
     name = "square"
 
+    #: numeric ranges the registry checks before construction (robench.registry.validate_params)
+    param_ranges = {"p_init": "(0,1]"}
+
     def __init__(self, p_init: Optional[float] = None, loss: Optional[str] = None):
         if p_init is not None and not 0 < p_init <= 1:
             raise RobenchError(f"square p_init must be in (0, 1], got {p_init}")

@@ -50,6 +50,10 @@ class ZOO(ScoreAttack):
 
     name = "zoo"
 
+    #: numeric ranges the registry checks before construction (robench.registry.validate_params)
+    param_ranges = {"coords_per_step": ">=1", "h": ">0", "beta1": "[0,1)", "beta2": "[0,1)", "const": ">0",
+                    "binary_search_steps": ">=1"}
+
     def __init__(self, coords_per_step: int = 128, lr: float = 0.01, h: float = 1e-4, beta1: float = 0.9,
                  beta2: float = 0.999, const: float = 10.0, confidence: float = 0.0, binary_search_steps: int = 1,
                  max_iterations: Optional[int] = None, resize: Optional[int] = None):

@@ -23,6 +23,9 @@ class APGDT(APGD):
     name = "apgd_t"
     default_loss = "dlr"
 
+    #: numeric ranges the registry checks before construction (robench.registry.validate_params)
+    param_ranges = {"target_classes": ">=1"}
+
     def __init__(self, steps: int = 100, restarts: int = 1, rho: float = 0.75, target_classes: int = 9):
         super().__init__(steps=steps, restarts=restarts, rho=rho, loss="dlr")
         if target_classes < 1:

@@ -45,6 +45,9 @@ class CWL2(Attack):
     access = "gradient"
     minimizes_distortion = True
 
+    #: numeric ranges the registry checks before construction (robench.registry.validate_params)
+    param_ranges = {"binary_search_steps": ">=1", "initial_const": ">0"}
+
     def __init__(self, binary_search_steps: int = 10, max_iterations: int = 1000, learning_rate: float = 0.01,
                  initial_const: float = 1e-3, confidence: float = 0.0, abort_early: bool = True):
         if binary_search_steps < 1 or max_iterations < 1:

@@ -40,6 +40,9 @@ class DeepFool(Attack):
     access = "gradient"
     minimizes_distortion = True
 
+    #: numeric ranges the registry checks before construction (robench.registry.validate_params)
+    param_ranges = {"overshoot": ">=0", "candidates": ">=2"}
+
     def __init__(self, overshoot: float = 0.02, max_iter: int = 50, candidates: int = 10):
         if overshoot < 0 or max_iter < 1 or candidates < 2:
             raise RobenchError(f"deepfool needs overshoot >= 0, max_iter >= 1 and candidates >= 2 "
