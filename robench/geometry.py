@@ -1,5 +1,5 @@
 """Lp geometry of the threat model, in one place (the pattern of foolbox's ``LinfBaseGradientDescent`` /
-``L2BaseGradientDescent``, rauber2017foolbox): per-row distance, projection onto the eps-ball,
+``L2BaseGradientDescent``, [rauber2017foolbox]): per-row distance, projection onto the eps-ball,
 normalisation, the steepest-ascent step and the uniform random start.
 
 One class per norm (:class:`Linf`, :class:`L2`) overrides the norm-specific operations; the
@@ -73,7 +73,7 @@ class Geometry:
         return self.clip(x0, x - x0, eps)
 
     def random_start(self, x0: torch.Tensor, eps: Eps, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        """A uniform point of B(x0, eps), clipped to [0, 1] (the random start of madry2018). A tensor
+        """A uniform point of B(x0, eps), clipped to [0, 1] (the random start of [madry2018]). A tensor
         ``eps`` (per-row radii) scales a draw from the unit ball."""
         if isinstance(eps, torch.Tensor):
             return (x0 + self.random_in_ball(x0.shape, 1.0, generator, x0.device) * eps).clamp(0, 1)

@@ -25,7 +25,7 @@ An attack gets an :class:`OracleView` of an :class:`Oracle` for a batch of sampl
 * optionally (``confirm_repeats = k > 0``, for randomized victims) confirms a success *when it is
   seen*: a row counts as successful only if k more fresh, uncounted evaluations of the same point
   agree, so a lucky draw of the defense's randomness does not end a sample's attack (GenAttack's TVM
-  protocol: "classified as target 3 times in a row", thesis §2.6.2.2). The confirmations are the
+  protocol: "classified as target 3 times in a row", [alzantot2019 §2.6.2.2]). The confirmations are the
   referee's, like the final re-check; the attack learns their outcome only through ``active``.
 
 Everything stays on the victim's device; the hot path does not synchronise with the host except to
@@ -151,7 +151,7 @@ class Oracle:
         """Softmax probabilities of rows ``x``; NaN rows where not answered. Needs access ``scores``.
 
         With ``eot_samples = k > 1`` (a randomized victim; GenAttack's "expectation of the fitness over
-        t = 32 queries", thesis §2.6.2.2) each row is evaluated k times (k queries, each judged) and
+        t = 32 queries", [alzantot2019 §2.6.2.2]) each row is evaluated k times (k queries, each judged) and
         the answer is the mean of the answered copies' probabilities.
         """
         self._require("scores")
@@ -184,7 +184,7 @@ class Oracle:
         Each answered row costs one query (a gradient query). Unanswered rows get NaN logits and a
         zero gradient. Needs access ``gradient``.
 
-        EOT (expectation over transformation, Athalye et al. 2018): with ``eot_samples = k > 1`` each
+        EOT (expectation over transformation, Athalye et al. [athalye2018]): with ``eot_samples = k > 1`` each
         row is evaluated k times (k forward+backward rows, k queries, each judged for success: the
         victim's randomized input defense draws afresh every time) and the returned gradient is the
         mean over the answered copies; the logits returned are those of the first copy. When the

@@ -125,7 +125,7 @@ def keep_active(oracle: OracleView, idx: torch.Tensor, *state, mask: Optional[to
 def attack_loss(kind: str, logits: torch.Tensor, y: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor:
     """Per-row loss to MAXIMISE. ``ce``: cross-entropy (untargeted: of y; targeted: minus that of the
     target). ``cw``: the Carlini-Wagner margin on logits, max_{i!=y} Z_i - Z_y untargeted and
-    Z_t - max_{i!=t} Z_i targeted (CW17; the Cheng notes §1.1 print the targeted sign flipped)."""
+    Z_t - max_{i!=t} Z_i targeted [carlini2017 §V.A] ([cheng2021 §2.2, eq. 2.7] prints the targeted sign flipped)."""
     if kind == "ce":
         if targets is None:
             return F.cross_entropy(logits, y, reduction="none")

@@ -113,7 +113,7 @@ def write_report(out: Path, t: Tables, images: List[Path], plot_files: List[Path
     if len(t.checkpoints):
         atomic_write_text(out / "checkpoints.csv", t.checkpoints.to_csv(index=False))
         written.append(out / "checkpoints.csv")
-    if t.train is not None and len(t.train):  # clean vs robust per recipe, the thesis's Tables 4.2 / 5.6 layout
+    if t.train is not None and len(t.train):  # clean vs robust per recipe, the layout of [cheng2021 Tables 4.2, 5.6]
         atomic_write_text(out / "train_report.csv", t.train.to_csv(index=False))
         atomic_write_text(out / "train_report.md", to_markdown(t.train))
         written += [out / "train_report.csv", out / "train_report.md"]
@@ -189,7 +189,7 @@ TRAIN_PRINTED = ["model", "model params", "defense", "init from", "train acc", "
 
 
 def print_train_table(df: pd.DataFrame) -> None:
-    """Clean vs robust accuracy per (model, recipe): the thesis's Tables 4.2 / 5.6, Saha's Table 5.1."""
+    """Clean vs robust accuracy per (model, recipe): [cheng2021 Tables 4.2, 5.6], [saha2020 Table 5.1]."""
     from rich.console import Console
     from rich.table import Table
 

@@ -180,7 +180,7 @@ def checkpoints_frame(attacks: List[Dict[str, Any]]) -> pd.DataFrame:
 
 
 # ---------------------------------------------------------------- training runs (issue 8 layout)
-#: train-defense runs: (summary key, column name); the layout of the thesis's Tables 4.2 / 5.6
+#: train-defense runs: (summary key, column name); the layout of [cheng2021 Tables 4.2, 5.6]
 TRAIN_COLUMNS = [("dataset", "dataset"), ("model", "model"), ("model_params", "model params"), ("defense", "defense"),
                  ("init_from", "init from"), ("epochs", "epochs"), ("train_accuracy", "train acc"),
                  ("train_adv_accuracy", "train adv acc"), ("clean_accuracy", "clean acc"),

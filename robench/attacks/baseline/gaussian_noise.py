@@ -12,7 +12,7 @@ from robench.registry import ATTACKS
 class GaussianNoise(Attack):
     """Accuracy under Gaussian noise: x = clip_[0,1](x0 + sigma * N(0, I)), the classic baseline row.
 
-    Szegedy et al. 2014, Fig. 7(c), quoted in the survey notes §1.2 ([002] L1128): "Randomly distorted
+    [szegedy2014 Fig. 7(c)], quoted in [zhao2020slides] (L-BFGS slides): "Randomly distorted
     samples by Gaussian noise with stddev=1. Accuracy: 51%" (MNIST); the default ``sigma`` is that 1.0
     (on [0, 1] pixels). The noisy image is clipped to [0, 1] (the slides do not say; the oracle only
     accepts valid images).

@@ -30,7 +30,7 @@ def _member_spec(spec: Any) -> tuple[str, Dict[str, Any]]:
 
 @ATTACKS.register("ensemble")
 class Ensemble(Attack):
-    """An AutoAttack-style ensemble (Croce and Hein 2020, §5): run attacks in turn, each only on the points still robust.
+    """An AutoAttack-style ensemble ([croce2020 §5]): run attacks in turn, each only on the points still robust.
 
     ``attacks`` is a list of members, each a registered attack name or ``{name, params}``. They
     run in order on every batch; member ``m`` sees only the samples that no earlier member broke

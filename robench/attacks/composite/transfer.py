@@ -34,8 +34,8 @@ _SURROGATE_KEYS = {"model", "params", "defense", "checkpoint"}
 class Transfer(Attack):
     """Transfer attack: craft on a surrogate model with any white-box attack, then ONE label query per sample on the victim.
 
-    The zero-query / substitute-model black-box attack of the survey notes §1.14 ([004] §2.1.2,
-    [002] "Transferability based attack"). The surrogate is another checkpoint: ``surrogate.model``
+    The zero-query / substitute-model black-box attack ([papernot2017]; [saha2020 §2.1.2, eqs. 2.7-2.8];
+    [zhao2020slides] "Transferability based attack"). The surrogate is another checkpoint: ``surrogate.model``
     (a registered architecture, default ``small_cnn``), ``surrogate.params`` (null: that model's
     config defaults), ``surrogate.defense`` (the training recipe, default ``none``), found at its
     conventional path under ``checkpoint_dir`` (``robench train-defense model=small_cnn`` makes the

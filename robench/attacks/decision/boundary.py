@@ -11,7 +11,7 @@ from robench.registry import ATTACKS
 
 @ATTACKS.register("boundary")
 class BoundaryAttack(Attack):
-    """Boundary attack (Brendel, Rauber, Bethge 2018), hard-label, batched over samples.
+    """Boundary attack (Brendel, Rauber, Bethge [brendel2018]), hard-label, batched over samples.
 
     A random walk along the decision boundary that shrinks the L2 distance to x0: each step draws a
     Gaussian perturbation orthogonal to the direction towards x0, scaled to ``spherical_step`` times
@@ -23,7 +23,7 @@ class BoundaryAttack(Attack):
     ``step_adaptation`` (below 0.2 divides them), and over the last 30 checks of the full
     candidate, above 0.25 multiplies the source step (below 0.1 divides it).
 
-    The thesis compares the Foolbox implementation with unstated settings (§2.5); robench follows
+    [cheng2021 §2.5] compares the Foolbox [rauber2017foolbox] implementation with unstated settings; robench follows
     Foolbox 3's ``BoundaryAttack`` and its defaults (spherical_step = source_step = 0.01,
     step_adaptation = 1.5, update_stats_every_k = 10, convergence at source_step < 1e-7) and its
     initialisation (uniform noise until adversarial, then a blend search towards x0, here bisection;

@@ -1,7 +1,7 @@
 """Shared machinery of the hard-label (decision-based) attacks: the label-only adversarial test, the
-boundary distance g(theta) of cheng2019opt (batched over rows), direction initialisation, and
-:class:`DirectionSearchAttack`, the skeleton shared by OPT and Sign-OPT (cheng2019opt,
-cheng2020signopt). Norms and normalisation are :mod:`robench.geometry`'s.
+boundary distance g(theta) of [cheng2021 §2.4.2] (batched over rows), direction initialisation, and
+:class:`DirectionSearchAttack`, the skeleton shared by OPT and Sign-OPT ([cheng2019opt],
+[cheng2020signopt]). Norms and normalisation are :mod:`robench.geometry`'s.
 
 Every function here goes through the oracle: each label it looks at is a counted query. Rows carry
 the sample index ``idx`` of the batch; rows of samples that are out of budget come back unanswered
@@ -51,7 +51,7 @@ def adversarial(oracle: Oracle, x: torch.Tensor, idx: torch.Tensor, chunk: int =
 
 
 def ray_point(x0: torch.Tensor, theta: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
-    """x0 + lam * theta clipped to the image box [0, 1] (the domain bound of Cheng et al. §2.4.2)."""
+    """x0 + lam * theta clipped to the image box [0, 1] (the domain bound of [cheng2021 §2.4.2])."""
     return (x0 + view_b(lam, x0) * theta).clamp(0, 1)
 
 
@@ -69,7 +69,7 @@ def boundary_distance(oracle: Oracle, x0: torch.Tensor, theta: torch.Tensor, idx
 
     ``mode`` per row:
 
-    * ``LOCAL`` (Cheng et al. Algorithm 2, around a previous value ``v``): probe v; if not adversarial
+    * ``LOCAL`` ([cheng2021 Algorithm 2], around a previous value ``v``): probe v; if not adversarial
       grow by (1 + ratio) until adversarial, else shrink by (1 - ratio) while adversarial; then bisect
       until the bracket is narrower than ``tol``;
     * ``BOUND`` (``v`` is an upper bound candidate, e.g. the current best g or the distance to a
@@ -149,8 +149,8 @@ def boundary_distance(oracle: Oracle, x0: torch.Tensor, theta: torch.Tensor, idx
 
 
 def search_scale(x0: torch.Tensor, norm: str) -> Tuple[float, float]:
-    """(outward step, largest lambda) of the from-scratch search. Cheng et al. do not state the coarse
-    step (the notes' §7.16): robench steps 1/100 of the image box's diameter in the norm (L2:
+    """(outward step, largest lambda) of the from-scratch search. [cheng2021 §2.4.2] does not state the coarse
+    step: robench steps 1/100 of the image box's diameter in the norm (L2:
     sqrt(d) / 100; Linf: 0.02 on the Linf-normalised direction) and gives up past 2x the diameter
     (L2) or lambda 4 (Linf, where every coordinate with |theta_i| >= 1/4 is saturated)."""
     d = x0[0].numel()
@@ -161,14 +161,14 @@ def search_scale(x0: torch.Tensor, norm: str) -> Tuple[float, float]:
 
 def init_directions(oracle: Oracle, gen: torch.Generator, norm: str, n_dirs: int, tol: float,
                     pool: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
-    """theta_0 and g(theta_0) per sample: the best of ``n_dirs`` directions (Cheng et al. §2.5, "the best
+    """theta_0 and g(theta_0) per sample: the best of ``n_dirs`` directions ([cheng2021 §2.5], "the best
     of 100 random directions"), batched over samples, one direction at a time per sample so the
     running best prunes: a direction is only bisected if the point at the current best g along it is
     adversarial (the reference code's ``fine_grained_binary_search``); the first direction of a
     sample is searched from scratch.
 
-    ``pool`` (n, n_dirs, C, H, W), optional: target-class training images (targeted attacks, Cheng et
-    al. §2.5: "100 samples in target class from training dataset"): direction x_t - x0 with the
+    ``pool`` (n, n_dirs, C, H, W), optional: target-class training images (targeted attacks,
+    [cheng2021 §2.5]: "100 samples in target class from training dataset"): direction x_t - x0 with the
     upper bound ||x_t - x0||. Rows of the pool equal to x0 are skipped.
     """
     x0 = oracle.x0
@@ -210,14 +210,14 @@ def targeted_pool(images, oracle: Oracle, n_dirs: int, gen: torch.Generator) -> 
 def line_search(oracle: Oracle, x0: torch.Tensor, s: torch.Tensor, theta: torch.Tensor, g: torch.Tensor,
                 grad: torch.Tensor, alpha: torch.Tensor, norm: str, tol: float, evaluate=None,
                 max_steps: int = 15) -> Tuple[torch.Tensor, torch.Tensor]:
-    """The step-size search of the OPT / Sign-OPT reference code (attackbox, CLC19), batched over samples.
+    """The step-size search of the OPT / Sign-OPT reference code (attackbox, [cheng2019opt]), batched over samples.
 
     From theta - alpha * grad: while the objective improves, double alpha (at most ``max_steps``
     times) and keep the best; if the first try did not improve, quarter alpha until it does (at most
     ``max_steps`` times). ``alpha`` (per sample) is updated in place and carried to the next
     iteration, as in the reference. g of a candidate is Algorithm 2 around the best value so far.
     ``evaluate(rows, theta, lam) -> objective`` maps boundary distances to the objective (identity
-    for L2; Cheng et al.'s L-inf surrogate). Returns (best theta, best boundary distance lambda).
+    for L2; the L-inf surrogate of [cheng2021 §2.4.2]). Returns (best theta, best boundary distance lambda).
 
     Here ``g`` is the boundary distance of theta; the objective of theta is ``evaluate(s, theta, g)``.
     """
@@ -304,7 +304,7 @@ Objective = Callable[[Optional[torch.Tensor], torch.Tensor, torch.Tensor], torch
 
 
 class DirectionSearchAttack(Attack):
-    """The skeleton OPT and Sign-OPT share (cheng2019opt; cheng2020signopt; cheng2021 §2.4.2-2.4.3):
+    """The skeleton OPT and Sign-OPT share ([cheng2019opt] [cheng2020signopt] [cheng2021 §2.4.2-2.4.3]):
     minimise over directions theta the boundary distance g(theta) (or an objective of it).
 
     :meth:`run` is the template: theta_0 and g(theta_0) by :func:`init_directions` (the best of

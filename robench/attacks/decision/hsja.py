@@ -13,7 +13,7 @@ from robench.registry import ATTACKS
 
 @ATTACKS.register("hsja")
 class HopSkipJump(Attack):
-    """HopSkipJumpAttack (Chen, Jordan, Wainwright 2020, Algorithm 2), hard-label, L2 or Linf, batched.
+    """HopSkipJumpAttack (Chen, Jordan, Wainwright [chen2020hsja Algorithm 2]), hard-label, L2 or Linf, batched.
 
     Each iteration t: (1) bisect between x0 and the current point to the boundary (threshold
     theta = gamma / d^(3/2) for L2, gamma / d^2 for Linf, where the Linf bisection runs over the

@@ -11,7 +11,7 @@ from robench.registry import ATTACKS
 
 @ATTACKS.register("opt")
 class OPTAttack(DirectionSearchAttack):
-    """OPT-attack (Cheng, Le, Chen, Yi, Zhang, Hsieh 2019; the Cheng thesis §2.4.2), hard-label.
+    """OPT-attack (Cheng et al. [cheng2019opt]; [cheng2021 §2.4.2]), hard-label.
 
     Minimises the boundary distance g(theta) (eqs. 2.13-2.15) with the random gradient-free (RGF)
     estimate of Algorithm 3 / eq. 2.16, averaged over q random unit directions u:
@@ -46,7 +46,7 @@ class OPTAttack(DirectionSearchAttack):
     def _objective(self, oracle: Oracle):
         eps = oracle.eps
         if oracle.norm == "linf" and eps is not None:
-            def objective(rows, th, lam):  # the thesis's smooth Linf surrogate (§2.4.2)
+            def objective(rows, th, lam):  # the thesis's smooth Linf surrogate [cheng2021 §2.4.2]
                 a = LINF_BALL.normalize(th.flatten(1)).abs()  # |theta_i| / ||theta||_inf
                 val = ((lam[:, None] * a - eps).clamp_min(0) ** 2).sum(1)
                 return torch.where(torch.isfinite(lam), val, torch.full_like(val, float("inf")))

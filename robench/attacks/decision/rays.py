@@ -13,7 +13,7 @@ from robench.registry import ATTACKS
 
 @ATTACKS.register("rays")
 class RayS(Attack):
-    """RayS (Chen and Gu 2020, Algorithms 1-3), hard-label, Linf, batched over samples.
+    """RayS (Chen and Gu [chen2020rays Algorithms 1-3]), hard-label, Linf, batched over samples.
 
     Searches ray directions in {-1, +1}^d: the current sign vector s_t and radius r_t (the Linf
     boundary distance along s_t; initially all +1, r = inf). Hierarchically, at block level k the

@@ -9,7 +9,7 @@ from robench.registry import ATTACKS
 
 @ATTACKS.register("signopt")
 class SignOPT(DirectionSearchAttack):
-    """Sign-OPT (Cheng, Singh, Chen, Chen, Liu, Hsieh 2020; the Cheng thesis §2.4.3, Algorithm 4), hard-label.
+    """Sign-OPT (Cheng et al. [cheng2020signopt]; [cheng2021 §2.4.3, Algorithm 4]), hard-label.
 
     Minimises the boundary distance g(theta) (thesis eq. 2.13/2.14) over directions theta. Each
     iteration estimates the gradient with the single-query sign oracle (eq. 2.17): for Q random unit

@@ -70,7 +70,7 @@ def need_eps(oracle: Oracle, name: str, norms=("linf", "l2")) -> float:
 
 
 def upsample(e: torch.Tensor, size) -> torch.Tensor:
-    """Bilinear resize of (B, C, h, w) perturbations to (B, C, H, W) (GenAttack §2.5.1.1, AutoZOOM/ZOO's S)."""
+    """Bilinear resize of (B, C, h, w) perturbations to (B, C, H, W) ([alzantot2019 §2.5.1.1]; S of [chen2017zoo])."""
     if tuple(e.shape[-2:]) == tuple(size):
         return e
     return F.interpolate(e, size=tuple(size), mode="bilinear", align_corners=False)

@@ -12,7 +12,7 @@ from robench.registry import ATTACKS
 
 
 def genattack_fitness(p: torch.Tensor, y: torch.Tensor, targets: Optional[torch.Tensor]) -> torch.Tensor:
-    """Fitness to MAXIMISE (thesis §2.5, ComputeFitness).
+    """Fitness to MAXIMISE ([alzantot2019 §2.5], ComputeFitness).
 
     Targeted: ``log f_t - log sum_{j != t} f_j`` (the log-odds of the target class).
     Untargeted (robench's counterpart; the thesis only defines the targeted one):
@@ -33,7 +33,7 @@ def genattack_fitness(p: torch.Tensor, y: torch.Tensor, targets: Optional[torch.
 
 @ATTACKS.register("genattack")
 class GenAttack(ScoreAttack):
-    """GenAttack (Alzantot et al. 2019; thesis Ch. 2, §2.5, Algorithm 1): a gradient-free genetic
+    """GenAttack (Alzantot et al. [alzantot2019genattack]; [alzantot2019 §2.5, Algorithm 1]): a gradient-free genetic
     search inside the Linf ball, score-based (probabilities only).
 
     Per sample, a population of ``pop_size`` perturbations (N; 6, §2.6):

@@ -14,7 +14,7 @@ from robench.registry import ATTACKS
 
 @ATTACKS.register("nes")
 class NES(ScoreAttack):
-    """NES gradient estimation + projected steps (Ilyas et al., ICML 2018, "Black-box adversarial
+    """NES gradient estimation + projected steps (Ilyas et al. [ilyas2018], "Black-box adversarial
     attacks with limited queries and information", §2.2 Algorithm 1 and §2.3, the query-limited setting).
 
     Each step, for every active sample:

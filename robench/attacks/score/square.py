@@ -14,7 +14,7 @@ from robench.registry import ATTACKS
 
 
 def p_selection(p_init: float, it: int, n_iters: int) -> float:
-    """The fraction of pixels a square covers at iteration ``it`` (Andriushchenko et al. 2020, §A;
+    """The fraction of pixels a square covers at iteration ``it`` ([andriushchenko2020 §A];
     the schedule of the authors' code, written for 10,000 iterations and rescaled to ``n_iters``):
     halved at iterations 10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000."""
     it = int(it / n_iters * 10000)
@@ -61,7 +61,7 @@ def _window_mask(b: int, h: int, w: int, s: int, generator, device):
 
 @ATTACKS.register("square")
 class Square(ScoreAttack):
-    """Square Attack (Andriushchenko et al., ECCV 2020): random search with square-shaped updates,
+    """Square Attack (Andriushchenko et al. [andriushchenko2020]): random search with square-shaped updates,
     score-based, Linf (Alg. 1 + Alg. 2) and L2 (Alg. 3).
 
     * loss: untargeted, the margin loss on log-probabilities ``log p_y - max_{k!=y} log p_k`` (§3,

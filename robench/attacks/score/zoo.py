@@ -14,7 +14,7 @@ from robench.registry import ATTACKS
 
 @ATTACKS.register("zoo")
 class ZOO(ScoreAttack):
-    """ZOO-Adam (Chen et al., AISec 2017, "ZOO: Zeroth order optimization based black-box attacks"),
+    """ZOO-Adam (Chen et al. [chen2017zoo]),
     score-based, targeted and untargeted, Linf or L2 budget.
 
     Objective (eq. (2) with the black-box losses (4)/(5) on log-probabilities, "use_log"):

@@ -12,7 +12,7 @@ from robench.registry import ATTACKS
 
 
 def dlr_loss(logits: torch.Tensor, y: torch.Tensor, target: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Difference of logits ratio (Croce and Hein 2020, eq. 6 and the targeted eq. 7), to MAXIMISE.
+    """Difference of logits ratio ([croce2020 eq. 6] and the targeted [croce2020 eq. 7]), to MAXIMISE.
 
     untargeted: -(z_y - max_{i!=y} z_i) / (z_pi1 - z_pi3)
     targeted:   -(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2)      (z_pi sorted decreasingly)
@@ -44,7 +44,7 @@ def checkpoints(n_iter: int) -> list[int]:
 
 @ATTACKS.register("apgd_ce")
 class APGD(Attack):
-    """Auto-PGD with the cross-entropy loss, APGD-CE (Croce and Hein, ICML 2020, Algorithm 1), Linf and L2.
+    """Auto-PGD with the cross-entropy loss, APGD-CE ([croce2020 Algorithm 1]), Linf and L2.
 
     A step-size-free PGD with momentum: step size ``eta^0 = 2 eps``;
 

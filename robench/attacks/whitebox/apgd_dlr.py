@@ -6,7 +6,7 @@ from robench.registry import ATTACKS
 
 @ATTACKS.register("apgd_dlr")
 class APGDDLR(APGD):
-    """Auto-PGD with the difference-of-logits-ratio loss, APGD-DLR (Croce and Hein, ICML 2020, eq. 6).
+    """Auto-PGD with the difference-of-logits-ratio loss, APGD-DLR ([croce2020 eq. 6]).
 
     The algorithm, defaults and costs are :class:`~robench.attacks.whitebox.apgd.APGD`'s; the loss
     ascended is DLR (:func:`~robench.attacks.whitebox.apgd.dlr_loss`), invariant to shifts and

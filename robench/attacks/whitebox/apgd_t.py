@@ -10,7 +10,7 @@ from robench.registry import ATTACKS
 
 @ATTACKS.register("apgd_t")
 class APGDT(APGD):
-    """Targeted Auto-PGD with the targeted DLR loss, APGD-T (Croce and Hein, ICML 2020, §4, eq. 7).
+    """Targeted Auto-PGD with the targeted DLR loss, APGD-T ([croce2020 §4, eq. 7]).
 
     In an untargeted budget (AutoAttack's use): for ``j = 2 .. target_classes + 1`` it runs APGD
     with the targeted DLR loss towards the class ranked ``j``-th by the clean logits, each run only

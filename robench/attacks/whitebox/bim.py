@@ -12,25 +12,25 @@ from robench.registry import ATTACKS
 
 
 def kurakin_steps(eps: float) -> int:
-    """Kurakin et al. 2017 §2.1: min(eps + 4, 1.25 eps) iterations, eps on the 0..255 scale."""
+    """[kurakin2017 §2.1]: min(eps + 4, 1.25 eps) iterations, eps on the 0..255 scale."""
     e = eps * 255.0
     return max(1, int(round(min(e + 4.0, 1.25 * e))))
 
 
 @ATTACKS.register("bim")
 class BIM(Attack):
-    """Basic iterative method / I-FGSM (Kurakin, Goodfellow and Bengio 2017), Linf (and an L2 analogue).
+    """Basic iterative method / I-FGSM (Kurakin, Goodfellow and Bengio [kurakin2017]), Linf (and an L2 analogue).
 
-    Update (survey notes §1.5, [004] eq. 2.13, corrected as the notes advise: the gradient is taken at
+    Update ([saha2020 eq. 2.13], corrected where the printed formula is off: the gradient is taken at
     the current iterate ``x^n``, not at the clean image, and Linf steps use ``sign``):
 
         x^0 = x0,   x^{n+1} = Clip_{x0,eps}( x^n + alpha * sign( grad_x loss(x^n, y) ) )
 
     where ``Clip_{x0,eps}`` keeps the point inside the eps-ball around x0 and inside [0, 1]. No
     random start (that, with a projection, is PGD). Targeted budgets descend the target's
-    cross-entropy (``[004]`` eq. 2.14).
+    cross-entropy ([saha2020 eq. 2.14]).
 
-    Defaults are Kurakin et al.'s §2.1 for Linf: ``alpha = 1/255`` and ``min(eps*255 + 4,
+    Defaults are [kurakin2017 §2.1] for Linf: ``alpha = 1/255`` and ``min(eps*255 + 4,
     1.25*eps*255)`` iterations (80 at eps 0.3). The paper is Linf-only; under an L2 budget we
     choose (deliberately) 10 steps of ``2.5 * eps / steps`` along ``grad / ||grad||_2``.
 

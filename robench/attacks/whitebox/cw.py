@@ -9,17 +9,17 @@ from robench.registry import ATTACKS
 
 
 def cw_margin(logits: torch.Tensor, cls: torch.Tensor, targeted: bool, kappa: float) -> torch.Tensor:
-    """C&W's f6 (CW17 §V.A, to minimise): untargeted max(Z_y - max_{i!=y} Z_i, -kappa), targeted
-    max(max_{i!=t} Z_i - Z_t, -kappa). (Cheng notes §1.1 eq. 2.7 prints the targeted sign flipped.)"""
+    """C&W's f6 ([carlini2017 §V.A], to minimise): untargeted max(Z_y - max_{i!=y} Z_i, -kappa), targeted
+    max(max_{i!=t} Z_i - Z_t, -kappa). ([cheng2021 §2.2, eq. 2.7] prints the targeted sign flipped.)"""
     return (-attack_loss("cw", logits, cls, cls if targeted else None)).clamp_min(-kappa)
 
 
 @ATTACKS.register("cw_l2")
 class CWL2(Attack):
-    """Carlini and Wagner's L2 attack (IEEE S&P 2017, §VI), a minimal-perturbation attack.
+    """Carlini and Wagner's L2 attack [carlini2017 §VI], a minimal-perturbation attack.
 
-    Minimise ``||x - x0||_2^2 + c * f(x)`` (Cheng notes §1.1 eq. 2.5-2.7) over ``w`` with the
-    change of variables ``x = (tanh(w) + 1) / 2`` (CW17 §V.B, method 3: x always in [0, 1]) and
+    Minimise ``||x - x0||_2^2 + c * f(x)`` ([cheng2021 §2.2, eqs. 2.5-2.7]) over ``w`` with the
+    change of variables ``x = (tanh(w) + 1) / 2`` ([carlini2017 §V.B], method 3: x always in [0, 1]) and
     ``f`` the margin on logits with confidence ``kappa`` (:func:`cw_margin`), by Adam (lr 0.01,
     betas 0.9/0.999, eps 1e-8), starting from ``x0`` at every binary-search step.
 
@@ -32,7 +32,7 @@ class CWL2(Attack):
     its previous checkpoint stops the current binary step (the reference code does this per batch;
     we do it per sample, which only ever saves queries).
 
-    Defaults: 10 binary-search steps x 1,000 iterations, the setting the Cheng notes §1.1 quote
+    Defaults: 10 binary-search steps x 1,000 iterations, the setting [cheng2021 §5.3.4.2] uses
     ("default attack setting with 10 binary search steps and 1000 iterations per step"; the paper's
     code ships 9 x 10,000); ``kappa = 0``.
 
@@ -111,7 +111,7 @@ class CWL2(Attack):
                 idx, w, m, v = keep_active(oracle, idx, w, m, v, mask=keep)
                 if len(idx) == 0:
                     break
-            # binary search on c (CW17 reference code)
+            # binary search on c ([carlini2017] reference code)
             upper = torch.where(found, torch.minimum(upper, const), upper)
             lower = torch.where(found, lower, torch.maximum(lower, const))
             has_upper = upper < 1e9

@@ -9,12 +9,12 @@ from robench.registry import ATTACKS
 
 @ATTACKS.register("cw_linf")
 class CWLinf(PGD):
-    """C&W-Linf as the Cheng notes §1.1 define it: PGD with the C&W margin loss instead of cross-entropy.
+    """C&W-Linf as [cheng2021 §4.2.4.2] defines it: PGD with the C&W margin loss instead of cross-entropy.
 
-    "we replace the cross entropy loss with C&W-l_inf loss (CW17) in PGD attack" (Cheng §4.2.4.2,
+    "we replace the cross entropy loss with C&W-l_inf loss (CW17) in PGD attack" ([cheng2021 §4.2.4.2],
     §5.3.4.11): the loss ascended is ``max_{i!=y} Z_i - Z_y`` (targeted: ``Z_t - max_{i!=t} Z_i``) on
     the logits, the update, projection, random start and restarts are PGD's (see :class:`PGD`; its
-    defaults: 40 steps of ``2.5 eps / steps``). The notes' runs are "C&W^100" (100 steps) and
+    defaults: 40 steps of ``2.5 eps / steps``). The thesis's runs (Table 4.2) are "C&W^100" (100 steps) and
     "20 C&W^1000" (20 restarts of 1,000 steps) with step size ``eps / 5``: set ``steps``,
     ``restarts`` and ``step_size`` to reproduce them.
     """

@@ -10,9 +10,9 @@ from robench.registry import ATTACKS
 
 @ATTACKS.register("deepfool")
 class DeepFool(Attack):
-    """DeepFool (Moosavi-Dezfooli, Fawzi and Frossard, CVPR 2016), multi-class, L2 and Linf.
+    """DeepFool (Moosavi-Dezfooli, Fawzi and Frossard [moosavi2016]), multi-class, L2 and Linf.
 
-    The survey notes §1.8 give the binary algorithm only; this is the paper's Algorithm 2
+    [zhao2020slides] gives the binary algorithm only; this is [moosavi2016]'s Algorithm 2
     (multi-class) with its §3.2 Lp variant. At iterate ``x_i`` with ``f`` the logits, for each
     candidate class ``k`` other than the label, ``w_k = grad(f_k - f_y)`` and ``f'_k = f_k - f_y``;
     the closest linearised boundary is ``l = argmin_k |f'_k| / ||w_k||_q`` (q = 2 for L2, q = 1 for

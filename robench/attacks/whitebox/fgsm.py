@@ -11,15 +11,15 @@ from robench.registry import ATTACKS
 
 @ATTACKS.register("fgsm")
 class FGSM(Attack):
-    """Fast gradient sign method (Goodfellow et al. 2015); with an L2 budget, the fast gradient L2 method.
+    """Fast gradient sign method (Goodfellow et al. [goodfellow2015]); with an L2 budget, the fast gradient L2 method.
 
-    One gradient at the clean image, one step of the whole budget (survey notes §1.3-1.4):
+    One gradient at the clean image, one step of the whole budget:
 
-        Linf (FGSM, [004] eq. 2.10/2.11):  x = clip_[0,1]( x0 + eps * sign(grad) )
-        L2   (fast gradient, [002] L1267):  x = Proj_{B(x0,eps) ∩ [0,1]}( x0 + eps * grad / ||grad||_2 )
+        Linf (FGSM, [saha2020 eq. 2.10]):           x = clip_[0,1]( x0 + eps * sign(grad) )
+        L2   (fast gradient, [saha2020 eq. 2.12]):  x = Proj_{B(x0,eps) ∩ [0,1]}( x0 + eps * grad / ||grad||_2 )
 
     ``grad`` is that of the cross-entropy of the label (untargeted: ascend it) or of the target class
-    (targeted: descend it, [004] eq. 2.11), or of the C&W margin with ``loss=cw``. ``step_size``
+    (targeted: descend it, [saha2020 eq. 2.11]), or of the C&W margin with ``loss=cw``. ``step_size``
     (default: eps, the paper's single full step) can be set smaller. The norm is the budget's
     (``budget.norm``): the same attack is FGSM under ``linf_*`` budgets and FGM under ``l2_*`` ones.
 

@@ -11,9 +11,9 @@ from robench.registry import ATTACKS
 
 @ATTACKS.register("ilcm")
 class ILCM(BIM):
-    """Iterative least-likely class method (Kurakin, Goodfellow and Bengio 2017): BIM towards y_LL.
+    """Iterative least-likely class method (Kurakin, Goodfellow and Bengio [kurakin2017]): BIM towards y_LL.
 
-    Update (survey notes §1.5, [004] eq. 2.14, with the gradient at the iterate and ``sign``):
+    Update ([saha2020 eq. 2.14], with the gradient at the iterate and ``sign``):
 
         y_LL = argmin_y p(y | x0),   x^{n+1} = Clip_{x0,eps}( x^n - alpha * sign( grad_x CE(x^n, y_LL) ) )
 

@@ -13,7 +13,7 @@ from robench.registry import ATTACKS
 
 @ATTACKS.register("mifgsm")
 class MIFGSM(Attack):
-    """Momentum iterative FGSM (Dong et al., CVPR 2018, Algorithm 1), Linf and L2.
+    """Momentum iterative FGSM (Dong et al. [dong2018 Algorithm 1]), Linf and L2.
 
         g_{t+1} = mu * g_t + grad_x loss(x_t) / ||grad_x loss(x_t)||_1
         Linf: x_{t+1} = Clip_{x0,eps}( x_t + alpha * sign(g_{t+1}) )                 (eq. 6)

@@ -13,9 +13,9 @@ from robench.registry import ATTACKS
 
 @ATTACKS.register("pgd")
 class PGD(Attack):
-    """Projected gradient descent (Madry et al. 2018), Linf or L2, random start and restarts.
+    """Projected gradient descent (Madry et al. [madry2018]), Linf or L2, random start and restarts.
 
-    Update (Madry et al. eq. 2; the survey notes §1.5 eq. 2.15, with the gradient taken at the
+    Update ([madry2018 eq. 2]; [saha2020 eq. 2.15], with the gradient taken at the
     iterate and ``sign`` for Linf, which the printed formula drops):
 
         Linf: x <- Proj_{B(x0, eps) ∩ [0,1]}( x + alpha * sign(grad) )
@@ -23,9 +23,9 @@ class PGD(Attack):
 
     Defaults: 40 steps, step size ``alpha = 2.5 * eps / steps`` (the rule of thumb of Madry et
     al.'s robustness library, so that a step budget can walk across the ball 2.5 times; the Cheng
-    notes §1.1 use eps/5 with 20-1000 steps, set ``step_size`` to reproduce that), uniform random
+    thesis [cheng2021 §4.2.4.2] uses eps/5 with 100-1000 steps, set ``step_size`` to reproduce that), uniform random
     start in the ball, one restart. Targeted runs descend the loss of the target class. ``loss``:
-    ``ce`` (cross-entropy) or ``cw`` (Carlini-Wagner margin, i.e. "C&W-Linf" of the Cheng notes).
+    ``ce`` (cross-entropy) or ``cw`` (Carlini-Wagner margin, i.e. "C&W-Linf" of [cheng2021 §4.2.4.2]).
 
     Every step is one gradient query per active sample; the final iterate of each restart costs one
     more forward query (the oracle sees it). With ``early_stop`` (default) a sample leaves the batch
