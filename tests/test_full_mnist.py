@@ -72,3 +72,18 @@ def test_missing_file_names_it(tmp_path):
     (tmp_path / "train-labels-idx1-ubyte.gz").unlink()
     with pytest.raises(RobenchError, match="missing train-labels-idx1-ubyte.gz"):
         load_dataset(mnist_cfg(source="torchvision", root=str(tmp_path), verify_md5=False))
+
+
+def test_natural_recipe_shift_translates_each_image():
+    from robench.defenses.natural import Natural, random_shift
+
+    torch.manual_seed(0)
+    x = torch.rand(6, 1, 28, 28)
+    assert torch.equal(random_shift(x, 0), x)
+    out = random_shift(x, 2)
+    for i in range(6):  # each output is its image moved by some (dy, dx) in [-2, 2]^2, zero-filled at the border
+        hits = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)
+                if torch.equal(out[i, :, 2:26, 2:26], torch.roll(x[i], (dy, dx), (1, 2))[:, 2:26, 2:26])]
+        assert len(hits) == 1
+    with pytest.raises(RobenchError, match="shift"):
+        Natural(shift=-1)
