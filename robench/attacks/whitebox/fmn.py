@@ -26,9 +26,12 @@ class FMN(Attack):
 
     * eps update (step size ``gamma_k``): if ``x0 + delta`` is adversarial, ``eps = min(eps (1 -
       gamma_k), ||delta*||_p)`` with ``delta*`` the smallest adversarial perturbation so far;
-      otherwise, before any adversarial point was found, ``eps = ||delta||_p + |l| / ||g||_q`` (the
-      linearised distance to the boundary, q the dual norm), and after one was found ``eps = eps (1 +
-      gamma_k)``;
+      otherwise, before any adversarial point was found, ``eps = (||delta||_p + |l| / ||g||_q) (1 +
+      gamma_k)`` (the linearised distance to the boundary, q the dual norm), and after one was found
+      ``eps = eps (1 + gamma_k)``. The factor ``(1 + gamma_k)`` before the first success is robench's
+      (Algorithm 1 has none): without it the iterate creeps towards the boundary from outside along
+      the eps sphere, the linear estimate shrinking with the margin, and on the tiny test victim 4 of
+      20 samples never crossed within 300 steps; with it all crossed within 100;
     * delta update (step size ``alpha_k``): ``delta = delta - alpha_k g / ||g||_2``, then projected
       onto the Lp ball of radius eps (L2: rescaled; Linf: clipped per pixel) and clipped so that
       ``x0 + delta`` stays in [0, 1].
