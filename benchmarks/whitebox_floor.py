@@ -7,10 +7,10 @@ Loads a robench checkpoint (its metadata names the architecture and parameters),
 ``--n`` correctly classified test images of full MNIST under ``--root`` (the four official .gz
 files; ``--root embedded`` uses the embedded subset) and runs, untargeted L2:
 
-* robench ``cw_l2`` and foolbox ``L2CarliniWagnerAttack`` (rauber2017foolbox) with the same binary
+* robench ``cw_l2`` and foolbox ``L2CarliniWagnerAttack`` [rauber2017foolbox] with the same binary
   search steps, iterations, Adam step 0.01, initial constant 1e-3, confidence 0, abort early;
 * robench ``fmn`` and foolbox ``L2FMNAttack`` with the same number of steps (other settings: each
-  library's defaults, which are pintor2021's: alpha 1 -> 0.01, gamma 0.05 -> 0.001).
+  library's defaults, which are [pintor2021]'s: alpha 1 -> 0.01, gamma 0.05 -> 0.001).
 
 All four see the same batch of images. Prints, per attack, mean and median L2 over all images (an
 image without an adversarial point counts as infinite in the median and is left out of the mean),

@@ -5,16 +5,16 @@ saved ``config.yaml``), recognises the runs that follow a paper table's protocol
 per table, the paper's number, robench's, the difference, and the white-box reference measured on
 the same images (and targets) where the table has one:
 
-* GenAttack Table 2.1, MNIST column (alzantot2019 §2.6.1, Table 2.1): targeted Linf 0.3 runs
+* GenAttack Table 2.1, MNIST column [alzantot2019 §2.6.1, Table 2.1]: targeted Linf 0.3 runs
   (``experiment=paper_table2_1_mnist``); success rate and median queries over successes. Where a
   black-box success rate falls short of the paper's, the white-box run's success rate on the same
   (image, target) pairs is the ceiling.
-* Sign-OPT Table 2.2, MNIST column (cheng2021 §2.5, Table 2.2): untargeted L2 runs with query
+* Sign-OPT Table 2.2, MNIST column [cheng2021 §2.5, Table 2.2]: untargeted L2 runs with query
   checkpoints (``experiment=paper_table2_2_mnist``); mean and median L2 and success at 1.5 per
   checkpoint, on the images every run attacked. The white-box floor is the per-image minimum over the
   white-box runs (cw_l2, fmn) on those images, and each hard-label mean is also given as a ratio to
   the floor's mean, next to the paper's ratio to its C&W row (0.88).
-* Saha Table 5.1 (saha2020 §5.4): train runs of ``small_cnn`` depth 2 ("shallow") and 3 ("deep"),
+* Saha Table 5.1 [saha2020 §5.4]: train runs of ``small_cnn`` depth 2 ("shallow") and 3 ("deep"),
   natural then PGD-AT (``experiment=paper_table5_1_mnist``); train and test accuracy before and after.
 
 Numbers are only ever read from runs; a paper row without a matching run prints ``-``.
@@ -28,11 +28,11 @@ from typing import Any, Dict, List, Optional
 
 from robench.errors import RobenchError
 
-#: alzantot2019 Table 2.1 (p.23), MNIST (Linf 0.30): (success rate, median queries over successes).
+#: [alzantot2019 Table 2.1] (p.23), MNIST (Linf 0.30): (success rate, median queries over successes).
 PAPER_T21 = {"C&W": (1.00, None), "ZOO": (0.98, 2_118_222), "GenAttack": (1.00, 996)}
 T21_ROWS = {"cw_linf": "C&W", "cw_l2": "C&W", "pgd": "C&W", "zoo": "ZOO", "genattack": "GenAttack"}
 
-#: cheng2021 Table 2.2 (§2.5.0.1), MNIST: queries -> (average L2, success rate at L2 1.5).
+#: [cheng2021 Table 2.2] (§2.5.0.1), MNIST: queries -> (average L2, success rate at L2 1.5).
 PAPER_T22 = {
     "Boundary": {4000: (4.24, 0.010), 8000: (4.24, 0.010), 14000: (2.13, 0.163)},
     "OPT": {4000: (3.65, 0.030), 8000: (2.41, 0.180), 14000: (1.76, 0.360)},
@@ -43,7 +43,7 @@ T22_ROWS = {"boundary": "Boundary", "opt": "OPT", "signopt": "Sign-OPT", "hsja":
 WHITEBOX_L2 = {"cw_l2": "C&W (white-box)", "fmn": "FMN (white-box)", "deepfool": "DeepFool (white-box)"}
 PAPER_CW_L2 = 0.88
 
-#: saha2020 Table 5.1 (percent): model -> (train, test, train after AT, test after AT).
+#: [saha2020 Table 5.1] (percent): model -> (train, test, train after AT, test after AT).
 PAPER_T51 = {"shallow": (99.50, 98.80, 88.67, 94.91), "deep": (98.70, 98.36, 94.05, 97.33)}
 T51_DEPTH = {2: "shallow", 3: "deep"}
 
@@ -115,7 +115,7 @@ def table_2_1(runs: List[Dict[str, Any]]) -> List[str]:
         return []
     white = [r for r in rows if T21_ROWS[r["summary"]["attack"]] == "C&W"]
     wdf = _records(white[0]) if white else None
-    out = ["## GenAttack Table 2.1, MNIST (alzantot2019 Table 2.1): targeted, Linf 0.3", "",
+    out = ["## GenAttack Table 2.1, MNIST [alzantot2019 Table 2.1]: targeted, Linf 0.3", "",
            "| row | attack | source | attacked | paper success | robench success | diff | paper median queries | "
            "robench median queries | diff | white-box success on the same pairs | run |",
            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -176,7 +176,7 @@ def table_2_2(runs: List[Dict[str, Any]]) -> List[str]:
         floor = d if floor is None else pd.concat([floor, d], axis=1).min(axis=1)
     floor_mean = float(floor[floor < float("inf")].mean()) if floor is not None else None
     floor_med = float(floor.median()) if floor is not None else None
-    out = ["## Sign-OPT Table 2.2, MNIST (cheng2021 Table 2.2): untargeted L2", "",
+    out = ["## Sign-OPT Table 2.2, MNIST [cheng2021 Table 2.2]: untargeted L2", "",
            f"{len(common)} images attacked by every run below. White-box floor: the per-image minimum over "
            f"{', '.join(sorted(r['summary']['attack'] for r in white)) or 'no white-box run'}: mean L2 "
            f"{_fmt(floor_mean, '.3f')}, median {_fmt(floor_med, '.3f')} (paper's C&W: mean {PAPER_CW_L2}).", "",
@@ -220,7 +220,7 @@ def table_5_1(runs: List[Dict[str, Any]]) -> List[str]:
             and r["summary"].get("defense") in ("none", "pgd_at")]
     if not rows:
         return []
-    out = ["## Saha Table 5.1 (saha2020 §5.4): natural, then PGD-AT from it (percent)", "",
+    out = ["## Saha Table 5.1 [saha2020 §5.4]: natural, then PGD-AT from it (percent)", "",
            "| model | width | source | condition | paper | robench | diff | run |", "|---|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: (r["summary"]["model_params"].get("width", 0),
                                          r["summary"]["model_params"]["depth"], r["summary"]["defense"])):

@@ -30,7 +30,7 @@ class Natural(TrainingRecipe):
     ``shift`` (default 0: off): light augmentation, each training image translated by a random
     integer offset of up to ``shift`` pixels per axis (zero fill). Not a defense; the paper victim
     preset (``experiment=paper_victim_mnist``) uses ``shift: 2`` to reach C&W's 99.4-99.5% test
-    accuracy in a few epochs instead of C&W's 50 (carlini2017).
+    accuracy in a few epochs instead of C&W's 50 [carlini2017].
     """
 
     def __init__(self, shift: int = 0):

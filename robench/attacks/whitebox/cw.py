@@ -10,7 +10,7 @@ from robench.registry import ATTACKS
 
 def cw_margin(logits: torch.Tensor, cls: torch.Tensor, targeted: bool, kappa: float) -> torch.Tensor:
     """C&W's f6 (CW17 §V.A, to minimise): untargeted max(Z_y - max_{i!=y} Z_i, -kappa), targeted
-    max(max_{i!=t} Z_i - Z_t, -kappa). (Cheng notes §1.1 eq. 2.7 prints the targeted sign flipped.)"""
+    max(max_{i!=t} Z_i - Z_t, -kappa). ([cheng2021] eq. 2.7 prints the targeted sign flipped.)"""
     return (-attack_loss("cw", logits, cls, cls if targeted else None)).clamp_min(-kappa)
 
 
@@ -18,7 +18,7 @@ def cw_margin(logits: torch.Tensor, cls: torch.Tensor, targeted: bool, kappa: fl
 class CWL2(Attack):
     """Carlini and Wagner's L2 attack (IEEE S&P 2017, §VI), a minimal-perturbation attack.
 
-    Minimise ``||x - x0||_2^2 + c * f(x)`` (Cheng notes §1.1 eq. 2.5-2.7) over ``w`` with the
+    Minimise ``||x - x0||_2^2 + c * f(x)`` ([cheng2021] eq. 2.5-2.7) over ``w`` with the
     change of variables ``x = (tanh(w) + 1) / 2`` (CW17 §V.B, method 3: x always in [0, 1]) and
     ``f`` the margin on logits with confidence ``kappa`` (:func:`cw_margin`), by Adam (lr 0.01,
     betas 0.9/0.999, eps 1e-8), starting from ``x0`` at every binary-search step.
@@ -30,14 +30,14 @@ class CWL2(Attack):
     more steps the last step uses the upper bound (the code's ``repeat``). ``abort_early``: every
     ``max_iterations // 10`` iterations, the current binary step stops when the objective has not
     dropped below 0.9999 of its value at the previous check: summed over the samples still running
-    (default; the reference code's and foolbox's rule, rauber2017foolbox), or with
+    (default; the reference code's and foolbox's rule, [rauber2017foolbox]), or with
     ``abort_per_sample=true`` per sample (each stalled sample stops alone: fewer queries, but
     larger distortions). The per-sample rule was robench's default until foolbox's
     ``L2CarliniWagnerAttack`` found smaller distortions on the same weights; measured on the
     tiny test victim (20 images, 5 x 200, lr 0.05, c0 0.1): mean / median L2 1.812 / 1.600 per
     sample, 1.790 / 1.597 with the batch rule, foolbox 1.777 / 1.597.
 
-    Defaults: 10 binary-search steps x 1,000 iterations, the setting the Cheng notes §1.1 quote
+    Defaults: 10 binary-search steps x 1,000 iterations, the setting [cheng2021 §5.3.4.2] quotes
     ("default attack setting with 10 binary search steps and 1000 iterations per step"; the paper's
     code ships 9 x 10,000); ``kappa = 0``.
 

@@ -11,13 +11,13 @@ from robench.registry import ATTACKS
 
 
 def _cosine(start: float, end: float, k: int, steps: int) -> float:
-    """Cosine annealing from ``start`` (k = 0) towards ``end`` (k = steps) (pintor2021 §3, h(.))."""
+    """Cosine annealing from ``start`` (k = 0) towards ``end`` (k = steps) ([pintor2021 §3], h(.))."""
     return end + (start - end) * (1 + math.cos(math.pi * k / steps)) / 2
 
 
 @ATTACKS.register("fmn")
 class FMN(Attack):
-    """Fast Minimum-Norm attack (pintor2021, Algorithm 1), L2 and Linf (the budget's norm), a
+    """Fast Minimum-Norm attack [pintor2021 Algorithm 1], L2 and Linf (the budget's norm), a
     minimal-perturbation attack.
 
     The attack keeps a perturbation ``delta`` and a norm constraint ``eps`` that adapts every step:
@@ -38,15 +38,15 @@ class FMN(Attack):
 
     Both step sizes decay by cosine annealing over the ``steps`` iterations: ``alpha`` from
     ``alpha_init`` to ``alpha_final`` (default ``alpha_init / 100``), ``gamma`` from ``gamma_init``
-    = 0.05 to ``gamma_final`` = 0.001 (pintor2021's defaults, also those of foolbox's
-    ``FMNAttackLp``, rauber2017foolbox). ``alpha_init``: null picks 1.0 for L2 (the paper's and
+    = 0.05 to ``gamma_final`` = 0.001 ([pintor2021]'s defaults, also those of foolbox's
+    ``FMNAttackLp``, [rauber2017foolbox]). ``alpha_init``: null picks 1.0 for L2 (the paper's and
     foolbox's default) and 10.0 for Linf, where an L2-normalised step of 1 moves a pixel by about
     1/sqrt(d) and the eps-ball clip, not the step, should bound the move. Unlike foolbox 3.3's
     ``L2FMNAttack``, whose projection rescales by ``min(1, norms / norms)`` (always 1, so it never
     projects), the L2 projection here is onto the eps ball, as in Algorithm 1. No initial
     adversarial point (the paper's optional ``x_init``): every sample starts from ``x0``.
 
-    ``steps`` (default 1,000; pintor2021 report curves up to 1,000 steps): one gradient query per
+    ``steps`` (default 1,000; [pintor2021] report curves up to 1,000 steps): one gradient query per
     active sample per step, so the budget's ``max_queries`` must cover it. Gradients only through
     the oracle. The result is the oracle's: the adversarial point of smallest distortion in the
     budget's norm among every iterate it evaluated (use ``budget.eps=null``, e.g. ``budget=l2_2.0
