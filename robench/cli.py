@@ -17,6 +17,7 @@ commands:
   train-defense   train a victim with a recipe: robench train-defense defense=none [train.epochs=8 ...]
   report          tables (and --plots) over runs: robench report results/ [--rows attack --cols defense] [--plots]
   list            datasets, models, attacks, defenses, budgets, launchers, experiments: robench list [group]
+  reproduce       the papers' tables (paper, robench, difference, white-box floor): robench reproduce results/multirun/paper_*
 
 attack and train-defense are Hydra apps: key=value overrides, -m/--multirun sweeps (launcher=joblib|slurm|
 submitit_local|ray), --cfg job, hydra.run.dir=..., hydra.sweep.dir=... all work; --quiet prints errors only.
@@ -272,8 +273,11 @@ def main(argv: List[str] | None = None) -> None:
             report_main(rest)
         elif cmd == "list":
             list_plugins(rest)
+        elif cmd == "reproduce":
+            from robench.reproduce import main as reproduce_main
+            reproduce_main(rest)
         else:
-            raise RobenchError(f"unknown command '{cmd}'; valid: attack, train-defense, report, list")
+            raise RobenchError(f"unknown command '{cmd}'; valid: attack, train-defense, report, list, reproduce")
     except RobenchError as e:
         die(str(e))
     except OSError as e:

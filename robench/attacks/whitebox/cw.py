@@ -28,9 +28,14 @@ class CWL2(Attack):
     confidence kappa), upper = min(upper, c) and c = (lower + upper) / 2; otherwise lower =
     max(lower, c) and c = (lower + upper) / 2 if an upper bound exists, else c * 10. With 10 or
     more steps the last step uses the upper bound (the code's ``repeat``). ``abort_early``: every
-    ``max_iterations // 10`` iterations a sample whose objective has not dropped below 0.9999 of
-    its previous checkpoint stops the current binary step (the reference code does this per batch;
-    we do it per sample, which only ever saves queries).
+    ``max_iterations // 10`` iterations, the current binary step stops when the objective has not
+    dropped below 0.9999 of its value at the previous check: summed over the samples still running
+    (default; the reference code's and foolbox's rule, [rauber2017foolbox]), or with
+    ``abort_per_sample=true`` per sample (each stalled sample stops alone: fewer queries, but
+    larger distortions). The per-sample rule was robench's default until foolbox's
+    ``L2CarliniWagnerAttack`` found smaller distortions on the same weights; measured on the
+    tiny test victim (20 images, 5 x 200, lr 0.05, c0 0.1): mean / median L2 1.812 / 1.600 per
+    sample, 1.790 / 1.597 with the batch rule, foolbox 1.777 / 1.597.
 
     Defaults: 10 binary-search steps x 1,000 iterations, the setting [cheng2021 §5.3.4.2] uses
     ("default attack setting with 10 binary search steps and 1000 iterations per step"; the paper's
@@ -49,7 +54,8 @@ class CWL2(Attack):
     param_ranges = {"binary_search_steps": ">=1", "initial_const": ">0"}
 
     def __init__(self, binary_search_steps: int = 10, max_iterations: int = 1000, learning_rate: float = 0.01,
-                 initial_const: float = 1e-3, confidence: float = 0.0, abort_early: bool = True):
+                 initial_const: float = 1e-3, confidence: float = 0.0, abort_early: bool = True,
+                 abort_per_sample: bool = False):
         if binary_search_steps < 1 or max_iterations < 1:
             raise RobenchError(f"cw_l2 needs binary_search_steps >= 1 and max_iterations >= 1 "
                                f"(got {binary_search_steps}, {max_iterations})")
@@ -57,6 +63,7 @@ class CWL2(Attack):
             raise RobenchError("cw_l2 needs learning_rate > 0, initial_const > 0 and confidence >= 0")
         self.bss, self.iters, self.lr = binary_search_steps, max_iterations, learning_rate
         self.c0, self.kappa, self.abort_early = initial_const, confidence, abort_early
+        self.abort_per_sample = abort_per_sample
 
     def run(self, oracle: Oracle, generator: torch.Generator) -> None:
         x0, y, t = oracle.x0, oracle.y, oracle.targets
@@ -105,7 +112,10 @@ class CWL2(Attack):
                 keep = answered
                 if self.abort_early and it % check_every == 0:
                     obj = d.flatten(1).pow(2).sum(1) + const[idx] * margin
-                    stalled = obj > prev[idx] * 0.9999
+                    if self.abort_per_sample:
+                        stalled = obj > prev[idx] * 0.9999
+                    else:  # the reference rule: the batch's total objective (over the samples still running)
+                        stalled = (obj.sum() > prev[idx].sum() * 0.9999).expand_as(obj)
                     prev[idx] = obj
                     keep = keep & ~stalled
                 idx, w, m, v = keep_active(oracle, idx, w, m, v, mask=keep)
