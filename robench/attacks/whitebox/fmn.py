@@ -4,8 +4,9 @@ import math
 
 import torch
 
-from robench.attacks.base import Attack, attack_loss
+from robench.attacks.base import Attack, attack_loss, keep_active
 from robench.errors import RobenchError
+from robench.geometry import L2_BALL, geometry
 from robench.oracle import Oracle
 from robench.registry import ATTACKS
 
@@ -78,6 +79,7 @@ class FMN(Attack):
         a0 = self.alpha_init if self.alpha_init is not None else (1.0 if norm == "l2" else 10.0)
         a1 = self.alpha_final if self.alpha_final is not None else a0 / 100
         p, q = (2, 2) if norm == "l2" else (float("inf"), 1)
+        geo = geometry(norm)
 
         def lp(d: torch.Tensor, order) -> torch.Tensor:
             return d.flatten(1).norm(p=order, dim=1)
@@ -101,11 +103,9 @@ class FMN(Attack):
             gamma = _cosine(self.gamma_init, self.gamma_final, k, self.steps)
             d = delta[idx]
             logits, g = oracle.gradient(x0[idx] + d, loss_fn, idx)
-            answered = ~torch.isnan(logits[:, 0])
-            if not bool(answered.all()):
-                idx, d, g, logits = idx[answered], d[answered], g[answered], logits[answered]
-                if len(idx) == 0:
-                    return
+            idx, d, g, logits = keep_active(oracle, idx, d, g, logits, mask=~torch.isnan(logits[:, 0]))
+            if len(idx) == 0:
+                return
             loss = loss_fn(logits, idx)
             adv = loss < 0
             dn = lp(d, p)
@@ -118,11 +118,5 @@ class FMN(Attack):
                             torch.where(found[idx], e * (1 + gamma), (dn + loss.abs() / gq) * (1 + gamma)))
             e = torch.minimum(e, worst[idx])
             eps[idx] = e
-            g2 = lp(g, 2).clamp_min(1e-12)
-            d = d - alpha * g / g2.view(view)
-            if norm == "l2":
-                dn2 = lp(d, 2).clamp_min(1e-12)
-                d = d * torch.clamp(e / dn2, max=1.0).view(view)
-            else:
-                d = torch.maximum(torch.minimum(d, e.view(view)), -e.view(view))
+            d = geo.project(d - L2_BALL.step(g, alpha), e.view(view))  # an L2 step, then onto the eps_k-ball
             delta[idx] = (x0[idx] + d).clamp(0, 1) - x0[idx]
