@@ -222,8 +222,8 @@ def test_a_refused_run_leaves_the_previous_folder_byte_identical(world):
         assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, p.stderr
         assert "Traceback" not in p.stderr + p.stdout
     assert snapshot(prev) == before
-    from robench.report import find_runs
-    (s,), _ = find_runs([str(prev)])
+    from robench.report.collect import collect
+    (s,) = collect([str(prev)]).attacks
     assert "attack.params.steps=5" in s["overrides"] and "steps=7" not in s["overrides"]
     # the same command again resumes: complete already, skipped, folder unchanged but for nothing
     p = run_cli("attack", "dataset.n_samples=20", "attack.params.steps=5", "progress=false", f"checkpoint_dir={ck}",

@@ -199,7 +199,7 @@ def test_unusable_summaries_are_skipped_with_one_line_each(runs, tmp_path, capsy
     by = {Path(line.split("skipped ", 1)[1].split(": ", 1)[0]).parent.name: line for line in err}
     assert "not valid JSON (JSONDecodeError)" in by["broken"]
     assert "attack summary lacks defense, budget, n_samples, clean_accuracy, success_rate, robust_accuracy" in by["old"]
-    assert "no 'command' key" in by["other"] and "not a JSON object" in by["list"]
+    assert "lacks a valid 'command'" in by["other"] and "not a JSON object" in by["list"]
     assert len(pd.read_csv(out / "report.csv")) == 4  # the usable runs are all there
     md = (out / "report.md").read_text()
     assert md.count("> skipped ") == 4 and str(root / "bad" / "broken" / "summary.json") in md

@@ -33,6 +33,9 @@ class Natural(TrainingRecipe):
     accuracy in a few epochs instead of C&W's 50 [carlini2017].
     """
 
+    #: numeric ranges the registry checks before construction (robench.registry.validate_params)
+    param_ranges = {"shift": ">=0"}
+
     def __init__(self, shift: int = 0):
         if int(shift) != shift or shift < 0:
             raise RobenchError(f"defense 'none' needs shift to be an integer >= 0, got {shift}")

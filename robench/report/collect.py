@@ -52,7 +52,7 @@ def read_summary(f: Path) -> Tuple[Optional[Dict[str, Any]], str]:
                       f"summary, or truncated")
     missing = [k for k in REQUIRED_KEYS[cmd] if k not in s]
     if missing:
-        return None, f"lacks {', '.join(missing)} ({cmd} summary); re-run it with this robench"
+        return None, f"{cmd} summary lacks {', '.join(missing)}; re-run it with this robench"
     return s, ""
 
 

@@ -57,6 +57,9 @@ class FMN(Attack):
     access = "gradient"
     minimizes_distortion = True
 
+    #: numeric ranges the registry checks before construction (robench.registry.validate_params)
+    param_ranges = {"alpha_init": ">0", "alpha_final": ">=0", "gamma_init": "[0,1)", "gamma_final": "[0,1)"}
+
     def __init__(self, steps: int = 1000, alpha_init: float | None = None, alpha_final: float | None = None,
                  gamma_init: float = 0.05, gamma_final: float = 0.001):
         if steps < 1:
