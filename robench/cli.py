@@ -192,10 +192,17 @@ def _check_victim_checkpoint(c: dict) -> None:
     m = c["model"]
     if (m.get("params") or {}).get("pretrained") and recipe == "none":
         return
+    if m.get("source"):  # a model source brings its own weights; a recipe trained from it has a tagged path
+        if recipe == "none":
+            return
+        from robench.models.sources import source_tag
+
+        m = source_tag(m)
     path = checkpoint_path(c["checkpoint_dir"], c["dataset"], m, recipe)
     if not path.exists():
-        raise RobenchError(f"no checkpoint at {path}: create it with "
-                           f"`{train_command(c['dataset'], m, recipe, c['checkpoint_dir'])}`")
+        make = (f"robench train-defense ... model={c['model']['source']} defense={recipe} (same model.* and dataset "
+                f"options)" if c["model"].get("source") else train_command(c["dataset"], m, recipe, c["checkpoint_dir"]))
+        raise RobenchError(f"no checkpoint at {path}: create it with `{make}`")
 
 
 def _hydra_dir(hyd, key: str) -> str:

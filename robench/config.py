@@ -188,9 +188,10 @@ def _dataset(d: dict) -> None:
         raise RobenchError(f"dataset must be a dataset config with a name (e.g. dataset=mnist), got '{d}'")
     check_int("dataset.n_samples", d.get("n_samples"), lo=1, null=True, hint=" (null: the whole test split)")
     check_int("dataset.offset", d.get("offset", 0), lo=0)
-    check_int("dataset.num_classes", d.get("num_classes", 2), lo=2)
-    for k in ("n_train", "image_size"):
-        if k in d:
+    if d.get("num_classes") is not None:  # null: taken from the data (dataset=tensors, folder)
+        check_int("dataset.num_classes", d["num_classes"], lo=2)
+    for k in ("n_train", "image_size", "resize", "channels", "stats_samples"):
+        if d.get(k) is not None:  # null: a source's default (folder/tensors: from the data)
             check_int(f"dataset.{k}", d[k], lo=1)
     if "split_seed" in d:
         check_int("dataset.split_seed", d["split_seed"], lo=0)

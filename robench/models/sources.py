@@ -23,11 +23,8 @@ a tag naming the source (``module-pkg.mod:Factory``), and ``robench attack defen
 """
 from __future__ import annotations
 
-import hashlib
 import importlib
-import importlib.util
 import inspect
-import sys
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Tuple
 
@@ -36,6 +33,8 @@ from torch import nn
 
 from robench.errors import RobenchError
 from robench.models.base import Normalize, NormalizedModel
+from robench.models.weights import (_existing, _extra, _import_target, _need, load_weights,  # noqa: F401
+                                    read_state_dict, sha256_file)
 from robench.registry import MODELS
 
 SOURCES = ("module", "torchscript", "onnx", "robustbench", "timm", "torchvision")
@@ -51,117 +50,6 @@ def source_of(mcfg: Mapping[str, Any]) -> Optional[str]:
     if s not in SOURCES:
         raise RobenchError(f"model.source must be one of {', '.join(SOURCES)}, got '{s}'")
     return s
-
-
-def sha256_file(path: Path | str | None) -> Optional[str]:
-    if path is None or not Path(path).is_file():
-        return None
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _need(mcfg, key: str, example: str) -> Any:
-    v = mcfg.get(key)
-    if v in (None, ""):
-        raise RobenchError(f"model={mcfg.get('source')} needs model.{key}={example}")
-    return v
-
-
-def _existing(path: Any, what: str) -> Path:
-    p = Path(str(path)).expanduser().absolute()  # summaries record where the weights came from
-    if not p.is_file():
-        raise RobenchError(f"{what} {p} not found (no such file)")
-    return p
-
-
-def _extra(module: str, extra: str) -> Any:
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise RobenchError(f"this model source needs the '{module}' package: pip install 'robench[{extra}]'") from None
-
-
-# ---------------------------------------------------------------- weights files
-
-def read_state_dict(path: Path) -> Dict[str, torch.Tensor]:
-    """A state dict from ``.safetensors`` or a torch file (plain, or under ``state_dict`` / ``model``),
-    ``module.`` prefixes (DataParallel) stripped. An unreadable file fails in one line."""
-    try:
-        if path.suffix == ".safetensors":
-            st = _extra("safetensors.torch", "safetensors")
-            state = st.load_file(str(path), device="cpu")
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except RobenchError:
-        raise
-    except Exception as e:
-        raise RobenchError(f"weights file {path} is unreadable ({e.__class__.__name__}): expected a state dict "
-                           f"saved with torch.save or a .safetensors file") from None
-    for key in ("state_dict", "model", "model_state_dict"):
-        if isinstance(state, Mapping) and isinstance(state.get(key), Mapping):
-            state = state[key]
-            break
-    if not isinstance(state, Mapping) or not all(torch.is_tensor(v) for v in state.values()):
-        raise RobenchError(f"weights file {path} holds no state dict (a mapping of names to tensors, plain or under "
-                           f"'state_dict' / 'model')")
-    state = dict(state)
-    if state and all(k.startswith("module.") for k in state):
-        state = {k[len("module."):]: v for k, v in state.items()}
-    return state
-
-
-def load_weights(net: nn.Module, state: Mapping[str, torch.Tensor], path: Any, what: str) -> None:
-    """Strict load; a key or shape mismatch fails with one line naming the first offending keys."""
-    own = net.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
-              if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
-    if missing or unexpected or shapes:
-        parts = []
-        if missing:
-            parts.append(f"missing keys {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''} ({len(missing)})")
-        if unexpected:
-            parts.append(f"unexpected keys {', '.join(unexpected[:3])}{' ...' if len(unexpected) > 3 else ''} "
-                         f"({len(unexpected)})")
-        if shapes:
-            parts.append(f"shape mismatch {'; '.join(shapes[:2])}")
-        raise RobenchError(f"weights {path} do not fit {what}: {'; '.join(parts)}")
-    net.load_state_dict(state, strict=True)
-
-
-# ---------------------------------------------------------------- the sources
-
-def _import_target(target: str) -> Any:
-    if ":" not in target:
-        raise RobenchError(f"model.target must look like pkg.module:Factory or path/to/file.py:Factory, got '{target}'")
-    mod_name, attr = target.rsplit(":", 1)
-    try:
-        if mod_name.endswith(".py"):
-            path = _existing(mod_name, "model.target file")
-            spec = importlib.util.spec_from_file_location(f"robench_user_{path.stem}", path)
-            mod = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(mod)  # type: ignore[union-attr]
-        else:
-            if "" not in sys.path and str(Path.cwd()) not in sys.path:  # `robench` (console script): cwd importable
-                sys.path.insert(0, str(Path.cwd()))
-            mod = importlib.import_module(mod_name)
-    except RobenchError:
-        raise
-    except Exception as e:
-        first = (str(e).strip().splitlines() or [e.__class__.__name__])[0]
-        raise RobenchError(f"model.target={target}: cannot import {mod_name} ({e.__class__.__name__}: {first})") from None
-    obj = mod
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise RobenchError(f"model.target={target}: {mod_name} has no attribute '{attr}'")
-        obj = getattr(obj, part)
-    if not callable(obj):
-        raise RobenchError(f"model.target={target} is not a class or function")
-    return obj
 
 
 def _module(mcfg, splits) -> Tuple[nn.Module, Dict[str, Any]]:
@@ -489,59 +377,3 @@ _entry("onnx", "An ONNX file (model.path=FILE) through onnx2torch, so gradients 
 _entry("robustbench", "A RobustBench model-zoo entry by name and threat model, from its cache layout, offline\n\n[croce2021robustbench]")
 _entry("timm", "Any timm model by name (model.pretrained, model.weights=FILE; the timm extra)\n\n[wightman2019timm]")
 _entry("torchvision", "Any torchvision.models builder by name with a weights enum (model.weights=DEFAULT) or file")
-
-
-# ---------------------------------------------------------------- experiment=robustbench_eval
-
-#: RobustBench's eps per threat model (CIFAR-10 leaderboards: Linf 8/255, L2 0.5)
-THREAT_EPS = {"Linf": ("linf", 8 / 255), "L2": ("l2", 0.5)}
-
-
-def _threat(tm: Any, i: int) -> Any:
-    # an unknown threat model (e.g. corruptions, not an Lp ball) comes back as is: validate_budget rejects it in one line
-    return THREAT_EPS[str(tm)][i] if str(tm) in THREAT_EPS else f"{tm} (robustbench_eval covers Linf and L2)"
-
-
-def _register_resolvers() -> None:
-    from omegaconf import OmegaConf
-
-    OmegaConf.register_new_resolver("robench_threat_norm", lambda tm: _threat(tm, 0), replace=True)
-    OmegaConf.register_new_resolver("robench_threat_eps", lambda tm: _threat(tm, 1) if str(tm) in THREAT_EPS else None,
-                                    replace=True)
-
-
-_register_resolvers()
-
-
-def robustbench_line(summary: Mapping[str, Any]) -> str:
-    """The result in RobustBench's terms: clean and robust accuracy over the n evaluated images, at eps."""
-    eps = summary.get("eps")
-    eps_s = f"{eps:.6g}" if isinstance(eps, (int, float)) else str(eps)
-    if isinstance(eps, float) and abs(eps * 255 - round(eps * 255)) < 1e-6 and summary.get("norm") == "linf":
-        eps_s = f"{round(eps * 255)}/255"
-    name = summary.get("model_name") or summary.get("model")
-    return (f"RobustBench-style evaluation of {name} ({summary.get('model_source', '?')}) on {summary.get('dataset')}: "
-            f"clean accuracy {100 * summary['clean_accuracy']:.2f}%, robust accuracy "
-            f"{100 * summary['robust_accuracy']:.2f}% ({summary.get('attack')}, {summary.get('norm')} eps={eps_s}, "
-            f"n={summary.get('n_samples')})")
-
-
-try:
-    from hydra.experimental.callback import Callback as _Callback
-except ImportError:  # pragma: no cover
-    _Callback = object  # type: ignore[misc,assignment]
-
-
-class RobustBenchReport(_Callback):  # type: ignore[misc]
-    """Hydra callback of experiment=robustbench_eval: prints :func:`robustbench_line` from the run's summary.json."""
-
-    def on_job_end(self, config, job_return, **kwargs) -> None:
-        import json
-
-        try:
-            out = Path(str(job_return.hydra_cfg.hydra.runtime.output_dir))
-        except Exception:
-            return
-        f = out / "summary.json"
-        if f.exists() and not config.get("quiet", False):
-            print(robustbench_line(json.loads(f.read_text())), flush=True)
