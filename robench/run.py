@@ -55,6 +55,9 @@ def load_victim(cfg: DictConfig, splits, device: torch.device):
         path = checkpoint_path(cfg.checkpoint_dir, dcfg, mcfg, dname)
         meta = load_checkpoint(path, model, remake=train_command(dcfg, mcfg, dname, cfg.checkpoint_dir))
         meta["path"] = str(path)
+        if meta.get("model_surgery"):  # conditional BN (bn_methods.py): the eps / mix the model runs at
+            from robench.models.conditional_bn import configure
+            meta["model_told"] = configure(model, spec.recipe_params or {})
     if spec.inputs:
         model = DefendedModel(model, build_inputs(spec))
     return model.to(device).eval(), meta
@@ -277,6 +280,8 @@ def run_attack(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
         "recheck_failed": totals["recheck_failed"], "device": str(device), "seed": int(cfg.seed),
         "robench_version": robench.__version__, "started": started, "finished": _now()})
     summary["checkpoint"] = meta.get("path", meta.get("source"))
+    if meta.get("model_told"):
+        summary["model_told"] = meta["model_told"]
     summary["access"] = attack.access
     summary["shard"] = cfg.dataset.get("shard")
     summary["batch_size"] = batch_size
@@ -392,6 +397,7 @@ def run_train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     init_from = cfg.train.get("init_from")
     if init_from and init_from != dname:  # a sweep over defense=none,pgd_at may set it once for all
         model.load_state_dict(_checkpoint_model(cfg, splits, init_from, f"train.init_from={init_from}").state_dict())
+    model = recipe.prepare_model(model)  # model surgery (conditional BN: robench/defenses/bn_methods.py)
     path = checkpoint_path(cfg.checkpoint_dir, dcfg, mcfg, dname)
     state_path = path.with_name(path.name + ".resume")
     started = _now()

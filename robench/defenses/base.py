@@ -48,6 +48,11 @@ class TrainingRecipe:
     def bind(self, context: TrainContext) -> None:
         """Called once before :meth:`setup` with the run's context."""
 
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        """Called once on the freshly built (and ``train.init_from``-initialised) model before
+        training; returns the model to train (model surgery: the conditional BN of bn_methods.py)."""
+        return model
+
     def setup(self, n_train: int, num_classes: int, device: torch.device) -> None:
         """Called once before training (allocate per-example state here)."""
 
