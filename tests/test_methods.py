@@ -145,3 +145,34 @@ def test_robmask_and_advprop_train(splits):
     train(model, ap, small, tcfg(), torch.device("cpu"), seed=0, progress=False)
     layer = next(m for m in model.modules() if isinstance(m, ConditionalBatchNorm))
     assert not torch.allclose(layer.running_mean[0], layer.running_mean[1])
+
+
+def test_invariance_and_landscape_commands(splits, tmp_path):
+    """`robench landscape` / `robench invariance` on a small_cnn trained for one epoch: CSV + PNG;
+    the loss climbs along the gradient-sign direction; a 10° rotation costs accuracy."""
+    import csv
+
+    from robench.checkpoint import checkpoint_path
+    from robench.checks import invariance_main, landscape_main
+    from robench.defenses.natural import Natural
+
+    small = subset(splits, 1000, 100)
+    torch.manual_seed(0)
+    model = build_model("small_cnn", small, {"depth": 2, "width": 32})
+    train(model, Natural(), small, tcfg(epochs=1, lr=3e-3), torch.device("cpu"), seed=0, progress=False)
+    path = checkpoint_path(str(tmp_path / "ck"), {"name": "mnist", "source": "embedded"},
+                           {"name": "small_cnn", "params": {"depth": 2, "width": 32}}, "none")
+    save_checkpoint(path, model, {"model": "small_cnn"})
+    common = ["--defenses", "none", "--model", "small_cnn", "--checkpoint-dir", str(tmp_path / "ck")]
+    landscape_main(common + ["--n", "40", "--grid", "3", "--eps", "0.2", "--out", str(tmp_path / "l")])
+    rows = list(csv.DictReader(open(tmp_path / "l" / "landscape.csv")))
+    assert len(rows) == 9 and (tmp_path / "l" / "landscape.png").stat().st_size > 10000
+    loss = {(float(r["a_sign"]), float(r["b_rademacher"])): float(r["loss"]) for r in rows}
+    assert loss[(0.2, 0.0)] > loss[(0.0, 0.0)] + 0.5, loss
+    invariance_main(common + ["--n", "100", "--out", str(tmp_path / "i")])
+    inv = list(csv.DictReader(open(tmp_path / "i" / "invariance.csv")))[0]
+    assert float(inv["greyscale"]) == float(inv["clean"])  # MNIST is greyscale already
+    assert float(inv["rotation_10"]) != float(inv["clean"]) or float(inv["contrast_2"]) != float(inv["clean"])
+    assert (tmp_path / "i" / "invariance.png").exists()
+    with pytest.raises(RobenchError, match="no checkpoint"):
+        invariance_main(["--defenses", "pgd_at", "--model", "small_cnn", "--checkpoint-dir", str(tmp_path / "ck")])
