@@ -176,3 +176,38 @@ def test_invariance_and_landscape_commands(splits, tmp_path):
     assert (tmp_path / "i" / "invariance.png").exists()
     with pytest.raises(RobenchError, match="no checkpoint"):
         invariance_main(["--defenses", "pgd_at", "--model", "small_cnn", "--checkpoint-dir", str(tmp_path / "ck")])
+
+
+def _compose(*overrides):
+    from hydra import compose as hcompose, initialize_config_dir
+    from robench.config import configs_dir
+
+    with initialize_config_dir(version_base="1.3", config_dir=str(configs_dir())):
+        return hcompose("run_attack", overrides=list(overrides), return_hydra_config=False)
+
+
+def test_attack_time_mix_and_eps_reach_the_loaded_model(splits, tmp_path):
+    """`robench attack` loads a conditional-BN checkpoint with the surgery re-applied and tells it
+    defense.params.mix (bn_finetune, the Table 6.2 preset) or the budget's eps (robmask, Table 6.5)."""
+    from robench.checkpoint import checkpoint_path
+    from robench.models.conditional_bn import ConditionalBatchNorm
+    from robench.run import load_victim
+
+    small = subset(splits, 64, 32)
+    for name in ("bn_finetune", "robmask"):
+        rec = DEFENSES.get(name)(**({"eps": 0.3, "steps": 1} if name == "bn_finetune" else {"eps_max": 0.3, "steps": 1}))
+        torch.manual_seed(0)
+        model = rec.prepare_model(build_model("small_cnn_bn", small, {"depth": 2, "width": 32}))
+        train(model, rec, small, tcfg(lr=1e-2), torch.device("cpu"), seed=0, progress=False)
+        save_checkpoint(checkpoint_path(str(tmp_path), {"name": "mnist", "source": "embedded"},
+                                        {"name": "small_cnn_bn", "params": {"depth": 2, "width": 32}}, name), model, {})
+    t62 = _compose("experiment=cheng_table6_2", "defense=bn_finetune", "defense.params.mix=0.4", f"checkpoint_dir={tmp_path}")
+    m, meta = load_victim(t62, splits, torch.device("cpu"))
+    assert meta["model_told"].startswith("mix p=0.4")
+    assert all(torch.allclose(l.code, torch.tensor([0.4, 0.6])) for l in m.modules() if isinstance(l, ConditionalBatchNorm))
+    t65 = _compose("experiment=cheng_table6_5", "defense=robmask", "budget.eps=0.1", f"checkpoint_dir={tmp_path}")
+    m, meta = load_victim(t65, splits, torch.device("cpu"))
+    assert meta["model_told"].startswith("eps 0.1")
+    assert all(torch.allclose(l.code, torch.tensor([2 / 3, 1 / 3])) for l in m.modules() if isinstance(l, ConditionalBatchNorm))
+    t61 = _compose("experiment=cheng_table6_1")
+    assert t61.model.name == "small_cnn_bn"
