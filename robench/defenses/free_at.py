@@ -29,6 +29,10 @@ class FreeAT(TrainingRecipe):
     size seen and sliced for a smaller last batch. ``step_size`` defaults to eps (the paper's
     FGSM step); ``warmup_epochs`` (not in the paper) ramps eps linearly from 0; L2 uses a normalised
     gradient step and the L2 projection.
+
+    Measured (README, "Robust training recipes"): on cw_mnist at Linf 0.3 with the shipped settings it
+    collapses (97.9% clean, 0.5% PGD-40 robust, seed 0), as FGSM training does; at Linf 0.1 on a small
+    CNN it buys robustness over natural training (tests/test_methods.py).
     """
 
     adversarial = True
