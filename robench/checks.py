@@ -138,7 +138,8 @@ def invariance_main(argv: List[str]) -> None:
     fig, ax = plt.subplots(figsize=(1.6 * len(names) + 2, 3.6))
     wdt = 0.8 / len(rows)
     for i, r in enumerate(rows):
-        ax.bar([j + i * wdt for j in range(len(names))], [100 * r[k] for k in names], wdt, label=r["defense"])
+        bars = ax.bar([j + i * wdt for j in range(len(names))], [100 * r[k] for k in names], wdt, label=r["defense"])
+        ax.bar_label(bars, fmt="%.1f", fontsize=7, padding=1)
     ax.set_xticks([j + wdt * (len(rows) - 1) / 2 for j in range(len(names))], names)
     ax.set_ylabel(f"accuracy (%), {len(x)} test images")
     ax.set_ylim(0, 100)
