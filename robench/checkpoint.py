@@ -53,6 +53,8 @@ def save_checkpoint(path: Path, model: nn.Module, meta: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    if getattr(model, "robench_surgery", None):  # conditional BN (robench/models/conditional_bn.py): re-applied on load
+        meta = {**meta, "model_surgery": dict(model.robench_surgery)}
     torch.save({"state_dict": state, "meta": meta}, tmp)
     os.replace(tmp, path)
 
@@ -68,6 +70,9 @@ def load_checkpoint(path: Path, model: nn.Module, remake: Optional[str] = None) 
     except Exception as e:
         raise RobenchError(f"checkpoint {path} is unreadable ({e.__class__.__name__}); delete it and re-create it"
                            + (f" with `{remake}`" if remake else "")) from None
+    if meta.get("model_surgery") and not getattr(model, "robench_surgery", None):
+        from robench.models.conditional_bn import apply_surgery
+        apply_surgery(model, meta["model_surgery"])
     try:
         model.load_state_dict(state)
     except RuntimeError as e:

@@ -16,6 +16,8 @@ commands:
   attack          run an attack: robench attack dataset=mnist model=cw_mnist attack=pgd budget=linf_0.3 [key=value ...]
   train-defense   train a victim with a recipe: robench train-defense defense=none [train.epochs=8 ...]
   report          tables (and --plots) over runs: robench report results/ [--rows attack --cols defense] [--plots]
+  landscape       loss landscapes: robench landscape --defenses none,pgd_at [--eps 0.3 --grid 21 --out DIR]
+  invariance      accuracy under rotation/brightness/contrast/greyscale: robench invariance --defenses none,pgd_at
   list            datasets, models, attacks, defenses, budgets, launchers, experiments: robench list [group]
   reproduce       the papers' tables (paper, robench, difference, white-box floor): robench reproduce results/multirun/paper_*
 
@@ -278,13 +280,16 @@ def main(argv: List[str] | None = None) -> None:
         elif cmd == "report":
             from robench.report import main as report_main
             report_main(rest)
+        elif cmd in ("landscape", "invariance"):  # robench/checks.py
+            from robench import checks
+            getattr(checks, f"{cmd}_main")(rest)
         elif cmd == "list":
             list_plugins(rest)
         elif cmd == "reproduce":
             from robench.reproduce import main as reproduce_main
             reproduce_main(rest)
         else:
-            raise RobenchError(f"unknown command '{cmd}'; valid: attack, train-defense, report, list, reproduce")
+            raise RobenchError(f"unknown command '{cmd}'; valid: attack, train-defense, report, landscape, invariance, list, reproduce")
     except RobenchError as e:
         die(str(e))
     except OSError as e:

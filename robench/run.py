@@ -143,7 +143,8 @@ def run_attack(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
                     "defense": ev.label, "targeted": bool(b.targeted), "target": b.target if b.targeted else None,
                     "seed": int(cfg.seed), "started": started, "checkpoint": meta.get("path", meta.get("source")),
                     "shard": cfg.dataset.get("shard"),
-                    "victim": victim_summary(cfg, meta, splits)}  # model source, name, weights sha256 (models/sources.py)
+                    "victim": {**victim_summary(cfg, meta, splits),
+                               **({"model_told": meta["model_told"]} if meta.get("model_told") else {})}}  # model source, name, weights sha256 (models/sources.py)
 
     def fresh_attack():  # a protocol's extra run gets its own instance, prepared like the main one
         a = make_attack()

@@ -141,7 +141,8 @@ def train(model: nn.Module, recipe, splits, tcfg, device: torch.device, seed: in
           fingerprint: str = "") -> dict:
     """Train ``model`` in place with ``recipe``; returns metrics (train/test accuracy, seconds, history).
 
-    Per batch: ``recipe.batch_loss`` under autocast (CUDA, ``train.amp``), backward, optimizer and
+    Per batch (``recipe.replays`` times, 1 unless the recipe replays minibatches as free AT does):
+    ``recipe.batch_loss`` under autocast (CUDA, ``train.amp``), backward, optimizer and
     schedule steps, ``recipe.after_step``. Per epoch: test accuracy, a row of ``log_path`` (CSV), and,
     with ``state_path``, the resume state (weights, optimizer, schedule, loss scaler, the recipe's
     state, the shuffling and global RNG states, the log so far), written atomically. When
@@ -164,7 +165,9 @@ def train(model: nn.Module, recipe, splits, tcfg, device: torch.device, seed: in
     amp_dtype, scaler = _amp_setup(tcfg, device)
     opt = make_optimizer(model.parameters(), tcfg)
     steps_per_epoch = math.ceil(len(splits.train) / bs)
-    sched = make_schedule(opt, tcfg, steps_per_epoch, epochs)
+    # recipes that replay each minibatch (free AT [shafahi2019]): that many optimizer steps per batch
+    replays = max(1, int(recipe.replays))
+    sched = make_schedule(opt, tcfg, steps_per_epoch * replays, epochs)
     recipe.setup(len(splits.train), splits.num_classes, device)
     rows: list = []
     start_epoch, t_before = 0, 0.0
@@ -203,21 +206,22 @@ def train(model: nn.Module, recipe, splits, tcfg, device: torch.device, seed: in
                 if cl:
                     x = x.contiguous(memory_format=torch.channels_last)
                 recipe.epoch = ep + b / steps_per_epoch
-                with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                    loss, logits, adv_logits = _split_out(recipe.batch_loss(model, x, y, i))
-                opt.zero_grad(set_to_none=True)
-                grad_scale = 1.0
-                if scaler is not None:
-                    grad_scale = float(scaler.get_scale())  # what the gradients were multiplied by
-                    scaler.scale(loss).backward()
-                    scaler.step(opt)
-                    scaler.update()
-                else:
-                    loss.backward()
-                    opt.step()
-                recipe.after_step(grad_scale)
-                if sched is not None:
-                    sched.step()
+                for _ in range(replays):
+                    with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                        loss, logits, adv_logits = _split_out(recipe.batch_loss(model, x, y, i))
+                    opt.zero_grad(set_to_none=True)
+                    grad_scale = 1.0
+                    if scaler is not None:
+                        grad_scale = float(scaler.get_scale())  # what the gradients were multiplied by
+                        scaler.scale(loss).backward()
+                        scaler.step(opt)
+                        scaler.update()
+                    else:
+                        loss.backward()
+                        opt.step()
+                    recipe.after_step(grad_scale)
+                    if sched is not None:
+                        sched.step()
                 tot_loss += loss.detach().float() * len(y)
                 tot_correct += (logits.detach().argmax(1) == y).sum()
                 if adv_logits is not None:

@@ -95,6 +95,7 @@ def run_train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     init_from = cfg.train.get("init_from")
     if init_from and init_from != dname:  # a sweep over defense=none,pgd_at may set it once for all
         model.load_state_dict(_checkpoint_model(cfg, splits, init_from, f"train.init_from={init_from}").state_dict())
+    model = recipe.prepare_model(model)  # model surgery (conditional BN: robench/defenses/bn_methods.py)
     path = checkpoint_path(cfg.checkpoint_dir, dcfg, source_tag(mcfg) if source_of(mcfg) else mcfg, dname)
     state_path = path.with_name(path.name + ".resume")
     started = _now()

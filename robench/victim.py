@@ -46,6 +46,9 @@ def load_victim(cfg: DictConfig, splits, device: torch.device):
         path = checkpoint_path(cfg.checkpoint_dir, dcfg, mcfg, dname)
         meta = load_checkpoint(path, model, remake=train_command(dcfg, mcfg, dname, cfg.checkpoint_dir))
         meta["path"] = str(path)
+        if meta.get("model_surgery"):  # conditional BN (bn_methods.py): the eps / mix the model runs at
+            from robench.models.conditional_bn import configure
+            meta["model_told"] = configure(model, spec.recipe_params or {})
     if spec.inputs:
         model = DefendedModel(model, build_inputs(spec))
     return model.to(device).eval(), meta

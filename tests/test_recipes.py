@@ -18,7 +18,10 @@ from robench.train import train
 RECIPES = {"none": {}, "pgd_at": {"eps": 0.3, "steps": 2}, "fgsm_at": {"eps": 0.3}, "fast_at": {"eps": 0.3},
            "trades": {"eps": 0.3, "steps": 2}, "cat": {"eps_max": 0.3, "steps": 2}, "sprout": {},
            "gaussian_aug": {}, "mixup": {}, "label_smoothing": {}, "distillation": {"teacher": "none"},
-           "distillation_teacher": {}}
+           "distillation_teacher": {}, "free_at": {"eps": 0.3, "replays": 2},
+           "bn_finetune": {"eps": 0.3, "steps": 2}, "bn_finetune_std": {"eps": 0.3}, "advprop": {"eps": 0.3, "steps": 2},
+           "robmask": {"eps_max": 0.3, "steps": 2}}
+BN_RECIPES = {"bn_finetune", "bn_finetune_std", "advprop", "robmask"}  # condition a BN model (tests/test_methods.py)
 
 
 def subset(splits, n_train, n_test=None):
@@ -53,9 +56,11 @@ def test_every_recipe_is_tested():
 def test_recipe_trains_a_few_steps(name, splits, tmp_path):
     small = subset(splits, 96, 64)
     torch.manual_seed(0)
-    model = build_model("small_cnn", small, {"depth": 1, "width": 8})
+    model = build_model("small_cnn_bn" if name in BN_RECIPES else "small_cnn", small, {"depth": 1, "width": 8})
+    recipe = make_recipe(name, small)
+    model = recipe.prepare_model(model)
     before = [p.detach().clone() for p in model.parameters()]
-    m = train(model, make_recipe(name, small), small, tcfg(), torch.device("cpu"), seed=0,
+    m = train(model, recipe, small, tcfg(), torch.device("cpu"), seed=0,
               log_path=tmp_path / "log.csv", progress=False)
     assert math.isfinite(m["history"][0]["train_loss"])
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters())), "no weight moved"

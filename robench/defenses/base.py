@@ -44,9 +44,15 @@ class TrainingRecipe:
     kind = "train"
     adversarial = False   # crafts adversarial examples: the progress bar shows adversarial accuracy
     epoch: float = 0.0
+    replays: int = 1      # optimizer steps per minibatch (free adversarial training replays each batch m times)
 
     def bind(self, context: TrainContext) -> None:
         """Called once before :meth:`setup` with the run's context."""
+
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        """Called once on the freshly built (and ``train.init_from``-initialised) model before
+        training; returns the model to train (model surgery: the conditional BN of bn_methods.py)."""
+        return model
 
     def setup(self, n_train: int, num_classes: int, device: torch.device) -> None:
         """Called once before training (allocate per-example state here)."""
