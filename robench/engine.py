@@ -159,7 +159,9 @@ def _batches(attack, model, plan, referee, device, skip, after, guard, verify, d
             continue
         x0 = plan.x[sel]
         y0, t0 = plan.y[sel], None if plan.targets is None else plan.targets[sel]
-        oracle = referee.oracle(guard.victim, x0.to(device), y0.to(device), None if t0 is None else t0.to(device))
+        # the oracle's own copies: an edit of its state never reaches the engine's x0, y0, t0 (the final check's)
+        oracle = referee.oracle(guard.victim, x0.to(device, copy=True), y0.to(device, copy=True),
+                                None if t0 is None else t0.to(device, copy=True))
         guard.arm(oracle)
         try:
             if child is not None:
