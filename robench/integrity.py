@@ -74,9 +74,14 @@ class Guard:
     def arm(self, oracle: Oracle) -> None:
         st = self._st
         st[1] = st[2] = 0
-        self._mods = list(self._model.modules())
+        self._mods, self._handles = [], []
+        for m in self._model.modules():
+            try:
+                self._handles.append(m.register_forward_pre_hook(self._hook))
+            except RuntimeError:  # a TorchScript module takes no hooks: the counting wrapper still sees it
+                continue
+            self._mods.append(m)
         self._fwd = [(m, m.__dict__.get("forward"), type(m).forward) for m in self._mods]
-        self._handles = [m.register_forward_pre_hook(self._hook) for m in self._mods]
         self._oracle_keys = set(oracle.__dict__)
         self._refs = {k: oracle.__dict__[k] for k in ("_model", "_x0", "_y", "_targets", "_geometry")}
 
