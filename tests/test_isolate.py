@@ -35,3 +35,15 @@ def test_isolate_config_must_be_bool(tmp_path):
 
     r = run_cli("attack", "isolate=maybe", "dataset.n_samples=2", f"hydra.run.dir={tmp_path}")
     assert r.returncode != 0 and "isolate" in r.stderr
+
+
+def test_cli_isolate_writes_integrity(tmp_path, ckpt_dir):
+    import json
+
+    from tests.conftest import run_cli
+
+    r = run_cli("attack", "attack=square", "isolate=true", "dataset.n_samples=4", "budget.max_queries=30",
+                "progress=false", f"checkpoint_dir={ckpt_dir}", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    s = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert s["integrity"] == {"violations": [], "n_dropped": 0, "isolate": True} and s["total_queries"] > 0
