@@ -120,13 +120,14 @@ def evaluate(model: nn.Module, x, y=None, *, attack: Any = "pgd", budget: Option
              run_dir: Union[str, Path, None] = None, resume: bool = True, progress: bool = False, verbose: bool = False,
              device: Any = None, adaptive: bool = False, bpda: bool = False, eot_samples: int = 1,
              recheck_repeats: Optional[int] = None, confirm_on_sight: Optional[bool] = None,
-             train_data=None, surrogate: Optional[nn.Module] = None, **attack_params) -> Result:
+             train_data=None, surrogate: Optional[nn.Module] = None, isolate: bool = False, **attack_params) -> Result:
     """Attack ``model`` on ``(x, y)`` (or an iterable of ``(x, y)`` batches) and return a :class:`Result`.
 
     * ``model``: any ``nn.Module`` taking [0, 1] NCHW images and returning logits, on any device
       (``device``: where to run, default the model's); ``mean``/``std`` wrap a model that expects
       normalized inputs. Input defenses: pass a victim from :func:`load_victim` with ``defense=``;
-      ``adaptive``, ``bpda``, ``eot_samples`` as in the CLI ("Input defenses and adaptive evaluation").
+      ``adaptive``, ``bpda``, ``eot_samples`` as in the CLI ("Input defenses and adaptive evaluation");
+      ``isolate``: run the attack in a child process that never holds the model (README, "Untrusted attacks").
     * ``attack``: a registered name (``robench.registry.ATTACKS.names()``) with its constructor
       arguments as ``**attack_params``, or an ``Attack`` instance.
     * ``budget``: a :class:`Budget`; ``targets``: a tensor of target classes, or a target mode
@@ -233,7 +234,7 @@ def evaluate(model: nn.Module, x, y=None, *, attack: Any = "pgd", budget: Option
 
     summary, records, best = run_plan(atk, fresh, model, plan, idx, clean_pred, referee, ev, device, meta, run_dir=rd,
                                       prior_records=prior, batch_size=batch_size, progress=progress, quiet=not verbose,
-                                      announce=verbose)
+                                      announce=verbose, isolate=bool(isolate))
     return Result(summary, pd.DataFrame(records, columns=R.record_columns(records)), best, rd, pf)
 
 

@@ -275,7 +275,7 @@ def validate_attack_config(cfg: Any) -> dict:
 
     c = resolved(cfg)
     _common(c)
-    for k in ("correct_only", "adaptive", "resume"):
+    for k in ("correct_only", "adaptive", "resume", "isolate"):
         if k in c:
             check_bool(k, c[k])
     check_bool("confirm_on_sight", c.get("confirm_on_sight"), null=True)

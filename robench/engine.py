@@ -107,6 +107,7 @@ class BatchOutcome:
     rows: torch.Tensor
     result: Optional[OracleResult]
     fields: List[Dict[str, Any]]
+    violations: List[Dict[str, Any]] = field(default_factory=list)  # rows the independent final check refused
 
     @property
     def seconds(self) -> float:
@@ -120,11 +121,35 @@ def prepare_attack(attack, context) -> None:
 
 
 def execute(attack, model, plan: Plan, referee: Referee, device, *, skip: Sequence[int] = (),
-            after: Optional[Callable[[BatchOutcome], None]] = None) -> Iterator[BatchOutcome]:
+            after: Optional[Callable[[BatchOutcome], None]] = None, isolate: bool = False,
+            name: Optional[str] = None) -> Iterator[BatchOutcome]:
     """Run ``attack`` over the plan's batches (ascending, those in ``skip`` left out), yielding each
     batch's :class:`BatchOutcome` as soon as it is done (the caller writes records, flushes, reports
-    progress). ``after(outcome)`` may add fields (e.g. a detector's score) before it is yielded."""
+    progress). ``after(outcome)`` may add fields (e.g. a detector's score) before it is yielded.
+
+    The referee's guard (robench/integrity.py) wraps each ``attack.run``: tampering with the oracle,
+    its classes or the victim raises RobenchError; every reported success and distortion is then
+    recomputed independently, and refused rows are dropped and listed in ``violations``. With
+    ``isolate`` the attack runs in a child process that never holds the model (robench/isolate.py)."""
+    from robench.integrity import Guard, drop, verify
+
     skip = set(skip)
+    name = name or getattr(attack, "name", None) or type(attack).__name__
+    guard = Guard(model, name)
+    randomized = referee.recheck_repeats > 1 or referee.confirm_repeats > 0 or referee.eot_samples > 1
+    child = None
+    if isolate:
+        from robench.isolate import IsolatedRunner
+
+        child = IsolatedRunner(attack, name)
+    try:
+        yield from _batches(attack, model, plan, referee, device, skip, after, guard, verify, drop, randomized, child)
+    finally:
+        if child is not None:
+            child.close()
+
+
+def _batches(attack, model, plan, referee, device, skip, after, guard, verify, drop, randomized, child):
     for bt in sorted(plan.batches):
         if bt in skip:
             continue
@@ -133,11 +158,24 @@ def execute(attack, model, plan: Plan, referee: Referee, device, *, skip: Sequen
             yield BatchOutcome(bt, sel, None, [])
             continue
         x0 = plan.x[sel]
-        oracle = referee.oracle(model, x0.to(device), plan.y[sel].to(device),
-                                None if plan.targets is None else plan.targets[sel].to(device))
-        attack.run(oracle.view(), plan.generator(bt, device))
+        y0, t0 = plan.y[sel], None if plan.targets is None else plan.targets[sel]
+        # the oracle's own copies: an edit of its state never reaches the engine's x0, y0, t0 (the final check's)
+        oracle = referee.oracle(guard.victim, x0.to(device, copy=True), y0.to(device, copy=True),
+                                None if t0 is None else t0.to(device, copy=True))
+        guard.arm(oracle)
+        try:
+            if child is not None:
+                child.run(oracle.view(), plan.generator(bt, device))
+            else:
+                attack.run(oracle.view(), plan.generator(bt, device))
+        finally:
+            pre = guard.disarm()
         res = oracle.finalize()
-        out = BatchOutcome(bt, sel, res, R.attack_fields(res, x0))
+        guard.check(oracle, referee, res.queries, bt, pre)
+        fields = R.attack_fields(res, x0)
+        refused = verify(model, res, x0, y0, t0, referee, device, randomized)
+        drop(fields, refused)
+        out = BatchOutcome(bt, sel, res, fields, [{"batch": int(bt), "row": int(sel[j])} for j in refused])
         if after is not None:
             after(out)
         yield out

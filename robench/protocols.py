@@ -107,7 +107,7 @@ class Adaptive(Protocol):
             return
         outs = [o for o in extra["non_adaptive"] if o.result is not None]
         claimed = torch.cat([o.result.claimed for o in outs]) if outs else torch.zeros(0, dtype=torch.bool)
-        success = torch.cat([o.result.success for o in outs]) if outs else torch.zeros(0, dtype=torch.bool)
+        success = torch.tensor([f["success"] for o in outs for f in o.fields], dtype=torch.bool)  # after the referee's check
         n_att, n_correct, n = summary.get("n_attacked") or 0, summary["n_correct"], summary["n_samples"]
         ns = int(success.sum())
         summary["non_adaptive"] = {"bpda": False, "eot_samples": 1, "n_success": ns, "confirm_repeats": self.naive_confirm(ev),
@@ -139,7 +139,7 @@ class Detection(Protocol):
         res = outcome.result
         if res is None:
             return
-        ok = res.success.nonzero().flatten()
+        ok = torch.tensor([f["success"] for f in outcome.fields], dtype=torch.bool).nonzero().flatten()
         if len(ok):
             s = self.detector.scores(ev.model, res.best_x[ok])
             for j, v in zip(ok.tolist(), s.tolist()):

@@ -47,6 +47,7 @@ queries_per_second     total_queries / seconds
 device, seed, robench_version, started, finished
 checkpoint             the victim's checkpoint path (or "pretrained"; null in the Python API)
 access                 the attack's declared access level, as the run's oracle enforced it
+integrity              {violations: [{index, batch}], n_dropped, isolate}: points the referee's final check refused
 shard, batch_size, resumed_batches, host, pid   how the run was executed
 =====================  ====================================================================
 

@@ -45,7 +45,7 @@ def robust_accuracy(model, splits, ecfg, budget, seed: int, device: torch.device
     plan = Plan.contiguous(x, y, None, correct, bs, int(seed))
     referee = Referee(access=attack.access, norm=budget.norm, eps=budget.eps, max_queries=int(budget.max_queries),
                       num_classes=splits.num_classes, stop_on_success=not attack.minimizes_distortion)
-    n_success = sum(int(o.result.success.sum()) for o in run_all(attack, model, plan, referee, device) if o.result is not None)
+    n_success = sum(sum(f["success"] for f in o.fields) for o in run_all(attack, model, plan, referee, device))
     n_correct = int(correct.sum())
     return {"clean_accuracy": n_correct / len(y), "robust_accuracy": (n_correct - n_success) / len(y),
             "n_samples": len(y), "attack": name, "params": params, "norm": budget.norm, "eps": budget.eps,

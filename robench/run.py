@@ -26,6 +26,7 @@ from robench.data import eval_slice, load_dataset, parse_shard
 from robench.data.base import eval_indices
 from robench.engine import Plan, Referee, batch_seed, choose_targets, execute, prepare_attack, run_all  # noqa: F401
 from robench.errors import RobenchError
+from robench.integrity import summary_entry
 from robench.protocols import Evaluation
 from robench.registry import ATTACKS, instantiate
 from robench.train import predict
@@ -91,6 +92,9 @@ def run_attack(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     def make_attack():
         return instantiate(ATTACKS, cfg.attack.name, _plain(cfg.attack).get("params"), "attack")
 
+    isolate = cfg.get("isolate", False)
+    if not isinstance(isolate, bool):
+        raise RobenchError(f"isolate must be true or false, got '{isolate}'")
     attack = make_attack()
     batch_size = int(cfg.attack.get("batch_size", 1000))
     if batch_size < 1:
@@ -153,14 +157,15 @@ def run_attack(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
 
     summary, _, _ = run_plan(attack, fresh_attack, model, plan, idx, clean_pred, referee, ev, device, meta_summary,
                              run_dir=run_dir, prior_records=prior_records, batch_size=batch_size,
-                             progress=bool(cfg.get("progress", True)) and not quiet, quiet=quiet, multirun=_in_multirun())
+                             progress=bool(cfg.get("progress", True)) and not quiet, quiet=quiet, multirun=_in_multirun(),
+                             isolate=isolate)
     return summary
 
 
 def run_plan(attack, make_attack: Callable[[], Any], model, plan: Plan, idx: torch.Tensor, clean_pred: torch.Tensor,
              referee: Referee, ev: Evaluation, device, meta: Dict[str, Any], *, run_dir: Optional[Path] = None,
              prior_records: Optional[List[Dict[str, Any]]] = None, batch_size: int = 1000, progress: bool = True,
-             quiet: bool = False, multirun: bool = False, announce: bool = True):
+             quiet: bool = False, multirun: bool = False, announce: bool = True, isolate: bool = False):
     """Run ``attack`` over ``plan`` through the engine and summarize: returns (summary, records, best points).
 
     With ``run_dir`` the run folder gets records.csv and progress.json after every batch (batches
@@ -202,6 +207,7 @@ def run_plan(attack, make_attack: Callable[[], Any], model, plan: Plan, idx: tor
             "status": "done" if len(done) == len(batches) else "running", "attack": meta["attack"]}) + "\n")
 
     flush()
+    violations: List[Dict[str, Any]] = []
     with Progress(TextColumn(f"[bold]{meta['attack']}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("success {task.fields[rate]}"), TimeElapsedColumn(),
                   console=console, disable=multirun or not progress) as bar:
@@ -209,7 +215,9 @@ def run_plan(attack, make_attack: Callable[[], Any], model, plan: Plan, idx: tor
         n_succ = sum(records[k]["success"] for bt in done for k in batches[bt])
         task = bar.add_task("attack", total=int(plan.attacked.sum()), completed=n_done,
                             rate=f"{n_succ / n_done:.1%}" if n_done else "-")
-        for out in execute(attack, model, plan, referee, device, skip=done, after=ev.after_batch):
+        for out in execute(attack, model, plan, referee, device, skip=done, after=ev.after_batch, isolate=isolate,
+                           name=meta["attack"]):
+            violations += [{"index": records[v["row"]]["index"], "batch": v["batch"]} for v in out.violations]
             for k, f in zip(out.rows.tolist(), out.fields):
                 records[k].update(f)
             if out.result is not None:
@@ -240,9 +248,11 @@ def run_plan(attack, make_attack: Callable[[], Any], model, plan: Plan, idx: tor
     summary["host"], summary["pid"] = __import__("socket").gethostname(), __import__("os").getpid()
     summary.update(attack.summary_extra())  # attack-specific figures (e.g. ensemble contributions)
     extra = {}
+    summary["integrity"] = summary_entry(violations, isolate)  # the referee's independent check (integrity.py)
     for run in ev.extra_runs():  # e.g. the adaptive protocol's non-adaptive run, through the same engine
         run.before()
-        extra[run.name] = run_all(make_attack(), model, plan, dataclasses.replace(referee, **run.referee), device)
+        extra[run.name] = list(execute(make_attack(), model, plan, dataclasses.replace(referee, **run.referee), device,
+                                       isolate=isolate, name=meta["attack"]))
         run.after()
     ev.merge(summary, records, plan.x, run_dir, extra)
     if run_dir is not None:
