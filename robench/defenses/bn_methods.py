@@ -47,6 +47,9 @@ class BNFinetune(TrainingRecipe):
     adversarial = True
     is_adversarial_finetune = True
 
+    #: numeric ranges the registry checks before construction (robench.registry.validate_params)
+    param_ranges = {"step_frac": "(0,1]", "mix": "[0,1]"}
+
     def __init__(self, eps: float = 0.3, norm: str = "linf", steps: int = 7, step_frac: float = 0.2,
                  mix: float = 0.0, adversarial: Optional[bool] = None):
         check_threat(norm, eps, "bn_finetune")
@@ -114,6 +117,9 @@ class AdvProp(TrainingRecipe):
 
     adversarial = True
 
+    #: numeric ranges the registry checks before construction (robench.registry.validate_params)
+    param_ranges = {"step_frac": "(0,1]"}
+
     def __init__(self, eps: float = 0.3, norm: str = "linf", steps: int = 7, step_frac: float = 0.2,
                  warmup_epochs: float = 0.0):
         check_threat(norm, eps, "advprop")
@@ -150,6 +156,9 @@ class RobMask(TrainingRecipe):
     """
 
     adversarial = True
+
+    #: numeric ranges the registry checks before construction (robench.registry.validate_params)
+    param_ranges = {"step_frac": "(0,1]", "eval_eps": ">=0"}
 
     def __init__(self, eps_max: float = 0.3, norm: str = "linf", steps: int = 7, step_frac: float = 0.2,
                  eval_eps: Optional[float] = None):

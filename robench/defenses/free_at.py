@@ -37,6 +37,9 @@ class FreeAT(TrainingRecipe):
 
     adversarial = True
 
+    #: numeric ranges the registry checks before construction (robench.registry.validate_params)
+    param_ranges = {"replays": ">=1"}
+
     def __init__(self, eps: float = 0.3, norm: str = "linf", replays: int = 8, step_size: Optional[float] = None,
                  warmup_epochs: float = 0.0):
         check_threat(norm, eps, "free_at")
