@@ -5,7 +5,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from robench.attacks.whitebox.pgd import project, step
+from robench.geometry import geometry
 from robench.defenses.adversarial import check_threat, peek_logits, warm
 from robench.defenses.base import TrainingRecipe
 from robench.errors import RobenchError
@@ -76,7 +76,8 @@ class FreeAT(TrainingRecipe):
         eps = self._eps_now
         a = eps if self.step_size is None else self.step_size * eps / self.eps
         if eps > 0:
-            xa = project(x.float() + d.detach() + step(d.grad.float() / grad_scale, self.norm, a), x.float(), self.norm, eps)
+            geo = geometry(self.norm)
+            xa = geo.project_point(x.float() + d.detach() + geo.step(d.grad.float() / grad_scale, a), x.float(), eps)
             self.delta[:x.shape[0]] = xa - x.float()
         self._leaf = self._x = None
 
