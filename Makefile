@@ -19,7 +19,7 @@ demo: $(STAMP)
 	$(BIN)/robench attack dataset=mnist model=cw_mnist defense=none attack=pgd budget=linf_0.3
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --dist loadscope
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_oracle.py

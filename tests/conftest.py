@@ -12,6 +12,14 @@ from omegaconf import OmegaConf
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# Under pytest-xdist (`make test` runs `-n auto`), the workers share the cores: each gets its share of torch
+# threads, and so do the robench subprocesses they start, instead of every process taking all of them.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+if _WORKERS > 1:
+    _THREADS = max(1, (os.cpu_count() or 1) // _WORKERS)
+    torch.set_num_threads(_THREADS)
+    os.environ["OMP_NUM_THREADS"] = str(_THREADS)
+
 
 def mnist_cfg(**over):
     cfg = OmegaConf.load(ROOT / "configs" / "dataset" / "mnist.yaml")
@@ -28,9 +36,12 @@ def splits():
 
 
 @pytest.fixture(scope="session")
-def victim(splits):
+def victim(splits, tmp_path_factory):
     """cw_mnist naturally trained with the shipped `robench train-defense` defaults (configs/run_train.yaml)
-    on the 4,000 embedded training images: about 30 s on 2 CPU cores."""
+    on the 4,000 embedded training images: about 30 s on 2 CPU cores. Trained once per test session: the
+    first xdist worker trains it, under a file lock, and the others load its weights."""
+    from filelock import FileLock
+
     from robench.defenses.natural import Natural
     from robench.models import build_model
     from robench.train import train
@@ -38,15 +49,15 @@ def victim(splits):
     torch.manual_seed(0)
     model = build_model("cw_mnist", splits)
     tcfg = OmegaConf.load(ROOT / "configs" / "run_train.yaml").train
-    cache = _victim_cache_path(tcfg)
-    if cache is not None and cache.exists():
-        blob = torch.load(cache, weights_only=False)
-        model.load_state_dict(blob["state"])
-        m = blob["metrics"]
-    else:
-        m = train(model, Natural(), splits, tcfg, torch.device("cpu"), seed=0, progress=False)
-        if cache is not None:
-            cache.parent.mkdir(parents=True, exist_ok=True)
+    cache = _victim_cache_path(tcfg, tmp_path_factory)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(cache) + ".lock"):
+        if cache.exists():
+            blob = torch.load(cache, weights_only=False)
+            model.load_state_dict(blob["state"])
+            m = blob["metrics"]
+        else:
+            m = train(model, Natural(), splits, tcfg, torch.device("cpu"), seed=0, progress=False)
             tmp = cache.with_suffix(".tmp%d" % os.getpid())
             torch.save({"state": model.state_dict(), "metrics": m}, tmp)
             os.replace(tmp, cache)
@@ -55,15 +66,17 @@ def victim(splits):
     return model
 
 
-def _victim_cache_path(tcfg):
-    """Opt-in developer cache of the session victim (ROBENCH_TEST_CACHE=folder): keyed by the training
-    config and the source of everything that shapes the weights, so a code change retrains. CI never
-    sets it, so CI always trains from scratch."""
+def _victim_cache_path(tcfg, tmp_path_factory):
+    """Where the session victim is kept. By default a folder that this session's xdist workers share
+    (pytest's base temp folder's parent), so CI trains it from scratch once per session. Opt-in developer
+    cache across sessions: ROBENCH_TEST_CACHE=folder. Keyed by the training config and the source of
+    everything that shapes the weights, so a code change retrains."""
     import hashlib
 
     folder = os.environ.get("ROBENCH_TEST_CACHE")
     if not folder:
-        return None
+        base = tmp_path_factory.getbasetemp()
+        folder = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
     h = hashlib.sha256(OmegaConf.to_yaml(tcfg).encode())
     for rel in ("robench/train.py", "robench/models/mnist_models.py", "robench/models/base.py",
                 "robench/data/mnist.py", "robench/data/base.py", "robench/defenses/natural.py"):
@@ -83,12 +96,62 @@ def test_xy(splits, victim):
     return x[ok][:200], y[ok][:200]
 
 
-def run_cli(*args, cwd=None, env=None, timeout=300):
-    """Run `python -m robench ...` in a subprocess; returns CompletedProcess with text output."""
-    e = dict(os.environ)
-    e.update(env or {})
-    return subprocess.run([sys.executable, "-m", "robench", *args], cwd=cwd or ROOT, env=e, capture_output=True,
-                          text=True, timeout=timeout)
+def run_cli(*args, cwd=None, env=None, timeout=300, subprocess_=False):
+    """Run `robench ARGS` as a user would; returns a CompletedProcess (returncode, stdout, stderr as text).
+
+    By default the command runs in this process through `robench.cli.main` (cwd, argv, stdout and stderr
+    swapped in for the call), which is what `python -m robench` runs after start-up; that saves the ~3 s
+    of interpreter and torch start-up per call. Tests whose point is the real process (signals, a
+    launcher's child processes, environment variables read at start-up, installed entry points) pass
+    `subprocess_=True` or an `env`, and get `python -m robench` in a subprocess."""
+    if subprocess_ or env:
+        e = dict(os.environ)
+        e.update(env or {})
+        return subprocess.run([sys.executable, "-m", "robench", *args], cwd=cwd or ROOT, env=e, capture_output=True,
+                              text=True, timeout=timeout)
+    return _run_cli_in_process(list(map(str, args)), cwd or ROOT)
+
+
+def _run_cli_in_process(args, cwd):
+    import contextlib
+    import io
+    import logging
+
+    from hydra.core.global_hydra import GlobalHydra
+
+    from robench import cli
+
+    out, err = io.StringIO(), io.StringIO()
+    old_cwd, old_argv = os.getcwd(), list(sys.argv)
+    root = logging.getLogger()
+    old_handlers, old_level = list(root.handlers), root.level
+    code = 0
+    GlobalHydra.instance().clear()
+    try:
+        os.chdir(cwd)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                cli.main(args)
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+                if not isinstance(e.code, (int, type(None))):
+                    print(e.code, file=sys.stderr)
+            except BaseException:  # what the interpreter would print on the way out, and exit 1
+                import traceback
+
+                traceback.print_exc()
+                code = 1
+    finally:
+        os.chdir(old_cwd)
+        sys.argv = old_argv
+        GlobalHydra.instance().clear()
+        for h in list(root.handlers):  # Hydra's per-job log handlers point at this call's streams and run folder
+            if h not in old_handlers:
+                root.removeHandler(h)
+                h.close()
+        root.handlers[:] = old_handlers
+        root.setLevel(old_level)
+    return subprocess.CompletedProcess(["robench", *args], code, out.getvalue(), err.getvalue())
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,5 @@
-"""The command line end to end, in subprocesses, as a user runs it."""
+"""The command line end to end, as a user runs it (in-process through `robench.cli.main`; the cases marked
+`subprocess_=True` start a real `python -m robench`)."""
 import json
 import subprocess
 import sys
@@ -25,7 +26,8 @@ SMALL = ["dataset.n_samples=40", "progress=false"]
     ("dataset.shard=5/2", "dataset.shard=5/2"),
 ])
 def test_bad_input_is_one_line_exit_2(override, msg, tmp_path):
-    p = run_cli("attack", override, *SMALL, f"checkpoint_dir={tmp_path}", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
+    p = run_cli("attack", override, *SMALL, f"checkpoint_dir={tmp_path}", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path,
+                subprocess_=override == "budget.eps=-0.1")  # one case as a real process: exit code and stderr
     assert p.returncode == 2, p.stderr
     lines = [l for l in p.stderr.strip().splitlines() if l.strip()]
     assert len(lines) == 1 and lines[0].startswith("robench: error: ") and msg in lines[0], p.stderr
@@ -41,7 +43,7 @@ def test_missing_checkpoint_names_the_command(tmp_path):
 
 
 def test_unknown_command_and_list():
-    p = run_cli("fly")
+    p = run_cli("fly", subprocess_=True)
     assert p.returncode == 2 and "unknown command 'fly'" in p.stderr
     p = run_cli("list")
     assert p.returncode == 0

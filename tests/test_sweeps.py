@@ -24,7 +24,7 @@ def test_joblib_sweep_runs_jobs_in_parallel_then_report_with_plots(tmp_path, ckp
     sweep = tmp_path / "sweep"
     p = run_cli("attack", "-m", "launcher=joblib", "hydra.launcher.n_jobs=2", "budget.eps=0.1,0.3",
                 "attack.params.steps=5,10", "dataset.n_samples=20", f"checkpoint_dir={ckpt_dir}",
-                f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+                f"hydra.sweep.dir={sweep}", cwd=tmp_path, subprocess_=True)  # the launcher's workers: a real process
     assert p.returncode == 0, p.stderr
     sums = [json.loads(f.read_text()) for f in sorted(sweep.glob("*/summary.json"))]
     assert len(sums) == 4
@@ -46,7 +46,7 @@ def test_submitit_launcher_local_mode(tmp_path, ckpt_dir):
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     sweep = tmp_path / "sweep"
     p = run_cli("attack", "-m", "launcher=submitit_local", "budget.eps=0.1,0.3", "dataset.n_samples=20", "--quiet",
-                f"checkpoint_dir={ckpt_dir}", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+                f"checkpoint_dir={ckpt_dir}", f"hydra.sweep.dir={sweep}", cwd=tmp_path, subprocess_=True)
     assert p.returncode == 0, p.stderr
     assert p.stdout.strip() == "" and p.stderr.strip() == ""  # --quiet
     sums = {json.loads(f.read_text())["eps"]: json.loads(f.read_text()) for f in sweep.glob("*/summary.json")}
