@@ -168,6 +168,12 @@ def _prevalidate(config_name: str, composed, multirun: bool) -> None:
         del composed["hydra"]
     attack = config_name == "run_attack"
     plain = _validate_job(config_name, composed)
+    if attack and not plain["model"].get("source"):  # model=gbdt has no gradients: refuse white-box attacks now
+        from robench.registry import ATTACKS, MODELS
+        from robench.victim import refuse_gradients
+
+        name = plain["attack"]["name"]
+        refuse_gradients(MODELS.get(plain["model"]["name"]), getattr(ATTACKS.get(name), "access", ""), name)
     if not attack:  # the checkpoint is written after training: its folder must be writable now
         run_folder.check_output_dir(plain["checkpoint_dir"], "checkpoint_dir")
     if multirun:
