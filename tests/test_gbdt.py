@@ -2,7 +2,7 @@
 
 A tiny booster (600 embedded training images, 20 rounds of 8 leaves, 16 bins: about 2 s) is trained,
 saved in robench's checkpoint (LightGBM's text format in a uint8 tensor, loadable with
-weights_only=True) and reloaded; OPT-attack fools it within 500 counted label queries where random
+weights_only=True) and reloaded; OPT-attack fools it within 300 counted label queries where random
 noise of the same L2 does not; gradient attacks are refused in one line before any work.
 """
 import dataclasses
@@ -62,12 +62,12 @@ def test_opt_attack_fools_it_where_noise_of_the_same_l2_does_not(tiny):
         ok = (model(xt).argmax(1) == yt).nonzero().flatten()[:3]
     x0, y = xt[ok], yt[ok]
     rec = Recorder(model, x0, y, "l2")
-    o = rec.spy(Oracle(rec, x0, y, access="label", norm="l2", eps=None, max_queries=500, stop_on_success=False,
-                       num_classes=10, checkpoints=[250, 500]))
-    OPTAttack(n_init=30).run(o, torch.Generator().manual_seed(0))
+    o = rec.spy(Oracle(rec, x0, y, access="label", norm="l2", eps=None, max_queries=300, stop_on_success=False,
+                       num_classes=10, checkpoints=[150, 300]))
+    OPTAttack(n_init=20).run(o, torch.Generator().manual_seed(0))
     rec.enabled = False
     r = o.finalize()
-    assert torch.equal(r.queries, rec.count) and int(r.queries.max()) == 500  # every query counted, none past the budget
+    assert torch.equal(r.queries, rec.count) and int(r.queries.max()) == 300  # every query counted, none past the budget
     assert r.success.all()
     with torch.no_grad():
         assert (model(r.best_x).argmax(1) != y).all()
@@ -100,3 +100,9 @@ def test_gradient_attacks_are_refused_in_one_line(tiny, tmp_path, capsys):
     assert "LightGBM tree ensemble and has no gradients: attack=fgsm needs input gradients" in lines[0]
     assert "use a score- or label-based attack" in lines[0]
     assert not (tmp_path / "run").exists()
+    with pytest.raises(SystemExit) as e:
+        cli.main(["train-defense", "model=gbdt", "defense=pgd_at", f"checkpoint_dir={tmp_path}/ck",
+                  f"hydra.run.dir={tmp_path}/train", "progress=false"])
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert e.value.code == 2 and len(lines) == 1 and "defense=pgd_at trains through the model's gradients" in lines[0]
+    assert not (tmp_path / "train").exists()

@@ -109,9 +109,10 @@ class GBDT(nn.Module):
 def gbdt(num_classes: int = 10, shape=(1, 28, 28), num_trees: int = 100, num_leaves: int = 100,
          learning_rate: float = 0.1, min_data_in_leaf: int = 100, feature_fraction: float = 0.7,
          bagging_fraction: float = 0.7, max_bin: int = 256, threads: int = 1) -> nn.Module:
-    """Gradient-boosted trees (LightGBM, raw margins as logits, no gradients) [ke2017lightgbm]: the
-    non-differentiable MNIST victim of [cheng2021 §2.5.0.5]; ``num_trees`` boosting rounds (one tree per
-    class each). Train with ``robench train-defense model=gbdt``; needs the gbdt extra (lightgbm)."""
+    """Gradient-boosted trees, LightGBM [ke2017lightgbm]: raw margins as logits, no gradients (gbdt extra)
+
+    The non-differentiable MNIST victim of [cheng2021 §2.5.0.5]: ``num_trees`` boosting rounds (one tree
+    per class each). Train it with ``robench train-defense model=gbdt``."""
     params = {"num_leaves": num_leaves, "learning_rate": learning_rate, "min_data_in_leaf": min_data_in_leaf,
               "feature_fraction": feature_fraction, "bagging_fraction": bagging_fraction,
               "bagging_freq": 1 if bagging_fraction < 1 else 0, "max_bin": max_bin, "max_depth": -1}
