@@ -168,6 +168,8 @@ def _prevalidate(config_name: str, composed, multirun: bool) -> None:
         del composed["hydra"]
     attack = config_name == "run_attack"
     plain = _validate_job(config_name, composed)
+    if not plain["model"].get("source"):  # model=gbdt has no gradients: white-box attacks and recipes fail now
+        _refuse_gradients(plain, attack)
     if not attack:  # the checkpoint is written after training: its folder must be writable now
         run_folder.check_output_dir(plain["checkpoint_dir"], "checkpoint_dir")
     if multirun:
@@ -183,6 +185,23 @@ def _prevalidate(config_name: str, composed, multirun: bool) -> None:
         validate_slice(len(splits.test), d.get("n_samples"), d.get("offset", 0))
         _check_victim_checkpoint(plain)
     run_folder.check_run_dir(_hydra_dir(hyd, "run.dir"), plain, resume=bool(plain.get("resume", True)) if attack else True)
+
+
+def _refuse_gradients(c: dict, attack: bool) -> None:
+    """A registered model without gradients (model=gbdt): a gradient attack, or a training recipe other
+    than none, fails in one line before anything is written (robench/victim.py)."""
+    from robench.defenses.compose import defense_spec
+    from robench.registry import ATTACKS, MODELS
+    from robench.victim import gradient_free, refuse_gradients
+
+    model = MODELS.get(c["model"]["name"])
+    if attack:
+        name = c["attack"]["name"]
+        refuse_gradients(model, getattr(ATTACKS.get(name), "access", ""), name)
+        return
+    recipe, reason = defense_spec(c["defense"]).recipe, gradient_free(model)
+    if reason and recipe != "none":
+        raise RobenchError(f"{reason}: defense={recipe} trains through the model's gradients; train it with defense=none")
 
 
 def _check_victim_checkpoint(c: dict) -> None:

@@ -216,8 +216,9 @@ class Evaluation:
     def prepare(self, model, attack, attack_cfg, splits, x: Optional[torch.Tensor] = None) -> tuple[bool, int]:
         """Pre-flight checks (``x``: a few clean inputs), seeds the victim's randomness, sets BPDA,
         calibrates the detector; returns (bpda, eot_samples) of the main run."""
-        from robench.victim import preflight
+        from robench.victim import preflight, refuse_gradients
 
+        refuse_gradients(model, attack.access, attack_cfg.get("name") or "")
         self.model = model
         self.preflight = preflight(model, x) if x is not None and len(x) else {"randomized": False, "probabilities": False}
         self.randomized = self.preflight["randomized"] or is_randomized(model)

@@ -23,6 +23,7 @@ def robust_accuracy(model, splits, ecfg, budget, seed: int, device: torch.device
     from robench.errors import RobenchError
     from robench.registry import ATTACKS, instantiate
     from robench.train import predict
+    from robench.victim import gradient_free
 
     n = ecfg.get("n_samples", 500)
     if n is not None and int(n) == 0:
@@ -33,6 +34,10 @@ def robust_accuracy(model, splits, ecfg, budget, seed: int, device: torch.device
     params = OmegaConf.to_container(ecfg.get("params") or {}, resolve=True)
     name = str(ecfg.get("attack", "pgd"))
     attack = instantiate(ATTACKS, name, params, "eval.attack")
+    reason = gradient_free(model)
+    if reason and attack.access == "gradient":  # model=gbdt: evaluate it with a label attack (robench attack)
+        return {"skipped": f"{reason}, so eval.attack={name} cannot run; attack it with `robench attack` and a score- "
+                           f"or label-based attack (e.g. attack=opt)"}
     bs = int(ecfg.get("batch_size", 1000))
     if bs < 1:
         raise RobenchError(f"eval.batch_size must be >= 1, got {bs}")

@@ -28,11 +28,11 @@ from robench.engine import Plan, Referee, batch_seed, choose_targets, execute, p
 from robench.errors import RobenchError
 from robench.integrity import summary_entry
 from robench.protocols import Evaluation
-from robench.registry import ATTACKS, instantiate
+from robench.registry import ATTACKS, MODELS, instantiate
 from robench.train import predict
 from robench.train_job import run_train  # noqa: F401  (the train-defense job; cli.py imports it from here)
 from robench.models.sources import victim_summary
-from robench.victim import load_victim, surrogate_loader  # noqa: F401  (load_victim: kept importable from here)
+from robench.victim import load_victim, refuse_gradients, surrogate_loader  # noqa: F401  (load_victim: kept importable from here)
 from robench.run_folder import write_run_config
 
 #: robench's own messages: Hydra's job logging sends them to <run dir>/<job name>.log (README, "Logs")
@@ -96,6 +96,8 @@ def run_attack(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     if not isinstance(isolate, bool):
         raise RobenchError(f"isolate must be true or false, got '{isolate}'")
     attack = make_attack()
+    if cfg.model.get("source") in (None, "", "registry"):  # gbdt: no gradients, refused before the run folder exists
+        refuse_gradients(MODELS.get(cfg.model.name), attack.access, cfg.attack.name)
     batch_size = int(cfg.attack.get("batch_size", 1000))
     if batch_size < 1:
         raise RobenchError(f"attack.batch_size must be >= 1, got {batch_size}")

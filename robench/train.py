@@ -37,18 +37,25 @@ def batches(ds: Dataset, batch_size: int, shuffle: bool, generator: Optional[tor
         yield x.to(device), y.to(device), order[s:s + batch_size]
 
 
+def _device(model: nn.Module) -> torch.device:
+    """Where the model's tensors live (a model without parameters, e.g. ``gbdt``: its buffers, else CPU)."""
+    for t in list(model.parameters()) + list(model.buffers()):
+        return t.device
+    return torch.device("cpu")
+
+
 @torch.no_grad()
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
     """Logits of ``x`` (on the model's device), batched, in eval mode."""
     model.eval()
-    dev = next(model.parameters()).device
+    dev = _device(model)
     return torch.cat([model(x[s:s + batch_size].to(dev)) for s in range(0, len(x), batch_size)])
 
 
 @torch.no_grad()
 def accuracy(model: nn.Module, ds: Dataset, batch_size: int = 500) -> float:
     model.eval()
-    dev = next(model.parameters()).device
+    dev = _device(model)
     correct = total = 0
     for x, y, _ in batches(ds, batch_size, shuffle=False, device=dev):
         correct += int((model(x).argmax(1) == y).sum())

@@ -18,6 +18,7 @@ from robench.defenses.base import TrainingRecipe
 from robench.defenses.compose import defense_spec
 from robench.errors import RobenchError
 from robench.models import build_model
+from robench.models.gbdt import find_gbdt, fit as fit_gbdt
 from robench.run_folder import write_run_config
 from robench.models.sources import build_source, source_of, source_tag, train_summary
 from robench.registry import DEFENSES, instantiate
@@ -100,8 +101,12 @@ def run_train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     state_path = path.with_name(path.name + ".resume")
     started = _now()
     quiet = bool(cfg.get("quiet", False))
-    m = train(model, recipe, splits, cfg.train, device, int(cfg.seed), log_path=run_dir / "train_log.csv",
-              progress=bool(cfg.get("progress", True)) and not quiet and not _in_multirun(), state_path=state_path, fingerprint=_train_fingerprint(cfg))
+    if find_gbdt(model) is not None:  # LightGBM trees (robench/models/gbdt.py): boosting, not the gradient loop
+        m = fit_gbdt(model, splits, int(cfg.seed), dname)
+    else:
+        m = train(model, recipe, splits, cfg.train, device, int(cfg.seed), log_path=run_dir / "train_log.csv",
+                  progress=bool(cfg.get("progress", True)) and not quiet and not _in_multirun(), state_path=state_path,
+                  fingerprint=_train_fingerprint(cfg))
     ev = robust_accuracy(model, splits, cfg.get("eval") or {}, cfg.budget, int(cfg.seed), device) if "budget" in cfg else {}
     robust = {"robust_accuracy": ev.get("robust_accuracy"), "eval_clean_accuracy": ev.get("clean_accuracy"),
               "robust_eval": {k: v for k, v in ev.items() if k not in ("clean_accuracy", "robust_accuracy")} or None}
@@ -128,7 +133,9 @@ def run_train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     t.add_column("metric")
     t.add_column("value", justify="right")
     rows = [("train accuracy", f"{m['train_accuracy']:.2%}"), ("test (clean) accuracy", f"{m['clean_accuracy']:.2%}")]
-    if ev:
+    if ev.get("skipped"):
+        rows.append(("robust accuracy", f"skipped: {ev['skipped']}"))
+    elif ev:
         p = ev["params"]
         rows.append((f"robust accuracy ({ev['attack']}-{p.get('steps', '?')}, {ev['norm']} {ev['eps']}, "
                      f"{ev['n_samples']} test images)", f"{ev['robust_accuracy']:.2%}"))

@@ -1,5 +1,8 @@
 """The victim: a model (+ weights of its training recipe, + input defenses) and its pre-flight checks.
 
+A victim without input gradients (``model=gbdt``) refuses gradient attacks before any work
+(:func:`refuse_gradients`).
+
 :func:`load_victim` is what ``robench attack`` and :func:`robench.load_victim` use to turn (dataset,
 model, defense) into a module in eval mode. :func:`preflight` checks any victim before it is attacked,
 as AutoAttack's ``checks.py`` does [croce2020]: randomness measured by repeated forward passes (not
@@ -11,7 +14,7 @@ from __future__ import annotations
 import logging
 import warnings
 from pathlib import Path
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -77,6 +80,22 @@ def surrogate_loader(checkpoint_dir: str, dataset_cfg: Dict[str, Any], splits, d
         load_checkpoint(path, model, remake=train_command(dataset_cfg, mcfg, defense, checkpoint_dir))
         return model.to(device).eval(), f"{model_tag(mcfg)}/{defense}", str(path)
     return load
+
+
+def gradient_free(obj) -> Optional[str]:
+    """Why ``obj`` (a victim module, or a registered model factory) has no input gradients, or None: a
+    module (or factory) says so with a ``gradient_free`` reason, e.g. ``model=gbdt`` (robench/models/gbdt.py)."""
+    mods = obj.modules() if isinstance(obj, torch.nn.Module) else [obj]
+    return next((str(r) for r in (getattr(m, "gradient_free", None) for m in mods) if r), None)
+
+
+def refuse_gradients(obj, access: str, attack: str = "") -> None:
+    """A gradient (white-box) attack on a victim without gradients fails here, before any work, in one line."""
+    reason = gradient_free(obj)
+    if reason and access == "gradient":
+        what = f"attack={attack}" if attack else "a gradient attack"
+        raise RobenchError(f"{reason}: {what} needs input gradients (white-box access); use a score- or label-based "
+                           f"attack instead (e.g. attack=opt, attack=signopt, attack=hsja, attack=square)")
 
 
 def check_inputs(x: torch.Tensor, what: str = "inputs") -> None:
