@@ -7,11 +7,14 @@ import torch
 from torch import nn
 
 from robench.attacks.decision.boundary import BoundaryAttack
-from robench.attacks.decision.common import SCRATCH, boundary_distance
+from robench.attacks.decision.common import SCRATCH, boundary_distance, init_directions
+from robench.attacks.decision.guessing_smart import GuessingSmart, perlin_noise
 from robench.attacks.decision.hsja import HopSkipJump
 from robench.attacks.decision.opt import OPTAttack
 from robench.attacks.decision.rays import RayS
 from robench.attacks.decision.signopt import SignOPT
+from robench.attacks.decision.svmopt import SVMOPT, svm_direction
+from robench.attacks.decision.zo_signsgd import ZOSignSGD
 from robench.oracle import Oracle, distortion
 from robench.results import checkpoint_summary, default_checkpoints
 from tests.test_oracle import MeanModel
@@ -218,3 +221,46 @@ def test_cli_anytime_curve_and_report(tmp_path, ckpt_dir):
     # a bad checkpoint list fails before any work, in one line
     p = run_cli("attack", "attack=rays", "budget.checkpoints=[0,100]", "progress=false", cwd=tmp_path)
     assert p.returncode == 2 and "budget.checkpoints must be null or a list" in p.stderr
+
+
+
+def _random_radius_fails(victim, x0, y, radius, norm, k=200):
+    """The random baseline at the attack's own distortion: k random perturbations of each image with exactly
+    the attack's final distortion (Gaussian directions scaled to that L2 / Linf norm, clipped to [0, 1]);
+    returns the share of them the victim misclassifies."""
+    g = torch.Generator().manual_seed(1)
+    d = torch.randn((len(x0), k, *x0.shape[1:]), generator=g)
+    if norm == "linf":
+        d = d.sign()
+    d = d / distortion(d.flatten(0, 1), norm).view(len(x0), k, 1, 1, 1) * radius.view(-1, 1, 1, 1, 1)
+    xr = (x0[:, None] + d).clamp(0, 1).flatten(0, 1)
+    with torch.no_grad():
+        return (victim(xr).argmax(1) != y.repeat_interleave(k)).float().mean().item()
+
+
+NEW = [("guessing_smart", lambda: GuessingSmart(), "l2", None, 400),
+       ("svm_opt", lambda: SVMOPT(q=50, n_init=10), "l2", None, 1200),
+       ("zo_signsgd", lambda: ZOSignSGD(q=50, n_init=10), "l2", None, 1200),
+       ("opt_linf", lambda: OPTAttack(q=10, n_init=10), "linf", 0.1, 1200)]
+
+
+@pytest.mark.parametrize("name,make,norm,eps,budget", NEW, ids=[a[0] for a in NEW])
+def test_new_hardlabel_attacks_beat_random(name, make, norm, eps, budget, victim, test_xy):
+    """On 2 images of the tiny victim (light settings: the mechanism, not the defaults): every query is
+    counted (independent recorder), the budget is never exceeded, every final point is misclassified and
+    at most 0.8x the distortion of the first adversarial point the attack saw, and random perturbations of
+    exactly that distortion (200 per image) almost never fool the victim (< 5%)."""
+    x0, y = test_xy[0][:2], test_xy[1][:2]
+    rec = Recorder(victim, x0, y, norm)
+    o = rec.spy(Oracle(rec, x0, y, access="label", norm=norm, eps=eps, max_queries=budget, stop_on_success=False,
+                       num_classes=10))
+    make().run(o, torch.Generator().manual_seed(0))
+    rec.enabled = False
+    r = o.finalize()
+    assert torch.equal(r.queries, rec.count) and (r.queries <= budget).all()
+    with torch.no_grad():
+        assert (victim(r.best_x).argmax(1) != y).all()
+    final = distortion(r.best_x - x0, norm)
+    start = torch.tensor([rec.adv[i][0][1] for i in range(2)])
+    assert (final < 0.8 * start).all(), (final, start)
+    assert _random_radius_fails(victim, x0, y, final, norm) < 0.05
