@@ -35,11 +35,13 @@ class SignOPT(DirectionSearchAttack):
 
     #: a sample stops once its beta falls below this (the reference code's stall rule)
     min_beta = 1e-8
+    #: the registered name, for error messages (subclasses that reuse the constructor set their own)
+    label = "signopt"
 
     def __init__(self, q: int = 200, beta: float = 0.001, alpha: float = 0.2, n_init: int = 100,
                  init_tol: float = 1e-3, search_tol: float | None = None, max_iterations: int = 100_000):
         if q < 1 or n_init < 1 or beta <= 0 or alpha <= 0 or init_tol <= 0:
-            raise RobenchError(f"signopt needs q >= 1, n_init >= 1 and beta, alpha, init_tol > 0 "
+            raise RobenchError(f"{self.label} needs q >= 1, n_init >= 1 and beta, alpha, init_tol > 0 "
                                f"(got q={q}, n_init={n_init}, beta={beta}, alpha={alpha}, init_tol={init_tol})")
         self.q, self.beta, self.alpha, self.n_init = q, beta, alpha, n_init
         self.init_tol, self.search_tol, self.max_iterations = init_tol, search_tol, max_iterations

@@ -59,6 +59,8 @@ class SVMOPT(SignOPT):
     ``svm_tol`` (at most ``svm_iterations`` iterations).
     """
 
+    label = "svm_opt"
+
     #: numeric ranges the registry checks before construction (robench.registry.validate_params)
     param_ranges = {"svm_iterations": ">=1", "svm_tol": ">0"}
 

@@ -26,6 +26,8 @@ class ZOSignSGD(SignOPT):
     OPT's binary-search gradient estimate) is not implemented: the thesis calls it "not efficient".
     """
 
+    label = "zo_signsgd"
+
     def _aggregate(self, u: torch.Tensor, sign: torch.Tensor) -> torch.Tensor:
         """sign((1/Q) sum_q sign_q u_q) / sqrt(d)."""
         est = super()._aggregate(u, sign)
