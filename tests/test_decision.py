@@ -253,8 +253,8 @@ def _run_recorded(make, norm, eps, budget, victim, x0, y):
     return distortion(r.best_x - x0, norm), torch.tensor([rec.adv[i][0][1] for i in range(len(y))])
 
 
-NEW = [("guessing_smart", lambda: GuessingSmart(), 400),
-       ("svm_opt", lambda: SVMOPT(q=30, n_init=5), 800),
+NEW = [("guessing_smart", lambda: GuessingSmart(), 250),
+       ("svm_opt", lambda: SVMOPT(q=20, n_init=3), 500),
        ("zo_signsgd", lambda: ZOSignSGD(q=30, n_init=5), 800)]
 
 
