@@ -69,7 +69,8 @@ class GuessingSmart(Attack):
     thesis's comparison uses the same untargeted start for both): uniform noise until adversarial, then
     bisection of the blend towards x0; targeted runs try target-class training images first (the
     reference starts from the closest target-class image), needs :meth:`prepare`. Every label query,
-    those of the initialisation included, is counted.
+    those of the initialisation included, is counted. The walk is L2 by design; with a Linf budget the
+    oracle still keeps the point of smallest Linf distortion it saw (as for ``boundary``).
     """
 
     access = "label"
