@@ -1,12 +1,14 @@
-"""The protocol of [cheng2021 §2.5, Table 2.2] for robench's five hard-label attacks, one run each.
+"""The protocol of [cheng2021 §2.5, Table 2.2] for robench's hard-label attacks, one run each.
 
     python benchmarks/hardlabel_table.py [--jobs 5] [--out results/hardlabel_table] [override ...]
 
-Runs ``robench attack experiment=cheng_table2_2_mnist attack=<a>`` for opt, signopt, boundary, hsja
-and rays (``--jobs`` at once, each a separate process with OMP_NUM_THREADS=1), extra arguments are
+Runs ``robench attack experiment=cheng_table2_2_mnist attack=<a>`` for opt, signopt, boundary,
+guessing_smart [brunner2019], svm_opt and zo_signsgd ([cheng2021 §2.4.3, §2.5.0.3]), hsja and rays
+(``--jobs`` at once, each a separate process with OMP_NUM_THREADS=1), extra arguments are
 passed to every run as Hydra overrides (e.g. ``dataset.n_samples=52`` for 50 attacked images on
 the default victim), then prints the attacks x budgets table of median / mean L2 and success rate
-at the threshold from each run's summary.json ``checkpoints``.
+at the threshold from each run's summary.json ``checkpoints``. The Linf variant [cheng2021 §2.4.2]:
+``--experiment paper_table2_2_mnist_linf --attacks opt,signopt,svm_opt`` (distances in the budget's norm).
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-ATTACKS = ["opt", "signopt", "boundary", "hsja", "rays"]
+ATTACKS = ["opt", "signopt", "boundary", "guessing_smart", "svm_opt", "zo_signsgd", "hsja", "rays"]
 
 
 def main() -> None:
@@ -52,28 +54,29 @@ def main() -> None:
 
 
 def print_table(out: Path, attacks) -> None:
-    print("| attack | queries | median L2 | mean L2 | success rate (<= eps) | attacked |")
-    print("|---|---|---|---|---|---|")
+    print("| attack | norm | queries | median dist | mean dist | success rate (<= eps) | attacked |")
+    print("|---|---|---|---|---|---|---|")
     for name in attacks:
         f = out / name / "summary.json"
         if f.exists():
             s = json.loads(f.read_text())
-            cps, n_att = s["checkpoints"], s["n_attacked"]
+            cps, n_att, norm = s["checkpoints"], s["n_attacked"], s.get("norm", "?")
         elif (out / name / "records.csv").exists():  # an unfinished run: the batches finished so far
             import pandas as pd
             import yaml
 
             from robench.results import checkpoint_summary
             df = pd.read_csv(out / name / "records.csv")
-            eps = yaml.safe_load((out / name / "config.yaml").read_text())["budget"]["eps"]
+            budget = yaml.safe_load((out / name / "config.yaml").read_text())["budget"]
+            eps, norm = budget["eps"], budget["norm"]
             att = df[df.attacked.astype(bool) & (df.queries > 0)]
             cps, n_att = checkpoint_summary(att, eps), f"{len(att)} (partial)"
         else:
-            print(f"| {name} | (no records) | | | | |")
+            print(f"| {name} | | (no records) | | | | |")
             continue
         for c in cps:
             med = c["median_distortion"]
-            print(f"| {name} | {c['queries']} | {'inf' if med is None else f'{med:.3f}'} | "
+            print(f"| {name} | {norm} | {c['queries']} | {'inf' if med is None else f'{med:.3f}'} | "
                   f"{c['mean_distortion']:.3f} | {c['success_rate']:.0%} | {n_att} |")
 
 

@@ -14,6 +14,8 @@ the same images (and targets) where the table has one:
   checkpoint, on the images every run attacked. The white-box floor is the per-image minimum over the
   white-box runs (cw_l2, fmn) on those images, and each hard-label mean is also given as a ratio to
   the floor's mean, next to the paper's ratio to its C&W row (0.88).
+* Its Linf variant [cheng2021 §2.4.2] (``experiment=paper_table2_2_mnist_linf``): mean and median Linf
+  and success at the budget's eps per checkpoint (the thesis prints no Linf table: no paper column).
 * Saha Table 5.1 [saha2020 §5.4]: train runs of ``small_cnn`` depth 2 ("shallow") and 3 ("deep"),
   natural then PGD-AT (``experiment=paper_table5_1_mnist``); train and test accuracy before and after.
 
@@ -36,10 +38,12 @@ T21_ROWS = {"cw_linf": "C&W", "cw_l2": "C&W", "pgd": "C&W", "zoo": "ZOO", "genat
 PAPER_T22 = {
     "Boundary": {4000: (4.24, 0.010), 8000: (4.24, 0.010), 14000: (2.13, 0.163)},
     "OPT": {4000: (3.65, 0.030), 8000: (2.41, 0.180), 14000: (1.76, 0.360)},
+    "Guessing Smart": {4000: (1.74, 0.410), 8000: (1.69, 0.420), 14000: (1.68, 0.430)},
     "Sign-OPT": {4000: (1.54, 0.460), 8000: (1.18, 0.840), 14000: (1.09, 0.940)},
     "C&W (white-box)": {None: (0.88, 0.990)},
 }
-T22_ROWS = {"boundary": "Boundary", "opt": "OPT", "signopt": "Sign-OPT", "hsja": "HSJA", "rays": "RayS"}
+T22_ROWS = {"boundary": "Boundary", "opt": "OPT", "guessing_smart": "Guessing Smart", "signopt": "Sign-OPT",
+            "svm_opt": "SVM-OPT", "zo_signsgd": "ZO-SignSGD (sign oracle)", "hsja": "HSJA", "rays": "RayS"}
 WHITEBOX_L2 = {"cw_l2": "C&W (white-box)", "fmn": "FMN (white-box)", "deepfool": "DeepFool (white-box)"}
 PAPER_CW_L2 = 0.88
 
@@ -213,6 +217,32 @@ def table_2_2(runs: List[Dict[str, Any]]) -> List[str]:
     return out + [""]
 
 
+def table_2_2_linf(runs: List[Dict[str, Any]]) -> List[str]:
+    """The Linf variant (``experiment=paper_table2_2_mnist_linf``): the hard-label rows run with an
+    untargeted Linf budget, on the images every such run attacked; the thesis prints no Linf table, so
+    there is no paper column."""
+    from robench.results import checkpoint_summary
+
+    rows = [r for r in runs if r["summary"].get("command") == "attack" and _is_mnist(r["summary"])
+            and not r["summary"].get("targeted") and r["summary"].get("norm") == "linf"
+            and r["summary"].get("attack") in T22_ROWS and _records(r) is not None]
+    if not rows:
+        return []
+    dfs = {id(r): _records(r) for r in rows}
+    common = sorted(set.intersection(*(set(df["index"]) for df in dfs.values())))
+    eps = float(rows[0]["summary"].get("eps") or 0.3)
+    out = [f"## Table 2.2's Linf variant, MNIST [cheng2021 §2.4.2]: untargeted Linf (no paper numbers)", "",
+           f"{len(common)} images attacked by every run below; success at Linf {eps:g}.", "",
+           "| row | queries | mean Linf | median Linf | SR | run |", "|---|---|---|---|---|---|"]
+    order = list(T22_ROWS)
+    for r in sorted(rows, key=lambda r: order.index(r["summary"]["attack"])):
+        df = dfs[id(r)].set_index("index").loc[common].reset_index()
+        for c in checkpoint_summary(df, eps):
+            out.append(f"| {T22_ROWS[r['summary']['attack']]} | {c['queries']:,} | {_fmt(c['mean_distortion'], '.4f')} | "
+                       f"{_fmt(c['median_distortion'], '.4f')} | {_fmt(c['success_rate'], '.1%')} | {r['dir']} |")
+    return out + [""]
+
+
 def table_5_1(runs: List[Dict[str, Any]]) -> List[str]:
     rows = [r for r in runs if r["summary"].get("command") == "train-defense" and _is_mnist(r["summary"])
             and r["summary"].get("model") == "small_cnn"
@@ -238,10 +268,10 @@ def table_5_1(runs: List[Dict[str, Any]]) -> List[str]:
 
 def reproduce(folders: List[Path]) -> str:
     runs = _load_runs(folders)
-    parts = table_2_1(runs) + table_2_2(runs) + table_5_1(runs)
+    parts = table_2_1(runs) + table_2_2(runs) + table_2_2_linf(runs) + table_5_1(runs)
     if not parts:
         raise RobenchError(f"no finished run below {', '.join(map(str, folders))} follows a reproduced table's protocol "
-                           f"(experiment=paper_table2_1_mnist, paper_table2_2_mnist or paper_table5_1_mnist)")
+                           f"(experiment=paper_table2_1_mnist, paper_table2_2_mnist(_linf) or paper_table5_1_mnist)")
     return "\n".join(parts)
 
 

@@ -73,3 +73,23 @@ def test_nothing_to_reproduce_is_one_line(tmp_path):
     r = subprocess.run([sys.executable, "-m", "robench", "reproduce", str(tmp_path / "missing")], cwd=ROOT,
                        capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "does not exist" in r.stderr
+
+
+def test_table_2_2_new_rows_and_linf_variant(tmp_path):
+    """Guessing Smart carries the paper's row; the Linf runs get their own table on the shared images."""
+    _attack_run(tmp_path / "gs", "guessing_smart", targeted=False, norm="l2", eps=1.5,
+                rows=[{"index": i, "success": True, "cps": {4000: 1.0 + i}} for i in range(2)])
+    _attack_run(tmp_path / "svm", "svm_opt", targeted=False, norm="l2", eps=1.5,
+                rows=[{"index": i, "success": True, "cps": {4000: 1.4}} for i in range(2)])
+    _attack_run(tmp_path / "opt_linf", "opt", targeted=False, norm="linf", eps=0.3,
+                rows=[{"index": i, "success": i < 2, "cps": {4000: [0.25, 0.3, 0.5][i]}} for i in range(3)])
+    _attack_run(tmp_path / "so_linf", "signopt", targeted=False, norm="linf", eps=0.3,
+                rows=[{"index": i, "success": True, "cps": {4000: 0.2}} for i in range(2)])  # image 2 missing
+    out = reproduce([tmp_path])
+    assert "| Guessing Smart | 4,000 | 1.74 | 1.500 | -0.240 | 1.500 | 41.0% | 50.0% |" in out
+    assert "| SVM-OPT | 4,000 | - | 1.400 |" in out
+    linf = out[out.index("Linf variant"):]
+    assert "2 images attacked by every run below; success at Linf 0.3." in linf
+    assert "| OPT | 4,000 | 0.2750 | 0.2750 | 100.0% |" in linf
+    assert "| Sign-OPT | 4,000 | 0.2000 | 0.2000 | 100.0% |" in linf
+    assert "Guessing Smart" not in linf
