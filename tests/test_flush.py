@@ -25,10 +25,10 @@ class Killed(Exception):
 class NoiseThenLast(Attack):
     """Uniform noise in the eps-ball, one row per active sample per call (the batch's generator), on
     every sample but the batch's last until the oracle finishes them (success or budget); then
-    ``hook(view)``; then the last sample the same way."""
+    ``hook(view)``; then the last sample the same way; then ``last(view)``."""
 
     access = "label"
-    hook = None
+    hook = last = None
 
     def run(self, oracle, generator):
         x0 = oracle.x0
@@ -43,6 +43,8 @@ class NoiseThenLast(Attack):
         if NoiseThenLast.hook is not None:
             NoiseThenLast.hook(oracle)
         spend(torch.tensor([oracle.n - 1]))
+        if NoiseThenLast.last is not None:
+            NoiseThenLast.last(oracle)
 
 
 @pytest.fixture
@@ -65,7 +67,7 @@ def _stable(path):
 def flush_always(monkeypatch):
     monkeypatch.setattr(robench.engine, "FLUSH_SECONDS", 0.0)
     yield
-    NoiseThenLast.hook = None
+    NoiseThenLast.hook = NoiseThenLast.last = None
 
 
 def test_finished_samples_reach_the_disk_before_their_batch_ends(victim, xy, tmp_path, flush_always):
@@ -96,7 +98,10 @@ def test_finished_samples_reach_the_disk_before_their_batch_ends(victim, xy, tmp
     assert json.loads((run_dir / "progress.json").read_text())["pending"] == 0
 
 
-def test_a_run_killed_mid_batch_resumes_to_the_uninterrupted_records(victim, xy, tmp_path, flush_always):
+@pytest.mark.parametrize("when", ["mid", "end"])
+def test_a_run_killed_mid_batch_resumes_to_the_uninterrupted_records(victim, xy, tmp_path, flush_always, when):
+    """Killed in batch 1 with 2 of its 3 samples pending ("mid"), or all 3 ("end": every sample
+    finished, the batch not yet certified): batch 1 must be re-run, not restored from pending rows."""
     ref = _run(victim, xy, tmp_path / "ref")
     batches = []
 
@@ -105,14 +110,15 @@ def test_a_run_killed_mid_batch_resumes_to_the_uninterrupted_records(victim, xy,
         if len(batches) == 2:
             raise Killed
 
-    NoiseThenLast.hook = kill_in_batch_1
+    setattr(NoiseThenLast, "hook" if when == "mid" else "last", kill_in_batch_1)
     run_dir = tmp_path / "killed"
     with pytest.raises(Killed):
         _run(victim, xy, run_dir)
     left = pd.read_csv(run_dir / "records.csv")
-    assert left[R.PENDING].tolist() == [False] * B + [True] * (B - 1)  # batch 0 complete, batch 1 half-written
+    n_pending = B - 1 if when == "mid" else B
+    assert left[R.PENDING].tolist() == [False] * B + [True] * n_pending  # batch 0 complete, batch 1 pending
     assert not (run_dir / "summary.json").exists()
-    NoiseThenLast.hook = None
+    NoiseThenLast.hook = NoiseThenLast.last = None
     res = _run(victim, xy, run_dir)
     assert res.summary["resumed_batches"] == 1  # batch 0 restored, batch 1 re-run whole with its own seed
     assert _stable(run_dir / "records.csv") == _stable(tmp_path / "ref" / "records.csv")
