@@ -116,16 +116,20 @@ class BatchOutcome:
         return self.result.seconds if self.result is not None else 0.0
 
 
-#: seconds between two mid-batch writes of finished samples' pending rows (README, "Run folders")
+#: mid-batch flushing (README, "What a run writes"): checks for newly finished samples every FLUSH_FIRST
+#: seconds until one finds some; the wait doubles after each write, up to FLUSH_SECONDS. A write
+#: rewrites records.csv: 0.17 s for 1,000 rows on a loaded 2-core machine, under 2% of the time.
 FLUSH_SECONDS = 10.0
+FLUSH_FIRST = 1.0
 
 
 class Flusher:
     """Mid-batch flushing: rows of finished samples reach the caller before their batch ends.
 
-    The oracle calls it after every answered call. At most every ``seconds`` (counted from the batch's
-    start, then from the last check) it hands ``pending(batch, rows, fields)`` the record fields of
-    the samples that finished since the last check, taken from :meth:`Oracle.snapshot`.
+    The oracle calls it after every answered call. Once the wait has passed (counted from the batch's
+    start, then from the last check; ``first`` seconds at first, doubling after each write up to
+    ``seconds``) it hands ``pending(batch, rows, fields)`` the record fields of the samples that
+    finished since the last write, taken from :meth:`Oracle.snapshot`.
 
     "Finished" is the oracle's signal, never the attack's: ``active`` turned False (the sample's
     budget is spent, or it succeeded in an eps-bounded run). The oracle answers such a sample no more,
@@ -141,23 +145,27 @@ class Flusher:
     written when its batch ends. This is a deliberate choice: the oracle cannot tell "stopped" from
     "between calls"."""
 
-    def __init__(self, pending: Callable[[int, torch.Tensor, List[Dict[str, Any]]], None], seconds: float):
+    def __init__(self, pending: Callable[[int, torch.Tensor, List[Dict[str, Any]]], None], seconds: float,
+                 first: float):
         self.pending, self.seconds = pending, float(seconds)
+        self.wait = min(float(first), self.seconds)
         self.oracle: Optional[Oracle] = None
 
     def start(self, bt: int, rows: torch.Tensor, x0: torch.Tensor, oracle: Oracle) -> None:
         self.bt, self.rows, self.x0, self.oracle = bt, rows, x0, oracle
         self.sent = torch.zeros(len(rows), dtype=torch.bool)
-        self.next = time.monotonic() + self.seconds
+        self.next = time.monotonic() + self.wait
 
     def __call__(self) -> None:
         now = time.monotonic()
         if self.oracle is None or now < self.next:
             return
-        self.next = now + self.seconds
+        self.next = now + self.wait
         new = ~self.oracle.active.cpu() & ~self.sent
         if not bool(new.any()):
             return
+        self.wait = min(2 * self.wait, self.seconds)
+        self.next = now + self.wait
         self.sent |= new
         j = new.nonzero().flatten()
         self.pending(self.bt, self.rows[j], R.attack_fields(self.oracle.snapshot(), self.x0, rows=j.tolist()))
@@ -177,8 +185,9 @@ def execute(attack, model, plan: Plan, referee: Referee, device, *, skip: Sequen
     batch's :class:`BatchOutcome` as soon as it is done (the caller writes records, flushes, reports
     progress). ``after(outcome)`` may add fields (e.g. a detector's score) before it is yielded.
     ``pending(batch, rows, fields)``, optional: called mid-batch, at most every ``flush_seconds``
-    (default :data:`FLUSH_SECONDS`), with the uncertified fields of samples the oracle has finished
-    (:class:`Flusher`); the batch's outcome supersedes them.
+    (default :data:`FLUSH_SECONDS`) once the first waits (:data:`FLUSH_FIRST`) have passed, with the
+    uncertified fields of samples the oracle has finished (:class:`Flusher`); the batch's outcome
+    supersedes them.
 
     The referee's guard (robench/integrity.py) wraps each ``attack.run``: tampering with the oracle,
     its classes or the victim raises RobenchError; every reported success and distortion is then
@@ -196,7 +205,8 @@ def execute(attack, model, plan: Plan, referee: Referee, device, *, skip: Sequen
 
         child = IsolatedRunner(attack, name)
     try:
-        flusher = None if pending is None else Flusher(pending, FLUSH_SECONDS if flush_seconds is None else flush_seconds)
+        flusher = None if pending is None else Flusher(pending, FLUSH_SECONDS if flush_seconds is None else flush_seconds,
+                                                       FLUSH_FIRST)
         yield from _batches(attack, model, plan, referee, device, skip, after, guard, verify, drop, randomized, child,
                             flusher)
     finally:

@@ -252,7 +252,7 @@ class Oracle:
     def snapshot(self) -> OracleResult:
         """The bookkeeping as it stands, mid-batch: successes as seen (``success`` = ``claimed``, no
         re-check), ``seconds`` so far. No forward pass, no random draw: taking it changes nothing.
-        The engine writes the rows of finished samples from it as *pending* rows (README, "Run folders")."""
+        The engine writes the rows of finished samples from it as *pending* rows (README, "What a run writes")."""
         return self._result(self._success.clone())
 
     def _result(self, confirmed: torch.Tensor) -> OracleResult:

@@ -204,7 +204,7 @@ def run_plan(attack, make_attack: Callable[[], Any], model, plan: Plan, idx: tor
         if run_dir is None:
             return
         rows = [records[k] for bt in sorted(done) for k in batches[bt]]
-        if pend:  # the column exists only while pending rows do (README, "Run folders")
+        if pend:  # the column exists only while pending rows do (README, "What a run writes")
             rows = [{**r, R.PENDING: False} for r in rows] + [pend[k] for k in sorted(pend)]
         R.write_records(run_dir / "records.csv", rows)
         n_att = sum(records[k]["attacked"] for bt in done for k in batches[bt])

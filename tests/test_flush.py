@@ -127,12 +127,13 @@ def test_a_run_killed_mid_batch_resumes_to_the_uninterrupted_records(victim, xy,
 
 
 def test_no_pending_rows_between_checks(victim, xy, tmp_path, monkeypatch):
-    """The default interval: a batch shorter than FLUSH_SECONDS writes no pending row, and flushing
-    changes nothing in what a run computes (same records as a run that checks after every call)."""
+    """A batch shorter than the wait writes no pending row, and flushing changes nothing in what a run
+    computes (same records as a run that checks after every call)."""
     run_dir, seen = tmp_path / "run", []
     NoiseThenLast.hook = lambda view: seen.append(pd.read_csv(run_dir / "records.csv"))
     try:
         monkeypatch.setattr(robench.engine, "FLUSH_SECONDS", 3600.0)
+        monkeypatch.setattr(robench.engine, "FLUSH_FIRST", 3600.0)
         _run(victim, xy, run_dir)
         monkeypatch.setattr(robench.engine, "FLUSH_SECONDS", 0.0)
         _run(victim, xy, tmp_path / "always")
@@ -140,3 +141,39 @@ def test_no_pending_rows_between_checks(victim, xy, tmp_path, monkeypatch):
         NoiseThenLast.hook = None
     assert [len(df) for df in seen[:2]] == [0, B] and all(R.PENDING not in df.columns for df in seen[:2])
     assert _stable(run_dir / "records.csv") == _stable(tmp_path / "always" / "records.csv")
+
+
+def test_flush_schedule(monkeypatch):
+    """Checks every ``first`` seconds until one finds a finished sample; after each write the wait
+    doubles up to ``seconds``; a sample is handed over once, with the oracle's counts."""
+    from robench.engine import Flusher
+    from robench.oracle import Oracle
+
+    clock = [0.0]
+    monkeypatch.setattr(robench.engine.time, "monotonic", lambda: clock[0])
+    calls = []
+    fl = Flusher(lambda bt, rows, f: calls.append((clock[0], bt, rows.tolist(), [r["queries"] for r in f])), 4.0, 1.0)
+    lin = torch.nn.Linear(4, 3)
+    with torch.no_grad():  # always class 0: no success, samples finish by spending their budget
+        lin.weight.zero_()
+        lin.bias.copy_(torch.tensor([1.0, 0.0, 0.0]))
+    model = torch.nn.Sequential(torch.nn.Flatten(), lin)
+    x0 = torch.zeros(3, 1, 2, 2)
+    oracle = Oracle(model, x0, torch.zeros(3, dtype=torch.long), access="label", eps=0.1, max_queries=2, watch=fl)
+    fl.start(7, torch.tensor([10, 11, 12]), x0, oracle)
+
+    def query(i, t):
+        clock[0] = t
+        oracle.labels(x0[i:i + 1], torch.tensor([i]))
+
+    query(0, 0.5)   # before the first wait: no check
+    query(0, 1.0)   # sample 0 spent its 2 queries: written at the check of t=1
+    query(1, 1.5)   # wait now 2 s: no check before t=3
+    query(1, 2.9)   # sample 1 finished, but not checked yet
+    query(2, 3.0)   # checked: sample 1 written (sample 2 still has a query left); wait now 4 s
+    query(2, 6.9)   # sample 2 finished; next check at t=7
+    assert calls == [(1.0, 7, [10], [2]), (3.0, 7, [11], [2])]
+    fl()  # t=6.9: before the next check (the watch runs after answered calls only)
+    clock[0] = 7.0
+    fl()
+    assert calls[-1] == (7.0, 7, [12], [2]) and len(calls) == 3
