@@ -10,6 +10,7 @@ batch's generator, the oracle's certified result turned into record fields
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
@@ -60,11 +61,12 @@ class Referee:
     eot_samples: int = 1
     checkpoints: tuple = ()
 
-    def oracle(self, model, x0: torch.Tensor, y: torch.Tensor, targets: Optional[torch.Tensor]) -> Oracle:
+    def oracle(self, model, x0: torch.Tensor, y: torch.Tensor, targets: Optional[torch.Tensor],
+               watch: Optional[Callable[[], None]] = None) -> Oracle:
         return Oracle(model, x0, y, access=self.access, norm=self.norm, eps=self.eps, max_queries=self.max_queries,
                       targets=targets, stop_on_success=self.stop_on_success, recheck_repeats=self.recheck_repeats,
                       num_classes=self.num_classes, eot_samples=self.eot_samples if self.access != "label" else 1,
-                      checkpoints=self.checkpoints, confirm_repeats=self.confirm_repeats)
+                      checkpoints=self.checkpoints, confirm_repeats=self.confirm_repeats, watch=watch)
 
 
 @dataclass
@@ -114,6 +116,61 @@ class BatchOutcome:
         return self.result.seconds if self.result is not None else 0.0
 
 
+#: mid-batch flushing (README, "What a run writes"): checks for newly finished samples every FLUSH_FIRST
+#: seconds until one finds some; the wait doubles after each write, up to FLUSH_SECONDS. A write
+#: rewrites records.csv: 0.17 s for 1,000 rows on a loaded 2-core machine, under 2% of the time.
+FLUSH_SECONDS = 10.0
+FLUSH_FIRST = 1.0
+
+
+class Flusher:
+    """Mid-batch flushing: rows of finished samples reach the caller before their batch ends.
+
+    The oracle calls it after every answered call. Once the wait has passed (counted from the batch's
+    start, then from the last check; ``first`` seconds at first, doubling after each write up to
+    ``seconds``) it hands ``pending(batch, rows, fields)`` the record fields of the samples that
+    finished since the last write, taken from :meth:`Oracle.snapshot`.
+
+    "Finished" is the oracle's signal, never the attack's: ``active`` turned False (the sample's
+    budget is spent, or it succeeded in an eps-bounded run). The oracle answers such a sample no more,
+    so its counts, first success and best point are final. Only the end-of-batch re-check and the
+    referee's independent check (integrity.verify) are still to come. Those need forward passes, and
+    running them mid-batch would spend the victim's random draws and trip the guard's stray-forward
+    hook. So these fields are *pending*: written for display, replaced by the certified ones when the
+    batch completes, and discarded on resume (the batch is re-run whole with its own seed). An attack
+    cannot make a sample "finished" except by spending its budget or succeeding, and a pending row
+    never counts anywhere. The check evaluates nothing and draws no random number, so a run with it
+    computes exactly what a run without it computes. A minimal-distortion sample that the attack
+    stops early (e.g. the stall rule of decision/common.py) stays active in the oracle's eyes and is
+    written when its batch ends. This is a deliberate choice: the oracle cannot tell "stopped" from
+    "between calls"."""
+
+    def __init__(self, pending: Callable[[int, torch.Tensor, List[Dict[str, Any]]], None], seconds: float,
+                 first: float):
+        self.pending, self.seconds = pending, float(seconds)
+        self.wait = min(float(first), self.seconds)
+        self.oracle: Optional[Oracle] = None
+
+    def start(self, bt: int, rows: torch.Tensor, x0: torch.Tensor, oracle: Oracle) -> None:
+        self.bt, self.rows, self.x0, self.oracle = bt, rows, x0, oracle
+        self.sent = torch.zeros(len(rows), dtype=torch.bool)
+        self.next = time.monotonic() + self.wait
+
+    def __call__(self) -> None:
+        now = time.monotonic()
+        if self.oracle is None or now < self.next:
+            return
+        self.next = now + self.wait
+        new = ~self.oracle.active.cpu() & ~self.sent
+        if not bool(new.any()):
+            return
+        self.wait = min(2 * self.wait, self.seconds)
+        self.next = now + self.wait
+        self.sent |= new
+        j = new.nonzero().flatten()
+        self.pending(self.bt, self.rows[j], R.attack_fields(self.oracle.snapshot(), self.x0, rows=j.tolist()))
+
+
 def prepare_attack(attack, context) -> None:
     """Hand the attack its declared context once (see :class:`~robench.attacks.base.AttackContext`)."""
     if hasattr(attack, "prepare"):
@@ -122,10 +179,15 @@ def prepare_attack(attack, context) -> None:
 
 def execute(attack, model, plan: Plan, referee: Referee, device, *, skip: Sequence[int] = (),
             after: Optional[Callable[[BatchOutcome], None]] = None, isolate: bool = False,
-            name: Optional[str] = None) -> Iterator[BatchOutcome]:
+            name: Optional[str] = None, pending: Optional[Callable[[int, torch.Tensor, List[Dict[str, Any]]], None]] = None,
+            flush_seconds: Optional[float] = None) -> Iterator[BatchOutcome]:
     """Run ``attack`` over the plan's batches (ascending, those in ``skip`` left out), yielding each
     batch's :class:`BatchOutcome` as soon as it is done (the caller writes records, flushes, reports
     progress). ``after(outcome)`` may add fields (e.g. a detector's score) before it is yielded.
+    ``pending(batch, rows, fields)``, optional: called mid-batch, at most every ``flush_seconds``
+    (default :data:`FLUSH_SECONDS`) once the first waits (:data:`FLUSH_FIRST`) have passed, with the
+    uncertified fields of samples the oracle has finished (:class:`Flusher`); the batch's outcome
+    supersedes them.
 
     The referee's guard (robench/integrity.py) wraps each ``attack.run``: tampering with the oracle,
     its classes or the victim raises RobenchError; every reported success and distortion is then
@@ -143,13 +205,16 @@ def execute(attack, model, plan: Plan, referee: Referee, device, *, skip: Sequen
 
         child = IsolatedRunner(attack, name)
     try:
-        yield from _batches(attack, model, plan, referee, device, skip, after, guard, verify, drop, randomized, child)
+        flusher = None if pending is None else Flusher(pending, FLUSH_SECONDS if flush_seconds is None else flush_seconds,
+                                                       FLUSH_FIRST)
+        yield from _batches(attack, model, plan, referee, device, skip, after, guard, verify, drop, randomized, child,
+                            flusher)
     finally:
         if child is not None:
             child.close()
 
 
-def _batches(attack, model, plan, referee, device, skip, after, guard, verify, drop, randomized, child):
+def _batches(attack, model, plan, referee, device, skip, after, guard, verify, drop, randomized, child, flusher):
     for bt in sorted(plan.batches):
         if bt in skip:
             continue
@@ -161,7 +226,9 @@ def _batches(attack, model, plan, referee, device, skip, after, guard, verify, d
         y0, t0 = plan.y[sel], None if plan.targets is None else plan.targets[sel]
         # the oracle's own copies: an edit of its state never reaches the engine's x0, y0, t0 (the final check's)
         oracle = referee.oracle(guard.victim, x0.to(device, copy=True), y0.to(device, copy=True),
-                                None if t0 is None else t0.to(device, copy=True))
+                                None if t0 is None else t0.to(device, copy=True), watch=flusher)
+        if flusher is not None:
+            flusher.start(bt, sel, x0, oracle)
         guard.arm(oracle)
         try:
             if child is not None:

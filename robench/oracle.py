@@ -49,7 +49,8 @@ class Oracle:
                  norm: str = "linf", eps: Optional[float] = None, max_queries: int = 10_000,
                  targets: Optional[torch.Tensor] = None, stop_on_success: bool = True,
                  recheck_repeats: int = 1, tol: float = 1e-5, num_classes: Optional[int] = None,
-                 eot_samples: int = 1, checkpoints=None, confirm_repeats: int = 0):
+                 eot_samples: int = 1, checkpoints=None, confirm_repeats: int = 0,
+                 watch: Optional[Callable[[], None]] = None):
         if access not in ACCESS_LEVELS:
             raise ValueError(f"access must be one of {ACCESS_LEVELS}, got {access!r}")
         if norm not in ("linf", "l2"):
@@ -91,6 +92,7 @@ class Oracle:
         self._call_times: list[float] = []
         self._t0 = time.perf_counter()
         self._finalized: Optional[OracleResult] = None
+        self._watch = watch  # the engine's flush check, called after every answered call (engine.Flusher)
         if num_classes is None:  # output width only, never shown to the attack: not a query
             with torch.no_grad():
                 num_classes = int(model(self._x0[:1]).shape[1])
@@ -244,18 +246,27 @@ class Oracle:
                     pred = self._model(xs).argmax(1)
                 ok &= self._criterion(xs, sel, pred)[1]
             confirmed[sel] = ok
+        self._finalized = self._result(confirmed)
+        return self._finalized
+
+    def snapshot(self) -> OracleResult:
+        """The bookkeeping as it stands, mid-batch: successes as seen (``success`` = ``claimed``, no
+        re-check), ``seconds`` so far. No forward pass, no random draw: taking it changes nothing.
+        The engine writes the rows of finished samples from it as *pending* rows (README, "What a run writes")."""
+        return self._result(self._success.clone())
+
+    def _result(self, confirmed: torch.Tensor) -> OracleResult:
         dist_at = self._dist_at.clone()
         dist_at[self._success & ~confirmed] = float("inf")  # an unconfirmed best point certifies nothing
         call_times = torch.tensor([t - self._t0 for t in self._call_times] or [float("nan")], dtype=torch.float64)
         sc = self._success_call.cpu()
         secs = torch.where(sc >= 0, call_times[sc.clamp_min(0)], torch.tensor(float("nan"), dtype=torch.float64))
-        self._finalized = OracleResult(
+        return OracleResult(
             success=confirmed.cpu(), claimed=self._success.cpu(), queries=self._queries.cpu(),
             grad_queries=self._grad_queries.cpu(), queries_at_success=self._queries_at_success.cpu(),
             seconds_at_success=secs, adversarial=torch.isfinite(self._best_dist).cpu(),
             best_x=self._best_x.detach().cpu(), seconds=time.perf_counter() - self._t0,
             checkpoints=self.checkpoints, dist_at=dist_at.cpu())
-        return self._finalized
 
     # ------------------------------------------------------------------ internals
     def _require(self, level: str) -> None:
@@ -350,6 +361,8 @@ class Oracle:
             rows = improved.nonzero().flatten()
             self._best_x[idx[rows]] = x[rows]
             self._best_dist[idx[rows]] = dist[rows]
+        if self._watch is not None:
+            self._watch()
 
 
 #: the referee's settings, read-only (an attack never holds the Oracle, only an OracleView; still,

@@ -8,7 +8,9 @@ Files of an attack run folder:
 * ``records.csv``: one row per evaluated sample (columns :data:`RECORD_COLUMNS`, then any extra
   columns an attack adds, e.g. ``dist_at_4000``), holding the rows of every *completed* batch:
   rewritten atomically after each batch, so an interrupted run resumes from it (:func:`read_records`);
-* ``progress.json``: batches / samples done so far (for the sweep display), rewritten per batch;
+  mid-batch, samples the oracle has finished get *pending* rows (column :data:`PENDING`, only while some
+  exist; engine.Flusher): uncertified, for display, replaced when the batch completes, dropped on resume;
+* ``progress.json``: batches / samples done and ``pending`` rows, for the sweep display;
 * ``summary.json``: :func:`summarize`'s dictionary, schema version :data:`SCHEMA_VERSION`;
 * ``summary.md``: the same numbers as a Markdown table.
 
@@ -88,7 +90,7 @@ RECORD_COLUMNS = ["index", "label", "target", "clean_pred", "attacked", "success
 # batch_seconds: wall time of that whole batch (same on each of its rows); recheck_failed: the oracle saw a
 # success that the final re-check did not confirm. With these, a run's totals are recomputable from its
 # records alone, which is what resuming and merging shards rely on (:func:`record_totals`).
-
+PENDING = "pending"  # the column marking a pending row (mid-batch, uncertified; see the module docstring)
 
 
 class Record(TypedDict, total=False):
@@ -125,22 +127,23 @@ def new_record(index: int, label: int, target: int, clean_pred: int, attacked: b
     return r  # type: ignore[return-value]
 
 
-def attack_fields(res, x0) -> List[Dict[str, Any]]:
-    """Per attacked row of a batch, the record fields the oracle's certified result gives (``res``: an
-    :class:`~robench.oracle.OracleResult`; ``x0``: the batch's clean images, CPU)."""
+def attack_fields(res, x0, rows: Optional[List[int]] = None) -> List[Dict[str, Any]]:
+    """Per attacked row of a batch (or per row in ``rows``), the record fields the oracle's result
+    gives (``res``: an :class:`~robench.oracle.OracleResult`; ``x0``: the batch's clean images, CPU)."""
     from robench.oracle import distortion
 
-    delta = res.best_x - x0
+    delta = res.best_x - x0 if rows is None else res.best_x[rows] - x0[rows]
+    rows = list(range(len(res.success))) if rows is None else rows
     d = {k: distortion(delta, k) for k in ("l0", "l2", "linf")}
     out = []
-    for j in range(len(res.success)):
+    for i, j in enumerate(rows):
         ok = bool(res.success[j])
         f = {"success": ok, "queries": int(res.queries[j]), "grad_queries": int(res.grad_queries[j]),
              "queries_at_success": int(res.queries_at_success[j]) if ok else -1,
              "seconds": float(res.seconds_at_success[j]) if ok else res.seconds,
              "recheck_failed": bool(res.claimed[j] and not ok)}
         if res.adversarial[j]:
-            f.update(l0=float(d["l0"][j]), l2=float(d["l2"][j]), linf=float(d["linf"][j]))
+            f.update(l0=float(d["l0"][i]), l2=float(d["l2"][i]), linf=float(d["linf"][i]))
         for c, v in zip(res.checkpoints, res.dist_at[j].tolist()):
             f[f"{CHECKPOINT_PREFIX}{c}"] = v if v != float("inf") else float("nan")
         out.append(f)
@@ -188,7 +191,7 @@ def write_records(path: Path, records: List[Dict[str, Any]]) -> None:
 def read_records(path: Path) -> List[Dict[str, Any]]:
     """records.csv -> list of dicts with Python scalars (extra columns kept)."""
     df = pd.read_csv(path)
-    for c in ("attacked", "success", "recheck_failed"):
+    for c in ("attacked", "success", "recheck_failed", PENDING):
         if c in df:
             df[c] = df[c].astype(str).str.lower().isin(("true", "1", "1.0"))
     return [{k: (v.item() if hasattr(v, "item") else v) for k, v in r.items()} for r in df.to_dict("records")]

@@ -167,11 +167,14 @@ def run_attack(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
 def run_plan(attack, make_attack: Callable[[], Any], model, plan: Plan, idx: torch.Tensor, clean_pred: torch.Tensor,
              referee: Referee, ev: Evaluation, device, meta: Dict[str, Any], *, run_dir: Optional[Path] = None,
              prior_records: Optional[List[Dict[str, Any]]] = None, batch_size: int = 1000, progress: bool = True,
-             quiet: bool = False, multirun: bool = False, announce: bool = True, isolate: bool = False):
+             quiet: bool = False, multirun: bool = False, announce: bool = True, isolate: bool = False,
+             flush_seconds: Optional[float] = None):
     """Run ``attack`` over ``plan`` through the engine and summarize: returns (summary, records, best points).
 
     With ``run_dir`` the run folder gets records.csv and progress.json after every batch (batches
-    already in ``prior_records`` are restored, not re-run), then summary.json / summary.md; the
+    already in ``prior_records`` are restored, not re-run) and, mid-batch, at most every
+    ``flush_seconds`` (default :data:`robench.engine.FLUSH_SECONDS`), the pending rows of samples the
+    oracle has finished (:class:`robench.engine.Flusher`); then summary.json / summary.md; the
     protocols of ``ev`` add their columns, run their declared extra runs and merge their keys.
     ``best`` holds each sample's best adversarial point (its clean image where none was seen; NaN
     for batches restored from an earlier process)."""
@@ -197,16 +200,26 @@ def run_plan(attack, make_attack: Callable[[], Any], model, plan: Plan, idx: tor
     log.info("%s on %s/%s/%s: %d samples (indices %d..%d), %d batch(es) of up to %d, seed %d", meta["attack"],
              meta["dataset"], meta["model"], ev.label, len(idx), int(idx[0]), int(idx[-1]), len(batches), batch_size, plan.seed)
 
-    def flush():  # rows of completed batches only, atomically: nothing finished is lost, nothing doubled
+    pend: Dict[int, Dict[str, Any]] = {}  # plan row -> pending record of a finished sample whose batch still runs
+
+    def flush():  # rows of completed batches, then pending rows, atomically: nothing finished is lost, nothing doubled
         if run_dir is None:
             return
-        R.write_records(run_dir / "records.csv", [records[k] for bt in sorted(done) for k in batches[bt]])
+        rows = [records[k] for bt in sorted(done) for k in batches[bt]]
+        if pend:  # the column exists only while pending rows do (README, "What a run writes")
+            rows = [{**r, R.PENDING: False} for r in rows] + [pend[k] for k in sorted(pend)]
+        R.write_records(run_dir / "records.csv", rows)
         n_att = sum(records[k]["attacked"] for bt in done for k in batches[bt])
         n_succ = sum(records[k]["success"] for bt in done for k in batches[bt])
         R.atomic_write_text(run_dir / "progress.json", json.dumps({
             "batches_done": len(done), "batches_total": len(batches), "samples_done": sum(len(batches[bt]) for bt in done),
-            "samples_total": len(records), "attacked_done": int(n_att), "success": int(n_succ),
+            "samples_total": len(records), "attacked_done": int(n_att), "success": int(n_succ), "pending": len(pend),
             "status": "done" if len(done) == len(batches) else "running", "attack": meta["attack"]}) + "\n")
+
+    def pending(bt: int, rows: torch.Tensor, fields: List[Dict[str, Any]]):  # mid-batch (engine.Flusher)
+        for k, f in zip(rows.tolist(), fields):
+            pend[k] = {**records[k], **f, R.PENDING: True}
+        flush()
 
     flush()
     violations: List[Dict[str, Any]] = []
@@ -218,7 +231,8 @@ def run_plan(attack, make_attack: Callable[[], Any], model, plan: Plan, idx: tor
         task = bar.add_task("attack", total=int(plan.attacked.sum()), completed=n_done,
                             rate=f"{n_succ / n_done:.1%}" if n_done else "-")
         for out in execute(attack, model, plan, referee, device, skip=done, after=ev.after_batch, isolate=isolate,
-                           name=meta["attack"]):
+                           name=meta["attack"], pending=pending if run_dir is not None else None,
+                           flush_seconds=flush_seconds):
             violations += [{"index": records[v["row"]]["index"], "batch": v["batch"]} for v in out.violations]
             for k, f in zip(out.rows.tolist(), out.fields):
                 records[k].update(f)
@@ -227,6 +241,8 @@ def run_plan(attack, make_attack: Callable[[], Any], model, plan: Plan, idx: tor
             for k in batches[out.batch]:
                 records[k]["batch_seconds"] = out.seconds
             done.add(out.batch)
+            for k in batches[out.batch]:
+                pend.pop(k, None)  # the certified rows replace the pending ones
             flush()  # after every batch: nothing finished is lost
             n_done += len(out.rows)
             n_succ += sum(f["success"] for f in out.fields)
@@ -274,10 +290,12 @@ def run_plan(attack, make_attack: Callable[[], Any], model, plan: Plan, idx: tor
 
 def _restore(records: List[Dict[str, Any]], batches: Dict[int, List[int]], prior: List[Dict[str, Any]]) -> set:
     """Copy the rows of batches an earlier, interrupted process completed into ``records``; returns
-    the set of those batches. A batch counts only when all its rows are there and match this slice."""
+    the set of those batches. A batch counts only when all its rows are there and match this slice.
+    Pending rows (a batch the process did not complete) are discarded: that batch is re-run whole,
+    with its own seed, so the records equal an uninterrupted run's."""
     if not prior:
         return set()
-    by_index = {int(r["index"]): r for r in prior}
+    by_index = {int(r["index"]): {k: v for k, v in r.items() if k != R.PENDING} for r in prior if not r.get(R.PENDING)}
     done = set()
     for bt, rows in batches.items():
         olds = [by_index.get(records[k]["index"]) for k in rows]
