@@ -121,5 +121,6 @@ class FMN(Attack):
                             torch.where(found[idx], e * (1 + gamma), (dn + loss.abs() / gq) * (1 + gamma)))
             e = torch.minimum(e, worst[idx])
             eps[idx] = e
-            d = geo.project(d - L2_BALL.step(g, alpha), e.view(view))  # an L2 step, then onto the eps_k-ball
+            d = (x0[idx] + d - L2_BALL.step(g, alpha)).clamp(0, 1) - x0[idx]  # an L2 step, clipped to [0, 1]
+            d = geo.project(d, e.view(view))  # then onto the eps_k-ball (shrinking towards x0 stays in [0, 1])
             delta[idx] = (x0[idx] + d).clamp(0, 1) - x0[idx]
