@@ -14,7 +14,11 @@ files; ``--root embedded`` uses the embedded subset) and runs, untargeted L2:
 
 All four see the same batch of images. Prints, per attack, mean and median L2 over all images (an
 image without an adversarial point counts as infinite in the median and is left out of the mean),
-the share with an adversarial point, the share at L2 <= ``--threshold`` and the wall time.
+the share with an adversarial point, the share at L2 <= ``--threshold`` and the wall time, then
+for each pair robench minus foolbox in mean and median (over the images both attacks broke, and
+over all images) and whether robench is no worse. foolbox's C&W returns the all-zero image where it
+found no adversarial point; that image counts as no adversarial point even when the victim
+misclassifies it (counting it would add an L2 of about 9 to foolbox's mean).
 robench's attacks run through its oracle (every query counted); foolbox calls the model directly.
 Needs ``pip install foolbox`` (the ``bench`` extra).
 """
@@ -43,9 +47,27 @@ def _load(root: str, checkpoint: str):
     return splits, model.eval()
 
 
-def _row(name, x0, adv, ok, seconds, thr, queries=None):
+def _dist(x0, adv, ok):
     d = (adv - x0).flatten(1).norm(dim=1)
-    d = torch.where(ok, d, torch.full_like(d, float("inf")))
+    return torch.where(ok, d, torch.full_like(d, float("inf")))
+
+
+def _compare(name, d_rb, d_fb):
+    """robench minus foolbox: mean over the images both broke, median over all (inf = not broken)."""
+    both = torch.isfinite(d_rb) & torch.isfinite(d_fb)
+    dm = (d_rb[both].mean() - d_fb[both].mean()).item() if bool(both.any()) else 0.0
+    m_rb, m_fb = d_rb.median().item(), d_fb.median().item()
+    dmed = 0.0 if m_rb == m_fb else m_rb - m_fb  # (inf - inf would be nan)
+    ok = dm <= 0 and dmed <= 0 and bool((torch.isfinite(d_rb) | ~torch.isfinite(d_fb)).all())
+    print(f"{name}: robench - foolbox, mean over the {int(both.sum())} images both broke {dm:+.5f}, median {dmed:+.5f}, "
+          f"robench broke {int(torch.isfinite(d_rb).sum())} / foolbox {int(torch.isfinite(d_fb).sum())}; "
+          f"robench per image smaller / equal (1e-5) / larger: {int((d_rb < d_fb - 1e-5).sum())} / "
+          f"{int(((d_rb - d_fb).abs() <= 1e-5).sum() + (~torch.isfinite(d_rb) & ~torch.isfinite(d_fb)).sum())} / "
+          f"{int((d_rb > d_fb + 1e-5).sum())}; no worse: {'yes' if ok else 'NO'}", flush=True)
+
+
+def _row(name, x0, adv, ok, seconds, thr, queries=None):
+    d = _dist(x0, adv, ok)
     fin = d[torch.isfinite(d)]
     q = "-" if queries is None else f"{queries:.0f}"
     return (f"| {name} | {fin.mean().item() if len(fin) else float('nan'):.4f} | {d.median().item():.4f} | "
@@ -93,26 +115,36 @@ def main() -> None:
         return r.best_x, r.success, time.time() - t, r.queries.float().mean().item()
 
     fmodel = fb.PyTorchModel(model, bounds=(0, 1))
+    dists = {}
     if "cw_l2" in only:
         adv, s, sec, q = robench_run(CWL2(binary_search_steps=a.cw_steps, max_iterations=a.cw_iters),
                                      a.cw_steps * a.cw_iters)
+        dists["cw_l2"] = _dist(x0, adv, s)
         print(_row(f"robench cw_l2 ({a.cw_steps} x {a.cw_iters})", x0, adv, s, sec, a.threshold, q), flush=True)
     if "fb_cw" in only:
         t = time.time()
         adv = fb.attacks.L2CarliniWagnerAttack(binary_search_steps=a.cw_steps, steps=a.cw_iters, stepsize=0.01,
                                                confidence=0, initial_const=1e-3, abort_early=True).run(fmodel, x0, y0)
         sec = time.time() - t
-        print(_row(f"foolbox L2CarliniWagnerAttack ({a.cw_steps} x {a.cw_iters})", x0, adv,
-                   predict(model, adv).argmax(1) != y0, sec, a.threshold), flush=True)
+        found = (predict(model, adv).argmax(1) != y0) & (adv.flatten(1).abs().sum(1) > 0)  # zeros = nothing found
+        dists["fb_cw"] = _dist(x0, adv, found)
+        print(_row(f"foolbox L2CarliniWagnerAttack ({a.cw_steps} x {a.cw_iters})", x0, adv, found, sec, a.threshold),
+              flush=True)
     if "fmn" in only:
         adv, s, sec, q = robench_run(FMN(steps=a.fmn_steps), a.fmn_steps)
+        dists["fmn"] = _dist(x0, adv, s)
         print(_row(f"robench fmn ({a.fmn_steps} steps)", x0, adv, s, sec, a.threshold, q), flush=True)
     if "fb_fmn" in only:
         t = time.time()
         adv = fb.attacks.L2FMNAttack(steps=a.fmn_steps).run(fmodel, x0, y0)
         sec = time.time() - t
-        print(_row(f"foolbox L2FMNAttack ({a.fmn_steps} steps)", x0, adv,
-                   predict(model, adv).argmax(1) != y0, sec, a.threshold), flush=True)
+        found = predict(model, adv).argmax(1) != y0  # foolbox's FMN returns x0 itself where it found nothing
+        dists["fb_fmn"] = _dist(x0, adv, found)
+        print(_row(f"foolbox L2FMNAttack ({a.fmn_steps} steps)", x0, adv, found, sec, a.threshold), flush=True)
+    print()
+    for rb, fbk, name in (("cw_l2", "fb_cw", "C&W L2"), ("fmn", "fb_fmn", "FMN")):
+        if rb in dists and fbk in dists:
+            _compare(name, dists[rb], dists[fbk])
 
 
 if __name__ == "__main__":

@@ -109,3 +109,48 @@ def test_bad_parameters():
     for make in (lambda: CWL2(binary_search_steps=0), lambda: CWL2(learning_rate=0), lambda: DeepFool(candidates=1)):
         with pytest.raises(RobenchError):
             make()
+
+
+class _ConstSpy(Oracle):
+    """Reads the constant c each gradient query carries: cw_l2's loss is c * max(0, Z_y - max_other + kappa),
+    so logits with Z_y - max_other = 1 (kappa 0) return c itself."""
+
+    def gradient(self, x, loss_fn, idx=None):
+        probe = torch.zeros(len(idx), 10)
+        probe[torch.arange(len(idx)), self.y[idx]] = 1.0
+        self.calls.append((idx.clone(), loss_fn(probe, idx).detach().clone()))
+        return super().gradient(x, loss_fn, idx)
+
+
+def test_cw_l2_binary_search_halves_after_success(victim, test_xy):
+    # regression: success was judged on the clamped margin, never below -kappa = 0, so c only grew x10
+    x0, y = test_xy[0][:4], test_xy[1][:4]
+    o = _ConstSpy(victim, x0, y, access="gradient", norm="l2", eps=None, max_queries=90, num_classes=10,
+                  stop_on_success=False)
+    o.calls = []
+    CWL2(binary_search_steps=3, max_iterations=30, learning_rate=0.1, initial_const=10.0).run(o, torch.Generator())
+    r = o.finalize()
+    assert r.success.all()  # c = 10 is ample on this victim: every sample succeeds in the first step
+    seq = [[] for _ in range(4)]
+    for idx, c in o.calls:
+        for i, ci in zip(idx.tolist(), c.tolist()):
+            if not seq[i] or seq[i][-1] != ci:
+                seq[i].append(ci)
+    for s in seq:  # 10 -> (0 + 10) / 2 -> 2.5 or 7.5 (bisection), never 100
+        assert s[:2] == [10.0, 5.0] and s[2] in (2.5, 7.5), s
+    assert r.queries.tolist() == [sum(int((idx == i).sum()) for idx, _ in o.calls) for i in range(4)]
+
+
+def test_cw_l2_matches_foolbox_iterate_for_iterate(victim, test_xy):
+    """The port is faithful to foolbox's L2CarliniWagnerAttack [rauber2017foolbox] to the bit: same
+    iterates, hence the same distortions (robench's oracle also keeps the iterate at which a step aborts)."""
+    fb = pytest.importorskip("foolbox")
+    x0, y = test_xy[0][:6], test_xy[1][:6]
+    r = _run(CWL2(binary_search_steps=3, max_iterations=20, learning_rate=0.1, initial_const=1.0), victim, x0, y)
+    adv = fb.attacks.L2CarliniWagnerAttack(binary_search_steps=3, steps=20, stepsize=0.1, initial_const=1.0).run(
+        fb.PyTorchModel(victim, bounds=(0, 1)), x0, y)
+    # foolbox returns the all-zero image where it found nothing: no adversarial point, whatever its class
+    fb_ok = (victim(adv).argmax(1) != y) & (adv.flatten(1).abs().sum(1) > 0)
+    assert torch.equal(r.success, fb_ok) and r.success.sum() >= 4
+    d_fb = (adv - x0).flatten(1).norm(dim=1)[fb_ok]
+    assert torch.allclose(_l2(r, x0), d_fb, rtol=0, atol=1e-6)

@@ -23,19 +23,21 @@ class CWL2(Attack):
     ``f`` the margin on logits with confidence ``kappa`` (:func:`cw_margin`), by Adam (lr 0.01,
     betas 0.9/0.999, eps 1e-8), starting from ``x0`` at every binary-search step.
 
-    Binary search over ``c`` per sample, as in the authors' reference code: start at
-    ``initial_const`` = 1e-3; after a step that found a point with margin ``f < 0`` (success with
-    confidence kappa), upper = min(upper, c) and c = (lower + upper) / 2; otherwise lower =
-    max(lower, c) and c = (lower + upper) / 2 if an upper bound exists, else c * 10. With 10 or
-    more steps the last step uses the upper bound (the code's ``repeat``). ``abort_early``: every
-    ``max_iterations // 10`` iterations, the current binary step stops when the objective has not
-    dropped below 0.9999 of its value at the previous check: summed over the samples still running
-    (default; the reference code's and foolbox's rule, [rauber2017foolbox]), or with
-    ``abort_per_sample=true`` per sample (each stalled sample stops alone: fewer queries, but
-    larger distortions). The per-sample rule was robench's default until foolbox's
-    ``L2CarliniWagnerAttack`` found smaller distortions on the same weights; measured on the
-    tiny test victim (20 images, 5 x 200, lr 0.05, c0 0.1): mean / median L2 1.812 / 1.600 per
-    sample, 1.790 / 1.597 with the batch rule, foolbox 1.777 / 1.597.
+    Binary search over ``c`` per sample, as in the authors' reference code and foolbox's
+    ``L2CarliniWagnerAttack`` [rauber2017foolbox]: start at ``initial_const`` = 1e-3; a step
+    *succeeds* for a sample when any of its iterates had ``max_{i!=y} Z_i - Z_y > kappa`` (untargeted;
+    targeted ``Z_t - max_{i!=t} Z_i > kappa``), judged on the UNCLAMPED margin; then upper =
+    min(upper, c) and c = (lower + upper) / 2; otherwise lower = max(lower, c) and c = (lower +
+    upper) / 2 if an upper bound exists, else c * 10. With 10 or more steps the last step uses the
+    upper bound (the code's ``repeat``; 1e10 for a sample never adversarial, as in both). Until this
+    was fixed robench judged success on the clamped ``f``, which is never below ``-kappa``: with
+    ``kappa = 0`` no step ever "succeeded" and ``c`` only grew tenfold per step, so the search never
+    narrowed (the cause of a mean L2 1.6% above foolbox's on the papers' victim, REPRODUCTION.md §2).
+    ``abort_early``: every ``ceil(max_iterations / 10)`` iterations (foolbox's interval), the
+    current binary step stops when the objective has not dropped below 0.9999 of its value at the
+    previous check: summed over the samples still running (default; the reference code's and
+    foolbox's rule), or with ``abort_per_sample=true`` per sample (each stalled sample stops alone:
+    fewer queries, but larger distortions).
 
     Defaults: 10 binary-search steps x 1,000 iterations, the setting [cheng2021 §5.3.4.2] uses
     ("default attack setting with 10 binary search steps and 1000 iterations per step"; the paper's
@@ -70,55 +72,76 @@ class CWL2(Attack):
         targeted = t is not None
         cls = t if targeted else y
         n, dev = oracle.n, x0.device
-        view = (-1,) + (1,) * (x0.dim() - 1)
-        w0 = torch.atanh((x0 * 2 - 1) * 0.999999)
-        const = torch.full((n,), self.c0, device=dev)
-        lower = torch.zeros(n, device=dev)
-        upper = torch.full((n,), 1e10, device=dev)
+        u = (x0 * 2 - 1) * 0.999999
+        w0 = 0.5 * (torch.log1p(u) - torch.log1p(-u))  # atanh as foolbox (eagerpy) writes it: identical iterates
+        xr = torch.tanh(w0) * 0.5 + 0.5  # the distance term's reference, as in the reference code and foolbox
+        # the search over c runs in float64 and each step uses c cast to the input's dtype (foolbox's numpy
+        # consts, .astype(float32)): the same constants to the bit, so the same Adam trajectories
+        f64 = dict(device=dev, dtype=torch.float64)
+        const, lower, upper = torch.full((n,), self.c0, **f64), torch.zeros(n, **f64), torch.full((n,), 1e10, **f64)
+        c32 = const.to(x0.dtype)
         b1, b2, ae = 0.9, 0.999, 1e-8
-        check_every = max(1, self.iters // 10)
+        check_every = -(-self.iters // 10)  # ceil, foolbox's interval
 
-        def loss_fn(logits, i):
-            return cw_margin(logits, cls[i], targeted, self.kappa)
+        def hinge(logits, i):  # foolbox's max(0, f + kappa): cw_margin shifted by kappa, same gradient
+            return cw_margin(logits, cls[i], targeted, self.kappa) + self.kappa
+
+        def loss_fn(logits, i):  # c * hinge: the gradient query back-propagates c, as foolbox's autograd does
+            return c32[i] * hinge(logits, i)
 
         for outer in range(self.bss):
             if self.bss >= 10 and outer == self.bss - 1:
-                const = torch.where(upper < 1e10, upper, const)
+                const = upper.clamp_max(1e10)  # the reference code's `repeat`: CONST = upper_bound
+            c32 = const.to(x0.dtype)
             idx = oracle.active_indices()
             if len(idx) == 0:
                 return
-            w = w0[idx].clone()
-            m = torch.zeros_like(w)
-            v = torch.zeros_like(w)
+            delta = torch.zeros_like(w0[idx])  # Adam moves delta, w = w0 + delta (foolbox; same rounding)
+            m = torch.zeros_like(delta)
+            v = torch.zeros_like(delta)
             found = torch.zeros(n, dtype=torch.bool, device=dev)
             prev = torch.full((n,), float("inf"), device=dev)
+            prev_total, prev_idx = float("inf"), None
             for it in range(self.iters):
-                x = (torch.tanh(w) + 1) / 2
+                th = torch.tanh(w0[idx] + delta)
+                x = th * 0.5 + 0.5
                 logits, g = oracle.gradient(x, loss_fn, idx)
                 answered = ~torch.isnan(logits[:, 0])
-                d = x - x0[idx]
-                margin = torch.where(answered, loss_fn(torch.nan_to_num(logits), idx), torch.zeros_like(answered, dtype=x.dtype))
-                ok = answered & (margin < 0) if self.kappa == 0 else answered & (margin <= -self.kappa)
-                found[idx[ok]] = True
-                c = const[idx].view(view)
-                grad_x = 2 * d + c * g
-                grad_w = grad_x * (1 - torch.tanh(w) ** 2) / 2
+                d = x - xr[idx]
+                z = torch.nan_to_num(logits)
+                margin = torch.where(answered, hinge(z, idx), torch.zeros_like(answered, dtype=x.dtype))
+                # success with confidence kappa, on the unclamped margin (the clamped one never goes below -kappa)
+                raw = -attack_loss("cw", z, cls[idx], cls[idx] if targeted else None)
+                ok = answered & (raw + self.kappa < 0)
+                grad_x = 2 * d + g  # g = d (c * hinge) / dx
+                # d x / d delta through tanh, with autograd's own kernel (as foolbox's backward computes it)
+                grad_w = torch.ops.aten.tanh_backward(grad_x * 0.5, th)
                 step_t = it + 1
                 m = b1 * m + (1 - b1) * grad_w
                 v = b2 * v + (1 - b2) * grad_w ** 2
                 mhat = m / (1 - b1 ** step_t)
                 vhat = v / (1 - b2 ** step_t)
-                w = w - self.lr * mhat / (vhat.sqrt() + ae)
+                delta = delta - self.lr * mhat / (vhat.sqrt() + ae)
                 keep = answered
+                stalled = torch.zeros_like(ok)
                 if self.abort_early and it % check_every == 0:
-                    obj = d.flatten(1).pow(2).sum(1) + const[idx] * margin
+                    hinge_c, sq = c32[idx] * margin, d.flatten(1).pow(2).sum(1)
                     if self.abort_per_sample:
+                        obj = sq + hinge_c
                         stalled = obj > prev[idx] * 0.9999
-                    else:  # the reference rule: the batch's total objective (over the samples still running)
-                        stalled = (obj.sum() > prev[idx].sum() * 0.9999).expand_as(obj)
-                    prev[idx] = obj
+                        prev[idx] = obj
+                    else:  # the reference rule: the total objective over the samples still running, summed
+                        # in foolbox's order and compared as it does (a Python float times 0.9999)
+                        total = hinge_c.sum() + sq.sum()
+                        if prev_idx is not None and not torch.equal(prev_idx, idx):  # rows left: their old total
+                            prev_total = float(prev[idx].sum())
+                        stalled = torch.full_like(ok, not bool(total <= 0.9999 * prev_total))
+                        prev[idx], prev_total, prev_idx = sq + hinge_c, float(total), idx
                     keep = keep & ~stalled
-                idx, w, m, v = keep_active(oracle, idx, w, m, v, mask=keep)
+                # an iterate at which the step aborts does not count for the search over c (both codes
+                # break before looking at it); the oracle still keeps it if it is the best point
+                found[idx[ok & ~stalled]] = True
+                idx, delta, m, v = keep_active(oracle, idx, delta, m, v, mask=keep)
                 if len(idx) == 0:
                     break
             # binary search on c ([carlini2017] reference code)
