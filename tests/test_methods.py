@@ -48,6 +48,41 @@ def test_free_at_replays_each_batch_and_carries_delta(splits):
         DEFENSES.get("free_at")(eps=0.3, replays=0)
 
 
+def test_free_at_step_frac_and_random_init(splits):
+    """step_frac scales the delta step (a fraction of eps); random_init replaces the carried delta by a
+    uniform draw of the ball at each new minibatch's first replay, and only there."""
+    small = subset(splits, 64, 32)
+
+    def run(**kw):
+        torch.manual_seed(0)
+        model = build_model("small_cnn", small, {"depth": 1, "width": 8})
+        rec = DEFENSES.get("free_at")(eps=0.2, replays=2, **kw)
+        carried, used = [], []
+        inner = rec.batch_loss
+
+        def spy(m, x, y, i):
+            carried.append(None if rec.delta is None else rec.delta[:len(x)].clone())
+            out = inner(m, x, y, i)
+            used.append(rec._leaf.detach().clone())
+            return out
+        rec.batch_loss = spy
+        train(model, rec, small, tcfg(batch_size=32), torch.device("cpu"), seed=0, progress=False)
+        return rec, carried, used  # 2 batches x 2 replays
+
+    rec, carried, used = run(step_frac=0.25)  # from delta = 0, steps of 0.05 carried across the batches
+    assert [round(float(u.abs().max()), 6) for u in used] == [0.0, 0.05, 0.1, 0.15]
+    assert float(rec.delta.abs().max()) == pytest.approx(0.2)
+    assert torch.equal(used[2], carried[2])
+    rec, carried, used = run(step_frac=0.25, random_init=True)
+    for r in (0, 2):  # each batch's first replay: a fresh draw of the ball, not the carried delta
+        assert 0.15 < float(used[r].abs().max()) <= 0.2 + 1e-6
+        assert float((used[r].abs() < 0.199).float().mean()) > 0.5  # uniform: mostly inside, not at the corners
+    assert not torch.equal(used[2], carried[2])
+    assert torch.equal(used[1], carried[1]) and torch.equal(used[3], carried[3])  # later replays carry it
+    with pytest.raises(RobenchError):
+        DEFENSES.get("free_at")(eps=0.3, step_frac=0)
+
+
 @pytest.mark.parametrize("arch,shape", [("small_cnn_bn", (1, 28, 28)), ("resnet18", (3, 32, 32)),
                                         ("preact_resnet18", (3, 32, 32))])
 def test_surgery_keeps_the_function_and_interpolates(arch, shape, splits):
