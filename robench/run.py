@@ -96,7 +96,7 @@ def run_attack(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     if not isinstance(isolate, bool):
         raise RobenchError(f"isolate must be true or false, got '{isolate}'")
     attack = make_attack()
-    if cfg.model.get("source") in (None, "", "registry"):  # gbdt: no gradients, refused before the run folder exists
+    if cfg.model.get("source") in (None, "", "registry"):  # gbdt: no gradients, refused before the victim and data load
         refuse_gradients(MODELS.get(cfg.model.name), attack.access, cfg.attack.name)
     batch_size = int(cfg.attack.get("batch_size", 1000))
     if batch_size < 1:
