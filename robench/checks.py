@@ -48,15 +48,21 @@ def _load(args, defense: str, splits):
     from robench.checkpoint import checkpoint_path, load_checkpoint, train_command
     from robench.models import build_model
 
-    mpath = ROOT / "configs" / "model" / f"{args.model}.yaml"
-    if not mpath.exists():
-        raise RobenchError(f"unknown model '{args.model}' (no configs/model/{args.model}.yaml)")
-    mcfg = OmegaConf.to_container(OmegaConf.load(mpath), resolve=True)
+    mcfg = _model_cfg(args)
     dcfg = OmegaConf.to_container(_dataset_cfg(args), resolve=True)
     model = build_model(mcfg["name"], splits, mcfg.get("params"))
     path = checkpoint_path(args.checkpoint_dir, dcfg, mcfg, defense)
     load_checkpoint(path, model, remake=train_command(dcfg, mcfg, defense, args.checkpoint_dir))
     return model.eval()
+
+
+def _model_cfg(args) -> dict:
+    from omegaconf import OmegaConf
+
+    mpath = ROOT / "configs" / "model" / f"{args.model}.yaml"
+    if not mpath.exists():
+        raise RobenchError(f"unknown model '{args.model}' (no configs/model/{args.model}.yaml)")
+    return OmegaConf.to_container(OmegaConf.load(mpath), resolve=True)
 
 
 def _dataset_cfg(args):
@@ -181,6 +187,14 @@ def landscape_main(argv: List[str]) -> None:
     args = ap.parse_args(argv)
     if not args.eps > 0 or args.grid < 2:
         raise RobenchError(f"landscape needs --eps > 0 and --grid >= 2 (got {args.eps}, {args.grid})")
+    import robench.models  # noqa: F401  (registers the models)
+    from robench.registry import MODELS
+    from robench.victim import gradient_free
+
+    reason = gradient_free(MODELS.get(_model_cfg(args)["name"]))
+    if reason:  # before the data and checkpoints load: the landscape's first axis is the loss gradient's sign
+        raise RobenchError(f"{reason}: robench landscape needs the loss gradient (its first axis is the gradient "
+                           f"sign); use robench invariance, or a model with gradients")
     if args.n is None:
         args.n = 200
     splits, x, y = _test_tensors(args)

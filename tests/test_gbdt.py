@@ -106,3 +106,9 @@ def test_gradient_attacks_are_refused_in_one_line(tiny, tmp_path, capsys):
     lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
     assert e.value.code == 2 and len(lines) == 1 and "defense=pgd_at trains through the model's gradients" in lines[0]
     assert not (tmp_path / "train").exists()
+    with pytest.raises(SystemExit) as e:  # the landscape's first axis is the gradient sign
+        cli.main(["landscape", "--model", "gbdt", "--defenses", "none", "--checkpoint-dir", f"{tmp_path}/ck",
+                  "--out", f"{tmp_path}/land"])
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert e.value.code == 2 and len(lines) == 1 and "robench landscape needs the loss gradient" in lines[0], lines
+    assert not (tmp_path / "land").exists()
