@@ -10,7 +10,9 @@ and through torchattacks (a dev/bench dependency: ``pip install -e .[bench]``):
   authors' code);
 * C&W L2 with ONE constant ``c`` (``torchattacks.CW`` has no binary search): robench's
   ``CWL2(binary_search_steps=1, initial_const=c)``, ``--cw-steps`` Adam steps of lr 0.01, kappa 0,
-  abort-early on both sides (torchattacks: per batch; robench: per sample).
+  abort-early on both sides, both by the reference code's rule on the batch's total objective (robench's
+  default since issue 16, ``abort_per_sample=False``; before it, robench stopped each stalled sample alone,
+  which did less work than torchattacks).
 
 robench is timed two ways: ``default`` (as ``robench attack`` runs it: the oracle stops answering a
 sample once it has seen it succeed) and ``equal work`` (``stop_on_success=False`` and, for PGD,
