@@ -246,3 +246,16 @@ def test_attack_time_mix_and_eps_reach_the_loaded_model(splits, tmp_path):
     assert all(torch.allclose(l.code, torch.tensor([2 / 3, 1 / 3])) for l in m.modules() if isinstance(l, ConditionalBatchNorm))
     t61 = _compose("experiment=cheng_table6_1")
     assert t61.model.name == "small_cnn_bn"
+
+
+def test_attack_at_eps_zero_accepts_a_recipe_whose_eps_follows_the_budget():
+    """Table 6.5's eps = 0 column (clean accuracy): pgd_at's training eps defaults to budget.eps, and
+    at attack time it plays no part, so budget.eps=0 must not trip the recipe's "eps > 0" check; a
+    training run at eps 0 still fails in one line."""
+    from robench.config import _defense
+    from robench.errors import RobenchError
+
+    for name in ("pgd_at", "advprop"):
+        _defense({"name": name, "params": {"eps": 0.0}})
+        with pytest.raises(RobenchError, match="eps must be a number > 0"):
+            _defense({"name": name, "params": {"eps": 0.0}}, for_training=True)
