@@ -240,6 +240,11 @@ def _hydra_dir(hyd, key: str) -> str:
     return str(v)
 
 
+#: Hydra's mutually exclusive modes and their flags
+_MODE_FLAGS = {"--run": ("-r", "--run"), "--multirun": ("-m", "--multirun"), "--cfg": ("-c", "--cfg"),
+               "--info": ("-i", "--info"), "--shell-completion": ("-sc", "--shell-completion")}
+
+
 def _hydra_command(prog: str, config_name: str, job: Callable, args: List[str]) -> None:
     import hydra
     from hydra.core.hydra_config import HydraConfig
@@ -250,6 +255,9 @@ def _hydra_command(prog: str, config_name: str, job: Callable, args: List[str]) 
     load_plugins()  # fills PLUGIN_CONFIG_DIRS
     if "--quiet" in args or "-q" in args:  # scripts: errors only (no bars, tables or Hydra's launch lines)
         args = [a for a in args if a not in ("--quiet", "-q")] + ["quiet=true", "hydra.hydra_logging.root.level=WARNING"]
+    modes = {m for a in args for m, flags in _MODE_FLAGS.items() if a in flags}
+    if len(modes) > 1:  # Hydra raises a bare ValueError for this
+        raise RobenchError(f"{' and '.join(sorted(modes))} cannot be combined: give one of them")
     _precheck_groups(args)
     if PLUGIN_CONFIG_DIRS and not _user_searchpath(args):
         args = args + ["hydra.searchpath=[" + ",".join(f"file://{d}" for _, d in PLUGIN_CONFIG_DIRS) + "]"]

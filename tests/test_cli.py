@@ -34,6 +34,13 @@ def test_bad_input_is_one_line_exit_2(override, msg, tmp_path):
     assert "Traceback" not in p.stderr + p.stdout
 
 
+def test_conflicting_hydra_modes_are_one_line(tmp_path):
+    p = run_cli("attack", "-m", "--info", "attack=pgd,fgsm", cwd=tmp_path)  # Hydra itself raises a bare ValueError
+    assert p.returncode == 2, p.stderr
+    lines = [l for l in p.stderr.strip().splitlines() if l.strip()]
+    assert lines == ["robench: error: --info and --multirun cannot be combined: give one of them"], p.stderr
+
+
 def test_missing_checkpoint_names_the_command(tmp_path):
     p = run_cli("attack", *SMALL, "model=small_cnn", "model.params.depth=3", f"checkpoint_dir={tmp_path}/ck",
                 f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
