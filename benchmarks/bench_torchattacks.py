@@ -124,18 +124,24 @@ def main(argv=None) -> int:
         ok = model(x).argmax(1) == y
     x, y = x[ok], y[ok]
 
+    only = {a.strip() for a in args.only.split(",") if a.strip()}  # names, not substrings ("pgd" is in "apgd_ce")
+    unknown = only - {"pgd", "apgd_ce", "cw_l2"}
+    if unknown:
+        print(f"--only: unknown attack(s) {sorted(unknown)}; valid: pgd, apgd_ce, cw_l2")
+        return 2
+
     def cases():
         n, m = min(args.n, len(y)), min(args.n_cw, len(y))
-        if "pgd" in args.only:
+        if "pgd" in only:
             a = 2.5 * eps_inf / 40  # 0.01875 at 0.3: PGD's own default rule
             yield ("pgd", x[:n], y[:n], "linf", eps_inf,
                    lambda ew: PGD(steps=40, step_size=a, early_stop=not ew),
                    lambda: torchattacks.PGD(model, eps=eps_inf, alpha=a, steps=40, random_start=True))
-        if "apgd_ce" in args.only:
+        if "apgd_ce" in only:
             yield ("apgd_ce", x[:n], y[:n], "linf", eps_inf, lambda ew: APGD(steps=100, restarts=1),
                    lambda: torchattacks.APGD(model, norm="Linf", eps=eps_inf, steps=100, n_restarts=1, loss="ce",
                                              rho=0.75, seed=SEED))
-        if "cw_l2" in args.only:
+        if "cw_l2" in only:
             yield ("cw_l2", x[:m], y[:m], "l2", None,
                    lambda ew: CWL2(binary_search_steps=1, max_iterations=args.cw_steps, initial_const=args.cw_c),
                    lambda: torchattacks.CW(model, c=args.cw_c, kappa=0, steps=args.cw_steps, lr=0.01))
