@@ -253,9 +253,11 @@ def test_attack_at_eps_zero_accepts_a_recipe_whose_eps_follows_the_budget():
     at attack time it plays no part, so budget.eps=0 must not trip the recipe's "eps > 0" check; a
     training run at eps 0 still fails in one line."""
     from robench.config import _defense
-    from robench.errors import RobenchError
 
     for name in ("pgd_at", "advprop"):
         _defense({"name": name, "params": {"eps": 0.0}})
         with pytest.raises(RobenchError, match="eps must be a number > 0"):
             _defense({"name": name, "params": {"eps": 0.0}}, for_training=True)
+        for bad in ("abc", False):  # not a number: still refused in one line at attack time
+            with pytest.raises(RobenchError):
+                _defense({"name": name, "params": {"eps": bad}})
