@@ -94,6 +94,12 @@ def main(argv=None) -> int:
     p.add_argument("--only", default="pgd,apgd_ce,cw_l2")
     p.add_argument("--checkpoint", default=None)
     args = p.parse_args(argv)
+    only = {a.strip() for a in args.only.split(",") if a.strip()}  # names, not substrings ("pgd" is in "apgd_ce")
+    unknown = only - {"pgd", "apgd_ce", "cw_l2"}
+    if unknown:
+        print(f"--only: unknown attack(s) {sorted(unknown)}; valid: pgd, apgd_ce, cw_l2")
+        return 2
+
     try:
         import torchattacks
     except ImportError:
@@ -123,12 +129,6 @@ def main(argv=None) -> int:
     with torch.no_grad():
         ok = model(x).argmax(1) == y
     x, y = x[ok], y[ok]
-
-    only = {a.strip() for a in args.only.split(",") if a.strip()}  # names, not substrings ("pgd" is in "apgd_ce")
-    unknown = only - {"pgd", "apgd_ce", "cw_l2"}
-    if unknown:
-        print(f"--only: unknown attack(s) {sorted(unknown)}; valid: pgd, apgd_ce, cw_l2")
-        return 2
 
     def cases():
         n, m = min(args.n, len(y)), min(args.n_cw, len(y))
