@@ -24,7 +24,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from compare_versions import ROOT, export  # noqa: E402  (the same git-archive export of the base tree)
 
 CHILD = r'''
 import cProfile, pstats, sys, time, torch
@@ -83,9 +84,7 @@ def main() -> None:
     ap.add_argument("--checkpoint", default=str(ROOT / "checkpoints" / "mnist" / "cw_mnist" / "none.pt"))
     a = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="robench-base-") as tmp:
-        archive = subprocess.run(["git", "-C", str(ROOT), "archive", a.base], capture_output=True, check=True).stdout
-        subprocess.run(["tar", "-x", "-C", tmp], input=archive, check=True)
-        for label, tree in (("base " + a.base, Path(tmp)), ("this tree", ROOT)):
+        for label, tree in (("base " + a.base, export(a.base, Path(tmp))), ("this tree", ROOT)):
             print(f"===== {label}", flush=True)
             env = dict(os.environ, PYTHONPATH=str(tree))
             p = subprocess.run([sys.executable, "-c", CHILD, a.attack, str(a.n), str(a.repeats), str(a.threads),
