@@ -7,6 +7,8 @@ import sys
 
 import pytest
 
+from robench.cpu_malloc import TUNABLES
+
 # Page faults per step of what a gradient attack does with a batch: 500 MNIST-sized images through two
 # convolutions, forward and backward. Each activation is 50 MiB, above any mmap threshold glibc allows.
 PROBE = r"""
@@ -25,21 +27,27 @@ for _ in range(8):
     net(xi).sum().backward()
     per_step.append(faults() - before)
 print(applied, sum(per_step[3:]))   # after warm-up: the last five steps
+import os, subprocess
+print(subprocess.run([sys.executable, "-c", "import os; print(os.environ.get('GLIBC_TUNABLES', '-'))"],
+                     capture_output=True, text=True).stdout.strip())   # what a worker process starts with
 """
 
 
 def _probe(mode, **env):
     out = subprocess.run([sys.executable, "-c", PROBE, mode], capture_output=True, text=True, check=True,
-                         env={**os.environ, "OMP_NUM_THREADS": "1", **env}).stdout.split()
-    return out[0] == "True", int(out[1])
+                         env={**os.environ, "OMP_NUM_THREADS": "1", **env}).stdout.split("\n")
+    applied, faults = out[0].split()
+    return applied == "True", int(faults), out[1]
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc settings")
 def test_tune_reuses_freed_memory():
-    applied, tuned = _probe("tune")
+    applied, tuned, child_env = _probe("tune", GLIBC_TUNABLES="glibc.malloc.arena_max=2")
     if not applied:
         pytest.skip("this C library has no mallopt (not glibc)")
-    _, plain = _probe("plain")
+    _, plain, plain_env = _probe("plain", GLIBC_TUNABLES="")   # glibc's defaults, whatever started pytest
+    assert child_env == "glibc.malloc.arena_max=2:" + TUNABLES   # workers start tuned; the caller's setting kept
+    assert plain_env == ""
     page_per_activation = 500 * 32 * 28 * 28 * 4 // 4096       # 12,250 pages of 4 KiB
     assert plain > 10 * page_per_activation, plain             # glibc's default: fresh pages every step
     assert tuned * 10 < plain, (tuned, plain)                  # tuned: the freed blocks are reused (measured: 0 to
@@ -47,5 +55,6 @@ def test_tune_reuses_freed_memory():
 
 
 def test_opt_out():
-    applied, _ = _probe("tune", ROBENCH_MALLOC="system")
-    assert applied is False
+    applied, _, child_env = _probe("tune", ROBENCH_MALLOC="system", GLIBC_TUNABLES="")
+    assert applied is False and child_env == ""
+
