@@ -224,7 +224,7 @@ def _defense(d: Any, for_training: bool = False):
     spec = defense_spec(d)  # schema, then each constructor's own checks (constructors do no work)
     params = spec.recipe_params
     eps = (params or {}).get("eps")
-    if not for_training and isinstance(eps, (int, float)) and not isinstance(eps, bool) and eps == 0:
+    if not for_training and _num(eps) and eps == 0:
         # an attack at budget.eps=0 measures clean accuracy (Table 6.5's eps = 0 column): a recipe's training
         # eps, which defaults to budget.eps, plays no part at attack time, so its "> 0" check must not refuse it
         params = {k: v for k, v in params.items() if k != "eps"}
