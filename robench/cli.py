@@ -297,10 +297,10 @@ def main(argv: List[str] | None = None) -> None:
         print(USAGE, end="")
         return
     cmd, rest = argv[0], argv[1:]
-    if cmd in ("attack", "train-defense", "landscape", "invariance"):
-        from robench.cpu_malloc import tune   # large CPU batches: reuse freed memory (robench/cpu_malloc.py)
-        tune()
     try:
+        if cmd in ("attack", "train-defense", "landscape", "invariance"):
+            from robench.cpu_malloc import tune   # large CPU batches: reuse freed memory (robench/cpu_malloc.py)
+            tune()
         if cmd == "attack":
             from robench.run import run_attack
             _hydra_command("robench attack", "run_attack", run_attack, rest)

@@ -17,13 +17,16 @@ falls back to mmap where the heap cannot grow. It also puts those two settings i
 ``GLIBC_TUNABLES`` (appended to any the caller set), so that processes started from this one (Hydra's
 joblib launcher's workers) start with them. The ``robench`` commands call it at start-up; the
 Python API leaves a caller's process alone (call ``robench.cpu_malloc.tune()`` yourself).
-``ROBENCH_MALLOC=system`` turns it off; on a C library without ``mallopt`` (not glibc) it does nothing.
+``ROBENCH_MALLOC=system`` turns it off (``reuse``, the default, keeps it; any other value is refused
+in one line); on a C library without ``mallopt`` (not glibc) it does nothing.
 """
 from __future__ import annotations
 
 import ctypes
 import os
 import sys
+
+from robench.errors import RobenchError
 
 M_TRIM_THRESHOLD = -1   # glibc's mallopt parameter numbers (malloc.h)
 M_MMAP_MAX = -4
@@ -33,7 +36,10 @@ TUNABLES = f"glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold={TRIM_THRESHOLD
 
 def tune() -> bool:
     """Apply the settings above to this process; True when glibc accepted them."""
-    if os.environ.get("ROBENCH_MALLOC", "").strip().lower() == "system" or not sys.platform.startswith("linux"):
+    mode = os.environ.get("ROBENCH_MALLOC", "").strip().lower()
+    if mode not in ("", "reuse", "system"):
+        raise RobenchError(f"ROBENCH_MALLOC must be 'reuse' (the default) or 'system', got {mode!r}")
+    if mode == "system" or not sys.platform.startswith("linux"):
         return False
     try:
         mallopt = ctypes.CDLL(None).mallopt

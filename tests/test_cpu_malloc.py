@@ -58,3 +58,10 @@ def test_opt_out():
     applied, _, child_env = _probe("tune", ROBENCH_MALLOC="system", GLIBC_TUNABLES="")
     assert applied is False and child_env == ""
 
+
+def test_unknown_mode_is_one_line(tmp_path):
+    p = subprocess.run([sys.executable, "-m", "robench", "attack", "dataset.n_samples=5"], cwd=tmp_path,
+                       capture_output=True, text=True, env={**os.environ, "ROBENCH_MALLOC": "sytem"})
+    assert p.returncode == 2 and p.stdout == "", p.stdout
+    assert p.stderr.strip().splitlines() == ["robench: error: ROBENCH_MALLOC must be 'reuse' (the default) or "
+                                             "'system', got 'sytem'"]
