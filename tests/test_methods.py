@@ -48,6 +48,24 @@ def test_free_at_replays_each_batch_and_carries_delta(splits):
         DEFENSES.get("free_at")(eps=0.3, replays=0)
 
 
+def test_free_at_mnist_preset_is_the_measured_recipe():
+    """experiment=free_at_mnist (README, "Free-AT at Linf 0.3") composes the measured departures for
+    `robench train-defense`, the command line still wins, and the recipe it names constructs."""
+    from hydra import compose as hcompose, initialize_config_dir
+    from omegaconf import OmegaConf
+    from robench.config import configs_dir
+
+    with initialize_config_dir(version_base="1.3", config_dir=str(configs_dir())):
+        cfg = hcompose("run_train", overrides=["experiment=free_at_mnist"])
+        assert hcompose("run_train", overrides=["experiment=free_at_mnist", "train.epochs=2"]).train.epochs == 2
+    assert (cfg.model.name, cfg.budget.norm, cfg.budget.eps) == ("cw_mnist", "linf", 0.3)
+    p = cfg.defense.params
+    assert (cfg.defense.name, p.eps, p.replays, p.step_frac, p.random_init, p.warmup_epochs) == ("free_at", 0.4, 8, 0.3125, True, 1)
+    assert (cfg.train.epochs, cfg.train.optimizer, cfg.train.lr, cfg.train.schedule) == (4, "sgd", 0.02, "cosine")
+    rec = DEFENSES.get("free_at")(**OmegaConf.to_container(p, resolve=True))
+    assert (rec.eps, rec.step_frac, rec.random_init) == (0.4, 0.3125, True)
+
+
 def test_free_at_step_frac_and_random_init(splits):
     """step_frac scales the delta step (a fraction of eps); random_init replaces the carried delta by a
     uniform draw of the ball at each new minibatch's first replay, and only there."""
