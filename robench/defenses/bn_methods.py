@@ -47,7 +47,7 @@ class BNFinetune(TrainingRecipe):
     optimizer, learning rate, learning rate scheduler and number of epochs" as the original training,
     whose values it does not state. On MNIST (README, "Batch-norm methods") the run's Adam 1e-3 barely
     moves γ, β: Table 6.1's pattern shows with ``train.lr=0.01`` (a departure, measured at Linf 0.2 and
-    0.3), and at 0.1 with the original settings too.
+    0.3); with the original settings only its first half shows, at Linf 0.1.
     """
 
     adversarial = True
