@@ -51,13 +51,10 @@ def test_free_at_replays_each_batch_and_carries_delta(splits):
 def test_free_at_mnist_preset_is_the_measured_recipe():
     """experiment=free_at_mnist (README, "Free-AT at Linf 0.3") composes the measured departures for
     `robench train-defense`, the command line still wins, and the recipe it names constructs."""
-    from hydra import compose as hcompose, initialize_config_dir
     from omegaconf import OmegaConf
-    from robench.config import configs_dir
 
-    with initialize_config_dir(version_base="1.3", config_dir=str(configs_dir())):
-        cfg = hcompose("run_train", overrides=["experiment=free_at_mnist"])
-        assert hcompose("run_train", overrides=["experiment=free_at_mnist", "train.epochs=2"]).train.epochs == 2
+    cfg = _compose("experiment=free_at_mnist", config="run_train")
+    assert _compose("experiment=free_at_mnist", "train.epochs=2", config="run_train").train.epochs == 2
     assert (cfg.model.name, cfg.budget.norm, cfg.budget.eps) == ("cw_mnist", "linf", 0.3)
     p = cfg.defense.params
     assert (cfg.defense.name, p.eps, p.replays, p.step_frac, p.random_init, p.warmup_epochs) == ("free_at", 0.4, 8, 0.3125, True, 1)
@@ -231,12 +228,12 @@ def test_invariance_and_landscape_commands(splits, tmp_path):
         invariance_main(["--defenses", "pgd_at", "--model", "small_cnn", "--checkpoint-dir", str(tmp_path / "ck")])
 
 
-def _compose(*overrides):
+def _compose(*overrides, config="run_attack"):
     from hydra import compose as hcompose, initialize_config_dir
     from robench.config import configs_dir
 
     with initialize_config_dir(version_base="1.3", config_dir=str(configs_dir())):
-        return hcompose("run_attack", overrides=list(overrides), return_hydra_config=False)
+        return hcompose(config, overrides=list(overrides), return_hydra_config=False)
 
 
 def test_attack_time_mix_and_eps_reach_the_loaded_model(splits, tmp_path):
