@@ -229,6 +229,7 @@ class Evaluation:
         eot = int(attack_cfg.get("eot_samples", 1))
         if eot < 1:
             raise RobenchError(f"attack.eot_samples must be an integer >= 1, got {eot}")
+        eot = int(attack.for_victim(self.randomized, eot))  # e.g. AutoAttack: version rand, EOT x20
         self.gradient_attack = attack.access == "gradient"
         if self.adaptive and self.has_inputs and self.gradient_attack:
             bpda = True
