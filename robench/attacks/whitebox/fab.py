@@ -212,8 +212,8 @@ class FAB(Attack):
         idx, x, x0 = self._affordable(oracle, idx, m * eot, x, x0)
         if len(idx) == 0:
             return
-        df = torch.empty(len(idx), m, device=x.device)
-        dg = torch.empty(len(idx), m, *x.shape[1:], device=x.device)
+        df = torch.empty(len(idx), m, dtype=x.dtype, device=x.device)
+        dg = torch.empty(len(idx), m, *x.shape[1:], dtype=x.dtype, device=x.device)
         ok = torch.ones(len(idx), dtype=torch.bool, device=x.device)
         for j in range(m):
             _, df[:, j], dg[:, j], okj = grad_col(x, idx, j)
