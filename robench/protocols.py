@@ -71,8 +71,9 @@ class Standard(Protocol):
         from robench.train import predict
 
         n_att = summary.get("n_attacked") or 0
-        summary["first_sight_success_rate"] = ((summary["n_success"] + summary.get("recheck_failed", 0)) / n_att
-                                               if n_att else float("nan"))
+        seen = sum(1 for r in records if r["attacked"] and r["clean_pred"] == r["label"]
+                   and (r["success"] or r["recheck_failed"]))  # over the headline samples (results.summarize)
+        summary["first_sight_success_rate"] = seen / n_att if n_att else float("nan")
         summary["recheck_repeats"] = ev.recheck_repeats
         summary["confirm_repeats"] = ev.confirm_repeats
         d = {"recipe": ev.spec.recipe, "inputs": [{"name": n, **ev.describe(i)} for i, (n, _) in enumerate(ev.spec.inputs)],
@@ -106,8 +107,12 @@ class Adaptive(Protocol):
         if "non_adaptive" not in extra:
             return
         outs = [o for o in extra["non_adaptive"] if o.result is not None]
+        # the headline numbers cover originally correct samples only (results.summarize)
+        correct = [bool(records[k]["clean_pred"] == records[k]["label"]) for o in outs for k in o.rows.tolist()]
         claimed = torch.cat([o.result.claimed for o in outs]) if outs else torch.zeros(0, dtype=torch.bool)
         success = torch.tensor([f["success"] for o in outs for f in o.fields], dtype=torch.bool)  # after the referee's check
+        ok = torch.tensor(correct, dtype=torch.bool)
+        claimed, success = claimed[ok], success[ok]
         n_att, n_correct, n = summary.get("n_attacked") or 0, summary["n_correct"], summary["n_samples"]
         ns = int(success.sum())
         summary["non_adaptive"] = {"bpda": False, "eot_samples": 1, "n_success": ns, "confirm_repeats": self.naive_confirm(ev),
