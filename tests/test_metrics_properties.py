@@ -16,7 +16,7 @@ import statistics
 import pytest
 import torch
 
-from robench import results as R
+from robench.evaluation import results as R
 
 N_SETS = 300
 
@@ -102,7 +102,7 @@ def test_correct_only_false_counts_misclassified_samples_in_no_headline_number(v
     between 0 and the clean accuracy and equals the records' correct-and-unbroken count."""
     import robench
     from robench.data import eval_slice
-    from robench.train import predict
+    from robench.training.loop import predict
 
     _, x, y = eval_slice(splits, 1000)
     wrong = (predict(victim, x).argmax(1) != y).nonzero().flatten()[:5]

@@ -22,7 +22,7 @@ Randomness is measured (:func:`robench.victim.preflight`: repeated forward passe
 from a defense that declares itself randomized; a flag alone never makes a randomized victim deterministic.
 
 The job runs the main run and every :class:`ExtraRun` a protocol declares through the engine
-(:func:`robench.engine.execute`) and hands the outcomes back to :meth:`Evaluation.merge`.
+(:func:`robench.evaluation.engine.execute`) and hands the outcomes back to :meth:`Evaluation.merge`.
 """
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ from robench.errors import RobenchError
 @dataclass
 class ExtraRun:
     """A run a protocol declares besides the main one: its name, the oracle settings that differ
-    (``referee``: fields of :class:`robench.engine.Referee`), and what to do to the victim before and after."""
+    (``referee``: fields of :class:`robench.evaluation.engine.Referee`), and what to do to the victim before and after."""
 
     name: str
     referee: Dict[str, Any]
@@ -68,7 +68,7 @@ class Protocol:
 
 class Standard(Protocol):
     def merge(self, ev, summary, records, x, run_dir, extra):
-        from robench.train import predict
+        from robench.training.loop import predict
 
         n_att = summary.get("n_attacked") or 0
         seen = sum(1 for r in records if r["attacked"] and r["clean_pred"] == r["label"]
@@ -153,7 +153,7 @@ class Detection(Protocol):
     def merge(self, ev, summary, records, x, run_dir, extra):
         import pandas as pd
 
-        from robench import results as R
+        from robench.evaluation import results as R
 
         det = self.detector
         clean = det.scores(ev.model, x)
@@ -324,7 +324,7 @@ class Evaluation:
         from rich.console import Console
         from rich.table import Table
 
-        from robench import results as R
+        from robench.evaluation import results as R
 
         t = Table(title=f"defense {self.label}", title_justify="left", header_style="bold")
         t.add_column("metric")

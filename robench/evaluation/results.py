@@ -61,7 +61,7 @@ integrity              {violations: [{index, batch}], n_dropped, isolate}: point
 shard, batch_size, resumed_batches, host, pid   how the run was executed
 =====================  ====================================================================
 
-Keys the evaluation protocols add (robench/protocols.py), in every attack run unless noted:
+Keys the evaluation protocols add (robench/evaluation/protocols.py), in every attack run unless noted:
 
 =========================  ================================================================
 first_sight_success_rate   (n_success + recheck_failed) / n_attacked: successes as first seen
@@ -137,8 +137,8 @@ def new_record(index: int, label: int, target: int, clean_pred: int, attacked: b
 
 def attack_fields(res, x0, rows: Optional[List[int]] = None) -> List[Dict[str, Any]]:
     """Per attacked row of a batch (or per row in ``rows``), the record fields the oracle's result
-    gives (``res``: an :class:`~robench.oracle.OracleResult`; ``x0``: the batch's clean images, CPU)."""
-    from robench.oracle import distortion
+    gives (``res``: an :class:`~robench.referee.oracle.OracleResult`; ``x0``: the batch's clean images, CPU)."""
+    from robench.geometry import distortion
 
     delta = res.best_x - x0 if rows is None else res.best_x[rows] - x0[rows]
     rows = list(range(len(res.success))) if rows is None else rows
