@@ -27,7 +27,8 @@ def make_run(folder, records, meta, cfg=None, overrides=(), extra=None):
     R.write_records(folder / "records.csv", records)
     s = R.summarize(records, {"max_queries": 1000, "seconds": R.record_totals(records)["seconds"], **meta})
     s.update(extra or {})
-    R.write_summary(folder, s)
+    (folder / "summary.json").write_text(json.dumps(s, default=R.json_default))
+    (folder / "summary.md").write_text(R.summary_markdown(s))
     (folder / ".hydra").mkdir()
     (folder / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(list(overrides)))
     if cfg is not None:

@@ -124,6 +124,8 @@ class Guard:
         for k, f in _SETTINGS.items():
             if d.get(k) != getattr(referee, f):
                 v.append(f"changed the oracle's {k[1:]} ({d.get(k)!r}, configured {getattr(referee, f)!r})")
+        if (d.get("_low"), d.get("_high")) != tuple(float(b) for b in referee.box):
+            v.append(f"changed the oracle's input box ({d.get('_low')!r}, {d.get('_high')!r}), configured {referee.box!r}")
         rows, q = self._rows, int(queries.sum())
         k = max(0, int(referee.confirm_repeats))
         if not (q <= rows <= q * (1 + k)):
@@ -149,7 +151,8 @@ def verify(model, res, x0: torch.Tensor, y: torch.Tensor, targets: Optional[torc
     if len(sel) == 0:
         return []
     xs = res.best_x[sel]
-    in_box = ((xs >= -TOL) & (xs <= 1 + TOL)).flatten(1).all(1)
+    lo, hi = referee.box
+    in_box = ((xs >= lo - TOL) & (xs <= hi + TOL)).flatten(1).all(1)
     dist = distortion(xs - x0[sel], referee.norm)
     within = torch.ones_like(in_box) if referee.eps is None else dist <= referee.eps + TOL
     goal = (targets[sel] if targets is not None else y[sel])

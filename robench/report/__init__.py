@@ -20,7 +20,7 @@ A pipeline of three stages, each reading only the previous one's output:
 """
 from __future__ import annotations
 
-import argparse
+import argparse  # noqa: F401
 import sys
 from pathlib import Path
 from typing import List
@@ -29,7 +29,9 @@ from robench.report.tables import DEFAULT_VALUES
 
 
 def main(argv: List[str]) -> None:
-    ap = argparse.ArgumentParser(prog="robench report", description=__doc__.split("\n")[0])
+    from robench.errors import OneLineParser
+
+    ap = OneLineParser(prog="robench report", description=__doc__.split("\n")[0])
     ap.add_argument("dirs", nargs="+", help="run folders, sweep folders or summary.json files")
     ap.add_argument("--out", help="folder for the report files (default: the first DIR)")
     ap.add_argument("--rows", default="attack", help="pivot rows, comma-separated (attack, defense, model, dataset, "
