@@ -48,7 +48,7 @@ def _user_searchpath(args: List[str]) -> bool:
 LAUNCHER_PLUGINS = {"joblib": ("hydra_plugins.hydra_joblib_launcher", "joblib"),
                     "slurm": ("hydra_plugins.hydra_submitit_launcher", "slurm"),
                     "submitit_local": ("hydra_plugins.hydra_submitit_launcher", "slurm"),
-                    "ray": ("hydra_plugins.hydra_ray_launcher", "ray")}
+                    "ray": ("ray", "ray")}  # robench's own plugin (hydra_plugins/robench_ray_launcher) needs ray itself
 
 
 def _precheck_groups(args: List[str]) -> None:
@@ -77,8 +77,8 @@ def _precheck_groups(args: List[str]) -> None:
                 except ImportError:
                     found = False
                 if not found:
-                    raise RobenchError(f"launcher={v} needs its Hydra plugin ({mod.split('.')[-1].replace('_', '-')}): "
-                                       f"pip install 'robench[{extra}]'")
+                    what = f"its Hydra plugin ({mod.split('.')[-1].replace('_', '-')})" if "." in mod else f"the {mod} package"
+                    raise RobenchError(f"launcher={v} needs {what}: pip install 'robench[{extra}]'")
 
 
 #: Hydra's own command-line flags that take a value
@@ -170,6 +170,10 @@ def _prevalidate(config_name: str, composed, multirun: bool) -> None:
     plain = _validate_job(config_name, composed)
     if not plain["model"].get("source"):  # model=gbdt has no gradients: white-box attacks and recipes fail now
         _refuse_gradients(plain, attack)
+    else:  # nor has an ONNX file that runs through onnxruntime (robench/models/onnx_source.py)
+        from robench.models.sources import refuse_source_gradients
+
+        refuse_source_gradients(plain, attack)
     if not attack:  # the checkpoint is written after training: its folder must be writable now
         run_folder.check_output_dir(plain["checkpoint_dir"], "checkpoint_dir")
     if multirun:
@@ -253,6 +257,9 @@ def _hydra_command(prog: str, config_name: str, job: Callable, args: List[str]) 
     from robench.registry import PLUGIN_CONFIG_DIRS, load_plugins
 
     load_plugins()  # fills PLUGIN_CONFIG_DIRS
+    from hydra_plugins.robench_ray_launcher import expose
+
+    expose()  # launcher=ray: robench's own Hydra plugin, seen by Hydra's scan in an editable install too
     if "--quiet" in args or "-q" in args:  # scripts: errors only (no bars, tables or Hydra's launch lines)
         args = [a for a in args if a not in ("--quiet", "-q")] + ["quiet=true", "hydra.hydra_logging.root.level=WARNING"]
     modes = {m for a in args for m, flags in _MODE_FLAGS.items() if a in flags}

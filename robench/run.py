@@ -98,6 +98,10 @@ def run_attack(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     attack = make_attack()
     if cfg.model.get("source") in (None, "", "registry"):  # gbdt: no gradients, refused before the victim and data load
         refuse_gradients(MODELS.get(cfg.model.name), attack.access, cfg.attack.name)
+    else:  # an ONNX file that runs through onnxruntime: no gradients either (robench/models/onnx_source.py)
+        from robench.models.sources import refuse_source_gradients
+
+        refuse_source_gradients({"model": _plain(cfg.model), "attack": {"name": cfg.attack.name}}, True)
     batch_size = int(cfg.attack.get("batch_size", 1000))
     if batch_size < 1:
         raise RobenchError(f"attack.batch_size must be >= 1, got {batch_size}")

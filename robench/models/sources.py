@@ -7,7 +7,9 @@ A model config with a ``source`` key names where the network comes from; its ``n
   with ``model.params``, weights from a ``.pt``/``.pth`` state dict (plain or under ``state_dict`` /
   ``model``, ``module.`` prefixes stripped) or a ``.safetensors`` file;
 - ``torchscript``: ``torch.jit.load(model.path)``;
-- ``onnx``: ``onnx2torch.convert(model.path)``, an ``nn.Module`` that gradients flow through;
+- ``onnx``: ``onnx2torch.convert(model.path)``, an ``nn.Module`` that gradients flow through, after
+  onnx's version converter where the file's opset is newer than onnx2torch converts; else onnxruntime,
+  without gradients (robench/models/onnx_source.py);
 - ``robustbench``: a RobustBench model-zoo entry read from its cache layout ([croce2021robustbench];
   robench/models/robustbench_zoo.py says why robench carries the architectures);
 - ``timm``: ``timm.create_model(model.name, pretrained=...)`` [wightman2019timm];
@@ -90,14 +92,40 @@ def _torchscript(mcfg, splits) -> Tuple[nn.Module, Dict[str, Any]]:
 
 
 def _onnx(mcfg, splits) -> Tuple[nn.Module, Dict[str, Any]]:
-    path = _existing(_need(mcfg, "path", "FILE.onnx"), "ONNX file")
-    onnx2torch = _extra("onnx2torch", "onnx")
-    try:
-        net = onnx2torch.convert(str(path))
-    except Exception as e:
-        first = (str(e).strip().splitlines() or [e.__class__.__name__])[0]
-        raise RobenchError(f"{path}: onnx2torch cannot convert it ({e.__class__.__name__}: {first[:200]})") from None
-    return net, {"weights_file": str(path)}
+    from robench.models.onnx_source import load_onnx
+
+    return load_onnx(_existing(_need(mcfg, "path", "FILE.onnx"), "ONNX file"))
+
+
+def source_gradient_free(mcfg: Mapping[str, Any]) -> Optional[str]:
+    """Why a source model config's victim will have no input gradients, or None: an ONNX file that
+    onnx2torch cannot convert runs through onnxruntime (robench/models/onnx_source.py). Called before a
+    run starts, so a gradient attack on it fails before anything is written."""
+    if source_of(mcfg) != "onnx" or mcfg.get("path") in (None, ""):
+        return None
+    from robench.models.onnx_source import gradient_free_reason
+
+    return gradient_free_reason(_existing(mcfg["path"], "ONNX file"))
+
+
+def refuse_source_gradients(c: Mapping[str, Any], attack: bool) -> None:
+    """A run config (plain dict) whose source victim has no gradients (:func:`source_gradient_free`):
+    a gradient attack, or any training, fails in one line before anything is written."""
+    reason = source_gradient_free(c["model"])
+    if not reason:
+        return
+    if attack:
+        from robench.registry import ATTACKS
+        from robench.victim import refuse_gradients
+
+        class _Victim:  # what refuse_gradients reads
+            gradient_free = reason
+
+        name = c["attack"]["name"]
+        refuse_gradients(_Victim, getattr(ATTACKS.get(name), "access", ""), name)
+        return
+    raise RobenchError(f"{reason}: robench train-defense trains through the model's gradients; attack the file as it "
+                       f"is with a score- or label-based attack instead")
 
 
 def robustbench_dir(mcfg) -> Path:
@@ -335,6 +363,9 @@ def victim_summary(cfg, meta: Mapping[str, Any], splits) -> Dict[str, Any]:
     wf = meta.get("weights_file") or meta.get("path")
     out["weights_file"] = wf
     out["weights_sha256"] = meta.get("weights_sha256") or sha256_file(wf)
+    for k in ("onnx_opset", "onnx_converted_opset", "onnx_runtime"):  # how an ONNX file was loaded
+        if k in meta:
+            out[k] = meta[k]
     order = (getattr(splits, "extra", None) or {}).get("class_order")
     if order is not None:
         out["class_order"] = list(order)
@@ -373,7 +404,8 @@ def _entry(src: str, doc: str):
 
 _entry("module", "Your own class or factory (model.target=pkg.mod:Factory, model.params) with a .pt/.pth/.safetensors state dict (model.weights)")
 _entry("torchscript", "A TorchScript archive (model.path=FILE), e.g. torch.jit.save(torch.jit.trace(model, x), FILE)")
-_entry("onnx", "An ONNX file (model.path=FILE) through onnx2torch, so gradients work (the onnx extra)")
+_entry("onnx", "An ONNX file (model.path=FILE) through onnx2torch, so gradients work (converted to an older opset "
+               "where needed), else through onnxruntime without gradients (the onnx extra)")
 _entry("robustbench", "A RobustBench model-zoo entry by name and threat model, from its cache layout, offline\n\n[croce2021robustbench]")
 _entry("timm", "Any timm model by name (model.pretrained, model.weights=FILE; the timm extra)\n\n[wightman2019timm]")
 _entry("torchvision", "Any torchvision.models builder by name with a weights enum (model.weights=DEFAULT) or file")
