@@ -25,6 +25,7 @@ a tag naming the source (``module-pkg.mod:Factory``), and ``robench attack defen
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import inspect
 from pathlib import Path
@@ -196,15 +197,24 @@ def _timm(mcfg, splits) -> Tuple[nn.Module, Dict[str, Any]]:
         kw["num_classes"] = splits.num_classes
     if splits is not None and "in_chans" not in kw and splits.shape[0] != 3 and not pretrained:
         kw["in_chans"] = splits.shape[0]
+    from robench.models import hub
+
+    download = pretrained and weights in (None, "")
+    offline = download and hub.offline(hub.HF_HOST, hf=True)  # decided before timm asks the hub (no retries)
     try:
-        net = timm.create_model(name, pretrained=pretrained and weights in (None, ""), **kw)
+        with hub.hf_offline() if offline else contextlib.nullcontext():
+            net = timm.create_model(name, pretrained=download, **kw)
     except Exception as e:
-        first = (str(e).strip().splitlines() or [e.__class__.__name__])[0]
-        if pretrained:
+        if download and offline:
+            raise RobenchError(f"pretrained timm weights for {name} are not in the Hugging Face cache "
+                               f"({_hf_cache()}) and the hub cannot be reached (offline): go online once so the cache "
+                               f"holds them, or pass model.weights=FILE") from None
+        what = hub.first_words(str(e) or e.__class__.__name__)
+        if download:
             raise RobenchError(f"pretrained timm weights for {name} are not available ({e.__class__.__name__}: "
-                               f"{first[:160]}); go online once so the Hugging Face cache holds them, or pass "
+                               f"{what}); go online once so the Hugging Face cache holds them, or pass "
                                f"model.weights=FILE") from None
-        raise RobenchError(f"timm.create_model({name}) failed: {e.__class__.__name__}: {first[:200]}") from None
+        raise RobenchError(f"timm.create_model({name}) failed: {e.__class__.__name__}: {what}") from None
     path = None
     if weights not in (None, ""):
         path = _existing(weights, "model.weights file")
@@ -212,6 +222,15 @@ def _timm(mcfg, splits) -> Tuple[nn.Module, Dict[str, Any]]:
     cfg = getattr(net, "pretrained_cfg", None) or {}
     return net, {"weights_file": None if path is None else str(path),
                  "auto_mean": cfg.get("mean"), "auto_std": cfg.get("std")}
+
+
+def _hf_cache() -> str:
+    try:
+        from huggingface_hub.constants import HF_HUB_CACHE
+
+        return str(HF_HUB_CACHE)
+    except ImportError:
+        return "~/.cache/huggingface/hub"
 
 
 def _torchvision(mcfg, splits) -> Tuple[nn.Module, Dict[str, Any]]:
@@ -240,6 +259,16 @@ def _torchvision(mcfg, splits) -> Tuple[nn.Module, Dict[str, Any]]:
     if name == "inception_v3" and enum is None:
         kw.setdefault("aux_logits", False)
         kw.setdefault("init_weights", False)
+    if enum is not None:  # not cached and no network: one line now, not a "Downloading" line and a failure
+        from urllib.parse import urlparse
+
+        from robench.models import hub
+
+        cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(enum.url).path).name
+        if not cached.is_file() and hub.offline(urlparse(enum.url).hostname or ""):
+            raise RobenchError(f"torchvision weights {name}/{enum.name} are not in the torch.hub cache ({cached}) "
+                               f"and {urlparse(enum.url).hostname} cannot be reached (offline): go online once so "
+                               f"torch.hub caches them, or pass model.weights=FILE") from None
     try:
         net = builder(weights=enum, **kw)
     except Exception as e:
