@@ -48,9 +48,9 @@ h1{font-size:1.5em;overflow-wrap:anywhere}h2{margin-top:1.6em;font-size:1.15em;o
 table{border-collapse:separate;border-spacing:0;font-size:13px}
 th,td{border-right:1px solid #ddd;border-bottom:1px solid #ddd;padding:3px 8px;text-align:right;white-space:nowrap}
 thead{position:sticky;top:0;z-index:1}thead th{background:#f0f0f0}th.axis,td.axis{text-align:left;background:#fafafa}
-thead th.axis{background:#e8e8e8}td.text{text-align:left;white-space:normal;min-width:10em;max-width:36em;
+thead th.axis{background:#e8e8e8}td.text{text-align:left;white-space:normal;min-width:26em;max-width:40em;
 overflow-wrap:anywhere}figure{margin:1em 0}figure img{max-width:100%;height:auto;display:block}
-figcaption{font-size:12px;color:#555}th[colspan]{text-align:center}"""
+figcaption,.caption{font-size:12px;color:#555}th[colspan]{text-align:center}"""
 
 def _th(text: str, cls: str = "", span: int = 1) -> str:
     import html
@@ -138,7 +138,9 @@ def write_report(out: Path, t: Tables, images: List[Path], plot_files: List[Path
             heading = f"{key}: {' x '.join(t.rows)}" + (f" by {' x '.join(t.cols)}" if t.cols else "")
             md += [f"\n## {heading}\n", to_markdown(flat_columns(p), index=True, key=key)]
             sections.append((heading, _html_table(p, key, index=True)))
-        sections.append(("all runs", _html_table(public(df))))
+        shown = public(df.assign(overrides=df["varying"]))  # what tells the runs apart (all of them in report.csv)
+        sections.append(("all runs", _html_table(shown) + "<p class='caption'>overrides: those that differ between "
+                         "the runs (report.csv has them all)</p>"))
         written = [out / "report.csv", out / "report.md"] + written
     rf = t.recipes
     if rf is not None:
