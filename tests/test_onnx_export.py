@@ -13,7 +13,20 @@ import pytest
 import torch
 
 from tests.conftest import run_cli
-from tests.test_sources import PGD, SQUARE, attack
+
+PGD = ["attack=pgd", "attack.params.steps=10"]
+SQUARE = ["attack=square", "budget.max_queries=150"]
+TIME_COLUMNS = ["seconds", "batch_seconds"]
+
+
+def attack(run_dir, *overrides):
+    """``robench attack`` as a user runs it (in this process); returns (records without time columns, summary)."""
+    import json
+
+    p = run_cli("attack", "--quiet", "progress=false", *overrides, f"hydra.run.dir={run_dir}", cwd=run_dir.parent)
+    assert p.returncode == 0, p.stderr
+    rec = pd.read_csv(run_dir / "records.csv").drop(columns=TIME_COLUMNS)
+    return rec, json.loads((run_dir / "summary.json").read_text())
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnx2torch")

@@ -149,7 +149,7 @@ def test_missing_checkpoint_hint_for_tensors_is_a_command_that_works(tmp_path):
     """`dataset=tensors` without a checkpoint: the printed train-defense command carries dataset.path,
     passes robench's validation, and writes the checkpoint exactly where the attack looks."""
     from robench import cli
-    from robench.checkpoint import checkpoint_path
+    from robench.models.checkpoint import checkpoint_path
     from robench.errors import RobenchError
 
     g = np.random.default_rng(0)
