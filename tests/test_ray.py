@@ -122,3 +122,15 @@ def test_ray_cluster_sweep_equals_the_local_launcher(ray_cluster, ckpt_dir, tmp_
         workers.add(a["pid"])
     assert os.getpid() not in workers
     print(f"Ray sweep: {ray_seconds:.1f} s")
+
+
+def test_launcher_ray_without_ray_is_one_line(monkeypatch, tmp_path):
+    """Without the ray package, launcher=ray says which extra to install, before anything runs."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ray" else real(name, *a))
+    p = run_cli("attack", "-m", "launcher=ray", "budget.eps=0.1,0.2", f"hydra.sweep.dir={tmp_path}/s", cwd=tmp_path)
+    assert p.returncode == 2 and p.stderr.strip() == \
+        "robench: error: launcher=ray needs the ray package: pip install 'robench[ray]'", p.stderr
+    assert not (tmp_path / "s").exists()
