@@ -48,7 +48,7 @@ def _user_searchpath(args: List[str]) -> bool:
 LAUNCHER_PLUGINS = {"joblib": ("hydra_plugins.hydra_joblib_launcher", "joblib"),
                     "slurm": ("hydra_plugins.hydra_submitit_launcher", "slurm"),
                     "submitit_local": ("hydra_plugins.hydra_submitit_launcher", "slurm"),
-                    "ray": ("hydra_plugins.hydra_ray_launcher", "ray")}
+                    "ray": ("ray", "ray")}  # robench's own plugin (hydra_plugins/robench_ray_launcher) needs ray itself
 
 
 def _precheck_groups(args: List[str]) -> None:
@@ -77,8 +77,8 @@ def _precheck_groups(args: List[str]) -> None:
                 except ImportError:
                     found = False
                 if not found:
-                    raise RobenchError(f"launcher={v} needs its Hydra plugin ({mod.split('.')[-1].replace('_', '-')}): "
-                                       f"pip install 'robench[{extra}]'")
+                    what = f"its Hydra plugin ({mod.split('.')[-1].replace('_', '-')})" if "." in mod else f"the {mod} package"
+                    raise RobenchError(f"launcher={v} needs {what}: pip install 'robench[{extra}]'")
 
 
 #: Hydra's own command-line flags that take a value
@@ -194,8 +194,7 @@ def _prevalidate(config_name: str, composed, multirun: bool) -> None:
         del composed["hydra"]
     attack = config_name == "run_attack"
     plain = _validate_job(config_name, composed)
-    if not plain["model"].get("source"):  # model=gbdt has no gradients: white-box attacks and recipes fail now
-        _refuse_gradients(plain, attack)
+    _refuse_gradients(plain, attack)  # model=gbdt, or an ONNX file run by onnxruntime: no gradients
     if not attack:  # the checkpoint is written after training: its folder must be writable now
         run_folder.check_output_dir(plain["checkpoint_dir"], "checkpoint_dir")
     if attack:  # what needs the data: the slice fits in the split, a target class exists; and the victim
@@ -215,18 +214,27 @@ def _prevalidate(config_name: str, composed, multirun: bool) -> None:
 
 
 def _refuse_gradients(c: dict, attack: bool) -> None:
-    """A registered model without gradients (model=gbdt): a gradient attack, or a training recipe other
-    than none, fails in one line before anything is written (robench/victim.py)."""
+    """A victim without gradients (model=gbdt; an ONNX file that runs through onnxruntime,
+    robench/models/onnx_source.py): a gradient attack, or a training recipe other than none (any
+    training for the ONNX file), fails in one line before anything is written (robench/victim.py)."""
     from robench.defenses.compose import defense_spec
+    from robench.models.sources import source_gradient_free
     from robench.registry import MODELS
     from robench.victim import gradient_free, refuse_gradients
 
-    model = MODELS.get(c["model"]["name"])
+    if c["model"].get("source"):
+        reason = source_gradient_free(c["model"])
+        model = type("SourceVictim", (), {"gradient_free": reason})
+        if reason and not attack:
+            raise RobenchError(f"{reason}: robench train-defense trains through the model's gradients; attack the file "
+                               f"as it is with a score- or label-based attack instead")
+    else:
+        model = MODELS.get(c["model"]["name"])
     if attack:
         from robench.evaluation.spec import RunSpec
 
         spec = RunSpec.from_config(c)
-        if spec.traits is not None:  # an isolated external attack declares its access from the sandbox
+        if spec.traits is not None:  # an isolated attack declares its access from the sandbox (checked there)
             refuse_gradients(model, spec.traits.access, spec.attack.label)
         return
     recipe, reason = defense_spec(c["defense"]).recipe, gradient_free(model)
@@ -283,6 +291,9 @@ def _hydra_command(prog: str, config_name: str, job: Callable, args: List[str]) 
     from robench.registry import PLUGIN_CONFIG_DIRS, load_plugins
 
     load_plugins()  # fills PLUGIN_CONFIG_DIRS
+    from hydra_plugins.robench_ray_launcher import expose
+
+    expose()  # launcher=ray: robench's own Hydra plugin, seen by Hydra's scan in an editable install too
     if "--quiet" in args or "-q" in args:  # scripts: errors only (no bars, tables or Hydra's launch lines)
         args = [a for a in args if a not in ("--quiet", "-q")] + ["quiet=true", "hydra.hydra_logging.root.level=WARNING"]
     modes = {m for a in args for m, flags in _MODE_FLAGS.items() if a in flags}
