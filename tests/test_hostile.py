@@ -287,6 +287,58 @@ def test_forged_success_is_dropped_and_flagged(victim, test_xy, baseline):
     assert not r.loc[flagged, "success"].any() and r.loc[flagged, "recheck_failed"].all()
 
 
+# ---------------------------------------------------------------- the guard itself (in process)
+class SwapVerifyCode(Honest):
+    """Swaps the code object of the referee's independent check for one that refuses nothing."""
+
+    def trick(self, view, gen):
+        import robench.referee.guard as guard
+
+        def nothing(model, res, x0, y, targets, referee, device, randomized):
+            return []
+        guard.verify.__code__ = nothing.__code__
+        self.seen["swapped"] = True
+
+
+class RaiseTolerance(Honest):
+    """Raises the guard's tolerance so that any point passes the final check."""
+
+    def trick(self, view, gen):
+        import robench.referee.guard as guard
+
+        guard.TOL = 10.0
+        self.seen["tol"] = True
+
+
+class PatchGuardInstance(Honest):
+    """Finds the guard through gc and replaces its counting victim with the bare model."""
+
+    def trick(self, view, gen):
+        from robench.referee.guard import Guard
+
+        g = next(o for o in gc.get_objects() if type(o) is Guard)
+        g.victim = g._model
+        self.seen["patched"] = True
+
+
+@pytest.mark.parametrize("cls,what", [(SwapVerifyCode, "replaced the code of verify"), (RaiseTolerance, "TOL"),
+                                      (PatchGuardInstance, "changed the guard (victim)")])
+def test_tricks_on_the_guard_itself_raise(victim, test_xy, cls, what):
+    import robench.referee.guard as guard
+
+    code, tol = guard.verify.__code__, guard.TOL
+    SEEN.clear()
+    atk = cls()
+    try:
+        with pytest.raises(RobenchError, match=what.replace("(", "\\(").replace(")", "\\)")):
+            run(victim, test_xy, atk)
+        assert atk.seen
+        assert guard.verify.__code__ is code  # the swapped code object is put back
+    finally:
+        guard.TOL = tol
+        guard.verify.__code__ = code
+
+
 # ---------------------------------------------------------------- isolate=true: the sandbox boundary
 # The hostile plugins of tests/hostile_plugins.py, referenced by code path: their module is imported only
 # in the sandbox. Each trick is refused in one line (a RobenchError, exit 2 in the CLI) or has no effect on
