@@ -117,3 +117,17 @@ def test_preflight_measures_randomness(victim, test_xy):
     assert res.preflight["randomized"] and res.summary["recheck_repeats"] == 3
     det = robench.evaluate(victim, x, y, attack="fgsm", budget=robench.Budget("linf", 0.3, max_queries=5))
     assert not det.preflight["randomized"] and det.summary["recheck_repeats"] == 1
+
+
+def test_api_and_cli_agree_by_default(ckpt_dir, tmp_path):
+    """No batch-size argument: robench.evaluate takes the attack's configured batch size (Square: 50), as
+    `robench attack attack=square` does, so the same seed gives the same records."""
+    p = run_cli("attack", "attack=square", "dataset.n_samples=60", "budget.max_queries=20", "progress=false",
+                "quiet=true", f"checkpoint_dir={ckpt_dir}", f"hydra.run.dir={tmp_path / 'cli'}", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    cli = pd.DataFrame(R.read_records(tmp_path / "cli" / "records.csv"))
+    victim = robench.load_victim("mnist", "cw_mnist", "none", checkpoint_dir=ckpt_dir)
+    x, y = robench.load_data("mnist", 60)
+    res = robench.evaluate(victim, x, y, attack="square", budget=robench.Budget("linf", 0.3, max_queries=20), seed=0)
+    assert res.summary["batch_size"] == 50 and cli.batch.max() == 1
+    _same_records(cli, res.records)
