@@ -5,13 +5,13 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench install clean
+.PHONY: demo test docs bench install clean
 
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q -e ".[dev,all,ray]"
+	$(BIN)/python -m pip install -q -e ".[dev,all,ray,docs]"
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -21,8 +21,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n auto --dist loadscope
 
+docs: $(STAMP)
+	$(BIN)/mkdocs build --strict --quiet
+
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_oracle.py
 
 clean:
-	rm -rf $(VENV) checkpoints results/attack results/train results/multirun
+	rm -rf $(VENV) site checkpoints results/attack results/train results/multirun
