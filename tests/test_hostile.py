@@ -316,7 +316,7 @@ class PatchGuardInstance(Honest):
     def trick(self, view, gen):
         from robench.referee.guard import Guard
 
-        g = next(o for o in gc.get_objects() if type(o) is Guard)
+        g = next(o for o in gc.get_objects() if type(o) is Guard and o._handles)  # the armed one: this run's
         g.victim = g._model
         self.seen["patched"] = True
 

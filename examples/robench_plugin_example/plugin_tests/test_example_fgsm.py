@@ -1,6 +1,11 @@
 """The plugin's own test: robench's attack contract (robench.testing) on a small victim trained in seconds."""
+import sys
+from pathlib import Path
+
 from robench.testing import check_attack, tiny_victim
-from robench_example_plugin import ExampleFGSM
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the plugin, importable without installing it
+from robench_example_plugin import ExampleFGSM  # noqa: E402
 
 
 def test_example_fgsm_meets_the_contract():

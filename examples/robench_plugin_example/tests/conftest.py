@@ -1,5 +1,0 @@
-"""The plugin importable without installing it (robench's suite runs this folder too)."""
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
