@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test docs bench install clean
+.PHONY: demo test test-fast docs bench install clean
 
 install: $(STAMP)
 
@@ -20,6 +20,9 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n auto --dist loadscope
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -n auto --dist loadscope -m "not slow"
 
 docs: $(STAMP)
 	$(BIN)/mkdocs build --strict --quiet

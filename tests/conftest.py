@@ -14,9 +14,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Under pytest-xdist (`make test` runs `-n auto`), the workers share the cores: each gets its share of torch
 # threads, and so do the robench subprocesses they start, instead of every process taking all of them.
+# ROBENCH_TEST_THREADS=N sets every worker's thread count instead (CI runs the suite once with 2, so that no
+# test depends on the summation order one thread count gives).
 _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
-if _WORKERS > 1:
-    _THREADS = max(1, (os.cpu_count() or 1) // _WORKERS)
+_FORCED = os.environ.get("ROBENCH_TEST_THREADS")
+if _WORKERS > 1 or _FORCED:
+    _THREADS = int(_FORCED) if _FORCED else max(1, (os.cpu_count() or 1) // _WORKERS)
     torch.set_num_threads(_THREADS)
     os.environ["OMP_NUM_THREADS"] = str(_THREADS)
 

@@ -91,6 +91,7 @@ def builtin_run(att: tuple, ckpt_dir, tmp_path):
     return _BUILTIN[att]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["module", "torchscript", "onnx"])
 @pytest.mark.parametrize("att", [PGD, SQUARE], ids=["pgd", "square"])
 def test_exported_victim_gives_the_builtin_records(kind, att, exported, ckpt_dir, tmp_path, victim, test_xy):

@@ -1,3 +1,4 @@
+import pytest
 import torch
 from omegaconf import OmegaConf
 
@@ -9,6 +10,7 @@ from robench.models import build_model
 from robench.training.loop import accuracy, make_schedule, train
 
 
+@pytest.mark.slow
 def test_default_natural_training_reaches_97_percent(splits):
     """The shipped defaults (configs/run_train.yaml): cw_mnist on the embedded MNIST reaches >= 97% test
     accuracy in < 3 min on a CPU. (The rest of the suite attacks committed weights, tests/fixtures.)"""
