@@ -46,11 +46,12 @@ PERTURB = float(os.environ.get("ROBENCH_TEST_PERTURB", "0") or 0)
 
 
 def perturb(model: torch.nn.Module, rel: float = PERTURB, seed: int = 1234) -> torch.nn.Module:
-    """Multiply every parameter and float buffer by (1 + rel * N(0, 1)), elementwise (in place)."""
+    """Multiply every trained parameter by (1 + rel * N(0, 1)), elementwise (in place). Buffers stay: the
+    input normalisation is the dataset's, not a learnt weight."""
     if rel:
         g = torch.Generator().manual_seed(seed)
         with torch.no_grad():
-            for t in list(model.parameters()) + [b for b in model.buffers() if b.is_floating_point()]:
+            for t in model.parameters():
                 t.mul_(1 + rel * torch.randn(t.shape, generator=g))
     return model
 
