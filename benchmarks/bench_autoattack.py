@@ -222,7 +222,7 @@ def run_robench_fab(model: Counted, x, y, norm: str, steps: int, restarts: int):
 
 # ---------------------------------------------------------------- driver
 def load_victim(checkpoint_dir: str, defense: str, device):
-    from robench.checkpoint import checkpoint_path, load_checkpoint
+    from robench.models.checkpoint import checkpoint_path, load_checkpoint
     from robench.data import load_dataset
     from robench.models import build_model
 

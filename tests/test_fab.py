@@ -5,7 +5,7 @@ import torch
 from robench.attacks.whitebox.deepfool import DeepFool
 from robench.attacks.whitebox.fab import FAB, project_onto_hyperplane
 from robench.errors import RobenchError
-from robench.oracle import Oracle
+from robench.referee.oracle import Oracle
 from tests.test_oracle import CountingModel
 from tests.test_pgd import check_certified
 

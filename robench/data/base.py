@@ -6,6 +6,7 @@ from typing import Any, Optional, Sequence, Tuple
 import torch
 from torch.utils.data import Dataset
 
+from robench.domain import IMAGE, Domain
 from robench.errors import RobenchError
 from robench.registry import DATASETS
 
@@ -21,6 +22,7 @@ class DatasetSplits:
     std: Sequence[float]
     class_names: Optional[Sequence[str]] = None
     extra: dict = field(default_factory=dict)
+    domain: Domain = IMAGE                # the box and layout of the inputs (robench/domain.py)
 
 
 def load_dataset(cfg: Any) -> DatasetSplits:

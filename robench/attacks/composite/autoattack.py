@@ -7,7 +7,7 @@ import torch
 
 from robench.attacks.composite.ensemble import Ensemble
 from robench.errors import RobenchError
-from robench.oracle import OracleView
+from robench.attacks.base import AttackView
 from robench.registry import ATTACKS
 
 #: AutoAttack's standard version for Linf and L2 [croce2020 §5] with the settings of the authors' code
@@ -111,7 +111,7 @@ class AutoAttack(Ensemble):
             return self.rand_eot_samples
         return eot_samples
 
-    def run(self, oracle: OracleView, generator: torch.Generator) -> None:
+    def run(self, oracle: AttackView, generator: torch.Generator) -> None:
         if self.version is None:  # not told about the victim (a protocol's extra run): decide by the run's EOT
             self._use("rand" if oracle.eot_samples > 1 else "standard")
         super().run(oracle, generator)

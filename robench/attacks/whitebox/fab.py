@@ -4,10 +4,9 @@ from typing import Optional
 
 import torch
 
-from robench.attacks.base import Attack, keep_active
+from robench.attacks.base import Attack, AttackView, keep_active
 from robench.errors import RobenchError
 from robench.geometry import bview, geometry
-from robench.oracle import OracleView
 from robench.registry import ATTACKS
 
 #: the radius of FAB's random restarts when the budget has no eps (AutoAttack's defaults per norm)
@@ -150,7 +149,7 @@ class FAB(Attack):
         self.targeted, self.target_classes, self.restart_eps = targeted, target_classes, restart_eps
 
     # ------------------------------------------------------------------ the run
-    def run(self, oracle: OracleView, generator: torch.Generator) -> None:
+    def run(self, oracle: AttackView, generator: torch.Generator) -> None:
         norm = oracle.norm
         if norm not in ("linf", "l2"):
             raise RobenchError(f"fab supports budget.norm linf or l2, got '{norm}'")
@@ -178,7 +177,7 @@ class FAB(Attack):
                 self._single_run(oracle, generator, idx, classes, r > 0, float(eps))
 
     # ------------------------------------------------------------------ one run from one start
-    def _single_run(self, oracle: OracleView, generator: torch.Generator, idx: torch.Tensor,
+    def _single_run(self, oracle: AttackView, generator: torch.Generator, idx: torch.Tensor,
                     classes: torch.Tensor, random_start: bool, restart_eps: float) -> None:
         norm, geo, eot = oracle.norm, geometry(oracle.norm), oracle.eot_samples
         y, targets = oracle.y, oracle.targets
@@ -250,7 +249,7 @@ class FAB(Attack):
             idx, x, x0, df, dg = keep_active(oracle, idx, x, x0, df, dg, mask=ok)
 
     @staticmethod
-    def _affordable(oracle: OracleView, idx: torch.Tensor, need: int, *state):
+    def _affordable(oracle: AttackView, idx: torch.Tensor, need: int, *state):
         """Drop the samples whose remaining budget cannot pay ``need`` more queries."""
         keep = oracle.remaining[idx] >= need
         if bool(keep.all()):
