@@ -174,7 +174,7 @@ def run_robench_aa(model: Counted, x, y, norm: str, eps: float, index: Index):
     s = res.summary
     return {"robust": (correct & ~success), "broke": broke, "wall": wall, "rows": model.rows,
             "grad_rows": model.grad_rows, "queries": int(s.get("total_queries", 0)),
-            "members": s.get("ensemble"), "version": (s.get("autoattack") or {}).get("version"),
+            "members": s.get("attack_extra", {}).get("ensemble"), "version": (s.get("attack_extra", {}).get("autoattack") or {}).get("version"),
             "recheck_failed": s.get("recheck_failed")}
 
 

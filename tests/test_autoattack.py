@@ -73,7 +73,7 @@ def test_standard_runs_members_in_order_on_the_robust_points(victim, test_xy):
     std[3]["params"]["iterations"] = 15
     aa = AutoAttack(standard=std)
     res = robench.evaluate(victim, x0, y, attack=aa, budget=robench.Budget(eps=0.005), batch_size=6)
-    st = {m["attack"]: m for m in res.summary["ensemble"]}
+    st = {m["attack"]: m for m in res.summary["attack_extra"]["ensemble"]}
     assert list(st) == ["apgd_ce", "apgd_t", "fab_t", "square"] and res.summary["n_success"] == 0
     n = len(y)
     assert st["apgd_ce"]["queries"] == n * 5                       # 1 + 4 steps
@@ -81,7 +81,7 @@ def test_standard_runs_members_in_order_on_the_robust_points(victim, test_xy):
     assert n * (1 + 2 * 5) <= st["fab_t"]["queries"] <= n * (1 + 2 * 8)   # + at most 3 backward steps per target
     assert st["square"]["queries"] == n * 16                       # 1 + 15 steps, then it stops
     assert sum(m["queries"] for m in st.values()) == res.summary["total_queries"] == int(res.records.queries.sum())
-    assert res.summary["autoattack"] == {"version": "standard", "requested": "standard",
+    assert res.summary["attack_extra"]["autoattack"] == {"version": "standard", "requested": "standard",
                                          "members": ["apgd_ce", "apgd_t", "fab_t", "square"]}
 
 
@@ -102,14 +102,14 @@ def test_auto_picks_rand_with_eot_for_a_randomized_victim(victim, test_xy):
     res = robench.evaluate(Noisy(victim), x0, y, attack="autoattack", version="auto", rand=rand, rand_eot_samples=3,
                            budget=robench.Budget(eps=0.005), batch_size=5)
     s = res.summary
-    assert res.preflight["randomized"] and s["autoattack"]["version"] == "rand"
-    assert [m["attack"] for m in s["ensemble"]] == ["apgd_ce", "apgd_dlr"] and s["n_success"] <= 1
+    assert res.preflight["randomized"] and s["attack_extra"]["autoattack"]["version"] == "rand"
+    assert [m["attack"] for m in s["attack_extra"]["ensemble"]] == ["apgd_ce", "apgd_dlr"] and s["n_success"] <= 1
     # every gradient row drawn 3 times: 2 members x 3 draws x (1 + 2 steps) where no draw broke the sample
     q, hit = res.records.queries, res.records.success | res.records.recheck_failed
     assert s["defense_setup"]["eot_samples"] == 3 and (q[~hit] == 18).all() and (q <= 18).all() and (~hit).sum() >= 4
     res = robench.evaluate(victim, x0, y, attack="autoattack", version="auto", budget=robench.Budget(eps=0.3),
                            batch_size=5)
-    assert res.summary["autoattack"]["version"] == "standard" and res.summary["success_rate"] == 1.0
+    assert res.summary["attack_extra"]["autoattack"]["version"] == "standard" and res.summary["success_rate"] == 1.0
 
 
 def test_cli_standard_end_to_end(tmp_path, ckpt_dir):
@@ -121,9 +121,9 @@ def test_cli_standard_end_to_end(tmp_path, ckpt_dir):
                 f"checkpoint_dir={ckpt_dir}", f"hydra.run.dir={run}")
     assert p.returncode == 0, p.stderr
     s = json.loads((run / "summary.json").read_text())
-    assert s["attack"] == "autoattack" and s["autoattack"]["version"] == "standard"
-    assert [m["attack"] for m in s["ensemble"]] == ["apgd_ce", "apgd_t", "fab_t", "square"]
-    assert sum(m["success"] for m in s["ensemble"]) == s["n_success"] + s["recheck_failed"]
-    assert sum(m["queries"] for m in s["ensemble"]) == s["total_queries"]
-    assert s["ensemble"][0]["success"] > 0 and 0 < s["success_rate"] <= 1
+    assert s["attack"] == "autoattack" and s["attack_extra"]["autoattack"]["version"] == "standard"
+    assert [m["attack"] for m in s["attack_extra"]["ensemble"]] == ["apgd_ce", "apgd_t", "fab_t", "square"]
+    assert sum(m["success"] for m in s["attack_extra"]["ensemble"]) == s["n_success"] + s["recheck_failed"]
+    assert sum(m["queries"] for m in s["attack_extra"]["ensemble"]) == s["total_queries"]
+    assert s["attack_extra"]["ensemble"][0]["success"] > 0 and 0 < s["success_rate"] <= 1
     assert s["median_linf"] <= 0.12 + 1e-5

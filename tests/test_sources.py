@@ -265,8 +265,8 @@ def test_robustbench_eval_preset(exported, mnist_dirs, tmp_path):
     assert p.returncode == 0, p.stderr
     s = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert s["attack"] == "autoattack" and s["norm"] == "l2" and s["eps"] == 0.5 and s["n_samples"] == 12
-    assert s["autoattack"]["version"] == "standard" and s["autoattack"]["requested"] == "auto"
-    assert [m["attack"] for m in s["ensemble"]] == ["apgd_ce", "apgd_t", "fab_t", "square"]
+    assert s["attack_extra"]["autoattack"]["version"] == "standard" and s["attack_extra"]["autoattack"]["requested"] == "auto"
+    assert [m["attack"] for m in s["attack_extra"]["ensemble"]] == ["apgd_ce", "apgd_t", "fab_t", "square"]
     line = [l for l in p.stdout.splitlines() if l.startswith("RobustBench-style evaluation")]
     assert line and f"clean accuracy {100 * s['clean_accuracy']:.2f}%" in line[0] and "l2 eps=0.5, n=12" in line[0]
     assert "(AutoAttack standard, l2 eps=0.5" in line[0] and "upper bound" not in p.stdout

@@ -7,6 +7,7 @@ import torch
 
 from robench.attacks.composite.ensemble import Ensemble
 from robench.errors import RobenchError
+from robench.referee.types import ACCESS_RANK
 from robench.attacks.base import AttackView
 from robench.registry import ATTACKS
 
@@ -90,30 +91,55 @@ class AutoAttack(Ensemble):
                       "rand": copy.deepcopy(RAND if rand is None else list(rand))}
         self.requested, self.rand_eot_samples = version, rand_eot_samples
         self.version: Optional[str] = None
-        # both lists are built (and so validated) before any work; the version in use is chosen below
+        self._context: Any = None
+        # both lists are built (and so validated) before any work; the version in use is chosen below.
+        # The declarations (robench/evaluation/spec.py checks the run against them before it starts) are
+        # those of every version this run may use: both under auto, whose choice waits for pre-flight.
+        candidates = ("rand", "standard") if version == "auto" else (version,)
+        traits = []
         for v in ("rand", "standard"):
             self._use(v)
+            if v in candidates:
+                traits.append((self.access, self.norms, self.layouts))
         self.version = None if version == "auto" else version
         if self.version is not None:
             self._use(self.version)
+        self.access = max((a for a, _, _ in traits), key=lambda a: ACCESS_RANK[a])
+        self.norms = tuple(n for n in traits[0][1] if all(n in t[1] for t in traits))
+        self.layouts = tuple(x for x in traits[0][2] if all(x in t[2] for t in traits))
 
     def _use(self, version: str) -> None:
+        """Build ``version``'s members (in construction: every version, to validate them all)."""
         specs = self.specs[version]
         self._build(specs, where=f"attack.params.{version}", labels=_disambiguate([_label(s) for s in specs]))
         self.version = version
+
+    def _choose(self, version: str) -> None:
+        """Switch to ``version`` once the run is assembled: its members, prepared with the run's context;
+        the declarations the run was checked against stay as they were (they cover every candidate)."""
+        declared = self.access, self.norms, self.layouts
+        self._use(version)
+        self.access, self.norms, self.layouts = declared
+        if self._context is not None:
+            super().prepare(self._context)
+
+    def prepare(self, context) -> None:
+        """Forward the context to the members (and to those a later version choice builds)."""
+        self._context = context
+        super().prepare(context)
 
     def for_victim(self, randomized: bool, eot_samples: int) -> int:
         """``auto`` picks rand for a randomized victim, standard otherwise; rand runs with
         ``rand_eot_samples`` EOT draws unless the run already asks for more than one."""
         if self.requested == "auto":
-            self._use("rand" if randomized else "standard")
+            self._choose("rand" if randomized else "standard")
         if self.version == "rand" and eot_samples == 1:
             return self.rand_eot_samples
         return eot_samples
 
     def run(self, oracle: AttackView, generator: torch.Generator) -> None:
         if self.version is None:  # not told about the victim (a protocol's extra run): decide by the run's EOT
-            self._use("rand" if oracle.eot_samples > 1 else "standard")
+            self._choose("rand" if oracle.eot_samples > 1 else "standard")
         super().run(oracle, generator)
 
     def summary_extra(self) -> Dict[str, Any]:

@@ -13,8 +13,9 @@ from robench.registry import ATTACKS
 RESTART_EPS = {"linf": 0.3, "l2": 1.0}
 
 
-def project_onto_hyperplane(t: torch.Tensor, w: torch.Tensor, b: torch.Tensor, norm: str) -> torch.Tensor:
-    """The smallest perturbation ``d`` (in ``norm``) with ``<w, t + d> = b`` and ``t + d`` in [0, 1]
+def project_onto_hyperplane(t: torch.Tensor, w: torch.Tensor, b: torch.Tensor, norm: str,
+                            low: float = 0.0, high: float = 1.0) -> torch.Tensor:
+    """The smallest perturbation ``d`` (in ``norm``) with ``<w, t + d> = b`` and ``t + d`` in the box [low, high]
     ([croce2020fab], the projection onto a hyperplane with box constraints FAB takes at every step).
 
     ``t``, ``w``: flattened rows (B, D); ``b``: (B,). Returns ``d`` (B, D). Where the box does not reach
@@ -23,7 +24,7 @@ def project_onto_hyperplane(t: torch.Tensor, w: torch.Tensor, b: torch.Tensor, n
 
     Derivation (robench's own): after flipping the sign of ``(w, b)`` so that ``c = <w, t> - b >= 0``,
     coordinate ``i`` moves against ``sign(w_i)`` by ``m_i(s)``, at most its room ``r_i`` (``t_i`` where
-    ``w_i > 0``, ``1 - t_i`` where ``w_i < 0``). For Linf every coordinate moves by ``min(s, r_i)`` for
+    ``w_i > 0``, ``high - t_i`` where ``w_i < 0``; ``t_i - low`` in the first case). For Linf every coordinate moves by ``min(s, r_i)`` for
     a common radius ``s``; for L2 (the KKT conditions of the box-constrained least-norm problem) by
     ``min(s |w_i|, r_i)``. Either way ``h(s) = sum_i |w_i| m_i(s)`` is non-decreasing and piecewise
     linear with breakpoints ``r_i`` (Linf) or ``r_i / |w_i|`` (L2): sorting the breakpoints, the
@@ -36,7 +37,7 @@ def project_onto_hyperplane(t: torch.Tensor, w: torch.Tensor, b: torch.Tensor, n
     flip = torch.where(c < 0, -1.0, 1.0).to(c)
     w, c = w * flip[:, None], c * flip
     aw = w.abs()
-    room = torch.where(w > 0, t, 1 - t).clamp_min(0)
+    room = torch.where(w > 0, t - low, high - t).clamp_min(0)
     cap = aw * room                                    # |w_i| r_i: coordinate i's largest contribution to h
     if norm == "linf":
         slope, bp = aw, room
@@ -77,10 +78,10 @@ class FAB(Attack):
     The iteration ([croce2020fab Algorithm 1]). At the current point ``x`` (start: ``x_orig``)
     every decision boundary ``f_c - f_y = 0`` is linearised (one gradient of ``f_c - f_y`` per class
     ``c``); the closest one in the dual norm (``|f_c - f_y| / ||grad||_q``) gives a hyperplane. Both
-    ``x`` and ``x_orig`` are projected onto it inside the box [0, 1]
+    ``x`` and ``x_orig`` are projected onto it inside the input box (the view's ``low``, ``high``)
     (:func:`project_onto_hyperplane`: ``d``, ``d_orig``), and the next point is
 
-        x <- clip_[0,1]( (1 - a)(x + eta d) + a (x_orig + eta d_orig) ),
+        x <- clip_box( (1 - a)(x + eta d) + a (x_orig + eta d_orig) ),
         a = min( ||d|| / (||d|| + ||d_orig||), alpha_max )
 
     (``eta``: extrapolation past the hyperplane; ``a`` biases the step towards ``x_orig``). When the
@@ -127,6 +128,9 @@ class FAB(Attack):
 
     access = "gradient"
     minimizes_distortion = True
+    eps_policy = "any"          # minimal distortions without an eps; success inside the ball with one
+    norms = ("linf", "l2")
+    layouts = ("NCHW", "NCT")   # rows are flattened: any input shape
 
     #: numeric ranges the registry checks before construction (robench.registry.validate_params)
     param_ranges = {"alpha_max": "[0,1]", "eta": ">=1", "beta": "(0,1)", "target_classes": ">=1",
@@ -180,6 +184,7 @@ class FAB(Attack):
     def _single_run(self, oracle: AttackView, generator: torch.Generator, idx: torch.Tensor,
                     classes: torch.Tensor, random_start: bool, restart_eps: float) -> None:
         norm, geo, eot = oracle.norm, geometry(oracle.norm), oracle.eot_samples
+        box = (float(oracle.low), float(oracle.high))
         y, targets = oracle.y, oracle.targets
         m = classes.shape[1]
         x0all = oracle.x0
@@ -190,7 +195,7 @@ class FAB(Attack):
                 u = torch.rand(x0.shape, generator=generator, device=x0.device) * 2 - 1
             else:
                 u = torch.randn(x0.shape, generator=generator, device=x0.device)
-            x = (x0 + geo.normalize(u) * bview(radius, x0.dim())).clamp(0, 1)
+            x = (x0 + geo.normalize(u) * bview(radius, x0.dim())).clamp(*box)
         else:
             x = x0.clone()
 
@@ -226,7 +231,7 @@ class FAB(Attack):
             idx, x, x0, df, dg = self._affordable(oracle, idx, (1 if last else m + 1) * eot, x, x0, df, dg)
             if len(idx) == 0:
                 return
-            x = self._step(x, x0, df, dg, norm)
+            x = self._step(x, x0, df, dg, norm, box)
             # the new point, tested by its first gradient row
             logits, df0, g0, ok = grad_col(x, idx, 0)
             pred = torch.nan_to_num(logits).argmax(1)
@@ -256,7 +261,8 @@ class FAB(Attack):
             return (idx, *state)
         return (idx[keep], *[s[keep] for s in state])
 
-    def _step(self, x: torch.Tensor, x0: torch.Tensor, df: torch.Tensor, dg: torch.Tensor, norm: str) -> torch.Tensor:
+    def _step(self, x: torch.Tensor, x0: torch.Tensor, df: torch.Tensor, dg: torch.Tensor, norm: str,
+              box: tuple = (0.0, 1.0)) -> torch.Tensor:
         """One FAB step from ``x`` (rows) given the linearised boundaries ``df`` (B, m), ``dg`` (B, m, ...)."""
         b_, shape = x.shape[0], x.shape
         g = dg.flatten(2)
@@ -267,12 +273,12 @@ class FAB(Attack):
         w, f = g[rows, c], df[rows, c]
         xf, x0f = x.flatten(1), x0.flatten(1)
         b = (w * xf).sum(1) - f
-        d = project_onto_hyperplane(torch.cat([xf, x0f]), torch.cat([w, w]), torch.cat([b, b]), norm)
+        d = project_onto_hyperplane(torch.cat([xf, x0f]), torch.cat([w, w]), torch.cat([b, b]), norm, *box)
         d1, d2 = d[:b_], d[b_:]
         p = float("inf") if norm == "linf" else 2
         a1 = d1.norm(p=p, dim=1).clamp_min(1e-8)
         a2 = d2.norm(p=p, dim=1).clamp_min(1e-8)
         alpha = (a1 / (a1 + a2)).clamp(0, self.alpha_max)[:, None]
-        out = ((xf + self.eta * d1) * (1 - alpha) + (x0f + self.eta * d2) * alpha).clamp(0, 1)
+        out = ((xf + self.eta * d1) * (1 - alpha) + (x0f + self.eta * d2) * alpha).clamp(*box)
         return out.view(shape)
 
