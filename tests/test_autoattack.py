@@ -114,10 +114,10 @@ def test_auto_picks_rand_with_eot_for_a_randomized_victim(victim, test_xy):
 
 def test_cli_standard_end_to_end(tmp_path, ckpt_dir):
     run = tmp_path / "run"
-    over = [f"attack.params.standard.{i}.params.steps=10" for i in range(3)] + \
+    over = [f"attack.params.standard.{i}.params.steps=5" for i in range(3)] + \
         ["attack.params.standard.1.params.target_classes=3", "attack.params.standard.2.params.target_classes=3",
-         "attack.params.standard.3.params.iterations=300"]
-    p = run_cli("attack", "attack=autoattack", "budget.eps=0.12", "dataset.n_samples=24", *over, "progress=false",
+         "attack.params.standard.3.params.iterations=100"]
+    p = run_cli("attack", "attack=autoattack", "budget.eps=0.12", "dataset.n_samples=12", *over, "progress=false",
                 f"checkpoint_dir={ckpt_dir}", f"hydra.run.dir={run}")
     assert p.returncode == 0, p.stderr
     s = json.loads((run / "summary.json").read_text())

@@ -73,7 +73,7 @@ def _dist(r, x0, norm):
 def test_fab_minimal_distortions_beat_noise_and_deepfool_and_are_counted(victim, test_xy, norm):
     x0, y = test_xy[0][:16], test_xy[1][:16]
     counter = CountingModel(victim, x0)
-    steps = 20
+    steps = 14
     cps = tuple(range(10, 400, 10))
     r = _run(FAB(steps=steps), counter, x0, y, norm=norm, checkpoints=cps)
     assert r.success.all()
@@ -86,10 +86,11 @@ def test_fab_minimal_distortions_beat_noise_and_deepfool_and_are_counted(victim,
     d = _dist(r, x0, norm)
     # the distortion shrinks after the first adversarial point: median over the samples, first vs last
     first = torch.tensor([row[torch.isfinite(row)][0] for row in r.dist_at])
-    assert d.median() < 0.9 * first.median(), (d.median(), first.median())   # measured: 0.73 (Linf), 0.77 (L2)
-    # smaller than DeepFool's (FAB's starting point is a DeepFool-like step; measured Linf 20 steps: 0.135 vs 0.166)
+    assert d.median() < 0.9 * first.median(), (d.median(), first.median())   # measured, 14 steps: 0.81 (Linf), 0.76 (L2)
+    # smaller than DeepFool's (FAB's starting point is a DeepFool-like step; measured, 14 steps: FAB's median is
+    # 0.926 (Linf) and 0.916 (L2) of DeepFool's; 20 steps: 0.90 and 0.88)
     r_df = _run(DeepFool(), victim, x0, y, norm=norm)
-    assert d.median() < 0.95 * _dist(r_df, x0, norm)[r_df.success].median()
+    assert d.median() < 0.97 * _dist(r_df, x0, norm)[r_df.success].median()
     # random noise of the same size: each sample's own FAB distortion, 20 uniform draws in the Linf ball or on
     # the L2 sphere of that radius; the victim keeps its label on nearly all of them
     g = torch.Generator().manual_seed(1)
