@@ -1,0 +1,194 @@
+"""GenAttack's audio variant [alzantot2019 §3.4, Algorithm 2] [alzantot2018speech]: a genetic search on
+the 8 least-significant bits of 16-bit audio samples, score-based (probabilities only)."""
+from __future__ import annotations
+
+from typing import Tuple
+
+import torch
+
+from robench.attacks.base import keep_active
+from robench.attacks.score._common import ScoreAttack, ScoreTask
+from robench.attacks.score.genattack import genattack_fitness
+from robench.errors import RobenchError
+from robench.oracle import Oracle
+from robench.registry import ATTACKS
+
+
+def signal_box(view) -> Tuple[float, float]:
+    """The input domain's box ``(low, high)`` as the oracle view states it (robench/domain.py: audio in
+    [-1, 1]). The one place the attack reads it."""
+    return float(getattr(view, "low", -1.0)), float(getattr(view, "high", 1.0))
+
+
+def audio_fitness(p: torch.Tensor, y: torch.Tensor, targets, kind: str = "prob") -> torch.Tensor:
+    """Fitness to MAXIMISE. ``prob`` (default): the target's softmax probability (the reference code's
+    ``score``); untargeted (robench's counterpart; the thesis reports untargeted runs without defining
+    their fitness): the probability of every class but the true one, as a masked sum (not ``1 - p_y``,
+    which loses the small values to rounding). ``log_odds``: the image attack's fitness
+    (:func:`~robench.attacks.score.genattack.genattack_fitness`, [alzantot2019 §2.5]). Unanswered (NaN)
+    rows get -inf."""
+    if kind == "log_odds":
+        return genattack_fitness(p, y, targets)
+    if targets is not None:
+        f = p.gather(1, targets[:, None]).squeeze(1)
+    else:
+        f = p.masked_fill(torch.nn.functional.one_hot(y, p.shape[1]).bool(), 0.0).sum(1)
+    return torch.nan_to_num(f, nan=float("-inf"))
+
+
+@ATTACKS.register("genattack_audio")
+class GenAttackAudio(ScoreAttack):
+    """GenAttack for speech ([alzantot2019 §3.4, Algorithm 2]; Alzantot et al. [alzantot2018speech]):
+    noise on the 8 least-significant bits of 16-bit samples, found by a genetic algorithm that sees
+    only the victim's probabilities. The thesis leaves every hyper-parameter to its reference code
+    (nesl/adversarial_audio, ``audio_attack.py``, the version with ``refine_every``); the defaults are
+    that code's:
+
+    * a member is a perturbation of the clip's integer samples ``s`` (int16: the clip is
+      ``low + (u) * q`` with ``q = (high - low) / 2**sample_bits``, 1/32768 on [-1, 1]); only the low
+      byte of each sample changes, the high byte never does (the reference code edits the low byte of
+      each little-endian sample and keeps it in 0..255), so every queried sample stays in its own
+      block of 256 values;
+    * initial population (``pop_size`` = 20): each sample's low byte moves by +-1 (equally likely) with
+      probability ``init_prob`` = 0.2;
+    * fitness: the target's softmax probability (:func:`audio_fitness`), one query per member
+      evaluated;
+    * elitism: the ``elite_size`` = 2 fittest members survive unchanged; they are not evaluated again
+      (their fitness is kept, so a generation costs ``pop_size - elite_size`` = 18 queries per
+      sample; the reference code re-scores them, 20 per generation), except after a refinement that
+      changed them;
+    * selection: each child's two parents are drawn independently from
+      ``softmax(fitness / temperature)``, ``temperature`` = 0.03;
+    * crossover: uniform, each sample from either parent with probability 1/2;
+    * mutation, per sample: with probability ``mutation_prob`` = 0.05 the low byte moves by an integer
+      drawn uniformly from ``[-mutation_range, mutation_range)`` = [-4, 4); otherwise, with
+      probability ``step_prob`` = 0.10 (a second, independent draw, as in the reference code: 0.095
+      overall), by +-1; the byte is then clipped to 0..255;
+    * refinement: every ``refine_every`` = 5 generations (generations 5, 10, ...) every member's low
+      byte is clipped back to within ``limit`` = 4 of the original low byte;
+    * the run ends at the sample's first success (the oracle judges every evaluated member; the thesis
+      checks the fittest) or when its query budget is spent. The thesis allows 500 iterations
+      (generations 0-499): ``pop_size + 499 (pop_size - elite_size)`` = 8,002 queries with the defaults.
+
+    robench's threat model on top (deliberate deviations, in int16 steps ``E = floor(eps / q)``): every
+    member is clipped to ``|s' - s| <= E`` after initialisation and after each mutation, so *every*
+    queried row lies in the budget's Linf ball (the reference code lets members drift past ``limit``
+    between refinements); with ``eps = limit * q`` (budget ``linf_audio``: 4 / 32768) the refinement
+    changes nothing and the budget is the reference code's ``limit``. Every queried row lies in the
+    domain's box: a sample keeps its high byte, so its value stays in ``[low, high - q]``.
+
+    The clips must lie on the ``2**sample_bits`` grid of the box (16-bit audio held as int16 / 32768,
+    as dataset=fsdd and dataset=audio_folder hold it); Linf only. Batched: each generation evaluates the
+    children of every active sample in one oracle call; samples the oracle reports done leave the batch.
+    """
+
+    name = "genattack_audio"
+    norms = ("linf",)
+
+    param_ranges = {"pop_size": ">=2", "elite_size": ">=1", "temperature": ">0", "mutation_prob": "[0,1]",
+                    "mutation_range": ">=1", "step_prob": "[0,1]", "init_prob": "[0,1]", "limit": ">=1",
+                    "refine_every": ">=1", "sample_bits": ">=8"}
+
+    def __init__(self, pop_size: int = 20, elite_size: int = 2, temperature: float = 0.03, mutation_prob: float = 0.05,
+                 mutation_range: int = 4, step_prob: float = 0.10, init_prob: float = 0.2, limit: int = 4,
+                 refine_every: int = 5, sample_bits: int = 16, fitness: str = "prob"):
+        if fitness not in ("prob", "log_odds"):
+            raise RobenchError(f"genattack_audio fitness must be prob (the reference code's) or log_odds (the image "
+                               f"attack's), got '{fitness}'")
+        self.fitness = str(fitness)
+        if not 1 <= int(elite_size) < int(pop_size):
+            raise RobenchError(f"genattack_audio needs 1 <= elite_size < pop_size (at least one child), got elite_size="
+                               f"{elite_size}, pop_size={pop_size}")
+        if not temperature > 0:
+            raise RobenchError(f"genattack_audio temperature must be > 0, got {temperature}")
+        for k, v in (("mutation_prob", mutation_prob), ("step_prob", step_prob), ("init_prob", init_prob)):
+            if not 0.0 <= v <= 1.0:
+                raise RobenchError(f"genattack_audio {k} must be in [0, 1], got {v}")
+        for k, v in (("mutation_range", mutation_range), ("limit", limit), ("refine_every", refine_every)):
+            if int(v) != v or v < 1:
+                raise RobenchError(f"genattack_audio {k} must be an integer >= 1, got {v}")
+        if int(sample_bits) != sample_bits or not 8 <= sample_bits <= 24:
+            raise RobenchError(f"genattack_audio sample_bits must be an integer in 8..24 (16: int16 audio), got {sample_bits}")
+        self.pop_size, self.elite = int(pop_size), int(elite_size)
+        self.tau, self.p_mut, self.rng, self.p_step = float(temperature), float(mutation_prob), int(mutation_range), float(step_prob)
+        self.p_init, self.limit, self.refine_every, self.bits = float(init_prob), int(limit), int(refine_every), int(sample_bits)
+
+    def grid(self, view, x0: torch.Tensor) -> Tuple[float, torch.Tensor]:
+        """(step q, integer codes u of x0 in 0 .. 2**bits - 1); clips off the grid fail in one line."""
+        low, high = signal_box(view)
+        q = (high - low) / 2 ** self.bits
+        u = torch.round((x0.double() - low) / q)
+        off = float((x0.double() - (low + u * q)).abs().max()) if x0.numel() else 0.0
+        if off > 1e-3 * q or (x0.numel() and (float(u.min()) < 0 or float(u.max()) > 2 ** self.bits - 1)):
+            raise RobenchError(f"genattack_audio perturbs {self.bits}-bit samples: the inputs must be {self.bits}-bit audio "
+                               f"on the grid of {2 ** self.bits} steps over [{low:g}, {high:g}] (e.g. int16 / 32768, as "
+                               f"dataset=fsdd holds them); set attack.params.sample_bits to the data's sample width")
+        return q, u
+
+    def _attack(self, oracle: Oracle, generator: torch.Generator, task: ScoreTask) -> None:
+        idx, dev, P, E = task.idx, task.device, self.pop_size, self.elite
+        q, codes = self.grid(oracle, task.x0)
+        steps = int(task.eps / q + 1e-6)  # the budget in sample steps
+        if steps < 1:
+            raise RobenchError(f"genattack_audio changes samples by whole steps of {q:.6g}: budget.eps={task.eps:g} is "
+                               f"below one step; use at least {q:.6g} (e.g. budget=linf_audio, 4 steps)")
+        lowbyte = torch.remainder(codes, 256).to(dev)  # (n, C, T) the original low bytes
+        # per sample, the allowed integer deltas: the low byte stays in 0..255, the budget in +-steps
+        lo_all = torch.clamp(-lowbyte, min=-steps).to(torch.int16)
+        hi_all = torch.clamp(255 - lowbyte, max=steps).to(torch.int16)
+        lo_ref = torch.clamp(-lowbyte, min=-self.limit).to(torch.int16)  # the refinement's band
+        hi_ref = torch.clamp(255 - lowbyte, max=self.limit).to(torch.int16)
+        x0_all = task.x0.to(dev)
+        shape = task.shape
+
+        def clip(d, rows, lo, hi):
+            return torch.maximum(torch.minimum(d, hi[rows][:, None]), lo[rows][:, None])
+
+        def evaluate(d: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+            """Query members d (b, m, *shape) of samples idx; fitness (b, m)."""
+            b, m = d.shape[:2]
+            x = x0_all[idx][:, None] + d.to(x0_all.dtype) * q
+            rows = idx.repeat_interleave(m)
+            p = oracle.scores(x.reshape(b * m, *shape), rows)
+            return audio_fitness(p, *task.classes(rows), self.fitness).view(b, m)
+
+        B = len(idx)
+        # initial population: +-1 on each sample's low byte with probability init_prob, then the budget
+        u = torch.rand((2, B, P, *shape), generator=generator, device=dev)
+        pop = torch.where(u[0] < self.p_init, torch.where(u[1] < 0.5, -1, 1), 0).to(torch.int16)
+        pop = clip(pop, idx, lo_all, hi_all)
+        fit = evaluate(pop, idx)
+        gen = 0
+        while True:
+            idx, pop, fit = keep_active(oracle, idx, pop, fit)
+            if len(idx) == 0:
+                return
+            B = len(idx)
+            ar = torch.arange(B, device=dev)
+            gen += 1
+            order = fit.argsort(1, descending=True)
+            elite, elite_fit = pop[ar[:, None], order[:, :E]], fit.gather(1, order[:, :E])
+            # selection: softmax(fitness / temperature); every member of an active sample was answered
+            probs = torch.softmax(fit / self.tau, 1)
+            par = torch.multinomial(probs, 2 * (P - E), replacement=True, generator=generator)
+            p1, p2 = pop[ar[:, None], par[:, :P - E]], pop[ar[:, None], par[:, P - E:]]
+            take1 = torch.rand((B, P - E, *shape), generator=generator, device=dev) < 0.5
+            child = torch.where(take1, p1, p2)
+            # mutation: [-range, range) with mutation_prob, else +-1 with step_prob (an independent draw)
+            u = torch.rand((3, B, P - E, *shape), generator=generator, device=dev)
+            big = torch.randint(-self.rng, self.rng, (B, P - E, *shape), generator=generator, device=dev)
+            small = torch.where(u[2] < 0.5, -1, 1)
+            change = torch.where(u[0] < self.p_mut, big, torch.where(u[1] < self.p_step, small, 0))
+            child = clip((child + change).to(torch.int16), idx, lo_all, hi_all)
+            if gen % self.refine_every == 0:  # the reference code's refinement, every member
+                child = clip(child, idx, lo_ref, hi_ref)
+                refined = clip(elite, idx, lo_ref, hi_ref)
+                moved = (refined != elite).flatten(2).any(2)
+                if bool(moved.any()):  # an elite the refinement changed is evaluated again
+                    r = moved.nonzero()
+                    elite = refined
+                    f = evaluate(refined[r[:, 0], r[:, 1]][:, None], idx[r[:, 0]]).squeeze(1)
+                    elite_fit = elite_fit.index_put((r[:, 0], r[:, 1]), f)
+            cfit = evaluate(child, idx)
+            pop = torch.cat([elite, child], 1)
+            fit = torch.cat([elite_fit, cfit], 1)

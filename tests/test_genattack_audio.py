@@ -1,0 +1,135 @@
+"""genattack_audio (robench/attacks/score/genattack_audio.py) on a tiny kws_cnn trained here on synthetic
+tones (never FSDD): the low-byte constraint on every queried row, the oracle's counts checked against
+the rows the victim really evaluated, and success where random noise of the same size fails."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+from torch.utils.data import TensorDataset
+
+from robench.attacks.score.genattack_audio import GenAttackAudio, audio_fitness, signal_box
+from robench.data.base import DatasetSplits
+from robench.errors import RobenchError
+from robench.oracle import Oracle
+
+T, K, STEP = 1024, 6, 1.0 / 32768
+
+
+def tones(n: int, seed: int, amp: float = 0.005):
+    """Class k: a tone at 500 k Hz (8 kHz rate) of amplitude ``amp``, random phase, a little noise, on the
+    int16 grid. The clips sit around 0.45, inside both [0, 1] and [-1, 1]."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % K
+    t = torch.arange(T) / 8000
+    x = 0.45 + amp * torch.sin(2 * math.pi * (500 * y[:, None] + 500) * t + torch.rand(n, 1, generator=g) * 6.28)
+    x = x + torch.randn(n, T, generator=g) * 3 * STEP
+    return torch.round(x * 32768)[:, None] / 32768, y
+
+
+@pytest.fixture(scope="module")
+def audio_victim():
+    from robench.defenses.natural import Natural
+    from robench.models import build_model
+    from robench.train import train
+
+    (xtr, ytr), (xte, yte) = tones(240, 0), tones(24, 1)
+    splits = DatasetSplits("tones", TensorDataset(xtr, ytr), TensorDataset(xte, yte), K, (1, T), (0.0,), (1.0,))
+    torch.manual_seed(0)
+    model = build_model("kws_cnn", splits, {"width": 16, "shift_ms": 0.0, "noise_prob": 0.0})
+    m = train(model, Natural(), splits, OmegaConf.create({"epochs": 10, "batch_size": 32, "lr": 0.003,
+                                                          "schedule": "cosine"}), torch.device("cpu"), 0, progress=False)
+    assert m["clean_accuracy"] >= 0.9
+    model.eval()
+    return model, xte, yte
+
+
+def offsets(rows: torch.Tensor, x0: torch.Tensor):
+    """(int16 codes of rows, codes of the clip each row perturbs: its nearest clip in Linf), in chunks."""
+    u, u0 = rows.double() * 32768, x0.double() * 32768
+    near = torch.cat([(c[:, None] - u0[None]).abs().flatten(2).amax(2).argmin(1) for c in u.split(512)])
+    return u, u0[near]
+
+
+class Recorder(torch.nn.Module):
+    """The victim, remembering every row it evaluates while ``on``."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.rows, self.on = model, [], True
+
+    def forward(self, x):
+        if self.on:
+            self.rows.append(x.detach().clone())
+        return self.model(x)
+
+
+def test_low_byte_budget_counts_and_success_over_random_noise(audio_victim):
+    model, x, y = audio_victim
+    steps, max_q = 8, 1500
+    targets = (y + 1 + torch.randint(0, K - 1, (len(y),), generator=torch.Generator().manual_seed(3))) % K
+    rec = Recorder(model)
+    oracle = Oracle(rec, x, y, access="scores", norm="linf", eps=steps * STEP, max_queries=max_q, targets=targets,
+                    num_classes=K)
+    GenAttackAudio(limit=steps, mutation_range=steps).run(oracle.view(), torch.Generator().manual_seed(0))
+    rec.on = False
+    res = oracle.finalize()
+
+    rows = torch.cat(rec.rows)
+    # the oracle's counts equal the rows the victim evaluated; per sample: 20 + 18 k, capped by the budget
+    assert int(res.queries.sum()) == len(rows)
+    for q in res.queries.tolist():
+        assert q == max_q or (q - 20) % 18 == 0, q
+    # every queried row: whole int16 steps, within `steps` of its clip, the high byte of every sample kept
+    u, u0 = offsets(rows, x)
+    assert torch.equal(u, u.round())
+    assert float((u - u0).abs().max()) <= steps
+    assert torch.equal(torch.div(u, 256, rounding_mode="floor"), torch.div(u0, 256, rounding_mode="floor"))
+    assert float(rows.min()) >= -1 and float(rows.max()) <= 1
+    # success where random noise of the same size (dense, uniform in +-steps, as many rows) fails
+    n_ga = int(res.success.sum())
+    g = torch.Generator().manual_seed(1)
+    hit = torch.zeros(len(y), dtype=torch.bool)
+    with torch.no_grad():
+        for _ in range(max_q // 100):
+            noise = torch.randint(-steps, steps + 1, (len(y), 100, 1, T), generator=g).float() * STEP
+            pred = model((x[:, None] + noise).reshape(-1, 1, T)).argmax(1).view(len(y), 100)
+            hit |= (pred == targets[:, None]).any(1)
+    print(f"genattack_audio {n_ga} / {len(y)} targeted successes, random noise {int(hit.sum())}")
+    assert n_ga >= 3 and int(hit.sum()) <= n_ga // 3, (n_ga, int(hit.sum()))
+    assert float(res.best_x.sub(x).abs().max()) <= steps * STEP + 1e-9
+
+
+def test_refinement_and_budget_clip_when_limit_is_smaller(audio_victim):
+    """eps 16 steps, limit 2: after every 5th generation the members are back within 2 steps; no row
+    ever leaves the 16-step ball."""
+    model, x, y = audio_victim
+    rec = Recorder(model)
+    oracle = Oracle(rec, x[:4], y[:4], access="scores", norm="linf", eps=16 * STEP, max_queries=20 + 18 * 12,
+                    num_classes=K)
+    GenAttackAudio(limit=2, mutation_range=8, mutation_prob=0.5).run(oracle.view(), torch.Generator().manual_seed(0))
+    u, u0 = offsets(torch.cat(rec.rows), x[:4])
+    d = u - u0
+    assert float(d.abs().max()) <= 16
+    assert float(d.abs().max()) > 2  # the mutations do go past the limit between refinements
+
+
+def test_fitness_box_and_errors(audio_victim):
+    p = torch.tensor([[0.7, 0.2, 0.1], [float("nan")] * 3])
+    y, t = torch.tensor([0, 0]), torch.tensor([2, 1])
+    f = audio_fitness(p, y, t)
+    assert abs(float(f[0]) - 0.1) < 1e-7 and float(f[1]) == float("-inf")
+    assert abs(float(audio_fitness(p, y, None)[0]) - 0.3) < 1e-7
+    assert signal_box(object()) == (-1.0, 1.0)
+    model, x, y = audio_victim
+    with pytest.raises(RobenchError, match="below one step"):
+        o = Oracle(model, x[:2], y[:2], access="scores", norm="linf", eps=0.5 * STEP, max_queries=100, num_classes=K)
+        GenAttackAudio().run(o.view(), torch.Generator().manual_seed(0))
+    with pytest.raises(RobenchError, match="16-bit audio"):
+        o = Oracle(model, x[:2] + STEP / 3, y[:2], access="scores", norm="linf", eps=4 * STEP, max_queries=100,
+                   num_classes=K)
+        GenAttackAudio().run(o.view(), torch.Generator().manual_seed(0))
+    with pytest.raises(RobenchError, match="elite_size"):
+        GenAttackAudio(pop_size=2, elite_size=2)
