@@ -100,6 +100,20 @@ def test_low_byte_budget_counts_and_success_over_random_noise(audio_victim):
     print(f"genattack_audio {n_ga} / {len(y)} targeted successes, random noise {int(hit.sum())}")
     assert n_ga >= 3 and int(hit.sum()) <= n_ga // 3, (n_ga, int(hit.sum()))
     assert float(res.best_x.sub(x).abs().max()) <= steps * STEP + 1e-9
+    # the records of an audio run carry SNR and dB_x of each adversarial point; the summary their means
+    from robench import results as R
+
+    fields = R.attack_fields(res, x)
+    ok = res.success.nonzero().flatten().tolist()
+    for j in ok:
+        delta = (res.best_x[j] - x[j]).double()
+        want = 20 * math.log10(float(delta.abs().max())) - 20 * math.log10(float(x[j].abs().max()))
+        assert abs(fields[j]["db_x"] - want) < 1e-6
+        assert abs(fields[j]["snr_db"] - 10 * math.log10(float(x[j].double().pow(2).sum() / delta.pow(2).sum()))) < 1e-6
+    recs = [{**R.new_record(i, int(y[i]), int(targets[i]), int(y[i]), True, 0), **f} for i, f in enumerate(fields)]
+    summ = R.summarize(recs, {"max_queries": max_q})
+    assert abs(summ["mean_db_x"] - sum(fields[j]["db_x"] for j in ok) / len(ok)) < 1e-9
+    assert "mean dB_x (successes)" in dict(R.summary_rows(summ))
 
 
 def test_refinement_and_budget_clip_when_limit_is_smaller(audio_victim):
