@@ -11,7 +11,7 @@ import torch
 from robench.errors import RobenchError
 
 NORMS = ("linf", "l2")
-TARGET_MODES = ("random", "least_likely")
+TARGET_MODES = ("random", "least_likely", "all")
 GROUPS = ("dataset", "model", "attack", "defense", "budget")
 
 
@@ -116,7 +116,7 @@ def validate_budget(b: Any, num_classes: int | None) -> None:
         raise RobenchError(f"budget.targeted must be true or false, got '{b.get('targeted')}'")
     t = b.get("target")
     if isinstance(t, bool) or not (t in TARGET_MODES or isinstance(t, int)):
-        raise RobenchError(f"budget.target must be random, least_likely or a class index, got '{t}'")
+        raise RobenchError(f"budget.target must be random, least_likely, all or a class index, got '{t}'")
     if isinstance(t, int) and (t < 0 or (num_classes is not None and not 0 <= t < num_classes)):
         top = f"0..{num_classes - 1}" if num_classes is not None else "0 and up"
         raise RobenchError(f"budget.target={t} is out of range: this dataset has classes {top}")

@@ -24,7 +24,8 @@ from robench.attacks.base import AttackContext, ClassImages
 from robench.config import resolve_device, validate_attack_config, validate_budget, validate_names
 from robench.data import eval_slice, load_dataset, parse_shard
 from robench.data.base import eval_indices
-from robench.engine import Plan, Referee, batch_seed, choose_targets, execute, prepare_attack, run_all  # noqa: F401
+from robench.engine import (Plan, Referee, batch_seed, choose_targets, execute, expand_all_targets,  # noqa: F401
+                            prepare_attack, run_all)
 from robench.errors import RobenchError
 from robench.integrity import summary_entry
 from robench.protocols import Evaluation
@@ -132,8 +133,13 @@ def run_attack(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
         idx, x, y, logits, clean_pred = idx[:cut], x[:cut], y[:cut], logits[:cut], clean_pred[:cut]
         pos, n_slice = pos[:cut], cut
     b = cfg.budget
-    targets = (choose_targets(b.target, y, logits, splits.num_classes, torch.Generator().manual_seed(int(cfg.seed)),
-                              pos, n_slice) if b.targeted else None)
+    if b.targeted and b.target == "all":  # every (sample, other class) pair: num_classes - 1 rows per sample
+        targets, pos, y, idx, x, logits, clean_pred = expand_all_targets(splits.num_classes, pos, y, idx, x, logits,
+                                                                         clean_pred)
+        n_slice *= splits.num_classes - 1
+    else:
+        targets = (choose_targets(b.target, y, logits, splits.num_classes, torch.Generator().manual_seed(int(cfg.seed)),
+                                  pos, n_slice) if b.targeted else None)
     attacked = (clean_pred == y) if cfg.get("correct_only", True) else torch.ones_like(y, dtype=torch.bool)
     if targets is not None:
         attacked &= targets != y  # a target equal to the label is no attack at all
@@ -295,10 +301,12 @@ def _restore(records: List[Dict[str, Any]], batches: Dict[int, List[int]], prior
     with its own seed, so the records equal an uninterrupted run's."""
     if not prior:
         return set()
-    by_index = {int(r["index"]): {k: v for k, v in r.items() if k != R.PENDING} for r in prior if not r.get(R.PENDING)}
+    # keyed by (index, target): with budget.target=all a sample has one row per target
+    by_index = {(int(r["index"]), int(r["target"])): {k: v for k, v in r.items() if k != R.PENDING}
+                for r in prior if not r.get(R.PENDING)}
     done = set()
     for bt, rows in batches.items():
-        olds = [by_index.get(records[k]["index"]) for k in rows]
+        olds = [by_index.get((records[k]["index"], records[k]["target"])) for k in rows]
         if any(o is None or int(o.get("batch", -1)) != bt for o in olds):
             continue
         if any(int(o["label"]) != records[k]["label"] or bool(o["attacked"]) != records[k]["attacked"]
