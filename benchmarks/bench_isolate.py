@@ -29,9 +29,9 @@ from omegaconf import OmegaConf
 
 import robench
 from robench.data import eval_slice, load_dataset
-from robench.isolate import IsolatedRunner
+from robench.referee.isolation import IsolatedRunner
 from robench.models import build_model
-from robench.oracle import Oracle
+from robench.referee.oracle import Oracle
 from robench.registry import ATTACKS, instantiate
 
 CASES = [("square", robench.Budget(norm="linf", eps=0.1, max_queries=500), {}),
@@ -73,7 +73,7 @@ def main(argv=None):
     torch.manual_seed(0)
     model = build_model("cw_mnist", splits)
     if a.checkpoint:
-        from robench.checkpoint import load_checkpoint
+        from robench.models.checkpoint import load_checkpoint
 
         load_checkpoint(Path(a.checkpoint), model)
     model.eval()

@@ -140,12 +140,12 @@ def evaluate(model: nn.Module, x, y=None, *, attack: Any = "pgd", budget: Option
     """
     import pandas as pd
 
-    from robench import results as R
+    from robench.evaluation import results as R
     from robench.attacks.base import AttackContext, ClassImages
     from robench.config import resolve_device, validate_budget
-    from robench.engine import Plan, Referee, choose_targets, prepare_attack
-    from robench.protocols import Evaluation
-    from robench.run import prior_run, run_plan
+    from robench.evaluation.engine import Plan, Referee, choose_targets, prepare_attack
+    from robench.evaluation.protocols import Evaluation
+    from robench.evaluation.runner import prior_run, run_plan
     from robench.victim import check_inputs
 
     if not isinstance(model, nn.Module):
@@ -170,7 +170,7 @@ def evaluate(model: nn.Module, x, y=None, *, attack: Any = "pgd", budget: Option
         bcfg.targeted, bcfg.target = True, targets
     elif targets is not None:
         bcfg.targeted, bcfg.target = True, "given"
-    with torch.no_grad():  # the clean predictions, batched as robench.train.predict does (any module, with or without parameters)
+    with torch.no_grad():  # the clean predictions, batched as robench.training.loop.predict does (any module, with or without parameters)
         logits = torch.cat([model(x[s:s + 500].to(device)) for s in range(0, len(x), 500)]).float().cpu()
     num_classes = int(logits.shape[1])
     validate_budget(bcfg if bcfg.target != "given" else OmegaConf.merge(bcfg, {"target": "random"}), num_classes)

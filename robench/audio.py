@@ -5,7 +5,7 @@ robench/domain.py), layout ``N x C x T``. Files are read and written with Python
 module (no extra dependency); only 16-bit PCM is supported, the format of the Free Spoken Digit
 Dataset and of the Speech Commands clips of [alzantot2019 Ch. 3].
 
-Perception measures (records and summaries of audio runs, robench/results.py):
+Perception measures (records and summaries of audio runs, robench/evaluation/results.py):
 
 * ``dB(x) = 20 log10 max_i |x_i|`` and the relative loudness of a perturbation
   ``dB_x(delta) = dB(delta) - dB(x)`` (Carlini and Wagner's measure [carlini2018audio]: how much

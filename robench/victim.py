@@ -31,7 +31,7 @@ def _plain(cfg) -> Dict[str, Any]:
 def load_victim(cfg: DictConfig, splits, device: torch.device):
     """Model (+ weights from the conventional checkpoint of its training recipe) for (dataset, model,
     defense), behind the defense's input transformations if any (robench/defenses/compose.py), in eval mode."""
-    from robench.checkpoint import checkpoint_path, load_checkpoint, train_command
+    from robench.models.checkpoint import checkpoint_path, load_checkpoint, train_command
     from robench.defenses.compose import DefendedModel, build_inputs, defense_spec
     from robench.models import build_model
     from robench.models.sources import source_of, source_victim
@@ -62,7 +62,7 @@ def surrogate_loader(checkpoint_dir: str, dataset_cfg: Dict[str, Any], splits, d
     a registered architecture (``spec['model']``, its config's default ``params`` when null) with the
     weights of ``spec['defense']`` at its conventional path under ``checkpoint_dir``, or ``spec['checkpoint']``."""
     def load(spec: Dict[str, Any]) -> Tuple[torch.nn.Module, str, str]:
-        from robench.checkpoint import checkpoint_path, load_checkpoint, model_tag, train_command
+        from robench.models.checkpoint import checkpoint_path, load_checkpoint, model_tag, train_command
         from robench.config import config_dirs
         from robench.models import build_model
 

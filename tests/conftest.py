@@ -44,7 +44,7 @@ def victim(splits, tmp_path_factory):
 
     from robench.defenses.natural import Natural
     from robench.models import build_model
-    from robench.train import train
+    from robench.training.loop import train
 
     torch.manual_seed(0)
     model = build_model("cw_mnist", splits)
@@ -80,7 +80,7 @@ def _victim_cache_path(tcfg, tmp_path_factory):
         base = tmp_path_factory.getbasetemp()
         folder = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
     h = hashlib.sha256(OmegaConf.to_yaml(tcfg).encode())
-    for rel in ("robench/train.py", "robench/models/mnist_models.py", "robench/models/base.py",
+    for rel in ("robench/training/loop.py", "robench/models/mnist_models.py", "robench/models/base.py",
                 "robench/data/mnist.py", "robench/data/base.py", "robench/defenses/natural.py"):
         h.update((ROOT / rel).read_bytes())
     h.update(torch.__version__.encode())
@@ -91,7 +91,7 @@ def _victim_cache_path(tcfg, tmp_path_factory):
 def test_xy(splits, victim):
     """The first 200 test images the victim classifies correctly."""
     from robench.data import eval_slice
-    from robench.train import predict
+    from robench.training.loop import predict
 
     _, x, y = eval_slice(splits, 400)
     ok = predict(victim, x).argmax(1) == y
@@ -159,7 +159,7 @@ def _run_cli_in_process(args, cwd):
 @pytest.fixture(scope="session")
 def ckpt_dir(tmp_path_factory, victim, splits):
     """A checkpoint folder holding the session victim at its conventional path."""
-    from robench.checkpoint import checkpoint_path, save_checkpoint
+    from robench.models.checkpoint import checkpoint_path, save_checkpoint
 
     d = tmp_path_factory.mktemp("ckpt")
     save_checkpoint(checkpoint_path(str(d), {"name": "mnist", "source": "embedded"}, {"name": "cw_mnist", "params": {}}, "none"),

@@ -8,7 +8,7 @@ from robench.attacks.whitebox.apgd_t import APGDT
 from robench.attacks.whitebox.fgsm import FGSM
 from robench.attacks.whitebox.pgd import PGD
 from robench.errors import RobenchError
-from robench.oracle import Oracle
+from robench.referee.oracle import Oracle
 from tests.test_oracle import CountingModel
 from tests.test_pgd import check_certified
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import robench
-from robench import results as R
+from robench.evaluation import results as R
 from tests.conftest import ROOT, run_cli
 
 TIME_COLUMNS = ("seconds", "batch_seconds")

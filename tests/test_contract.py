@@ -1,6 +1,6 @@
 """The attack contract, over every registered attack (plugins included: the list is the registry's).
 
-Each attack runs through the engine (robench/engine.py) on 3 correctly classified images of the session
+Each attack runs through the engine (robench/evaluation/engine.py) on 3 correctly classified images of the session
 victim with a tiny budget, behind a model wrapper that sees every row the victim evaluates. The contract:
 
 * the budget is never exceeded, and every row the victim evaluated during the attack is a counted query;
@@ -23,8 +23,9 @@ import torch
 from omegaconf import OmegaConf
 
 from robench.attacks.base import Attack, AttackContext, ClassImages
-from robench.engine import Plan, Referee, prepare_attack, run_all
-from robench.oracle import AccessError, distortion
+from robench.evaluation.engine import Plan, Referee, prepare_attack, run_all
+from robench.geometry import distortion
+from robench.referee.types import AccessError
 from robench.registry import ATTACKS, instantiate
 
 MAX_QUERIES, EPS, TOL = 20, 0.3, 1e-5

@@ -15,8 +15,9 @@ from robench.attacks.decision.rays import RayS
 from robench.attacks.decision.signopt import SignOPT
 from robench.attacks.decision.svmopt import SVMOPT, svm_direction
 from robench.attacks.decision.zo_signsgd import ZOSignSGD
-from robench.oracle import Oracle, distortion
-from robench.results import checkpoint_summary, default_checkpoints
+from robench.geometry import distortion
+from robench.referee.oracle import Oracle
+from robench.evaluation.results import checkpoint_summary, default_checkpoints
 from tests.test_oracle import MeanModel
 
 

@@ -48,7 +48,7 @@ def test_composition_keeps_the_recipe_checkpoint(monkeypatch, splits, tmp_path):
     """[recipe, jpeg]: the recipe's conventional checkpoint, behind JPEG."""
     from omegaconf import OmegaConf
 
-    from robench.checkpoint import checkpoint_path, save_checkpoint
+    from robench.models.checkpoint import checkpoint_path, save_checkpoint
     from robench.models import build_model
     from robench.victim import load_victim
 
@@ -113,7 +113,7 @@ def test_randomized_defense_rechecks_three_times(ckpt_dir, tmp_path):
 
 
 def test_recheck_and_confirm_settings(victim):
-    from robench.protocols import Evaluation as DefenseRun
+    from robench.evaluation.protocols import Evaluation as DefenseRun
     from robench.registry import ATTACKS
 
     pgd = ATTACKS.get("pgd")()

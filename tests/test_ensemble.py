@@ -9,7 +9,8 @@ from robench.attacks.composite.ensemble import Ensemble, MemberView
 from robench.attacks.whitebox.bim import BIM
 from robench.attacks.whitebox.fgsm import FGSM
 from robench.errors import RobenchError
-from robench.oracle import AccessError, Oracle
+from robench.referee.oracle import Oracle
+from robench.referee.types import AccessError
 from tests.conftest import ROOT, run_cli
 from tests.test_oracle import CountingModel
 from tests.test_pgd import check_certified

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from robench.defenses.base import InputDefense, set_bpda
-from robench.oracle import Oracle
+from robench.referee.oracle import Oracle
 from robench.registry import ATTACKS
 from tests.test_oracle import CountingModel
 

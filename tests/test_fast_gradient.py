@@ -7,7 +7,7 @@ from robench.attacks.whitebox.fgsm import FGSM
 from robench.attacks.whitebox.ilcm import ILCM
 from robench.attacks.whitebox.mifgsm import MIFGSM
 from robench.errors import RobenchError
-from robench.oracle import Oracle
+from robench.referee.oracle import Oracle
 from tests.test_oracle import CountingModel
 from tests.test_pgd import check_certified, noise_success
 

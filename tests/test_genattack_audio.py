@@ -13,7 +13,7 @@ from torch.utils.data import TensorDataset
 from robench.attacks.score.genattack_audio import GenAttackAudio, audio_fitness, signal_box
 from robench.data.base import DatasetSplits
 from robench.errors import RobenchError
-from robench.oracle import Oracle
+from robench.referee.oracle import Oracle
 
 T, K, STEP = 1024, 6, 1.0 / 32768
 
@@ -33,7 +33,7 @@ def tones(n: int, seed: int, amp: float = 0.005):
 def audio_victim():
     from robench.defenses.natural import Natural
     from robench.models import build_model
-    from robench.train import train
+    from robench.training.loop import train
 
     (xtr, ytr), (xte, yte) = tones(240, 0), tones(24, 1)
     splits = DatasetSplits("tones", TensorDataset(xtr, ytr), TensorDataset(xte, yte), K, (1, T), (0.0,), (1.0,))
@@ -101,7 +101,7 @@ def test_low_byte_budget_counts_and_success_over_random_noise(audio_victim):
     assert n_ga >= 3 and int(hit.sum()) <= n_ga // 3, (n_ga, int(hit.sum()))
     assert float(res.best_x.sub(x).abs().max()) <= steps * STEP + 1e-9
     # the records of an audio run carry SNR and dB_x of each adversarial point; the summary their means
-    from robench import results as R
+    from robench.evaluation import results as R
 
     fields = R.attack_fields(res, x)
     ok = res.success.nonzero().flatten().tolist()

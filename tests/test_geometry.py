@@ -5,8 +5,8 @@ from torch import nn
 
 from robench.attacks.base import keep_active
 from robench.geometry import GEOMETRIES, bview, distortion, geometry
-from robench.oracle import Oracle
-from robench.oracle import distortion as oracle_distortion
+from robench.referee.oracle import Oracle
+from robench.geometry import distortion as oracle_distortion
 
 NORMS = ("linf", "l2")
 ORD = {"linf": float("inf"), "l2": 2}

@@ -4,7 +4,7 @@ reported number changes.
 Every plugin runs the same honest search (:class:`Honest`: random sign corners of the eps-ball,
 scores access) and then plays one trick on the referee. Each test shows the trick works on the raw
 oracle (the tampered state it leaves, which an unguarded engine would report) and that the engine's
-guard (robench/integrity.py) either raises a one-line RobenchError naming the attack or drops the
+guard (robench/referee/guard.py) either raises a one-line RobenchError naming the attack or drops the
 forged result, flags it in ``summary["integrity"]`` and reports the honest baseline's numbers.
 """
 from __future__ import annotations
@@ -18,8 +18,8 @@ import torch
 import robench
 from robench.attacks.base import Attack
 from robench.errors import RobenchError
-from robench.oracle import Oracle
-from robench.oracle_view import OracleView
+from robench.referee.oracle import Oracle
+from robench.referee.view import OracleView
 
 EPS, MAXQ, STEPS = 0.3, 12, 6
 BUDGET = robench.Budget(norm="linf", eps=EPS, max_queries=MAXQ)

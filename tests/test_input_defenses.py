@@ -7,7 +7,7 @@ import torch
 from robench.defenses.base import reseed_defenses, set_bpda
 from robench.defenses.compose import DefendedModel, instantiate_input
 from robench.defenses.tvm import tv_inpaint
-from robench.oracle import Oracle
+from robench.referee.oracle import Oracle
 
 
 def defended(victim, name, **params):

@@ -4,12 +4,12 @@ import pytest
 import torch
 from torch import nn
 
-from robench.checkpoint import load_checkpoint, save_checkpoint
+from robench.models.checkpoint import load_checkpoint, save_checkpoint
 from robench.errors import RobenchError
 from robench.models import build_model
 from robench.models.conditional_bn import (ConditionalBatchNorm, condition_bn, encode_eps, set_code, tell_eps)
 from robench.registry import DEFENSES
-from robench.train import train
+from robench.training.loop import train
 from test_recipes import _robust, subset, tcfg
 
 
@@ -202,8 +202,8 @@ def test_invariance_and_landscape_commands(splits, tmp_path):
     the loss climbs along the gradient-sign direction; a 10° rotation costs accuracy."""
     import csv
 
-    from robench.checkpoint import checkpoint_path
-    from robench.checks import invariance_main, landscape_main
+    from robench.models.checkpoint import checkpoint_path
+    from robench.analysis import invariance_main, landscape_main
     from robench.defenses.natural import Natural
 
     small = subset(splits, 1000, 100)
@@ -239,9 +239,9 @@ def _compose(*overrides, config="run_attack"):
 def test_attack_time_mix_and_eps_reach_the_loaded_model(splits, tmp_path):
     """`robench attack` loads a conditional-BN checkpoint with the surgery re-applied and tells it
     defense.params.mix (bn_finetune, the Table 6.2 preset) or the budget's eps (robmask, Table 6.5)."""
-    from robench.checkpoint import checkpoint_path
+    from robench.models.checkpoint import checkpoint_path
     from robench.models.conditional_bn import ConditionalBatchNorm
-    from robench.run import load_victim
+    from robench.evaluation.runner import load_victim
 
     small = subset(splits, 64, 32)
     for name in ("bn_finetune", "robmask"):

@@ -6,7 +6,7 @@ from robench.attacks.whitebox.cw import CWL2, cw_margin
 from robench.attacks.whitebox.cw_linf import CWLinf
 from robench.attacks.whitebox.deepfool import DeepFool
 from robench.errors import RobenchError
-from robench.oracle import Oracle
+from robench.referee.oracle import Oracle
 from tests.test_oracle import CountingModel
 from tests.test_pgd import check_certified, noise_success
 

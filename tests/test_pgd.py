@@ -2,7 +2,8 @@
 import torch
 
 from robench.attacks.whitebox.pgd import PGD, project
-from robench.oracle import Oracle, distortion
+from robench.geometry import distortion
+from robench.referee.oracle import Oracle
 
 
 def noise_success(model, x, y, norm, eps, trials=5, seed=0):

@@ -234,7 +234,7 @@ def test_a_refused_run_leaves_the_previous_folder_byte_identical(world):
 
 
 def test_old_runs_overrides_are_read_from_hydra_folder(tmp_path):
-    from robench.run_folder import run_overrides
+    from robench.evaluation.folder import run_overrides
 
     (tmp_path / ".hydra").mkdir()
     (tmp_path / ".hydra" / "overrides.yaml").write_text("- attack.params.steps=9\n- progress=false\n")
@@ -266,7 +266,7 @@ def test_failed_samples_distortion_columns_match_the_readme(ckpt_dir, tmp_path):
 def test_an_attack_breaking_its_declared_access_is_one_line(capsys):
     from omegaconf import OmegaConf
 
-    from robench.oracle import AccessError
+    from robench.referee.types import AccessError
 
     def job(cfg, run_dir):
         raise AccessError("an attack with access 'label' asked for scores-level answers")

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from robench import results as R
+from robench.evaluation import results as R
 from robench.data.base import eval_indices
 from robench.errors import RobenchError
 from robench.report import main as report_main

@@ -10,7 +10,8 @@ from robench.attacks.score.noise import RandomNoise
 from robench.attacks.score.square import Square, p_selection
 from robench.attacks.score.zoo import ZOO
 from robench.errors import RobenchError
-from robench.oracle import Oracle, distortion
+from robench.geometry import distortion
+from robench.referee.oracle import Oracle
 
 
 class CallLog(nn.Module):
@@ -257,7 +258,7 @@ def test_cli_square_first_n_correct(ckpt_dir, tmp_path):
 
 
 def test_prefix_with_n_correct():
-    from robench.run import prefix_with_n_correct
+    from robench.evaluation.runner import prefix_with_n_correct
 
     c = torch.tensor([True, False, True, True, False])
     assert prefix_with_n_correct(c, 2) == 3 and prefix_with_n_correct(c, 3) == 4 and prefix_with_n_correct(c, 9) == 5

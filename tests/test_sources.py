@@ -44,7 +44,7 @@ def compose(*overrides, name="run_attack"):
 
 def attack(run_dir: Path, *overrides):
     """``robench attack`` in this process; returns (records without time columns, summary)."""
-    from robench.run import run_attack
+    from robench.evaluation.runner import run_attack
 
     cfg = compose("quiet=true", "progress=false", *overrides)
     summary = run_attack(cfg, run_dir)
@@ -259,8 +259,8 @@ def test_robustbench_eval_preset(exported, mnist_dirs, tmp_path):
 def test_train_defense_from_user_weights(exported, mnist_dirs, tmp_path):
     """PGD-AT fine-tuning a `module` model from the user's weights; attack defense=pgd_at loads the result."""
     from robench.models.sources import source_tag
-    from robench.run import run_train
-    from robench.checkpoint import checkpoint_path
+    from robench.evaluation.runner import run_train
+    from robench.models.checkpoint import checkpoint_path
 
     small = tmp_path / "small.pt"
     blob = torch.load(mnist_dirs / "mnist.pt", weights_only=True)

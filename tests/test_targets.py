@@ -1,6 +1,6 @@
 import torch
 
-from robench.engine import choose_targets
+from robench.evaluation.engine import choose_targets
 
 
 def test_random_targets_are_seeded_uniform_and_never_the_label():
@@ -21,7 +21,7 @@ def test_least_likely_and_fixed_targets():
 
 
 def test_expand_all_targets_rows_and_positions():
-    from robench.engine import expand_all_targets
+    from robench.evaluation.engine import expand_all_targets
 
     y, idx = torch.tensor([3, 0]), torch.tensor([10, 11])
     targets, pos, y2, idx2 = expand_all_targets(4, torch.tensor([4, 5]), y, idx)
@@ -33,7 +33,7 @@ def test_target_all_runs_every_pair_and_resumes(tmp_path, ckpt_dir):
     """budget.target=all: one record per (sample, other class); an interrupted run resumes by (index, target)."""
     import json
 
-    from robench import results as R
+    from robench.evaluation import results as R
     from conftest import run_cli
 
     run = tmp_path / "run"

@@ -4,7 +4,7 @@ from omegaconf import OmegaConf
 from robench.defenses.natural import Natural
 from robench.errors import RobenchError
 from robench.models import build_model
-from robench.train import accuracy, make_schedule, train
+from robench.training.loop import accuracy, make_schedule, train
 
 
 def test_default_natural_training_reaches_97_percent(victim, splits):

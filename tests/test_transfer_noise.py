@@ -9,7 +9,7 @@ from robench.attacks.baseline.gaussian_noise import GaussianNoise
 from robench.attacks.composite.transfer import Transfer
 from robench.errors import RobenchError
 from robench.models import build_model
-from robench.oracle import Oracle
+from robench.referee.oracle import Oracle
 from tests.conftest import run_cli
 from tests.test_oracle import CountingModel
 from tests.test_pgd import check_certified

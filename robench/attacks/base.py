@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robench.oracle import OracleView
+from robench.referee.view import AttackView, OracleView
 
 #: what an attack may ask the engine for, beyond its oracle view (``Attack.requires``)
 CONTEXT_NEEDS = ("class_images", "surrogate")
@@ -64,7 +64,7 @@ class AttackContext:
 class Attack:
     """Base class. Subclasses set ``access`` and implement :meth:`run`.
 
-    ``run(oracle, generator)`` drives an :class:`~robench.oracle.OracleView` (the oracle's answers at
+    ``run(oracle, generator)`` drives an :class:`~robench.referee.oracle.OracleView` (the oracle's answers at
     ``access``, nothing more) and returns nothing the benchmark trusts: success, query counts and the
     adversarial examples are whatever the oracle observed.
 

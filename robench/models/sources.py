@@ -300,7 +300,7 @@ def check_fits(model: nn.Module, splits, what: str) -> None:
 
 
 def source_tag(mcfg: Mapping[str, Any]) -> Dict[str, Any]:
-    """A stand-in model config for :func:`robench.checkpoint.checkpoint_path`: recipes trained from a
+    """A stand-in model config for :func:`robench.models.checkpoint.checkpoint_path`: recipes trained from a
     source are saved under ``<source>-<what it is>`` (the target, file stem or zoo name)."""
     src = source_of(mcfg)
     what = {"module": mcfg.get("target"), "torchscript": Path(str(mcfg.get("path"))).stem,
@@ -314,7 +314,7 @@ def source_victim(cfg, splits, recipe: str) -> Tuple[nn.Module, Dict[str, Any]]:
     recipe trained from this source (``robench train-defense model=<source> defense=<recipe>``)."""
     from omegaconf import OmegaConf
 
-    from robench.checkpoint import checkpoint_path, load_checkpoint
+    from robench.models.checkpoint import checkpoint_path, load_checkpoint
 
     mcfg = OmegaConf.to_container(cfg.model, resolve=True)
     model, meta = build_source(mcfg, splits)

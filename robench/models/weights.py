@@ -123,6 +123,25 @@ def _import_target(target: str) -> Any:
         if not hasattr(obj, part):
             raise RobenchError(f"model.target={target}: {mod_name} has no attribute '{attr}'")
         obj = getattr(obj, part)
-    if not callable(obj):
-        raise RobenchError(f"model.target={target} is not a class or function")
+    check_factory(obj, f"model.target={target}")
     return obj
+
+
+def check_factory(obj: Any, what: str) -> None:
+    """``obj`` may build a victim: an ``nn.Module`` subclass, or a Python function (``def``) from outside
+    the standard library. Checked before anything is called: a config names code robench imports and
+    calls (as Hydra's ``_target_`` does), and this keeps it to code that builds a network, so
+    ``os:system`` or ``subprocess:call`` are refused instead of run."""
+    import inspect
+
+    mod = (getattr(obj, "__module__", None) or "").split(".")[0]
+    if mod in ("builtins", "__builtin__") or mod in getattr(sys, "stdlib_module_names", ()):
+        raise RobenchError(f"{what} names {mod}.{getattr(obj, '__qualname__', obj)!s} from Python's standard library; "
+                           f"give a torch.nn.Module subclass or a function that returns one")
+    if inspect.isclass(obj):
+        if not issubclass(obj, nn.Module):
+            raise RobenchError(f"{what} is the class {obj.__qualname__}, not a torch.nn.Module subclass")
+        return
+    if not inspect.isfunction(obj):
+        raise RobenchError(f"{what} is a {type(obj).__name__}, not a torch.nn.Module subclass or a Python function "
+                           f"(def) that returns one")

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-from robench import results as R
+from robench.evaluation import results as R
 from robench.errors import RobenchError
 
 #: per ``command``: the summary keys the tables need; a summary without one of them is skipped
@@ -30,8 +30,8 @@ REQUIRED_KEYS = {
 
 def run_overrides(run_dir: Path) -> str:
     """The overrides that made this run, minus display-only ones (robench's own ``overrides.yaml``, else
-    ``.hydra/overrides.yaml`` of older runs: robench.run_folder.run_overrides)."""
-    from robench.run_folder import run_overrides as overrides_of
+    ``.hydra/overrides.yaml`` of older runs: robench.evaluation.folder.run_overrides)."""
+    from robench.evaluation.folder import run_overrides as overrides_of
 
     return overrides_of(run_dir)
 
@@ -156,7 +156,7 @@ def merge_shards(runs: List[Dict[str, Any]]) -> Tuple[List[Dict[str, Any]], List
 
 
 def merged_summary(shards: List[Dict[str, Any]]) -> Dict[str, Any]:
-    """One run's summary from its shards' records, recomputed by :func:`robench.results.summarize`
+    """One run's summary from its shards' records, recomputed by :func:`robench.evaluation.results.summarize`
     (its anytime curve included), not averaged."""
     records: List[Dict[str, Any]] = []
     for s in shards:

@@ -23,7 +23,7 @@ LABEL_FIELDS = ("attack", "defense", "budget", "model", "dataset")
 #: override keys never named in a label as such: the fields above name them (``dataset.shard``
 #: becomes ``shard``, and only on a shard that was not merged)
 _NOT_IN_LABELS = LABEL_FIELDS + ("dataset.shard",)
-#: overrides the ``budget`` field spells already (``<norm>_<eps>[_targeted]``, robench.run)
+#: overrides the ``budget`` field spells already (``<norm>_<eps>[_targeted]``, robench.evaluation.runner)
 _IN_BUDGET = ("budget.norm", "budget.eps", "budget.targeted")
 
 

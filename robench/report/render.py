@@ -13,7 +13,7 @@ from typing import Any, List, Tuple
 import pandas as pd
 
 from robench.report.tables import CHECKPOINT_COLUMNS, PERCENT_KEYS, PRINTED, Tables, public
-from robench.results import atomic_write_text
+from robench.evaluation.results import atomic_write_text
 
 
 def fmt_cell(v: Any, key: str = "") -> str:

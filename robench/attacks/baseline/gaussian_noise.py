@@ -2,9 +2,8 @@ from __future__ import annotations
 
 import torch
 
-from robench.attacks.base import Attack
+from robench.attacks.base import Attack, AttackView
 from robench.errors import RobenchError
-from robench.oracle import Oracle
 from robench.registry import ATTACKS
 
 
@@ -33,7 +32,7 @@ class GaussianNoise(Attack):
             raise RobenchError(f"gaussian_noise needs sigma > 0 and draws >= 1 (got sigma={sigma}, draws={draws})")
         self.sigma, self.draws = float(sigma), int(draws)
 
-    def run(self, oracle: Oracle, generator: torch.Generator) -> None:
+    def run(self, oracle: AttackView, generator: torch.Generator) -> None:
         if oracle.eps is not None:
             raise RobenchError(f"gaussian_noise is not eps-bounded (its size is attack.params.sigma): run it with "
                                f"budget.eps=null (got budget.eps={oracle.eps})")

@@ -8,7 +8,8 @@ from torch import nn
 from robench.attacks.base import Attack
 from robench.attacks.whitebox.pgd import project
 from robench.errors import RobenchError
-from robench.oracle import Oracle, OracleView
+from robench.referee.own_model import own_model_oracle
+from robench.referee.view import AttackView
 from robench.registry import ATTACKS
 
 
@@ -108,19 +109,19 @@ class Transfer(Attack):
         self.stats["surrogate_checkpoint"] = path
 
     # ------------------------------------------------------------------ the attack
-    def run(self, oracle: OracleView, generator: torch.Generator) -> None:
+    def run(self, oracle: AttackView, generator: torch.Generator) -> None:
         if self.surrogate is None:
             raise RobenchError("transfer: no surrogate model (the engine loads it from attack.params.surrogate)")
         idx = oracle.active_indices()
         if len(idx) == 0:
             return
         x0, y, t = oracle.x0[idx], oracle.y[idx], oracle.targets
-        so = Oracle(self.surrogate, x0, y, access="gradient", norm=oracle.norm, eps=oracle.eps,
-                    max_queries=self.surrogate_max_queries, targets=None if t is None else t[idx],
-                    stop_on_success=False, num_classes=oracle.num_classes)
         last = LastProposal(x0)
-        self.inner.run(so.view(observe=last), generator)
-        res = so.finalize()
+        view, finalize = own_model_oracle(self.surrogate, x0, y, norm=oracle.norm, eps=oracle.eps,
+                                          max_queries=self.surrogate_max_queries, num_classes=oracle.num_classes,
+                                          targets=None if t is None else t[idx], observe=last)
+        self.inner.run(view, generator)
+        res = finalize()
         best = res.best_x.to(x0.device)
         x = best if self.inner.minimizes_distortion else last.x
         if self.inner.minimizes_distortion:  # no surrogate success: fall back to the last proposal

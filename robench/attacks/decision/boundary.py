@@ -2,10 +2,9 @@ from __future__ import annotations
 
 import torch
 
-from robench.attacks.base import Attack
+from robench.attacks.base import Attack, AttackView
 from robench.attacks.decision.common import adversarial, noise_init, targeted_pool, view_b
 from robench.errors import RobenchError
-from robench.oracle import Oracle
 from robench.registry import ATTACKS
 
 
@@ -52,7 +51,7 @@ class BoundaryAttack(Attack):
         """Keep the training images by class (targeted θ0 / starting points; AttackContext.class_images)."""
         self.class_images = context.class_images
 
-    def run(self, oracle: Oracle, generator: torch.Generator) -> None:
+    def run(self, oracle: AttackView, generator: torch.Generator) -> None:
         x0 = oracle.x0
         n, dev = x0.shape[0], x0.device
         best, found = noise_init(oracle, generator, pool=targeted_pool(self.class_images, oracle, 100, generator))

@@ -13,9 +13,8 @@ from typing import Callable, Optional, Tuple
 
 import torch
 
-from robench.attacks.base import Attack
+from robench.attacks.base import Attack, AttackView
 from robench.geometry import bview, geometry
-from robench.oracle import Oracle
 
 #: rows per oracle call; large calls are split (small calls are faster per row on a CPU)
 CHUNK = 200
@@ -36,7 +35,7 @@ def normalize(v: torch.Tensor, norm: str) -> torch.Tensor:
     return geometry(norm).normalize(v)
 
 
-def adversarial(oracle: Oracle, x: torch.Tensor, idx: torch.Tensor, chunk: int = CHUNK) -> Tuple[torch.Tensor, torch.Tensor]:
+def adversarial(oracle: AttackView, x: torch.Tensor, idx: torch.Tensor, chunk: int = CHUNK) -> Tuple[torch.Tensor, torch.Tensor]:
     """(adversarial, answered) per row: one counted label query per row (split into calls of ``chunk``).
 
     Adversarial means "the victim's top-1 label is not y" (untargeted) or "is the target" (targeted);
@@ -60,7 +59,7 @@ _V, _UP, _DOWN, _BIN, _OUT, _CHK, _DONE = range(7)
 LOCAL, BOUND, SCRATCH = 0, 1, 2
 
 
-def boundary_distance(oracle: Oracle, x0: torch.Tensor, theta: torch.Tensor, idx: torch.Tensor,
+def boundary_distance(oracle: AttackView, x0: torch.Tensor, theta: torch.Tensor, idx: torch.Tensor,
                       v: torch.Tensor, mode: torch.Tensor | int, tol: float, ratio: float = 0.01,
                       out_step: float = 0.1, lam_max: float = 30.0) -> torch.Tensor:
     """g(theta) for each row: the distance along the (normalised) direction ``theta`` from ``x0`` (the
@@ -159,7 +158,7 @@ def search_scale(x0: torch.Tensor, norm: str) -> Tuple[float, float]:
     return d ** 0.5 / 100, 2 * d ** 0.5
 
 
-def init_directions(oracle: Oracle, gen: torch.Generator, norm: str, n_dirs: int, tol: float,
+def init_directions(oracle: AttackView, gen: torch.Generator, norm: str, n_dirs: int, tol: float,
                     pool: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
     """theta_0 and g(theta_0) per sample: the best of ``n_dirs`` directions ([cheng2021 §2.5], "the best
     of 100 random directions"), batched over samples, one direction at a time per sample so the
@@ -196,7 +195,7 @@ def init_directions(oracle: Oracle, gen: torch.Generator, norm: str, n_dirs: int
     return best_t, best_g
 
 
-def targeted_pool(images, oracle: Oracle, n_dirs: int, gen: torch.Generator) -> Optional[torch.Tensor]:
+def targeted_pool(images, oracle: AttackView, n_dirs: int, gen: torch.Generator) -> Optional[torch.Tensor]:
     """(n, n_dirs, C, H, W) training images of each sample's target class (drawn with ``gen``), or None
     when the run is untargeted or no :class:`~robench.attacks.base.ClassImages` was supplied (then
     random directions)."""
@@ -207,7 +206,7 @@ def targeted_pool(images, oracle: Oracle, n_dirs: int, gen: torch.Generator) -> 
     return None if pool is None else pool.to(oracle.x0.device)
 
 
-def line_search(oracle: Oracle, x0: torch.Tensor, s: torch.Tensor, theta: torch.Tensor, g: torch.Tensor,
+def line_search(oracle: AttackView, x0: torch.Tensor, s: torch.Tensor, theta: torch.Tensor, g: torch.Tensor,
                 grad: torch.Tensor, alpha: torch.Tensor, norm: str, tol: float, evaluate=None,
                 max_steps: int = 15) -> Tuple[torch.Tensor, torch.Tensor]:
     """The step-size search of the OPT / Sign-OPT reference code (attackbox, [cheng2019opt]), batched over samples.
@@ -258,7 +257,7 @@ def line_search(oracle: Oracle, x0: torch.Tensor, s: torch.Tensor, theta: torch.
     return min_t, min_g
 
 
-def noise_init(oracle: Oracle, gen: torch.Generator, max_draws: int = 1000, tol: float = 1e-3,
+def noise_init(oracle: AttackView, gen: torch.Generator, max_draws: int = 1000, tol: float = 1e-3,
                pool: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
     """A starting adversarial point per sample (HopSkipJump's and Foolbox's Boundary-attack
     initialisation): uniform noise images in [0, 1], one draw per sample per call, until adversarial
@@ -328,11 +327,11 @@ class DirectionSearchAttack(Attack):
         """Keep the training images by class (targeted θ0 / starting points; AttackContext.class_images)."""
         self.class_images = context.class_images
 
-    def _objective(self, oracle: Oracle) -> Optional[Objective]:
+    def _objective(self, oracle: AttackView) -> Optional[Objective]:
         """The objective of a direction (None: g itself, the boundary distance)."""
         return None
 
-    def _estimate(self, oracle: Oracle, generator: torch.Generator, x0: torch.Tensor, s: torch.Tensor,
+    def _estimate(self, oracle: AttackView, generator: torch.Generator, x0: torch.Tensor, s: torch.Tensor,
                   theta: torch.Tensor, g: torch.Tensor, beta: torch.Tensor, objective: Optional[Objective]):
         """Gradient estimate for samples ``s`` at directions ``theta`` (boundary distances ``g``, smoothing
         ``beta``). Returns (gradient, bisection tolerance of the line search, data for :meth:`_accept`)."""
@@ -343,7 +342,7 @@ class DirectionSearchAttack(Attack):
         """The new (theta, g) of the iterated samples from the line search's result (default: take it)."""
         return new_t, new_g
 
-    def run(self, oracle: Oracle, generator: torch.Generator) -> None:
+    def run(self, oracle: AttackView, generator: torch.Generator) -> None:
         norm, x0 = oracle.norm, oracle.x0
         n, dev = x0.shape[0], x0.device
         objective = self._objective(oracle)

@@ -2,11 +2,10 @@ from __future__ import annotations
 
 import torch
 
-from robench.attacks.base import Attack
+from robench.attacks.base import Attack, AttackView
 from robench.attacks.decision.common import adversarial, noise_init, targeted_pool, view_b
 from robench.errors import RobenchError
 from robench.geometry import L2_BALL, TINY
-from robench.oracle import Oracle
 from robench.registry import ATTACKS
 
 #: Perlin's four lattice gradients (the reference code's ``gradient``: (0,1), (0,-1), (1,0), (-1,0))
@@ -102,7 +101,7 @@ class GuessingSmart(Attack):
             return perlin_noise(n, shape, freq, generator, device)
         return L2_BALL.normalize(torch.randn((n, *shape), generator=generator, device=device))
 
-    def run(self, oracle: Oracle, generator: torch.Generator) -> None:
+    def run(self, oracle: AttackView, generator: torch.Generator) -> None:
         x0 = oracle.x0
         n, dev = x0.shape[0], x0.device
         best, found = noise_init(oracle, generator, pool=targeted_pool(self.class_images, oracle, 100, generator))

@@ -4,10 +4,9 @@ import math
 
 import torch
 
-from robench.attacks.base import Attack
+from robench.attacks.base import Attack, AttackView
 from robench.attacks.decision.common import adversarial, flat_norm, noise_init, normalize, targeted_pool, view_b
 from robench.errors import RobenchError
-from robench.oracle import Oracle
 from robench.registry import ATTACKS
 
 
@@ -81,7 +80,7 @@ class HopSkipJump(Attack):
             live[r[~ans]] = False
         return project(hi)
 
-    def run(self, oracle: Oracle, generator: torch.Generator) -> None:
+    def run(self, oracle: AttackView, generator: torch.Generator) -> None:
         norm, x0 = oracle.norm, oracle.x0
         n, dev = x0.shape[0], x0.device
         d = x0[0].numel()

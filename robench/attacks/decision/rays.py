@@ -4,10 +4,9 @@ import math
 
 import torch
 
-from robench.attacks.base import Attack
+from robench.attacks.base import Attack, AttackView
 from robench.attacks.decision.common import adversarial, view_b
 from robench.errors import RobenchError
-from robench.oracle import Oracle
 from robench.registry import ATTACKS
 
 
@@ -36,7 +35,7 @@ class RayS(Attack):
             raise RobenchError(f"rays needs tol > 0, got {tol}")
         self.tol, self.max_steps = tol, max_steps
 
-    def run(self, oracle: Oracle, generator: torch.Generator) -> None:
+    def run(self, oracle: AttackView, generator: torch.Generator) -> None:
         x0 = oracle.x0
         n, dev = x0.shape[0], x0.device
         dim = x0[0].numel()

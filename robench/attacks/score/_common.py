@@ -17,10 +17,9 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from robench.attacks.base import Attack
+from robench.attacks.base import Attack, AttackView
 from robench.errors import RobenchError
 from robench.geometry import Geometry, bview, geometry  # noqa: F401  (bview: used by the score attacks)
-from robench.oracle import Oracle
 
 #: probabilities are clamped here before the log
 P_MIN = 1e-30
@@ -61,7 +60,7 @@ def ce_loss(p: torch.Tensor, y: torch.Tensor, targets: Optional[torch.Tensor]) -
     return -logp.gather(1, targets[:, None]).squeeze(1)
 
 
-def need_eps(oracle: Oracle, name: str, norms=("linf", "l2")) -> float:
+def need_eps(oracle: AttackView, name: str, norms=("linf", "l2")) -> float:
     if oracle.eps is None:
         raise RobenchError(f"{name} is an eps-bounded attack: set budget.eps to a number")
     if oracle.norm not in norms:
@@ -121,7 +120,7 @@ class ScoreAttack(Attack):
     #: budget norms the attack supports
     norms: Tuple[str, ...] = ("linf", "l2")
 
-    def run(self, oracle: Oracle, generator: torch.Generator) -> None:
+    def run(self, oracle: AttackView, generator: torch.Generator) -> None:
         eps = need_eps(oracle, self.name, self.norms)
         idx = oracle.active_indices()
         if len(idx) == 0:
@@ -131,5 +130,5 @@ class ScoreAttack(Attack):
                          targets=oracle.targets, shape=tuple(x0.shape[1:]), device=oracle.device)
         self._attack(oracle, generator, task)
 
-    def _attack(self, oracle: Oracle, generator: torch.Generator, task: ScoreTask) -> None:
+    def _attack(self, oracle: AttackView, generator: torch.Generator, task: ScoreTask) -> None:
         raise NotImplementedError

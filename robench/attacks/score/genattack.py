@@ -4,10 +4,9 @@ from typing import Optional
 
 import torch
 
-from robench.attacks.base import keep_active
+from robench.attacks.base import AttackView, keep_active
 from robench.attacks.score._common import ScoreAttack, ScoreTask, log_probs, reduced_shape, upsample
 from robench.errors import RobenchError
-from robench.oracle import Oracle
 from robench.registry import ATTACKS
 
 
@@ -106,7 +105,7 @@ class GenAttack(ScoreAttack):
         self.rho0, self.alpha0, self.decay = float(rho_init), float(alpha_init), float(decay)
         self.rho_min, self.alpha_min, self.patience = float(rho_min), float(alpha_min), int(plateau_patience)
 
-    def _attack(self, oracle: Oracle, generator: torch.Generator, task: ScoreTask) -> None:
+    def _attack(self, oracle: AttackView, generator: torch.Generator, task: ScoreTask) -> None:
         eps, idx, dev, N = task.eps, task.idx, task.device, self.pop_size
         x0_all, shape, geo = task.x0, task.shape, task.geometry
         esh = reduced_shape(shape, self.resize)

@@ -6,11 +6,10 @@ from typing import Tuple
 
 import torch
 
-from robench.attacks.base import keep_active
+from robench.attacks.base import AttackView, keep_active
 from robench.attacks.score._common import ScoreAttack, ScoreTask
 from robench.attacks.score.genattack import genattack_fitness
 from robench.errors import RobenchError
-from robench.oracle import Oracle
 from robench.registry import ATTACKS
 
 
@@ -125,7 +124,7 @@ class GenAttackAudio(ScoreAttack):
                                f"dataset=fsdd holds them); set attack.params.sample_bits to the data's sample width")
         return q, u
 
-    def _attack(self, oracle: Oracle, generator: torch.Generator, task: ScoreTask) -> None:
+    def _attack(self, oracle: AttackView, generator: torch.Generator, task: ScoreTask) -> None:
         idx, dev, P, E = task.idx, task.device, self.pop_size, self.elite
         q, codes = self.grid(oracle, task.x0)
         steps = int(task.eps / q + 1e-6)  # the budget in sample steps

@@ -5,10 +5,9 @@ from typing import Optional
 
 import torch
 
-from robench.attacks.base import keep_active
+from robench.attacks.base import AttackView, keep_active
 from robench.attacks.score._common import ScoreAttack, ScoreTask, ce_loss, margin_loss
 from robench.errors import RobenchError
-from robench.oracle import Oracle
 from robench.registry import ATTACKS
 
 
@@ -54,7 +53,7 @@ class NES(ScoreAttack):
         self.n, self.sigma, self.eta, self.eta2 = int(n_samples), float(sigma), float(step_size), step_size_l2
         self.momentum, self.loss = float(momentum), loss
 
-    def _attack(self, oracle: Oracle, generator: torch.Generator, task: ScoreTask) -> None:
+    def _attack(self, oracle: AttackView, generator: torch.Generator, task: ScoreTask) -> None:
         eps, idx, dev, norm, geo = task.eps, task.idx, task.device, task.norm, task.geometry
         x0_all, shape = task.x0, task.shape
         dim = math.prod(shape)

@@ -4,7 +4,7 @@ import torch
 
 from robench.attacks.score._common import ScoreAttack, ScoreTask
 from robench.errors import RobenchError
-from robench.oracle import Oracle
+from robench.attacks.base import AttackView
 from robench.registry import ATTACKS
 
 
@@ -29,7 +29,7 @@ class RandomNoise(ScoreAttack):
             raise RobenchError(f"noise draws_per_step must be >= 1, got {draws_per_step}")
         self.k = int(draws_per_step)
 
-    def _attack(self, oracle: Oracle, generator: torch.Generator, task: ScoreTask) -> None:
+    def _attack(self, oracle: AttackView, generator: torch.Generator, task: ScoreTask) -> None:
         eps, x0_all, shape, dev, geo = task.eps, task.x0, task.shape, task.device, task.geometry
         idx = task.idx
         while True:

@@ -5,11 +5,10 @@ from typing import Optional
 
 import torch
 
-from robench.attacks.base import keep_active
+from robench.attacks.base import AttackView, keep_active
 from robench.attacks.score._common import ScoreAttack, ScoreTask, bview, ce_loss, margin_loss
 from robench.errors import RobenchError
 from robench.geometry import L2_BALL, LINF_BALL
-from robench.oracle import Oracle
 from robench.registry import ATTACKS
 
 
@@ -102,7 +101,7 @@ class Square(ScoreAttack):
         kind = self.loss or ("margin" if t is None else "ce")
         return margin_loss(p, y, t, kappa=float("inf")) if kind == "margin" else ce_loss(p, y, t)
 
-    def _attack(self, oracle: Oracle, generator: torch.Generator, task: ScoreTask) -> None:
+    def _attack(self, oracle: AttackView, generator: torch.Generator, task: ScoreTask) -> None:
         eps, idx, dev, norm = task.eps, task.idx, task.device, task.norm
         c, h, w = task.shape
         n_iters = oracle.max_queries

@@ -4,11 +4,10 @@ from typing import Optional
 
 import torch
 
-from robench.attacks.base import keep_active
+from robench.attacks.base import AttackView, keep_active
 from robench.attacks.score._common import ScoreAttack, ScoreTask, margin_loss, reduced_shape, upsample
 from robench.errors import RobenchError
 from robench.geometry import L2_BALL, LINF_BALL
-from robench.oracle import Oracle
 from robench.registry import ATTACKS
 
 
@@ -76,7 +75,7 @@ class ZOO(ScoreAttack):
         self.stages, self.max_it = int(binary_search_steps), None if max_iterations is None else int(max_iterations)
         self.resize = resize
 
-    def _attack(self, oracle: Oracle, generator: torch.Generator, task: ScoreTask) -> None:
+    def _attack(self, oracle: AttackView, generator: torch.Generator, task: ScoreTask) -> None:
         eps, idx, dev, norm = task.eps, task.idx, task.device, task.norm
         x0_all, shape = task.x0, task.shape
         esh = reduced_shape(shape, self.resize)

@@ -4,10 +4,9 @@ from typing import Optional
 
 import torch
 
-from robench.attacks.base import Attack, attack_loss, keep_active
+from robench.attacks.base import Attack, AttackView, attack_loss, keep_active
 from robench.errors import RobenchError
 from robench.geometry import geometry
-from robench.oracle import Oracle
 from robench.registry import ATTACKS
 
 
@@ -81,7 +80,7 @@ class APGD(Attack):
         self.steps, self.restarts, self.rho, self.loss = steps, restarts, rho, loss
 
     # ------------------------------------------------------------------ the loss of a run
-    def loss_fn(self, oracle: Oracle, target: Optional[torch.Tensor]):
+    def loss_fn(self, oracle: AttackView, target: Optional[torch.Tensor]):
         """Per-row loss to maximise; ``target``: per-sample class for targeted losses (else None)."""
         y = oracle.y
         if self.loss == "dlr":
@@ -90,7 +89,7 @@ class APGD(Attack):
             return lambda logits, i: dlr_loss(logits, y[i], None if target is None else target[i])
         return lambda logits, i: attack_loss(self.loss, logits, y[i], None if target is None else target[i])
 
-    def run(self, oracle: Oracle, generator: torch.Generator) -> None:
+    def run(self, oracle: AttackView, generator: torch.Generator) -> None:
         if oracle.eps is None:
             raise RobenchError(f"{self.name} needs a finite budget.eps")
         loss_fn = self.loss_fn(oracle, oracle.targets)
@@ -98,7 +97,7 @@ class APGD(Attack):
             if not self.single_run(oracle, generator, loss_fn, oracle.active_indices()):
                 return
 
-    def single_run(self, oracle: Oracle, generator: torch.Generator, loss_fn, idx: torch.Tensor) -> bool:
+    def single_run(self, oracle: AttackView, generator: torch.Generator, loss_fn, idx: torch.Tensor) -> bool:
         """One APGD run on samples ``idx``; False when no sample is left active."""
         if len(idx) == 0:
             return False

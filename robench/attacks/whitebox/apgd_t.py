@@ -4,7 +4,7 @@ import torch
 
 from robench.attacks.whitebox.apgd import APGD
 from robench.errors import RobenchError
-from robench.oracle import Oracle
+from robench.attacks.base import AttackView
 from robench.registry import ATTACKS
 
 
@@ -32,7 +32,7 @@ class APGDT(APGD):
             raise RobenchError(f"apgd_t needs target_classes >= 1, got {target_classes}")
         self.target_classes = target_classes
 
-    def run(self, oracle: Oracle, generator: torch.Generator) -> None:
+    def run(self, oracle: AttackView, generator: torch.Generator) -> None:
         if oracle.eps is None:
             raise RobenchError("apgd_t needs a finite budget.eps")
         if oracle.targeted:

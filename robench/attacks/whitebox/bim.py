@@ -4,10 +4,9 @@ from typing import Optional
 
 import torch
 
-from robench.attacks.base import Attack, attack_loss, keep_active
+from robench.attacks.base import Attack, AttackView, attack_loss, keep_active
 from robench.errors import RobenchError
 from robench.geometry import geometry
-from robench.oracle import Oracle
 from robench.registry import ATTACKS
 
 
@@ -57,11 +56,11 @@ class BIM(Attack):
         n = self.steps or 10
         return n, self.step_size if self.step_size is not None else 2.5 * eps / n
 
-    def loss_targets(self, oracle: Oracle) -> Optional[torch.Tensor]:
+    def loss_targets(self, oracle: AttackView) -> Optional[torch.Tensor]:
         """Class to descend per sample (None: ascend the loss of the true label)."""
         return oracle.targets
 
-    def run(self, oracle: Oracle, generator: torch.Generator) -> None:
+    def run(self, oracle: AttackView, generator: torch.Generator) -> None:
         eps = oracle.eps
         if eps is None:
             raise RobenchError(f"{self.name} needs a finite budget.eps")

@@ -2,9 +2,8 @@ from __future__ import annotations
 
 import torch
 
-from robench.attacks.base import Attack, attack_loss, keep_active
+from robench.attacks.base import Attack, AttackView, attack_loss, keep_active
 from robench.errors import RobenchError
-from robench.oracle import Oracle
 from robench.registry import ATTACKS
 
 
@@ -67,7 +66,7 @@ class CWL2(Attack):
         self.c0, self.kappa, self.abort_early = initial_const, confidence, abort_early
         self.abort_per_sample = abort_per_sample
 
-    def run(self, oracle: Oracle, generator: torch.Generator) -> None:
+    def run(self, oracle: AttackView, generator: torch.Generator) -> None:
         x0, y, t = oracle.x0, oracle.y, oracle.targets
         targeted = t is not None
         cls = t if targeted else y

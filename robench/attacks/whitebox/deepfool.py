@@ -2,9 +2,8 @@ from __future__ import annotations
 
 import torch
 
-from robench.attacks.base import Attack, keep_active
+from robench.attacks.base import Attack, AttackView, keep_active
 from robench.errors import RobenchError
-from robench.oracle import Oracle
 from robench.registry import ATTACKS
 
 
@@ -49,7 +48,7 @@ class DeepFool(Attack):
                                f"(got {overshoot}, {max_iter}, {candidates})")
         self.overshoot, self.max_iter, self.candidates = overshoot, max_iter, candidates
 
-    def run(self, oracle: Oracle, generator: torch.Generator) -> None:
+    def run(self, oracle: AttackView, generator: torch.Generator) -> None:
         x0, y, t = oracle.x0, oracle.y, oracle.targets
         norm, dev, k = oracle.norm, x0.device, oracle.num_classes
         view = (-1,) + (1,) * (x0.dim() - 1)

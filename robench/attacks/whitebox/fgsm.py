@@ -2,10 +2,9 @@ from __future__ import annotations
 
 import torch
 
-from robench.attacks.base import Attack, attack_loss
+from robench.attacks.base import Attack, AttackView, attack_loss
 from robench.errors import RobenchError
 from robench.geometry import geometry
-from robench.oracle import Oracle
 from robench.registry import ATTACKS
 
 
@@ -35,7 +34,7 @@ class FGSM(Attack):
             raise RobenchError(f"fgsm step_size must be > 0 (or null for eps), got {step_size}")
         self.loss, self.step_size = loss, step_size
 
-    def run(self, oracle: Oracle, generator: torch.Generator) -> None:
+    def run(self, oracle: AttackView, generator: torch.Generator) -> None:
         eps = oracle.eps
         if eps is None:
             raise RobenchError("fgsm needs a finite budget.eps")

@@ -4,10 +4,9 @@ import math
 
 import torch
 
-from robench.attacks.base import Attack, attack_loss, keep_active
+from robench.attacks.base import Attack, AttackView, attack_loss, keep_active
 from robench.errors import RobenchError
 from robench.geometry import L2_BALL, geometry
-from robench.oracle import Oracle
 from robench.registry import ATTACKS
 
 
@@ -76,7 +75,7 @@ class FMN(Attack):
         self.steps, self.alpha_init, self.alpha_final = steps, alpha_init, alpha_final
         self.gamma_init, self.gamma_final = gamma_init, gamma_final
 
-    def run(self, oracle: Oracle, generator: torch.Generator) -> None:
+    def run(self, oracle: AttackView, generator: torch.Generator) -> None:
         x0, y, t = oracle.x0, oracle.y, oracle.targets
         norm, n, dev = oracle.norm, oracle.n, x0.device
         if norm not in ("l2", "linf"):

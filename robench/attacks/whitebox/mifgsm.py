@@ -4,10 +4,9 @@ from typing import Optional
 
 import torch
 
-from robench.attacks.base import Attack, attack_loss, keep_active
+from robench.attacks.base import Attack, AttackView, attack_loss, keep_active
 from robench.errors import RobenchError
 from robench.geometry import geometry
-from robench.oracle import Oracle
 from robench.registry import ATTACKS
 
 
@@ -37,7 +36,7 @@ class MIFGSM(Attack):
             raise RobenchError(f"mifgsm loss must be 'ce' or 'cw', got '{loss}'")
         self.steps, self.decay, self.step_size, self.loss = steps, decay, step_size, loss
 
-    def run(self, oracle: Oracle, generator: torch.Generator) -> None:
+    def run(self, oracle: AttackView, generator: torch.Generator) -> None:
         eps = oracle.eps
         if eps is None:
             raise RobenchError("mifgsm needs a finite budget.eps")

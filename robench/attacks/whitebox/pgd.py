@@ -4,10 +4,9 @@ from typing import Optional
 
 import torch
 
-from robench.attacks.base import Attack, attack_loss, keep_active
+from robench.attacks.base import Attack, AttackView, attack_loss, keep_active
 from robench.errors import RobenchError
 from robench.geometry import geometry
-from robench.oracle import Oracle
 from robench.registry import ATTACKS
 
 
@@ -45,7 +44,7 @@ class PGD(Attack):
         self.steps, self.step_size, self.random_start = steps, step_size, random_start
         self.restarts, self.loss, self.early_stop = restarts, loss, early_stop
 
-    def run(self, oracle: Oracle, generator: torch.Generator) -> None:
+    def run(self, oracle: AttackView, generator: torch.Generator) -> None:
         eps = oracle.eps
         if eps is None:
             raise RobenchError("pgd needs a finite budget.eps")

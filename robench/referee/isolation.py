@@ -1,12 +1,12 @@
 """``isolate=true``: the attack's ``run`` in a child process that never holds the victim (README, "Untrusted attacks").
 
-The engine (:func:`robench.engine.execute`) starts one child per run with the ``spawn`` method (a fresh
+The engine (:func:`robench.evaluation.engine.execute`) starts one child per run with the ``spawn`` method (a fresh
 interpreter: no copy of the parent's memory, so no model, oracle or plan to find by walking objects)
 and sends it the attack object once (pickled). Per batch it sends the batch's public facts (``x0``,
 ``y``, ``targets``, ``eps``, ``norm``, ``max_queries``, ``num_classes``, ...) and the batch generator's
 state; the child runs ``attack.run`` on a :class:`ProxyView`, whose query methods and running facts
 (``active``, ``remaining``, ...) are requests over a pipe (tensors travel through shared memory,
-torch.multiprocessing's reductions) answered by the real :class:`~robench.oracle_view.OracleView` in
+torch.multiprocessing's reductions) answered by the real :class:`~robench.referee.view.OracleView` in
 the parent. The records are those of the in-process run (same generator stream, same answers).
 
 Limits: ``gradient`` access is refused (a white-box loss function is the attack's code and would run
@@ -21,7 +21,7 @@ import torch
 import torch.multiprocessing as mp
 
 from robench.errors import RobenchError
-from robench.oracle_view import _RANK, ACCESS_LEVELS, AccessError
+from robench.referee.types import ACCESS_LEVELS, ACCESS_RANK, AccessError
 
 #: facts fixed for a batch (sent once); the others are asked for each time they are read
 STATIC = ("x0", "y", "targets", "targeted", "eps", "norm", "max_queries", "num_classes", "n", "eot_samples",
@@ -97,7 +97,7 @@ class IsolatedRunner:
 
 
 class ProxyView:
-    """The child's oracle view: the :class:`~robench.oracle_view.OracleView` interface over a pipe."""
+    """The child's oracle view: the :class:`~robench.referee.view.OracleView` interface over a pipe."""
 
     __slots__ = ("_conn", "_facts", "access", "device")
 
@@ -130,7 +130,7 @@ class ProxyView:
     def restrict(self, access: str) -> "ProxyView":
         if access not in ACCESS_LEVELS:
             raise ValueError(f"access must be one of {ACCESS_LEVELS}, got {access!r}")
-        if _RANK[access] > _RANK[self.access]:
+        if ACCESS_RANK[access] > ACCESS_RANK[self.access]:
             raise AccessError(f"a view at access '{self.access}' cannot grant '{access}'")
         return ProxyView(self._conn, self._facts, access, self.device)
 

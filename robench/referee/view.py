@@ -1,52 +1,17 @@
-"""What crosses the oracle's border: the attack's :class:`OracleView` and the engine's :class:`OracleResult`.
+"""What an attack holds: :class:`OracleView`, one oracle's answers at one access level and read-only facts,
+and :class:`AttackView`, the interface attacks annotate against (the in-process view and the isolated
+child's proxy both provide it).
 
-robench/oracle.py holds the referee (:class:`~robench.oracle.Oracle`); everything here is importable from
-``robench.oracle`` too.
+robench/referee/oracle.py holds the referee (:class:`~robench.referee.oracle.Oracle`); the types both sides
+share are in robench/referee/types.py.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Optional
+from typing import Any, Callable, Optional, Protocol, Tuple, runtime_checkable
 
 import torch
 
-if TYPE_CHECKING:
-    from robench.oracle import Oracle
-
-ACCESS_LEVELS = ("gradient", "scores", "label")
-_RANK = {"label": 0, "scores": 1, "gradient": 2}
-
-
-class AccessError(RuntimeError):
-    """An attack asked the oracle for more than its declared access level allows."""
-
-
-@dataclass
-class OracleResult:
-    """What the oracle certifies for one batch after :meth:`Oracle.finalize` (all tensors on CPU)."""
-
-    success: torch.Tensor             # bool: success held at first sight and in every re-check
-    claimed: torch.Tensor             # bool: success seen during the attack (before the re-check)
-    queries: torch.Tensor             # long: queries spent on each sample
-    grad_queries: torch.Tensor        # long: of which forward+backward rows
-    queries_at_success: torch.Tensor  # long: query number of the first success (-1: none)
-    seconds_at_success: torch.Tensor  # float: wall time from oracle creation to first success (nan: none)
-    adversarial: torch.Tensor         # bool: an adversarial point (any distortion) was seen
-    best_x: torch.Tensor              # the best adversarial point seen (x0 where none)
-    seconds: float                    # wall time of the whole batch
-    checkpoints: tuple = ()           # the query counts of the anytime curve (sorted)
-    dist_at: Optional[torch.Tensor] = None  # float (n, len(checkpoints)): best adversarial distortion
-    #                                   within c queries (inf: none yet; inf too where the re-check failed)
-
-
-#: the read-only facts an attack may read from its view (each a fresh copy or an immutable value)
-VIEW_FACTS = ("x0", "y", "targets", "targeted", "eps", "norm", "max_queries", "num_classes", "n", "device",
-              "eot_samples", "checkpoints", "active", "remaining", "queries", "grad_queries", "success",
-              "queries_at_success", "best_dist", "best_x", "dist_at")
-#: the query methods of each access level (a level also has those of the levels below it)
-VIEW_METHODS = {"label": ("labels",), "scores": ("labels", "scores"),
-                "gradient": ("labels", "scores", "logits", "gradient")}
-
+from robench.referee.types import ACCESS_LEVELS, ACCESS_RANK, VIEW_FACTS, VIEW_METHODS, AccessError
 
 class OracleView:
     """What an attack holds: one oracle's answers at one access level, and read-only facts.
@@ -73,10 +38,10 @@ class OracleView:
 
     __slots__ = ("_OracleView__ask",)
 
-    def __init__(self, oracle: "Oracle", access: str, observe: Optional[Callable] = None):
+    def __init__(self, oracle: Any, access: str, observe: Optional[Callable] = None):
         if access not in ACCESS_LEVELS:
             raise ValueError(f"access must be one of {ACCESS_LEVELS}, got {access!r}")
-        if _RANK[access] > _RANK[oracle.access]:
+        if ACCESS_RANK[access] > ACCESS_RANK[oracle.access]:
             raise AccessError(f"a view at access '{access}' of an oracle answering at '{oracle.access}'")
         allowed = frozenset(VIEW_METHODS[access])
         facts = frozenset(VIEW_FACTS)
@@ -138,7 +103,7 @@ class OracleView:
         """A view of the same oracle at ``access`` (at most this view's level)."""
         if access not in ACCESS_LEVELS:
             raise ValueError(f"access must be one of {ACCESS_LEVELS}, got {access!r}")
-        if _RANK[access] > _RANK[self.access]:
+        if ACCESS_RANK[access] > ACCESS_RANK[self.access]:
             raise AccessError(f"a view at access '{self.access}' cannot grant '{access}'")
         return self.__ask("restrict", access)
 
@@ -153,3 +118,43 @@ def _fact(name: str) -> property:
 for _name in VIEW_FACTS:
     setattr(OracleView, _name, _fact(_name))
 del _name
+
+
+@runtime_checkable
+class AttackView(Protocol):
+    """The interface an attack's ``run`` receives (annotate against this, never against the referee's
+    classes): :class:`OracleView` in process, the isolated child's proxy under ``isolate=true``.
+
+    Queries (each answered row is counted by the oracle): ``labels(x, idx)``; ``scores(x, idx)`` at
+    access ``scores`` and up; ``logits(x, idx)`` and ``gradient(x, loss_fn, idx)`` at ``gradient``.
+    Facts (read-only copies): the batch (``x0``, ``y``, ``targets``, ``n``), the threat model (``eps``,
+    ``norm``, ``max_queries``, ``targeted``), the input box (``low``, ``high``), ``num_classes``, and the
+    oracle's running bookkeeping (``active``, ``remaining``, ``queries``, ``success``, ``best_dist``, ...)."""
+
+    access: str
+    x0: torch.Tensor
+    y: torch.Tensor
+    targets: Optional[torch.Tensor]
+    targeted: bool
+    eps: Optional[float]
+    norm: str
+    max_queries: int
+    num_classes: int
+    n: int
+    active: torch.Tensor
+    remaining: torch.Tensor
+    queries: torch.Tensor
+    success: torch.Tensor
+
+    def labels(self, x: torch.Tensor, idx: Optional[torch.Tensor] = None) -> torch.Tensor: ...
+
+    def scores(self, x: torch.Tensor, idx: Optional[torch.Tensor] = None) -> torch.Tensor: ...
+
+    def logits(self, x: torch.Tensor, idx: Optional[torch.Tensor] = None) -> torch.Tensor: ...
+
+    def gradient(self, x: torch.Tensor, loss_fn: Callable,
+                 idx: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]: ...
+
+    def active_indices(self) -> torch.Tensor: ...
+
+    def restrict(self, access: str) -> "AttackView": ...

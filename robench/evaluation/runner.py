@@ -2,8 +2,8 @@
 
 Data flows one way (the repository's DESIGN.md): config -> dataset slice -> victim -> plan -> engine
 (oracle <- attack) -> records -> protocols -> summary. :func:`run_attack` turns the config into a
-:class:`~robench.engine.Plan`, a :class:`~robench.engine.Referee` and an
-:class:`~robench.protocols.Evaluation`; :func:`run_plan` runs them through the engine, writes records
+:class:`~robench.evaluation.engine.Plan`, a :class:`~robench.evaluation.engine.Referee` and an
+:class:`~robench.evaluation.protocols.Evaluation`; :func:`run_plan` runs them through the engine, writes records
 after every batch (resumable), runs the protocols' extra runs and writes the summary.
 """
 from __future__ import annotations
@@ -19,22 +19,19 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 import robench
-from robench import results as R
+from robench.evaluation import results as R
 from robench.attacks.base import AttackContext, ClassImages
 from robench.config import resolve_device, validate_attack_config, validate_budget, validate_names
 from robench.data import eval_slice, load_dataset, parse_shard
 from robench.data.base import eval_indices
-from robench.engine import (Plan, Referee, batch_seed, choose_targets, execute, expand_all_targets,  # noqa: F401
-                            prepare_attack, run_all)
+from robench.evaluation.engine import Plan, Referee, execute
 from robench.errors import RobenchError
-from robench.integrity import summary_entry
-from robench.protocols import Evaluation
+from robench.referee.guard import summary_entry
+from robench.evaluation.protocols import Evaluation
 from robench.registry import ATTACKS, MODELS, instantiate
-from robench.train import predict
-from robench.train_job import run_train  # noqa: F401  (the train-defense job; cli.py imports it from here)
+from robench.training.loop import predict
 from robench.models.sources import victim_summary
-from robench.victim import load_victim, refuse_gradients, surrogate_loader  # noqa: F401  (load_victim: kept importable from here)
-from robench.run_folder import write_run_config
+from robench.evaluation.folder import write_run_config
 
 #: robench's own messages: Hydra's job logging sends them to <run dir>/<job name>.log (README, "Logs")
 log = logging.getLogger("robench")
@@ -78,98 +75,6 @@ def prefix_with_n_correct(correct: torch.Tensor, n: int) -> int:
     return int(pos[n - 1]) + 1 if len(pos) >= n else len(correct)
 
 
-def run_attack(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
-    validate_attack_config(cfg)  # every setting, before any work (robench/config.py)
-    validate_names(cfg, ("dataset", "model", "attack"))
-    ev = Evaluation(cfg)  # validates the defense group (recipe, input transformations, detector)
-    parse_shard(cfg.dataset.get("shard"))
-    n_correct = cfg.get("n_correct")
-    if n_correct is not None and (not isinstance(n_correct, int) or isinstance(n_correct, bool) or n_correct < 1):
-        raise RobenchError(f"n_correct must be an integer >= 1 or null, got '{n_correct}'")
-    if n_correct is not None and cfg.dataset.get("shard"):
-        raise RobenchError("n_correct cuts the slice after its n-th correct sample and cannot be combined with "
-                           "dataset.shard: use dataset.n_samples with shards")
-
-    def make_attack():
-        return instantiate(ATTACKS, cfg.attack.name, _plain(cfg.attack).get("params"), "attack")
-
-    isolate = cfg.get("isolate", False)
-    if not isinstance(isolate, bool):
-        raise RobenchError(f"isolate must be true or false, got '{isolate}'")
-    attack = make_attack()
-    if cfg.model.get("source") in (None, "", "registry"):  # gbdt: no gradients, refused before the victim and data load
-        refuse_gradients(MODELS.get(cfg.model.name), attack.access, cfg.attack.name)
-    batch_size = int(cfg.attack.get("batch_size", 1000))
-    if batch_size < 1:
-        raise RobenchError(f"attack.batch_size must be >= 1, got {batch_size}")
-    device = resolve_device(cfg.device)
-    started = _now()
-    quiet = bool(cfg.get("quiet", False))
-    prior_summary, prior_records = prior_run(run_dir, _plain(cfg), bool(cfg.get("resume", True)))
-    if prior_summary is not None:  # a finished run: skip it (re-running an interrupted sweep)
-        log.info("%s: complete already (summary.json), skipped", run_dir)
-        if not quiet:
-            from rich.console import Console
-
-            Console(stderr=True).print(f"[dim]skipped {run_dir}: complete already[/dim]")
-        return prior_summary
-    write_run_config(run_dir, cfg)  # config.yaml + overrides.yaml, once the run is accepted
-
-    splits = load_dataset(cfg.dataset)
-    validate_budget(cfg.budget, splits.num_classes)
-    n_samples, offset = cfg.dataset.get("n_samples"), int(cfg.dataset.get("offset", 0))
-    idx, x, y = eval_slice(splits, n_samples, offset, cfg.dataset.get("shard"), unit=batch_size)
-    pos = idx - offset  # positions in the full, unsharded slice: batch b = positions [b*B, (b+1)*B)
-    n_slice = len(eval_indices(len(splits.test), n_samples, offset, None))
-    model, meta = load_victim(cfg, splits, device)
-    ev.prepare(model, attack, cfg.attack, splits, x)  # pre-flight, seeds, BPDA switch, EOT, detector
-    context = AttackContext(device=device, class_images=ClassImages(splits.train),
-                            load_surrogate=surrogate_loader(cfg.checkpoint_dir, _plain(cfg.dataset), splits, device))
-    prepare_attack(attack, context)
-    logits = predict(model, x).cpu()
-    clean_pred = logits.argmax(1)
-    if n_correct is not None:  # the slice ends at its n-th originally-correct sample
-        cut = prefix_with_n_correct(clean_pred == y, n_correct)
-        idx, x, y, logits, clean_pred = idx[:cut], x[:cut], y[:cut], logits[:cut], clean_pred[:cut]
-        pos, n_slice = pos[:cut], cut
-    b = cfg.budget
-    if b.targeted and b.target == "all":  # every (sample, other class) pair: num_classes - 1 rows per sample
-        targets, pos, y, idx, x, logits, clean_pred = expand_all_targets(splits.num_classes, pos, y, idx, x, logits,
-                                                                         clean_pred)
-        n_slice *= splits.num_classes - 1
-    else:
-        targets = (choose_targets(b.target, y, logits, splits.num_classes, torch.Generator().manual_seed(int(cfg.seed)),
-                                  pos, n_slice) if b.targeted else None)
-    attacked = (clean_pred == y) if cfg.get("correct_only", True) else torch.ones_like(y, dtype=torch.bool)
-    if targets is not None:
-        attacked &= targets != y  # a target equal to the label is no attack at all
-    plan = Plan(x, y, targets, attacked, (pos // batch_size).tolist(), int(cfg.seed))
-    cps = b.get("checkpoints")  # anytime curve (minimal-distortion attacks): best distortion at these query counts
-    cps = sorted({int(c) for c in cps}) if cps is not None else (
-        R.default_checkpoints(int(b.max_queries)) if attack.minimizes_distortion else [])
-    referee = Referee(access=attack.access, norm=b.norm, eps=b.eps, max_queries=int(b.max_queries),
-                      num_classes=splits.num_classes, stop_on_success=not attack.minimizes_distortion,
-                      recheck_repeats=ev.recheck_repeats, confirm_repeats=ev.confirm_repeats,
-                      eot_samples=ev.eot_samples, checkpoints=tuple(cps))
-    meta_summary = {"attack": cfg.attack.name, "model": cfg.model.name, "dataset": cfg.dataset.name,
-                    "defense": ev.label, "targeted": bool(b.targeted), "target": b.target if b.targeted else None,
-                    "seed": int(cfg.seed), "started": started, "checkpoint": meta.get("path", meta.get("source")),
-                    "shard": cfg.dataset.get("shard"),
-                    "victim": {**victim_summary(cfg, meta, splits),
-                               **({"model_told": meta["model_told"]} if meta.get("model_told") else {})}}  # model source, name, weights sha256 (models/sources.py)
-
-    def fresh_attack():  # a protocol's extra run gets its own instance, prepared like the main one
-        a = make_attack()
-        prepare_attack(a, context)
-        return a
-
-    summary, _, _ = run_plan(attack, fresh_attack, model, plan, idx, clean_pred, referee, ev, device, meta_summary,
-                             run_dir=run_dir, prior_records=prior_records, batch_size=batch_size,
-                             progress=bool(cfg.get("progress", True)) and not quiet, quiet=quiet, multirun=_in_multirun(),
-                             isolate=isolate)
-    return summary
-
-
 def run_plan(attack, make_attack: Callable[[], Any], model, plan: Plan, idx: torch.Tensor, clean_pred: torch.Tensor,
              referee: Referee, ev: Evaluation, device, meta: Dict[str, Any], *, run_dir: Optional[Path] = None,
              prior_records: Optional[List[Dict[str, Any]]] = None, batch_size: int = 1000, progress: bool = True,
@@ -179,8 +84,8 @@ def run_plan(attack, make_attack: Callable[[], Any], model, plan: Plan, idx: tor
 
     With ``run_dir`` the run folder gets records.csv and progress.json after every batch (batches
     already in ``prior_records`` are restored, not re-run) and, mid-batch, at most every
-    ``flush_seconds`` (default :data:`robench.engine.FLUSH_SECONDS`), the pending rows of samples the
-    oracle has finished (:class:`robench.engine.Flusher`); then summary.json / summary.md; the
+    ``flush_seconds`` (default :data:`robench.evaluation.engine.FLUSH_SECONDS`), the pending rows of samples the
+    oracle has finished (:class:`robench.evaluation.engine.Flusher`); then summary.json / summary.md; the
     protocols of ``ev`` add their columns, run their declared extra runs and merge their keys.
     ``best`` holds each sample's best adversarial point (its clean image where none was seen; NaN
     for batches restored from an earlier process)."""
@@ -317,13 +222,3 @@ def _restore(records: List[Dict[str, Any]], batches: Dict[int, List[int]], prior
             records[k] = dict(o)
         done.add(bt)
     return done
-
-
-def _in_multirun() -> bool:
-    try:
-        from hydra.core.hydra_config import HydraConfig
-        from hydra.types import RunMode
-
-        return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-    except Exception:  # outside a Hydra app (tests calling run_attack directly)
-        return False

@@ -25,11 +25,19 @@ attack, model, dataset, defense, budget     plugin / config names
 norm, eps, max_queries, targeted, target    the threat model
 n_samples              samples evaluated (the slice of the test split)
 n_correct              of which classified correctly before the attack
-n_attacked             of which attacked (correct ones, minus targeted ones whose target is the label)
-n_success              attacked samples whose success the oracle saw and re-verified
+n_attacked             of which attacked AND originally correct (correct ones, minus targeted ones whose
+                       target is the label): every headline number below is over these samples
+n_success              of those, the ones whose success the oracle saw and re-verified
+n_robust               originally correct samples not broken: correct and not (attacked and successful)
+n_attacked_misclassified   correct_only=false only: misclassified samples that were attacked too; they
+                       count in no headline number (as AutoAttack and RobustBench: a misclassified
+                       sample is non-robust without an attack)
+n_success_misclassified    of those, the ones the oracle certified (their records keep the result)
 clean_accuracy         n_correct / n_samples
 success_rate           n_success / n_attacked (attack success rate, ASR)
-robust_accuracy        (n_correct - n_success) / n_samples
+robust_accuracy        n_robust / n_samples; 0 <= robust_accuracy <= clean_accuracy, and
+                       robust_accuracy = clean_accuracy * (1 - success_rate) when every correct sample
+                       is attacked (untargeted runs, or targeted ones where no target is the label)
 mean_queries, median_queries   over successful samples: queries up to the first success
 mean_queries_all       over attacked samples: all queries spent
 mean_l2, median_l2, mean_linf, median_linf, mean_l0, median_l0   over successful samples
@@ -56,7 +64,7 @@ integrity              {violations: [{index, batch}], n_dropped, isolate}: point
 shard, batch_size, resumed_batches, host, pid   how the run was executed
 =====================  ====================================================================
 
-Keys the evaluation protocols add (robench/protocols.py), in every attack run unless noted:
+Keys the evaluation protocols add (robench/evaluation/protocols.py), in every attack run unless noted:
 
 =========================  ================================================================
 first_sight_success_rate   (n_success + recheck_failed) / n_attacked: successes as first seen
@@ -135,8 +143,8 @@ def new_record(index: int, label: int, target: int, clean_pred: int, attacked: b
 
 def attack_fields(res, x0, rows: Optional[List[int]] = None) -> List[Dict[str, Any]]:
     """Per attacked row of a batch (or per row in ``rows``), the record fields the oracle's result
-    gives (``res``: an :class:`~robench.oracle.OracleResult`; ``x0``: the batch's clean images, CPU)."""
-    from robench.oracle import distortion
+    gives (``res``: an :class:`~robench.referee.oracle.OracleResult`; ``x0``: the batch's clean images, CPU)."""
+    from robench.geometry import distortion
 
     delta = res.best_x - x0 if rows is None else res.best_x[rows] - x0[rows]
     rows = list(range(len(res.success))) if rows is None else rows
@@ -299,20 +307,25 @@ def success_budgets(max_queries: int) -> List[int]:
 def summarize(records: List[Dict[str, Any]], meta: Dict[str, Any]) -> Dict[str, Any]:
     df = pd.DataFrame(records, columns=record_columns(records))
     n = len(df)
-    n_correct = int((df.clean_pred == df.label).sum())
-    att = df[df.attacked.astype(bool)]
+    correct = (df.clean_pred == df.label).astype(bool)
+    attacked, success = df.attacked.astype(bool), df.success.astype(bool)
+    n_correct = int(correct.sum())
+    att = df[attacked & correct]  # headline numbers: originally correct, attacked samples (schema above)
+    mis = df[attacked & ~correct]  # correct_only=false: attacked although misclassified; in no headline number
     succ = att[att.success.astype(bool)]
     n_att, n_succ = len(att), len(succ)
+    n_robust = int((correct & ~(attacked & success)).sum())
     total_q = int(df.queries.sum())
     seconds = float(meta.get("seconds", float("nan")))
     out = {
         "schema_version": SCHEMA_VERSION, "command": "attack",
         **{k: meta.get(k) for k in ("attack", "model", "dataset", "defense", "budget", "norm", "eps",
                                     "max_queries", "targeted", "target")},
-        "n_samples": n, "n_correct": n_correct, "n_attacked": n_att, "n_success": n_succ,
+        "n_samples": n, "n_correct": n_correct, "n_attacked": n_att, "n_success": n_succ, "n_robust": n_robust,
+        "n_attacked_misclassified": len(mis), "n_success_misclassified": int(mis.success.astype(bool).sum()),
         "clean_accuracy": n_correct / n if n else float("nan"),
         "success_rate": n_succ / n_att if n_att else float("nan"),
-        "robust_accuracy": (n_correct - n_succ) / n if n else float("nan"),
+        "robust_accuracy": n_robust / n if n else float("nan"),
         "mean_queries": _stat(succ.queries_at_success, _mean),
         "median_queries": _stat(succ.queries_at_success, _median),
         "mean_queries_all": _stat(att.queries, _mean),

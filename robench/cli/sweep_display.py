@@ -1,6 +1,6 @@
 """One live display for a ``-m`` sweep: jobs done / total and the progress of the jobs running now.
 
-Every attack job rewrites ``progress.json`` in its run folder after each batch (``robench/run.py``).
+Every attack job rewrites ``progress.json`` in its run folder after each batch (``robench/evaluation/runner.py``).
 :class:`SweepProgress`, a Hydra callback (configured in ``configs/run_attack.yaml``), starts a thread
 in the launching process that polls those files under the sweep folder. It needs nothing from the
 launcher, so it works alike for local, joblib, submitit and Ray jobs (on a cluster, as long as the

@@ -22,7 +22,7 @@ Randomness is measured (:func:`robench.victim.preflight`: repeated forward passe
 from a defense that declares itself randomized; a flag alone never makes a randomized victim deterministic.
 
 The job runs the main run and every :class:`ExtraRun` a protocol declares through the engine
-(:func:`robench.engine.execute`) and hands the outcomes back to :meth:`Evaluation.merge`.
+(:func:`robench.evaluation.engine.execute`) and hands the outcomes back to :meth:`Evaluation.merge`.
 """
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ from robench.errors import RobenchError
 @dataclass
 class ExtraRun:
     """A run a protocol declares besides the main one: its name, the oracle settings that differ
-    (``referee``: fields of :class:`robench.engine.Referee`), and what to do to the victim before and after."""
+    (``referee``: fields of :class:`robench.evaluation.engine.Referee`), and what to do to the victim before and after."""
 
     name: str
     referee: Dict[str, Any]
@@ -68,11 +68,12 @@ class Protocol:
 
 class Standard(Protocol):
     def merge(self, ev, summary, records, x, run_dir, extra):
-        from robench.train import predict
+        from robench.training.loop import predict
 
         n_att = summary.get("n_attacked") or 0
-        summary["first_sight_success_rate"] = ((summary["n_success"] + summary.get("recheck_failed", 0)) / n_att
-                                               if n_att else float("nan"))
+        seen = sum(1 for r in records if r["attacked"] and r["clean_pred"] == r["label"]
+                   and (r["success"] or r["recheck_failed"]))  # over the headline samples (results.summarize)
+        summary["first_sight_success_rate"] = seen / n_att if n_att else float("nan")
         summary["recheck_repeats"] = ev.recheck_repeats
         summary["confirm_repeats"] = ev.confirm_repeats
         d = {"recipe": ev.spec.recipe, "inputs": [{"name": n, **ev.describe(i)} for i, (n, _) in enumerate(ev.spec.inputs)],
@@ -106,8 +107,12 @@ class Adaptive(Protocol):
         if "non_adaptive" not in extra:
             return
         outs = [o for o in extra["non_adaptive"] if o.result is not None]
+        # the headline numbers cover originally correct samples only (results.summarize)
+        correct = [bool(records[k]["clean_pred"] == records[k]["label"]) for o in outs for k in o.rows.tolist()]
         claimed = torch.cat([o.result.claimed for o in outs]) if outs else torch.zeros(0, dtype=torch.bool)
         success = torch.tensor([f["success"] for o in outs for f in o.fields], dtype=torch.bool)  # after the referee's check
+        ok = torch.tensor(correct, dtype=torch.bool)
+        claimed, success = claimed[ok], success[ok]
         n_att, n_correct, n = summary.get("n_attacked") or 0, summary["n_correct"], summary["n_samples"]
         ns = int(success.sum())
         summary["non_adaptive"] = {"bpda": False, "eot_samples": 1, "n_success": ns, "confirm_repeats": self.naive_confirm(ev),
@@ -148,7 +153,7 @@ class Detection(Protocol):
     def merge(self, ev, summary, records, x, run_dir, extra):
         import pandas as pd
 
-        from robench import results as R
+        from robench.evaluation import results as R
 
         det = self.detector
         clean = det.scores(ev.model, x)
@@ -319,7 +324,7 @@ class Evaluation:
         from rich.console import Console
         from rich.table import Table
 
-        from robench import results as R
+        from robench.evaluation import results as R
 
         t = Table(title=f"defense {self.label}", title_justify="left", header_style="bold")
         t.add_column("metric")

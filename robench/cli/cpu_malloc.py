@@ -16,7 +16,7 @@ for its next batch, so the peak can be higher (1.9 GB against 1.5 GB in the run 
 falls back to mmap where the heap cannot grow. It also puts those two settings into
 ``GLIBC_TUNABLES`` (appended to any the caller set), so that processes started from this one (Hydra's
 joblib launcher's workers) start with them. The ``robench`` commands call it at start-up; the
-Python API leaves a caller's process alone (call ``robench.cpu_malloc.tune()`` yourself).
+Python API leaves a caller's process alone (call ``robench.cli.cpu_malloc.tune()`` yourself).
 ``ROBENCH_MALLOC=system`` turns it off (``reuse``, the default, keeps it; any other value is refused
 in one line); on a C library without ``mallopt`` (not glibc) it does nothing.
 """

@@ -50,7 +50,7 @@ def check_run_dir(path: str, cfg_plain: Dict[str, Any], resume: bool = True) -> 
     an unrelated folder or a run of another config is refused, in one line, and left untouched."""
     import yaml
 
-    from robench.results import config_differences
+    from robench.evaluation.results import config_differences
 
     p = check_output_dir(path, "hydra.run.dir")
     if not p.is_dir():
@@ -80,7 +80,7 @@ def write_run_config(run_dir: Path, cfg: Any) -> None:
     Hydra's runtime; robench's own copy, written only once the run has been accepted)."""
     from omegaconf import OmegaConf
 
-    from robench.results import atomic_write_text
+    from robench.evaluation.results import atomic_write_text
 
     atomic_write_text(Path(run_dir) / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     try:

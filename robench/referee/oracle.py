@@ -39,9 +39,9 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from robench.geometry import distortion, geometry  # noqa: F401  (distortion: re-exported, robench.oracle.distortion)
-from robench.oracle_view import (_RANK, ACCESS_LEVELS, VIEW_FACTS, VIEW_METHODS, AccessError,  # noqa: F401
-                                   OracleResult, OracleView)
+from robench.geometry import geometry
+from robench.referee.types import ACCESS_LEVELS, ACCESS_RANK, AccessError, OracleResult
+from robench.referee.view import OracleView
 
 
 class Oracle:
@@ -270,7 +270,7 @@ class Oracle:
 
     # ------------------------------------------------------------------ internals
     def _require(self, level: str) -> None:
-        if _RANK[self._access] < _RANK[level]:
+        if ACCESS_RANK[self._access] < ACCESS_RANK[level]:
             raise AccessError(f"an attack with access '{self._access}' asked for {level}-level answers")
 
     def _admit(self, x: torch.Tensor, idx: Optional[torch.Tensor]):

@@ -1,8 +1,8 @@
 """End-of-training evaluation: clean and robust accuracy through the real attack path.
 
-The same pieces as ``robench attack`` (the engine, robench/engine.py): the first ``n_samples`` test images,
+The same pieces as ``robench attack`` (the engine, robench/evaluation/engine.py): the first ``n_samples`` test images,
 only the originally correct ones attacked, the registered attack (PGD-40 by default) driving an
-:class:`~robench.oracle.Oracle` at the run's budget through :func:`robench.engine.execute`, batch b's
+:class:`~robench.referee.oracle.Oracle` at the run's budget through :func:`robench.evaluation.engine.execute`, batch b's
 ``torch.Generator`` seeded from (the run's seed, b) across batches of ``batch_size``. With the same seed, slice and attack parameters the robust
 accuracy is the number ``robench attack`` reports for the checkpoint.
 """
@@ -19,10 +19,10 @@ def robust_accuracy(model, splits, ecfg, budget, seed: int, device: torch.device
     """{clean_accuracy, robust_accuracy, n_samples, ...} or {} when ``eval.n_samples`` is 0."""
     from robench.config import validate_budget
     from robench.data import eval_slice
-    from robench.engine import Plan, Referee, run_all
+    from robench.evaluation.engine import Plan, Referee, run_all
     from robench.errors import RobenchError
     from robench.registry import ATTACKS, instantiate
-    from robench.train import predict
+    from robench.training.loop import predict
     from robench.victim import gradient_free
 
     n = ecfg.get("n_samples", 500)

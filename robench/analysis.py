@@ -45,7 +45,7 @@ def _parser(prog: str, doc: str) -> argparse.ArgumentParser:
 def _load(args, defense: str, splits):
     from omegaconf import OmegaConf
 
-    from robench.checkpoint import checkpoint_path, load_checkpoint, train_command
+    from robench.models.checkpoint import checkpoint_path, load_checkpoint, train_command
     from robench.models import build_model
 
     mcfg = _model_cfg(args)

@@ -160,7 +160,7 @@ def _prevalidate(config_name: str, composed, multirun: bool) -> None:
     for a single attack run, that the evaluation slice fits in the test split."""
     from omegaconf import OmegaConf, open_dict
 
-    from robench import run_folder
+    from robench.evaluation import folder as run_folder
     from robench.config import resolved, validate_attack_config, validate_slice, validate_train_config
 
     hyd = composed.hydra
@@ -206,7 +206,7 @@ def _refuse_gradients(c: dict, attack: bool) -> None:
 
 def _check_victim_checkpoint(c: dict) -> None:
     """The victim's checkpoint exists (or the model is pretrained): else the command that makes it."""
-    from robench.checkpoint import checkpoint_path, train_command
+    from robench.models.checkpoint import checkpoint_path, train_command
     from robench.defenses.compose import defense_spec
 
     recipe = defense_spec(c["defense"]).recipe
@@ -277,7 +277,7 @@ def _hydra_command(prog: str, config_name: str, job: Callable, args: List[str]) 
 
 def run_job(job: Callable, cfg, run_dir: Path) -> None:
     """Run a Hydra job; whatever a user can fix, or an attack's broken access, ends in one line, exit 2."""
-    from robench.oracle import AccessError
+    from robench.referee.types import AccessError
 
     try:
         job(cfg, run_dir)
@@ -299,19 +299,19 @@ def main(argv: List[str] | None = None) -> None:
     cmd, rest = argv[0], argv[1:]
     try:
         if cmd in ("attack", "train-defense", "landscape", "invariance"):
-            from robench.cpu_malloc import tune   # large CPU batches: reuse freed memory (robench/cpu_malloc.py)
+            from robench.cli.cpu_malloc import tune   # large CPU batches: reuse freed memory (robench/cli/cpu_malloc.py)
             tune()
         if cmd == "attack":
-            from robench.run import run_attack
+            from robench.cli.attack_job import run_attack
             _hydra_command("robench attack", "run_attack", run_attack, rest)
         elif cmd == "train-defense":
-            from robench.run import run_train
+            from robench.cli.train_job import run_train
             _hydra_command("robench train-defense", "run_train", run_train, rest)
         elif cmd == "report":
             from robench.report import main as report_main
             report_main(rest)
-        elif cmd in ("landscape", "invariance"):  # robench/checks.py
-            from robench import checks
+        elif cmd in ("landscape", "invariance"):  # robench/analysis.py
+            from robench import analysis as checks
             getattr(checks, f"{cmd}_main")(rest)
         elif cmd == "list":
             list_plugins(rest)

@@ -1,4 +1,4 @@
-"""The ``train-defense`` Hydra job: train a recipe, evaluate it (robench/robust_eval.py), save the checkpoint."""
+"""The ``train-defense`` Hydra job: train a recipe, evaluate it (robench/evaluation/robust_eval.py), save the checkpoint."""
 from __future__ import annotations
 
 import datetime as _dt
@@ -10,8 +10,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 import robench
-from robench import results as R
-from robench.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint, train_command
+from robench.cli.hydra_env import in_multirun
+from robench.evaluation import results as R
+from robench.models.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint, train_command
 from robench.config import resolve_device, validate_names, validate_train_config
 from robench.data import load_dataset
 from robench.defenses.base import TrainingRecipe
@@ -19,10 +20,10 @@ from robench.defenses.compose import defense_spec
 from robench.errors import RobenchError
 from robench.models import build_model
 from robench.models.gbdt import find_gbdt, fit as fit_gbdt
-from robench.run_folder import write_run_config
+from robench.evaluation.folder import write_run_config
 from robench.models.sources import build_source, source_of, source_tag, train_summary
 from robench.registry import DEFENSES, instantiate
-from robench.train import train
+from robench.training.loop import train
 
 log = logging.getLogger("robench")
 
@@ -35,10 +36,6 @@ def _plain(cfg: DictConfig) -> Dict[str, Any]:
     return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
 
 
-def _in_multirun() -> bool:
-    from robench.run import _in_multirun as f
-
-    return f()
 
 
 def _checkpoint_model(cfg: DictConfig, splits, defense_name: str, what: str):
@@ -72,7 +69,7 @@ def run_train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     from rich.table import Table
 
     from robench.defenses.base import TrainContext
-    from robench.robust_eval import robust_accuracy
+    from robench.evaluation.robust_eval import robust_accuracy
 
     validate_train_config(cfg)  # every setting, before any work (robench/config.py)
     validate_names(cfg, ("dataset", "model"))
@@ -105,7 +102,7 @@ def run_train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
         m = fit_gbdt(model, splits, int(cfg.seed), dname)
     else:
         m = train(model, recipe, splits, cfg.train, device, int(cfg.seed), log_path=run_dir / "train_log.csv",
-                  progress=bool(cfg.get("progress", True)) and not quiet and not _in_multirun(), state_path=state_path,
+                  progress=bool(cfg.get("progress", True)) and not quiet and not in_multirun(), state_path=state_path,
                   fingerprint=_train_fingerprint(cfg))
     ev = robust_accuracy(model, splits, cfg.get("eval") or {}, cfg.budget, int(cfg.seed), device) if "budget" in cfg else {}
     robust = {"robust_accuracy": ev.get("robust_accuracy"), "eval_clean_accuracy": ev.get("clean_accuracy"),

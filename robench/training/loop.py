@@ -298,7 +298,7 @@ def _load_state(path: Path) -> Optional[dict]:
 
 
 def _write_log(path: Path, rows: list) -> None:
-    from robench.results import atomic_write_text
+    from robench.evaluation.results import atomic_write_text
     import io
 
     buf = io.StringIO()

@@ -3,10 +3,10 @@ oracle's settings) and :func:`execute`, the one batch loop in robench.
 
 ``robench attack`` (main run and the adaptive protocol's second run), detection runs, the
 end-of-training robust evaluation (robust_eval.py) and the Python API (:func:`robench.evaluate`) all
-run attacks through :func:`execute`: per batch, a fresh :class:`~robench.oracle.Oracle` for the
-batch's attacked rows, the attack driving an :class:`~robench.oracle.OracleView` of it with the
+run attacks through :func:`execute`: per batch, a fresh :class:`~robench.referee.oracle.Oracle` for the
+batch's attacked rows, the attack driving an :class:`~robench.referee.oracle.OracleView` of it with the
 batch's generator, the oracle's certified result turned into record fields
-(:func:`robench.results.attack_fields`). The attack never sees the model, the plan or the records.
+(:func:`robench.evaluation.results.attack_fields`). The attack never sees the model, the plan or the records.
 """
 from __future__ import annotations
 
@@ -16,8 +16,9 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
 import torch
 
-from robench import results as R
-from robench.oracle import Oracle, OracleResult
+from robench.evaluation import results as R
+from robench.referee.oracle import Oracle
+from robench.referee.types import OracleResult
 
 
 def batch_seed(seed: int, batch: int) -> int:
@@ -210,11 +211,11 @@ def execute(attack, model, plan: Plan, referee: Referee, device, *, skip: Sequen
     uncertified fields of samples the oracle has finished (:class:`Flusher`); the batch's outcome
     supersedes them.
 
-    The referee's guard (robench/integrity.py) wraps each ``attack.run``: tampering with the oracle,
+    The referee's guard (robench/referee/guard.py) wraps each ``attack.run``: tampering with the oracle,
     its classes or the victim raises RobenchError; every reported success and distortion is then
     recomputed independently, and refused rows are dropped and listed in ``violations``. With
-    ``isolate`` the attack runs in a child process that never holds the model (robench/isolate.py)."""
-    from robench.integrity import Guard, drop, verify
+    ``isolate`` the attack runs in a child process that never holds the model (robench/referee/isolation.py)."""
+    from robench.referee.guard import Guard, drop, verify
 
     skip = set(skip)
     name = name or getattr(attack, "name", None) or type(attack).__name__
@@ -222,7 +223,7 @@ def execute(attack, model, plan: Plan, referee: Referee, device, *, skip: Sequen
     randomized = referee.recheck_repeats > 1 or referee.confirm_repeats > 0 or referee.eot_samples > 1
     child = None
     if isolate:
-        from robench.isolate import IsolatedRunner
+        from robench.referee.isolation import IsolatedRunner
 
         child = IsolatedRunner(attack, name)
     try:

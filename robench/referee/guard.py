@@ -1,8 +1,8 @@
 """The referee's checks on an attack that runs in the engine's process (issue 17 item 4; README, "Untrusted attacks").
 
-An attack holds only an :class:`~robench.oracle_view.OracleView`, but Python code can still walk
-closure cells, ``gc.get_objects()`` or frames to the :class:`~robench.oracle.Oracle` and the victim.
-:class:`Guard` is what :func:`robench.engine.execute` wraps around every ``attack.run``:
+An attack holds only an :class:`~robench.referee.view.OracleView`, but Python code can still walk
+closure cells, ``gc.get_objects()`` or frames to the :class:`~robench.referee.oracle.Oracle` and the victim.
+:class:`Guard` is what :func:`robench.evaluation.engine.execute` wraps around every ``attack.run``:
 
 * **counting victim**: the oracle gets a closure over the engine's model that counts the rows it
   evaluates; after the batch, the oracle's reported queries must match those rows (exactly, or within
@@ -22,7 +22,7 @@ closure cells, ``gc.get_objects()`` or frames to the :class:`~robench.oracle.Ora
 Tampering with the referee's machinery (the first three) stops the run with a one-line
 :class:`~robench.errors.RobenchError` naming the attack; a point that fails the final check is
 dropped and flagged. In-process checks are a tripwire, not a sandbox: code that finds and edits the
-guard itself can defeat them; ``isolate=true`` (robench/isolate.py) runs the attack in a child
+guard itself can defeat them; ``isolate=true`` (robench/referee/isolation.py) runs the attack in a child
 process that never holds the victim.
 """
 from __future__ import annotations
@@ -33,8 +33,8 @@ import torch
 
 from robench.errors import RobenchError
 from robench.geometry import distortion
-from robench.oracle import Oracle
-from robench.oracle_view import OracleView
+from robench.referee.oracle import Oracle
+from robench.referee.view import OracleView
 
 #: the oracle's settings and the engine's Referee field each must equal
 _SETTINGS = {"_access": "access", "_norm": "norm", "_eps": "eps", "_max_queries": "max_queries",
@@ -44,7 +44,7 @@ TOL = 1e-5
 
 
 class Guard:
-    """One guard per :func:`~robench.engine.execute` call: wraps the victim, arms before each batch's
+    """One guard per :func:`~robench.evaluation.engine.execute` call: wraps the victim, arms before each batch's
     ``attack.run``, checks after it (:meth:`check`, raising on tampering)."""
 
     def __init__(self, model, attack_name: str):
