@@ -100,6 +100,13 @@ def write_wav(path: Union[str, Path], samples, sample_rate: int) -> Path:
     return path
 
 
+def clip_name(index: int, source, target) -> str:
+    """The file name of a saved adversarial clip: dataset index, source class and target class
+    (``any`` for an untargeted run, whose records hold target -1), e.g. ``00042_src-3_tgt-7.wav``."""
+    tgt = "any" if isinstance(target, int) and target < 0 else target
+    return f"{int(index):05d}_src-{source}_tgt-{tgt}.wav"
+
+
 # ---------------------------------------------------------------- perception measures
 
 def _flat(t: torch.Tensor) -> torch.Tensor:

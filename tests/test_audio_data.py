@@ -176,6 +176,9 @@ def test_write_wav_reads_back_the_same_samples(tmp_path):
     write_wav(tmp_path / "one.wav", torch.tensor([1.0, -1.0, 0.0]), 16000)  # +1.0 is clipped to 32767
     assert read_wav(tmp_path / "one.wav")[0].tolist() == [[32767, -32768, 0]]
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp files left
+    from robench.audio import clip_name
+
+    assert clip_name(42, 3, 7) == "00042_src-3_tgt-7.wav" and clip_name(5, "yes", -1) == "00005_src-yes_tgt-any.wav"
 
 
 def test_perception_measures():
@@ -209,3 +212,29 @@ def test_front_end_shape_and_gradient():
     assert torch.isfinite(g).all() and float(g.abs().sum()) > 0  # differentiable end to end
     with pytest.raises(RobenchError, match="waveforms"):
         kws_cnn(10, (1, 28, 28))
+
+
+# ---------------------------------------------------------------- the success matrix
+
+def test_success_matrix_from_records(tmp_path):
+    import pandas as pd
+
+    from robench.report.success_matrix import plot_success_matrix, success_matrix
+
+    rows = []
+    for src in range(3):
+        for tgt in range(3):
+            if tgt != src:
+                for k in range(4):  # source 0 -> target 1: 3 of 4 succeed; every other pair: 1 of 4
+                    rows.append({"index": 10 * src + k, "label": src, "target": tgt, "attacked": True,
+                                 "success": k < (3 if (src, tgt) == (0, 1) else 1)})
+    rows.append({"index": 99, "label": 2, "target": 0, "attacked": False, "success": False})
+    df = pd.DataFrame(rows)
+    m = success_matrix(df)
+    assert m.shape == (3, 3) and m.index.name == "source" and m.columns.name == "target"
+    assert m.loc[0, 1] == 0.75 and m.loc[2, 0] == 0.25 and m.isna().to_numpy().diagonal().all()
+    assert m.attrs["counts"].loc[2, 0] == 4
+    p = plot_success_matrix(df, tmp_path / "m.png", class_names=["a", "b", "c"])
+    assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(RobenchError, match="targeted"):
+        success_matrix(df.assign(target=-1))

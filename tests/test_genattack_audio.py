@@ -147,3 +147,23 @@ def test_fitness_box_and_errors(audio_victim):
         GenAttackAudio().run(o.view(), torch.Generator().manual_seed(0))
     with pytest.raises(RobenchError, match="elite_size"):
         GenAttackAudio(pop_size=2, elite_size=2)
+
+
+@pytest.mark.parametrize("preset, targeted, attack", [("genattack_speech_fsdd", True, "genattack_audio"),
+                                                      ("genattack_speech_fsdd_untargeted", False, "genattack_audio"),
+                                                      ("genattack_speech_fsdd_ceiling", True, "pgd")])
+def test_speech_presets_compose(preset, targeted, attack):
+    from hydra import compose, initialize_config_dir
+
+    from robench.config import configs_dir, validate_attack_config
+
+    with initialize_config_dir(version_base="1.3", config_dir=str(configs_dir())):
+        cfg = compose("run_attack", overrides=[f"experiment={preset}"])
+    assert cfg.dataset.name == "fsdd" and cfg.model.name == "kws_cnn" and cfg.attack.name == attack
+    assert cfg.budget.eps * 32768 == 4 and cfg.budget.targeted is targeted
+    assert cfg.budget.target == ("all" if targeted else "random")
+    validate_attack_config(cfg)
+    if attack == "genattack_audio":  # the reference code's settings, 500 generations
+        p = cfg.attack.params
+        assert (p.pop_size, p.elite_size, p.temperature, p.limit, p.refine_every) == (20, 2, 0.03, 4, 5)
+        assert cfg.budget.max_queries == p.pop_size + 499 * (p.pop_size - p.elite_size)

@@ -67,7 +67,7 @@ class GenAttackAudio(ScoreAttack):
       byte is clipped back to within ``limit`` = 4 of the original low byte;
     * the run ends at the sample's first success (the oracle judges every evaluated member; the thesis
       checks the fittest) or when its query budget is spent. The thesis allows 500 iterations
-      (generations 0-499): ``pop_size + 499 (pop_size - elite_size)`` = 8,002 queries with the defaults.
+      (generations 0-499): ``pop_size + 499 (pop_size - elite_size)`` = 9,002 queries with the defaults.
 
     robench's threat model on top (deliberate deviations, in int16 steps ``E = floor(eps / q)``): every
     member is clipped to ``|s' - s| <= E`` after initialisation and after each mutation, so *every*
