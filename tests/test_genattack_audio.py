@@ -10,7 +10,7 @@ import torch
 from omegaconf import OmegaConf
 from torch.utils.data import TensorDataset
 
-from robench.attacks.score.genattack_audio import GenAttackAudio, audio_fitness, signal_box
+from robench.attacks.score.genattack_audio import GenAttackAudio, audio_fitness, signal_box, split_uniform
 from robench.data.base import DatasetSplits
 from robench.errors import RobenchError
 from robench.referee.oracle import Oracle
@@ -167,3 +167,21 @@ def test_speech_presets_compose(preset, targeted, attack):
         p = cfg.attack.params
         assert (p.pop_size, p.elite_size, p.temperature, p.limit, p.refine_every) == (20, 2, 0.03, 4, 5)
         assert cfg.budget.max_queries == p.pop_size + 499 * (p.pop_size - p.elite_size)
+
+
+def test_crossover_and_mutation_draws():
+    """The crossover's coin and the mutation's uniform come from one draw: independent, each with the
+    right law; the mutation moves a low byte by U[-R, R) with probability 0.05, else by +-1 with 0.095."""
+    u = torch.rand(400_000, generator=torch.Generator().manual_seed(0))
+    coin, v = split_uniform(u.clone())
+    assert 0.49 < float(coin.float().mean()) < 0.51 and float(v.min()) >= 0 and float(v.max()) < 1
+    for half in (v[coin], v[~coin]):  # v is uniform whichever parent the coin picked
+        assert abs(float(half.mean()) - 0.5) < 0.01 and abs(float((half < 0.05).float().mean()) - 0.05) < 0.003
+    a = GenAttackAudio(mutation_range=4)
+    n = 200_000
+    lo, hi = torch.full((1, 1, n), -100, dtype=torch.int16), torch.full((1, 1, n), 100, dtype=torch.int16)
+    c = a._mutate(torch.zeros(1, 1, 1, n, dtype=torch.int16), v[:n].view(1, 1, 1, n), torch.tensor([0]), lo, hi)
+    freq = {k: float((c == k).float().mean()) for k in range(-5, 5)}
+    assert freq[-5] == 0 and freq[4] == 0  # [-4, 4)
+    assert abs(freq[-4] - 0.05 / 8) < 0.002 and abs(freq[1] - (0.05 / 8 + 0.95 * 0.10 / 2)) < 0.003
+    assert abs(freq[0] - (1 - 0.05 - 0.095 + 0.05 / 8)) < 0.004

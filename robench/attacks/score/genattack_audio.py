@@ -35,6 +35,13 @@ def audio_fitness(p: torch.Tensor, y: torch.Tensor, targets, kind: str = "prob")
     return torch.nan_to_num(f, nan=float("-inf"))
 
 
+def split_uniform(u: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """One uniform draw in [0, 1) -> (a fair coin ``u < 1/2``, an independent uniform ``2u mod 1``), in
+    place on ``u``: the crossover's parent choice and the mutation's draw from one random tensor."""
+    coin = u < 0.5
+    return coin, u.mul_(2).sub_((~coin).to(u.dtype))
+
+
 @ATTACKS.register("genattack_audio")
 class GenAttackAudio(ScoreAttack):
     """GenAttack for speech ([alzantot2019 §3.4, Algorithm 2]; Alzantot et al. [alzantot2018speech]):
@@ -124,6 +131,19 @@ class GenAttackAudio(ScoreAttack):
                                f"dataset=fsdd holds them); set attack.params.sample_bits to the data's sample width")
         return q, u
 
+    def _mutate(self, child: torch.Tensor, v: torch.Tensor, idx: torch.Tensor, lo: torch.Tensor,
+                hi: torch.Tensor) -> torch.Tensor:
+        """Mutation of children (b, m, *shape) from uniforms v of their shape: where ``v < p_mut``
+        (probability mutation_prob) the low byte moves by ``floor(v / p_mut * 2R) - R``, uniform in
+        [-R, R); where ``p_mut <= v < p_mut + (1 - p_mut) p_step`` (probability (1 - mutation_prob)
+        step_prob: the reference code's second, independent draw) by -1 or +1 (the lower or upper half
+        of that interval); then every sample is clipped to the band [lo, hi] of its clip (``idx``)."""
+        p_mut, p_small = self.p_mut, (1.0 - self.p_mut) * self.p_step
+        big = torch.floor(v * (2 * self.rng / max(p_mut, 1e-30))) - self.rng
+        small = torch.where(v < p_mut + p_small / 2, -1.0, 1.0)
+        change = torch.where(v < p_mut, big, torch.where(v < p_mut + p_small, small, 0.0)).to(child.dtype)
+        return torch.maximum(torch.minimum(child + change, hi[idx][:, None]), lo[idx][:, None])
+
     def _attack(self, oracle: AttackView, generator: torch.Generator, task: ScoreTask) -> None:
         idx, dev, P, E = task.idx, task.device, self.pop_size, self.elite
         q, codes = self.grid(oracle, task.x0)
@@ -170,15 +190,11 @@ class GenAttackAudio(ScoreAttack):
             # selection: softmax(fitness / temperature); every member of an active sample was answered
             probs = torch.softmax(fit / self.tau, 1)
             par = torch.multinomial(probs, 2 * (P - E), replacement=True, generator=generator)
-            p1, p2 = pop[ar[:, None], par[:, :P - E]], pop[ar[:, None], par[:, P - E:]]
-            take1 = torch.rand((B, P - E, *shape), generator=generator, device=dev) < 0.5
-            child = torch.where(take1, p1, p2)
-            # mutation: [-range, range) with mutation_prob, else +-1 with step_prob (an independent draw)
-            u = torch.rand((3, B, P - E, *shape), generator=generator, device=dev)
-            big = torch.randint(-self.rng, self.rng, (B, P - E, *shape), generator=generator, device=dev)
-            small = torch.where(u[2] < 0.5, -1, 1)
-            change = torch.where(u[0] < self.p_mut, big, torch.where(u[1] < self.p_step, small, 0))
-            child = clip((child + change).to(torch.int16), idx, lo_all, hi_all)
+            # one uniform draw per child sample serves crossover and mutation: u < 1/2 picks parent 1,
+            # and v = 2u mod 1 (uniform, independent of that bit) decides the mutation
+            take1, v = split_uniform(torch.rand((B, P - E, *shape), generator=generator, device=dev))
+            child = torch.where(take1, pop[ar[:, None], par[:, :P - E]], pop[ar[:, None], par[:, P - E:]])
+            child = self._mutate(child, v, idx, lo_all, hi_all)
             if gen % self.refine_every == 0:  # the reference code's refinement, every member
                 child = clip(child, idx, lo_ref, hi_ref)
                 refined = clip(elite, idx, lo_ref, hi_ref)
