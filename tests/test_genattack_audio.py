@@ -141,10 +141,15 @@ def test_fitness_box_and_errors(audio_victim):
     with pytest.raises(RobenchError, match="below one step"):
         o = Oracle(model, x[:2], y[:2], access="scores", norm="linf", eps=0.5 * STEP, max_queries=100, num_classes=K)
         GenAttackAudio().run(o.view(), torch.Generator().manual_seed(0))
-    with pytest.raises(RobenchError, match="16-bit audio"):
-        o = Oracle(model, x[:2] + STEP / 3, y[:2], access="scores", norm="linf", eps=4 * STEP, max_queries=100,
-                   num_classes=K)
-        GenAttackAudio().run(o.view(), torch.Generator().manual_seed(0))
+    # the bands: low byte kept in 0..255, the budget, the box's top; off-grid inputs move in whole steps
+    a = GenAttackAudio()
+    x0 = torch.tensor([[[-1.0, 0.0, 255 / 32768, 256 / 32768, 1 - 2 * STEP, 0.3 + STEP / 3]]])
+    lo, hi, lo_r, hi_r = a.bands(object(), x0, steps=300, limit=4)
+    assert lo.tolist()[0][0][:5] == [0, 0, -255, 0, -254] and lo_r.tolist()[0][0][:5] == [0, 0, -4, 0, -4]
+    assert hi.tolist()[0][0][:5] == [255, 255, 0, 255, 1]
+    assert hi_r.tolist()[0][0][:5] == [4, 4, 0, 4, 1]
+    u = math.floor((float(x0[0, 0, 5]) + 1) * 32768)  # the off-grid sample: its block of 256 steps
+    assert int(lo[0, 0, 5]) == -(u % 256) and int(hi[0, 0, 5]) == 255 - u % 256
     with pytest.raises(RobenchError, match="elite_size"):
         GenAttackAudio(pop_size=2, elite_size=2)
 

@@ -83,8 +83,9 @@ class GenAttackAudio(ScoreAttack):
     changes nothing and the budget is the reference code's ``limit``. Every queried row lies in the
     domain's box: a sample keeps its high byte, so its value stays in ``[low, high - q]``.
 
-    The clips must lie on the ``2**sample_bits`` grid of the box (16-bit audio held as int16 / 32768,
-    as dataset=fsdd and dataset=audio_folder hold it); Linf only. Batched: each generation evaluates the
+    Meant for 16-bit audio held as int16 / 32768 (dataset=fsdd, dataset=audio_folder), where a step is
+    one int16 step and the low byte is the sample's own; other inputs are moved in steps of
+    ``(high - low) / 2**sample_bits`` within blocks of 256 steps (:meth:`bands`). Linf only. Batched: each generation evaluates the
     children of every active sample in one oracle call; samples the oracle reports done leave the batch.
     """
 
@@ -119,17 +120,22 @@ class GenAttackAudio(ScoreAttack):
         self.tau, self.p_mut, self.rng, self.p_step = float(temperature), float(mutation_prob), int(mutation_range), float(step_prob)
         self.p_init, self.limit, self.refine_every, self.bits = float(init_prob), int(limit), int(refine_every), int(sample_bits)
 
-    def grid(self, view, x0: torch.Tensor) -> Tuple[float, torch.Tensor]:
-        """(step q, integer codes u of x0 in 0 .. 2**bits - 1); clips off the grid fail in one line."""
+    def bands(self, view, x0: torch.Tensor, steps: int, limit: int) -> Tuple[torch.Tensor, ...]:
+        """Per sample of the clips x0 (n, *shape), the integer changes allowed, as int16 tensors
+        (lo, hi) for the budget (``|d| <= steps``) and (lo, hi) for the refinement (``|d| <= limit``):
+        the low byte of the sample's code ``u = floor((x0 - low) / q)`` stays in 0..255 (its high byte
+        never changes) and ``x0 + d q`` stays in the box [low, high]. On 16-bit data (int16 / 32768
+        on [-1, 1]) ``u`` is the sample's own unsigned code, whose low byte is that of the int16 value;
+        other inputs are moved in the same steps of q."""
         low, high = signal_box(view)
         q = (high - low) / 2 ** self.bits
-        u = torch.round((x0.double() - low) / q)
-        off = float((x0.double() - (low + u * q)).abs().max()) if x0.numel() else 0.0
-        if off > 1e-3 * q or (x0.numel() and (float(u.min()) < 0 or float(u.max()) > 2 ** self.bits - 1)):
-            raise RobenchError(f"genattack_audio perturbs {self.bits}-bit samples: the inputs must be {self.bits}-bit audio "
-                               f"on the grid of {2 ** self.bits} steps over [{low:g}, {high:g}] (e.g. int16 / 32768, as "
-                               f"dataset=fsdd holds them); set attack.params.sample_bits to the data's sample width")
-        return q, u
+        x = x0.double()
+        u = torch.floor((x - low) / q + 1e-6)
+        lowbyte = torch.remainder(u, 256)
+        up = torch.floor((high - x) / q + 1e-6).clamp_min(0)  # steps to the top of the box
+        lo_b, hi_b = -lowbyte, torch.minimum(255 - lowbyte, up)
+        return tuple(t.to(torch.int16) for t in (lo_b.clamp_min(-steps), hi_b.clamp_max(steps),
+                                                 lo_b.clamp_min(-limit), hi_b.clamp_max(limit)))
 
     def _mutate(self, child: torch.Tensor, v: torch.Tensor, idx: torch.Tensor, lo: torch.Tensor,
                 hi: torch.Tensor) -> torch.Tensor:
@@ -146,17 +152,13 @@ class GenAttackAudio(ScoreAttack):
 
     def _attack(self, oracle: AttackView, generator: torch.Generator, task: ScoreTask) -> None:
         idx, dev, P, E = task.idx, task.device, self.pop_size, self.elite
-        q, codes = self.grid(oracle, task.x0)
+        low, high = signal_box(oracle)
+        q = (high - low) / 2 ** self.bits  # one sample step (1/32768 for int16 audio on [-1, 1])
         steps = int(task.eps / q + 1e-6)  # the budget in sample steps
         if steps < 1:
             raise RobenchError(f"genattack_audio changes samples by whole steps of {q:.6g}: budget.eps={task.eps:g} is "
                                f"below one step; use at least {q:.6g} (e.g. budget=linf_audio, 4 steps)")
-        lowbyte = torch.remainder(codes, 256).to(dev)  # (n, C, T) the original low bytes
-        # per sample, the allowed integer deltas: the low byte stays in 0..255, the budget in +-steps
-        lo_all = torch.clamp(-lowbyte, min=-steps).to(torch.int16)
-        hi_all = torch.clamp(255 - lowbyte, max=steps).to(torch.int16)
-        lo_ref = torch.clamp(-lowbyte, min=-self.limit).to(torch.int16)  # the refinement's band
-        hi_ref = torch.clamp(255 - lowbyte, max=self.limit).to(torch.int16)
+        lo_all, hi_all, lo_ref, hi_ref = (t.to(dev) for t in self.bands(oracle, task.x0, steps, self.limit))
         x0_all = task.x0.to(dev)
         shape = task.shape
 
