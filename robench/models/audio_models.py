@@ -136,3 +136,9 @@ def kws_cnn(num_classes: int = 10, shape=(1, 8000), sample_rate: int = 8000, wid
                            f"{noise_snr_min} > {noise_snr_max})")
     return KWSCNN(num_classes, int(shape[0]), int(sample_rate), width, n_mels, window_ms, hop_ms, floor, dropout,
                   shift_ms, noise_prob, noise_snr_min, noise_snr_max)
+
+
+#: numeric ranges the registry checks before construction (robench.registry.validate_params)
+kws_cnn.param_ranges = {"sample_rate": ">=1", "width": ">=2", "n_mels": ">=1", "window_ms": ">0", "hop_ms": ">0",
+                        "floor": ">0", "shift_ms": ">=0", "noise_prob": "[0,1]", "noise_snr_min": "[-100,200]",
+                        "noise_snr_max": "[-100,200]"}
