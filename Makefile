@@ -11,7 +11,7 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q -e ".[dev,all]"
+	$(BIN)/python -m pip install -q -e ".[dev,all,ray]"
 	touch $(STAMP)
 
 demo: $(STAMP)

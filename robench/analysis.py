@@ -17,7 +17,7 @@ direction.
 """
 from __future__ import annotations
 
-import argparse
+import argparse  # noqa: F401
 import csv
 from pathlib import Path
 from typing import List
@@ -31,7 +31,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _parser(prog: str, doc: str) -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog=prog, description=doc)
+    from robench.errors import OneLineParser
+
+    ap = OneLineParser(prog=prog, description=doc)
     ap.add_argument("--defenses", default="none,pgd_at", help="comma-separated training recipes (their checkpoints)")
     ap.add_argument("--dataset", default="mnist")
     ap.add_argument("--model", default="cw_mnist")

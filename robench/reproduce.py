@@ -23,7 +23,7 @@ Numbers are only ever read from runs; a paper row without a matching run prints 
 """
 from __future__ import annotations
 
-import argparse
+import argparse  # noqa: F401
 import json
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -276,7 +276,9 @@ def reproduce(folders: List[Path]) -> str:
 
 
 def main(argv: List[str]) -> None:
-    ap = argparse.ArgumentParser(prog="robench reproduce", description="the papers' tables next to robench's runs")
+    from robench.errors import OneLineParser
+
+    ap = OneLineParser(prog="robench reproduce", description="the papers' tables next to robench's runs")
     ap.add_argument("folders", nargs="+", type=Path, help="run folders, or folders holding them (searched recursively)")
     a = ap.parse_args(argv)
     print(reproduce(a.folders), end="")

@@ -6,8 +6,8 @@ A victim without input gradients (``model=gbdt``) refuses gradient attacks befor
 :func:`load_victim` is what ``robench attack`` and :func:`robench.load_victim` use to turn (dataset,
 model, defense) into a module in eval mode. :func:`preflight` checks any victim before it is attacked,
 as AutoAttack's ``checks.py`` does [croce2020]: randomness measured by repeated forward passes (not
-trusted from a defense's flag), a warning when the outputs look like probabilities rather than logits,
-and inputs outside [0, 1] refused.
+trusted from a defense's flag) and a warning when the outputs look like probabilities rather than logits;
+:func:`check_inputs` refuses inputs that are not finite or lie outside the domain's box.
 """
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from robench.domain import IMAGE, Domain
 from robench.errors import InputError, RobenchError
 
 log = logging.getLogger("robench")
@@ -89,23 +90,41 @@ def gradient_free(obj) -> Optional[str]:
     return next((str(r) for r in (getattr(m, "gradient_free", None) for m in mods) if r), None)
 
 
-def refuse_gradients(obj, access: str, attack: str = "") -> None:
-    """A gradient (white-box) attack on a victim without gradients fails here, before any work, in one line."""
+def gradient_refusal(obj, access: str, attack: str = "") -> Optional[str]:
+    """The rule, decided here only: an attack with ``gradient`` access cannot run on a victim (or registered
+    factory) without input gradients. Returns why, or None when it can run."""
     reason = gradient_free(obj)
-    if reason and access == "gradient":
+    if reason and str(access) == "gradient":
         what = f"attack={attack}" if attack else "a gradient attack"
-        raise RobenchError(f"{reason}: {what} needs input gradients (white-box access); use a score- or label-based "
-                           f"attack instead (e.g. attack=opt, attack=signopt, attack=hsja, attack=square)")
+        return (f"{reason}: {what} needs input gradients (white-box access); use a score- or label-based "
+                f"attack instead (e.g. attack=opt, attack=signopt, attack=hsja, attack=square)")
+    return None
 
 
-def check_inputs(x: torch.Tensor, what: str = "inputs") -> None:
-    """Refuse images outside [0, 1] (one line): robench's threat models and the oracle's box live there."""
+def refuse_gradients(obj, access: str, attack: str = "") -> None:
+    """:func:`gradient_refusal` as a one-line error, before any work."""
+    msg = gradient_refusal(obj, access, attack)
+    if msg:
+        raise RobenchError(msg)
+
+
+def check_inputs(x: torch.Tensor, what: str = "inputs", domain: Domain = IMAGE, hint: str = "") -> None:
+    """Refuse inputs that are not finite floating-point values inside the domain's box (one line):
+    robench's threat models and the oracle's box live there (images: [0, 1]; audio: [-1, 1])."""
+    lo, hi = domain.box
     if not torch.is_tensor(x) or not x.is_floating_point():
-        raise InputError(f"{what} must be a floating-point tensor of images in [0, 1] (NCHW), got "
-                           f"{type(x).__name__ if not torch.is_tensor(x) else x.dtype}")
-    if x.numel() and (float(x.min()) < 0 or float(x.max()) > 1):
-        raise InputError(f"{what} must lie in [0, 1] (found values in [{float(x.min()):.4g}, {float(x.max()):.4g}]); "
-                           f"pass unnormalized images and give the model's normalization as mean=/std=")
+        raise InputError(f"{what} must be a floating-point tensor of {domain.describe()}, got "
+                         f"{type(x).__name__ if not torch.is_tensor(x) else x.dtype}")
+    if not x.numel():
+        return
+    bad = ~torch.isfinite(x)
+    if bool(bad.any()):
+        n = int(bad.flatten(1).any(1).sum()) if x.dim() > 1 else int(bad.sum())
+        raise InputError(f"{what} holds NaN or infinite values ({n} of {len(x)} inputs): inputs must be finite "
+                         f"{domain.describe()}")
+    if float(x.min()) < lo or float(x.max()) > hi:
+        raise InputError(f"{what} must lie in [{lo:g}, {hi:g}] (found values in [{float(x.min()):.4g}, "
+                         f"{float(x.max()):.4g}]){hint or '; pass unnormalized inputs and give the model normalization as mean=/std='}")
 
 
 def preflight(model: torch.nn.Module, x: torch.Tensor, *, repeats: int = 3, tol: float = 1e-5) -> Dict[str, Any]:
@@ -115,10 +134,9 @@ def preflight(model: torch.nn.Module, x: torch.Tensor, *, repeats: int = 3, tol:
       ``tol`` -- measured, not read from a defense's flag;
     * ``probabilities``: every output row is non-negative and sums to 1 (within 1e-4): the model likely
       ends in a softmax, which hides the logits from gradient attacks and weakens them: a warning.
-    Inputs outside [0, 1] are refused (:func:`check_inputs`). The forward passes are the engine's, not
-    queries of any attack.
+    The inputs were checked where they entered (:func:`check_inputs`, called by prepare_run). The
+    forward passes are the engine's, not queries of any attack.
     """
-    check_inputs(x)
     xs = x[:8]
     with torch.no_grad():
         outs = [model(xs).float() for _ in range(max(2, int(repeats)))]

@@ -72,9 +72,10 @@ def test_readme_example_runs():
 def test_errors_are_one_line_robench_errors(victim):
     x = torch.rand(4, 1, 28, 28)
     y = torch.zeros(4, dtype=torch.long)
+    with pytest.raises(robench.RobenchError, match="budget.norm must be one of"):  # refused when the budget is made
+        robench.Budget("l3", 0.3)
     cases = [(dict(x=x * 2), "must lie in \\[0, 1\\]"), (dict(attack="nope"), "unknown attack 'nope'"),
-             (dict(budget=robench.Budget("l3", 0.3)), "budget.norm must be one of"),
-             (dict(attack="pgd", stepz=3), "pgd"), (dict(batch_size=0), "batch_size must be >= 1")]
+             (dict(attack="pgd", stepz=3), "pgd"), (dict(batch_size=0), "batch_size must be an integer >= 1")]
     for over, match in cases:
         kw = {"x": x, "attack": "pgd", **over}
         with pytest.raises(robench.RobenchError, match=match) as e:

@@ -84,9 +84,9 @@ def test_cli_ensemble_contributions_in_summary(tmp_path, ckpt_dir):
                 "dataset.n_samples=30", "progress=false", f"checkpoint_dir={ckpt_dir}", f"hydra.run.dir={run}")
     assert p.returncode == 0, p.stderr
     s = json.loads((run / "summary.json").read_text())
-    assert [m["attack"] for m in s["ensemble"]] == ["fgsm", "bim"]
-    assert sum(m["success"] for m in s["ensemble"]) == s["n_success"] + s["recheck_failed"]
-    assert sum(m["queries"] for m in s["ensemble"]) == s["total_queries"]
+    assert [m["attack"] for m in s["attack_extra"]["ensemble"]] == ["fgsm", "bim"]
+    assert sum(m["success"] for m in s["attack_extra"]["ensemble"]) == s["n_success"] + s["recheck_failed"]
+    assert sum(m["queries"] for m in s["attack_extra"]["ensemble"]) == s["total_queries"]
     p = run_cli("attack", "attack=ensemble", "attack.params.attacks=[apgd_ce,nope]", "dataset.n_samples=5",
                 "progress=false", f"checkpoint_dir={ckpt_dir}", f"hydra.run.dir={tmp_path}/bad")
     lines = [l for l in p.stderr.strip().splitlines() if l.strip()]

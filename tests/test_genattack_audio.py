@@ -15,7 +15,7 @@ from robench.data.base import DatasetSplits
 from robench.errors import RobenchError
 from robench.referee.oracle import Oracle
 
-T, K, STEP = 1024, 6, 1.0 / 32768
+T, K, STEP, BOX = 1024, 6, 1.0 / 32768, (-1.0, 1.0)
 
 
 def tones(n: int, seed: int, amp: float = 0.005):
@@ -72,7 +72,7 @@ def test_low_byte_budget_counts_and_success_over_random_noise(audio_victim):
     targets = (y + 1 + torch.randint(0, K - 1, (len(y),), generator=torch.Generator().manual_seed(3))) % K
     rec = Recorder(model)
     oracle = Oracle(rec, x, y, access="scores", norm="linf", eps=steps * STEP, max_queries=max_q, targets=targets,
-                    num_classes=K)
+                    num_classes=K, box=BOX)
     GenAttackAudio(limit=steps, mutation_range=steps).run(oracle.view(), torch.Generator().manual_seed(0))
     rec.on = False
     res = oracle.finalize()
@@ -122,12 +122,18 @@ def test_refinement_and_budget_clip_when_limit_is_smaller(audio_victim):
     model, x, y = audio_victim
     rec = Recorder(model)
     oracle = Oracle(rec, x[:4], y[:4], access="scores", norm="linf", eps=16 * STEP, max_queries=20 + 18 * 12,
-                    num_classes=K)
+                    num_classes=K, box=BOX)
     GenAttackAudio(limit=2, mutation_range=8, mutation_prob=0.5).run(oracle.view(), torch.Generator().manual_seed(0))
     u, u0 = offsets(torch.cat(rec.rows), x[:4])
     d = u - u0
     assert float(d.abs().max()) <= 16
     assert float(d.abs().max()) > 2  # the mutations do go past the limit between refinements
+
+
+class Box:
+    """What bands() reads of a view: the audio box."""
+
+    low, high = BOX
 
 
 def test_fitness_box_and_errors(audio_victim):
@@ -136,15 +142,15 @@ def test_fitness_box_and_errors(audio_victim):
     f = audio_fitness(p, y, t)
     assert abs(float(f[0]) - 0.1) < 1e-7 and float(f[1]) == float("-inf")
     assert abs(float(audio_fitness(p, y, None)[0]) - 0.3) < 1e-7
-    assert signal_box(object()) == (-1.0, 1.0)
+    assert signal_box(Box()) == (-1.0, 1.0)
     model, x, y = audio_victim
     with pytest.raises(RobenchError, match="below one step"):
-        o = Oracle(model, x[:2], y[:2], access="scores", norm="linf", eps=0.5 * STEP, max_queries=100, num_classes=K)
+        o = Oracle(model, x[:2], y[:2], access="scores", norm="linf", eps=0.5 * STEP, max_queries=100, num_classes=K, box=BOX)
         GenAttackAudio().run(o.view(), torch.Generator().manual_seed(0))
     # the bands: low byte kept in 0..255, the budget, the box's top; off-grid inputs move in whole steps
     a = GenAttackAudio()
     x0 = torch.tensor([[[-1.0, 0.0, 255 / 32768, 256 / 32768, 1 - 2 * STEP, 0.3 + STEP / 3]]])
-    lo, hi, lo_r, hi_r = a.bands(object(), x0, steps=300, limit=4)
+    lo, hi, lo_r, hi_r = a.bands(Box(), x0, steps=300, limit=4)
     assert lo.tolist()[0][0][:5] == [0, 0, -255, 0, -254] and lo_r.tolist()[0][0][:5] == [0, 0, -4, 0, -4]
     assert hi.tolist()[0][0][:5] == [255, 255, 0, 255, 1]
     assert hi_r.tolist()[0][0][:5] == [4, 4, 0, 4, 1]

@@ -241,7 +241,7 @@ def test_attack_time_mix_and_eps_reach_the_loaded_model(splits, tmp_path):
     defense.params.mix (bn_finetune, the Table 6.2 preset) or the budget's eps (robmask, Table 6.5)."""
     from robench.models.checkpoint import checkpoint_path
     from robench.models.conditional_bn import ConditionalBatchNorm
-    from robench.evaluation.runner import load_victim
+    from robench.victim import load_victim
 
     small = subset(splits, 64, 32)
     for name in ("bn_finetune", "robmask"):

@@ -143,9 +143,12 @@ def test_bad_parameters():
 
 
 def test_genattack_is_linf_only(victim, test_xy):
-    o = Oracle(victim, test_xy[0][:2], test_xy[1][:2], access="scores", norm="l2", eps=1.0, num_classes=10)
-    with pytest.raises(RobenchError, match="linf"):
-        GenAttack().run(o, torch.Generator().manual_seed(0))
+    """Declared (``norms``) and enforced before the run starts, in one line."""
+    import robench
+
+    assert GenAttack.norms == ("linf",)
+    with pytest.raises(RobenchError, match="supports budget.norm linf, got 'l2'"):
+        robench.evaluate(victim, test_xy[0][:2], test_xy[1][:2], attack="genattack", budget=robench.Budget("l2", 1.0))
 
 
 # ---------------------------------------------------------------- Square
@@ -258,7 +261,7 @@ def test_cli_square_first_n_correct(ckpt_dir, tmp_path):
 
 
 def test_prefix_with_n_correct():
-    from robench.evaluation.runner import prefix_with_n_correct
+    from robench.evaluation.prepare import prefix_with_n_correct
 
     c = torch.tensor([True, False, True, True, False])
     assert prefix_with_n_correct(c, 2) == 3 and prefix_with_n_correct(c, 3) == 4 and prefix_with_n_correct(c, 9) == 5

@@ -44,10 +44,11 @@ def compose(*overrides, name="run_attack"):
 
 def attack(run_dir: Path, *overrides):
     """``robench attack`` in this process; returns (records without time columns, summary)."""
-    from robench.evaluation.runner import run_attack
+    from robench.cli.attack_job import run_attack
+    from robench.evaluation.folder import RunFolder
 
     cfg = compose("quiet=true", "progress=false", *overrides)
-    summary = run_attack(cfg, run_dir)
+    summary = run_attack(cfg, RunFolder.for_config(cfg, run_dir))
     rec = pd.read_csv(run_dir / "records.csv").drop(columns=TIME_COLUMNS)
     return rec, summary
 
@@ -259,7 +260,7 @@ def test_robustbench_eval_preset(exported, mnist_dirs, tmp_path):
 def test_train_defense_from_user_weights(exported, mnist_dirs, tmp_path):
     """PGD-AT fine-tuning a `module` model from the user's weights; attack defense=pgd_at loads the result."""
     from robench.models.sources import source_tag
-    from robench.evaluation.runner import run_train
+    from robench.cli.train_job import run_train
     from robench.models.checkpoint import checkpoint_path
 
     small = tmp_path / "small.pt"
@@ -270,7 +271,8 @@ def test_train_defense_from_user_weights(exported, mnist_dirs, tmp_path):
     data = ["dataset=tensors", f"dataset.path={small}", "dataset.mean=[0.1307]", "dataset.std=[0.3081]"]
     cfg = compose(*model, *data, "defense=pgd_at", "train.epochs=1", "eval.n_samples=0", "quiet=true", "progress=false",
                   f"checkpoint_dir={tmp_path / 'ck'}", name="run_train")
-    s = run_train(cfg, tmp_path / "train")
+    from robench.evaluation.folder import RunFolder
+    s = run_train(cfg, RunFolder.for_config(cfg, tmp_path / "train"))
     from omegaconf import OmegaConf
     path = checkpoint_path(str(tmp_path / "ck"), {"name": "tensors"}, source_tag(OmegaConf.to_container(cfg.model)), "pgd_at")
     assert Path(s["checkpoint"]) == path and path.exists() and "module-" in str(path)

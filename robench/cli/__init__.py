@@ -48,7 +48,7 @@ def _user_searchpath(args: List[str]) -> bool:
 LAUNCHER_PLUGINS = {"joblib": ("hydra_plugins.hydra_joblib_launcher", "joblib"),
                     "slurm": ("hydra_plugins.hydra_submitit_launcher", "slurm"),
                     "submitit_local": ("hydra_plugins.hydra_submitit_launcher", "slurm"),
-                    "ray": ("hydra_plugins.hydra_ray_launcher", "ray")}
+                    "ray": ("ray", "ray")}  # robench's own plugin (hydra_plugins/robench_ray_launcher) needs ray itself
 
 
 def _precheck_groups(args: List[str]) -> None:
@@ -77,13 +77,39 @@ def _precheck_groups(args: List[str]) -> None:
                 except ImportError:
                     found = False
                 if not found:
-                    raise RobenchError(f"launcher={v} needs its Hydra plugin ({mod.split('.')[-1].replace('_', '-')}): "
-                                       f"pip install 'robench[{extra}]'")
+                    what = f"its Hydra plugin ({mod.split('.')[-1].replace('_', '-')})" if "." in mod else f"the {mod} package"
+                    raise RobenchError(f"launcher={v} needs {what}: pip install 'robench[{extra}]'")
 
 
 #: Hydra's own command-line flags that take a value
 _FLAGS_WITH_VALUE = {"--cfg", "-c", "--config-name", "-cn", "--config-path", "-cp", "--config-dir", "-cd",
                      "--package", "-p", "--info", "--experimental-rerun"}
+
+
+#: Hydra's own command-line flags that take no value
+_FLAGS_ALONE = {"--help", "-h", "--hydra-help", "--version", "--resolve", "--run", "-r", "--multirun", "-m",
+                "--shell-completion", "-sc"}
+
+
+def _flags_first(args: List[str]) -> List[str]:
+    """Hydra's flags (with their values) moved before the overrides, in their order: ``a=1 -m b=2,3`` is
+    what a user means by ``-m a=1 b=2,3``; an option Hydra does not know is refused in one line."""
+    flags, overrides, skip = [], [], False
+    for a in args:
+        if skip:
+            flags.append(a)
+            skip = False
+            continue
+        if a.startswith("-"):
+            name = a.split("=", 1)[0]
+            if name not in _FLAGS_WITH_VALUE and name not in _FLAGS_ALONE:
+                raise RobenchError(f"unknown option '{a}'; robench attack / train-defense take key=value overrides and "
+                                   f"Hydra's flags ({', '.join(sorted(f for f in _FLAGS_ALONE | _FLAGS_WITH_VALUE if f.startswith('--')))})")
+            flags.append(a)
+            skip = name in _FLAGS_WITH_VALUE and "=" not in a
+            continue
+        overrides.append(a)
+    return flags + overrides
 
 
 def _split_flags(args: List[str]) -> List[str]:
@@ -168,14 +194,11 @@ def _prevalidate(config_name: str, composed, multirun: bool) -> None:
         del composed["hydra"]
     attack = config_name == "run_attack"
     plain = _validate_job(config_name, composed)
-    if not plain["model"].get("source"):  # model=gbdt has no gradients: white-box attacks and recipes fail now
-        _refuse_gradients(plain, attack)
+    _refuse_gradients(plain, attack)  # model=gbdt, or an ONNX file run by onnxruntime: no gradients
     if not attack:  # the checkpoint is written after training: its folder must be writable now
         run_folder.check_output_dir(plain["checkpoint_dir"], "checkpoint_dir")
-    if multirun:
-        run_folder.check_output_dir(_hydra_dir(hyd, "sweep.dir"), "hydra.sweep.dir")
-        return
     if attack:  # what needs the data: the slice fits in the split, a target class exists; and the victim
+        # (a sweep: its first job's; each job checks its own again before anything is written)
         from robench.config import validate_budget
         from robench.data import load_dataset
 
@@ -184,20 +207,35 @@ def _prevalidate(config_name: str, composed, multirun: bool) -> None:
         validate_budget(plain["budget"], splits.num_classes)
         validate_slice(len(splits.test), d.get("n_samples"), d.get("offset", 0))
         _check_victim_checkpoint(plain)
+    if multirun:
+        run_folder.check_output_dir(_hydra_dir(hyd, "sweep.dir"), "hydra.sweep.dir")
+        return
     run_folder.check_run_dir(_hydra_dir(hyd, "run.dir"), plain, resume=bool(plain.get("resume", True)) if attack else True)
 
 
 def _refuse_gradients(c: dict, attack: bool) -> None:
-    """A registered model without gradients (model=gbdt): a gradient attack, or a training recipe other
-    than none, fails in one line before anything is written (robench/victim.py)."""
+    """A victim without gradients (model=gbdt; an ONNX file that runs through onnxruntime,
+    robench/models/onnx_source.py): a gradient attack, or a training recipe other than none (any
+    training for the ONNX file), fails in one line before anything is written (robench/victim.py)."""
     from robench.defenses.compose import defense_spec
-    from robench.registry import ATTACKS, MODELS
+    from robench.models.sources import source_gradient_free
+    from robench.registry import MODELS
     from robench.victim import gradient_free, refuse_gradients
 
-    model = MODELS.get(c["model"]["name"])
+    if c["model"].get("source"):
+        reason = source_gradient_free(c["model"])
+        model = type("SourceVictim", (), {"gradient_free": reason})
+        if reason and not attack:
+            raise RobenchError(f"{reason}: robench train-defense trains through the model's gradients; attack the file "
+                               f"as it is with a score- or label-based attack instead")
+    else:
+        model = MODELS.get(c["model"]["name"])
     if attack:
-        name = c["attack"]["name"]
-        refuse_gradients(model, getattr(ATTACKS.get(name), "access", ""), name)
+        from robench.evaluation.spec import RunSpec
+
+        spec = RunSpec.from_config(c)
+        if spec.traits is not None:  # an isolated attack declares its access from the sandbox (checked there)
+            refuse_gradients(model, spec.traits.access, spec.attack.label)
         return
     recipe, reason = defense_spec(c["defense"]).recipe, gradient_free(model)
     if reason and recipe != "none":
@@ -253,6 +291,9 @@ def _hydra_command(prog: str, config_name: str, job: Callable, args: List[str]) 
     from robench.registry import PLUGIN_CONFIG_DIRS, load_plugins
 
     load_plugins()  # fills PLUGIN_CONFIG_DIRS
+    from hydra_plugins.robench_ray_launcher import expose
+
+    expose()  # launcher=ray: robench's own Hydra plugin, seen by Hydra's scan in an editable install too
     if "--quiet" in args or "-q" in args:  # scripts: errors only (no bars, tables or Hydra's launch lines)
         args = [a for a in args if a not in ("--quiet", "-q")] + ["quiet=true", "hydra.hydra_logging.root.level=WARNING"]
     modes = {m for a in args for m, flags in _MODE_FLAGS.items() if a in flags}
@@ -261,38 +302,96 @@ def _hydra_command(prog: str, config_name: str, job: Callable, args: List[str]) 
     _precheck_groups(args)
     if PLUGIN_CONFIG_DIRS and not _user_searchpath(args):
         args = args + ["hydra.searchpath=[" + ",".join(f"file://{d}" for _, d in PLUGIN_CONFIG_DIRS) + "]"]
+    args = _flags_first(args)  # Hydra's parser takes its flags before the overrides, not between them
     multirun = any(a in ("-m", "--multirun") for a in args)
     composed = _dry_compose(config_name, args, multirun)
+    state = None
     if not any(a in ("--cfg", "-c", "--info", "--help", "-h", "--hydra-help", "--shell-completion", "-sc")
                for a in args):  # those only print: nothing to validate, nothing written
+        from robench.evaluation.folder import FolderState
+
+        hyd = composed.hydra
         _prevalidate(config_name, composed, multirun)
+        state = FolderState.capture(_hydra_dir(hyd, "sweep.dir" if multirun else "run.dir"))
 
     @hydra.main(version_base="1.3", config_path=str(configs_dir()), config_name=config_name)
     def app(cfg) -> None:
-        run_job(job, cfg, Path(HydraConfig.get().runtime.output_dir))
+        run_job(job, cfg, Path(HydraConfig.get().runtime.output_dir), state)
 
     sys.argv = [prog] + args
     app()
 
 
-def run_job(job: Callable, cfg, run_dir: Path) -> None:
-    """Run a Hydra job; whatever a user can fix, or an attack's broken access, ends in one line, exit 2."""
+def run_job(job: Callable, cfg, run_dir: Path, state=None) -> None:
+    """Run a Hydra job into its :class:`~robench.evaluation.folder.RunFolder`; whatever a user can fix, or an
+    attack's broken access, ends in one line, exit 2. A job refused before its run was accepted leaves the
+    folder as it was before the command (``state``: captured before Hydra made the folder)."""
+    from robench.evaluation.folder import RunFolder
     from robench.referee.types import AccessError
 
+    folder = None
     try:
-        job(cfg, run_dir)
+        folder = _folder(cfg, run_dir, state)
+        folder.hold_logs()
+        job(cfg, folder)
     except RobenchError as e:
+        _abandon(folder, run_dir, state)
         die(str(e))
     except AccessError as e:  # an attack broke its declared access: a bug in the attack, said in one line
+        _abandon(folder, run_dir, state)
         name = cfg.get("attack", {}).get("name", "?") if hasattr(cfg, "get") else "?"
         die(f"attack '{name}' broke its declared access ({e}); the oracle refused the query: "
             f"fix the attack's `access` or the queries it makes")
     except OSError as e:  # a folder or file the run needs: unwritable, missing, full disk
+        _abandon(folder, run_dir, state)
         die(os_error_line(e))
+    except BaseException:
+        _abandon(folder, run_dir, state)
+        raise
+    finally:
+        if folder is not None and not folder.accepted:
+            folder.abandon()
+
+
+def _folder(cfg, run_dir: Path, state):
+    """The job's run folder, with what it held before the command (a sweep's state holds its job folders)."""
+    from omegaconf import OmegaConf
+
+    from robench.evaluation.folder import FolderState, RunFolder
+
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    return RunFolder(run_dir, plain, resume=bool(plain.get("resume", True)),
+                     state=FolderState.for_job(state, run_dir) if state is not None else None)  # noqa: E501
+
+
+def _abandon(folder, run_dir: Path, state) -> None:
+    """Before the run was accepted: remove what the command made (folder and log), nothing else."""
+    if folder is not None:
+        folder.abandon()
+    elif state is not None:
+        import logging
+
+        from robench.evaluation.folder import FolderState
+
+        for h in list(logging.getLogger().handlers):  # Hydra's job log in the refused folder
+            if getattr(h, "baseFilename", None) and Path(h.baseFilename).parent == Path(run_dir).absolute():
+                logging.getLogger().removeHandler(h)
+                h.close()
+        FolderState.for_job(state, run_dir).restore(Path(run_dir))
+
+
+def quiet_library_warnings() -> None:
+    """Library deprecation notices (torch.jit, onnx, ...) are for robench's developers, not its users: the
+    CLI does not print them, so that a refusal stays one line. robench's own warnings still show."""
+    import warnings
+
+    for cat in (FutureWarning, DeprecationWarning, PendingDeprecationWarning):
+        warnings.filterwarnings("ignore", category=cat)
 
 
 def main(argv: List[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
+    quiet_library_warnings()
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE, end="")
         return

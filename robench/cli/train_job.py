@@ -20,7 +20,6 @@ from robench.defenses.compose import defense_spec
 from robench.errors import RobenchError
 from robench.models import build_model
 from robench.models.gbdt import find_gbdt, fit as fit_gbdt
-from robench.evaluation.folder import write_run_config
 from robench.models.sources import build_source, source_of, source_tag, train_summary
 from robench.registry import DEFENSES, instantiate
 from robench.training.loop import train
@@ -64,7 +63,10 @@ def _train_fingerprint(cfg: DictConfig) -> str:
     return hashlib.sha256(repr(sorted(keep.items())).encode()).hexdigest()[:16]
 
 
-def run_train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
+def run_train(cfg: DictConfig, folder) -> Dict[str, Any]:
+    """Train the recipe ``cfg`` describes; ``folder``: the run folder (:class:`~robench.evaluation.folder.RunFolder`),
+    accepted (config.yaml written) once the config, data and model have passed their checks."""
+    run_dir = folder.path
     from rich.console import Console
     from rich.table import Table
 
@@ -76,14 +78,9 @@ def run_train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     device = resolve_device(cfg.device)
     spec = defense_spec(cfg.defense)
     dname = spec.recipe
-    if spec.inputs or spec.detector:
-        extra = ", ".join([n for n, _ in spec.inputs] + ([spec.detector[0]] if spec.detector else []))
-        raise RobenchError(f"defense={spec.label}: {extra} act(s) at attack time, not in training; train the model "
-                           f"behind it with defense={dname}")
     recipe = instantiate(DEFENSES, dname, spec.recipe_params, "defense")
     if not isinstance(recipe, TrainingRecipe):
         raise RobenchError(f"defense '{dname}' is an input transformation, not a training recipe: nothing to train")
-    write_run_config(run_dir, cfg)  # config.yaml + overrides.yaml, once the run is accepted
     splits = load_dataset(cfg.dataset)
     dcfg, mcfg = _plain(cfg.dataset), _plain(cfg.model)
     recipe.bind(TrainContext(cfg=cfg, splits=splits, device=device,
@@ -94,6 +91,7 @@ def run_train(cfg: DictConfig, run_dir: Path) -> Dict[str, Any]:
     if init_from and init_from != dname:  # a sweep over defense=none,pgd_at may set it once for all
         model.load_state_dict(_checkpoint_model(cfg, splits, init_from, f"train.init_from={init_from}").state_dict())
     model = recipe.prepare_model(model)  # model surgery (conditional BN: robench/defenses/bn_methods.py)
+    folder.accept()  # config.yaml + overrides.yaml: the run passed every check
     path = checkpoint_path(cfg.checkpoint_dir, dcfg, source_tag(mcfg) if source_of(mcfg) else mcfg, dname)
     state_path = path.with_name(path.name + ".resume")
     started = _now()

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Optional, Protocol, Sequence
 
 import torch
 
+from robench.errors import VictimError
 from robench.evaluation import results as R
 from robench.referee.oracle import Oracle
 from robench.referee.types import OracleResult
@@ -82,13 +83,14 @@ class Referee:
     confirm_repeats: int = 0
     eot_samples: int = 1
     checkpoints: tuple = ()
+    box: tuple = (0.0, 1.0)  # the input domain's [low, high] (robench/domain.py)
 
     def oracle(self, model, x0: torch.Tensor, y: torch.Tensor, targets: Optional[torch.Tensor],
                watch: Optional[Callable[[], None]] = None) -> Oracle:
         return Oracle(model, x0, y, access=self.access, norm=self.norm, eps=self.eps, max_queries=self.max_queries,
                       targets=targets, stop_on_success=self.stop_on_success, recheck_repeats=self.recheck_repeats,
                       num_classes=self.num_classes, eot_samples=self.eot_samples if self.access != "label" else 1,
-                      checkpoints=self.checkpoints, confirm_repeats=self.confirm_repeats, watch=watch)
+                      checkpoints=self.checkpoints, confirm_repeats=self.confirm_repeats, watch=watch, box=self.box)
 
 
 @dataclass
@@ -199,44 +201,41 @@ def prepare_attack(attack, context) -> None:
         attack.prepare(context)
 
 
+class RunSink(Protocol):
+    """What the engine reports to mid-batch (the runner implements it; robench/evaluation/runner.py)."""
+
+    def pending(self, batch: int, rows: torch.Tensor, fields: List[Dict[str, Any]]) -> None:
+        """The uncertified record fields of samples the oracle has finished, before their batch ends."""
+
+
 def execute(attack, model, plan: Plan, referee: Referee, device, *, skip: Sequence[int] = (),
-            after: Optional[Callable[[BatchOutcome], None]] = None, isolate: bool = False,
-            name: Optional[str] = None, pending: Optional[Callable[[int, torch.Tensor, List[Dict[str, Any]]], None]] = None,
-            flush_seconds: Optional[float] = None) -> Iterator[BatchOutcome]:
+            after: Optional[Callable[[BatchOutcome], None]] = None, name: Optional[str] = None,
+            sink: Optional[RunSink] = None, flush_seconds: Optional[float] = None) -> Iterator[BatchOutcome]:
     """Run ``attack`` over the plan's batches (ascending, those in ``skip`` left out), yielding each
     batch's :class:`BatchOutcome` as soon as it is done (the caller writes records, flushes, reports
     progress). ``after(outcome)`` may add fields (e.g. a detector's score) before it is yielded.
-    ``pending(batch, rows, fields)``, optional: called mid-batch, at most every ``flush_seconds``
+    ``sink.pending(batch, rows, fields)``, optional: called mid-batch, at most every ``flush_seconds``
     (default :data:`FLUSH_SECONDS`) once the first waits (:data:`FLUSH_FIRST`) have passed, with the
     uncertified fields of samples the oracle has finished (:class:`Flusher`); the batch's outcome
     supersedes them.
 
     The referee's guard (robench/referee/guard.py) wraps each ``attack.run``: tampering with the oracle,
     its classes or the victim raises RobenchError; every reported success and distortion is then
-    recomputed independently, and refused rows are dropped and listed in ``violations``. With
-    ``isolate`` the attack runs in a child process that never holds the model (robench/referee/isolation.py)."""
+    recomputed independently, and refused rows are dropped and listed in ``violations``. An isolated
+    attack (robench/referee/isolation) is an object like any other here: its ``run`` drives the view
+    from a sandboxed child process."""
     from robench.referee.guard import Guard, drop, verify
 
     skip = set(skip)
     name = name or getattr(attack, "name", None) or type(attack).__name__
     guard = Guard(model, name)
     randomized = referee.recheck_repeats > 1 or referee.confirm_repeats > 0 or referee.eot_samples > 1
-    child = None
-    if isolate:
-        from robench.referee.isolation import IsolatedRunner
-
-        child = IsolatedRunner(attack, name)
-    try:
-        flusher = None if pending is None else Flusher(pending, FLUSH_SECONDS if flush_seconds is None else flush_seconds,
-                                                       FLUSH_FIRST)
-        yield from _batches(attack, model, plan, referee, device, skip, after, guard, verify, drop, randomized, child,
-                            flusher)
-    finally:
-        if child is not None:
-            child.close()
+    flusher = None if sink is None else Flusher(sink.pending, FLUSH_SECONDS if flush_seconds is None else flush_seconds,
+                                                FLUSH_FIRST)
+    yield from _batches(attack, model, plan, referee, device, skip, after, guard, verify, drop, randomized, flusher)
 
 
-def _batches(attack, model, plan, referee, device, skip, after, guard, verify, drop, randomized, child, flusher):
+def _batches(attack, model, plan, referee, device, skip, after, guard, verify, drop, randomized, flusher):
     for bt in sorted(plan.batches):
         if bt in skip:
             continue
@@ -253,12 +252,17 @@ def _batches(attack, model, plan, referee, device, skip, after, guard, verify, d
             flusher.start(bt, sel, x0, oracle)
         guard.arm(oracle)
         try:
-            if child is not None:
-                child.run(oracle.view(), plan.generator(bt, device))
-            else:
-                attack.run(oracle.view(), plan.generator(bt, device))
+            attack.run(oracle.view(), plan.generator(bt, device))
+        except VictimError:
+            raise
+        except Exception:
+            if oracle.broken is not None:  # the victim failed and the attack turned it into another error
+                raise VictimError(oracle.broken) from None
+            raise
         finally:
             pre = guard.disarm()
+        if oracle.broken is not None:  # the attack swallowed the victim's failure: the run stops all the same
+            raise VictimError(oracle.broken)
         res = oracle.finalize()
         guard.check(oracle, referee, res.queries, bt, pre)
         fields = R.attack_fields(res, x0)

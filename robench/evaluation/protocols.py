@@ -27,7 +27,7 @@ The job runs the main run and every :class:`ExtraRun` a protocol declares throug
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
@@ -61,13 +61,15 @@ class Protocol:
     def extra_runs(self, ev: "Evaluation") -> List[ExtraRun]:
         return []
 
-    def merge(self, ev: "Evaluation", summary: Dict[str, Any], records, x: torch.Tensor, run_dir: Optional[Path],
-              extra: Dict[str, list]) -> None:
+    def merge(self, ev: "Evaluation", summary: Dict[str, Any], records, x: torch.Tensor, extra: Dict[str, list],
+              tables: Dict[str, Any]) -> None:
+        """Add the protocol's keys to ``summary``; per-sample tables for the run folder go into ``tables``
+        (file name -> DataFrame; the run folder writes them)."""
         pass
 
 
 class Standard(Protocol):
-    def merge(self, ev, summary, records, x, run_dir, extra):
+    def merge(self, ev, summary, records, x, extra, tables):
         from robench.training.loop import predict
 
         n_att = summary.get("n_attacked") or 0
@@ -103,7 +105,7 @@ class Adaptive(Protocol):
     def naive_confirm(ev) -> int:
         return ev.confirm_repeats if ev.user_confirm else 0
 
-    def merge(self, ev, summary, records, x, run_dir, extra):
+    def merge(self, ev, summary, records, x, extra, tables):
         if "non_adaptive" not in extra:
             return
         outs = [o for o in extra["non_adaptive"] if o.result is not None]
@@ -150,7 +152,7 @@ class Detection(Protocol):
             for j, v in zip(ok.tolist(), s.tolist()):
                 outcome.fields[j]["detector_score"] = float(v)
 
-    def merge(self, ev, summary, records, x, run_dir, extra):
+    def merge(self, ev, summary, records, x, extra, tables):
         import pandas as pd
 
         from robench.evaluation import results as R
@@ -166,8 +168,7 @@ class Detection(Protocol):
                 adv_flags.append(flag)
             rows.append({"index": r["index"], "clean_score": float(clean[k]), "clean_detected": bool(clean_flag[k]),
                          "success": bool(r["success"]), "adv_score": a, "adv_detected": bool(flag)})
-        if run_dir is not None:
-            R.atomic_write_text(Path(run_dir) / "detection.csv", pd.DataFrame(rows).to_csv(index=False))
+        tables["detection.csv"] = pd.DataFrame(rows)
         n_att = sum(1 for r in records if r["attacked"])
         n_undetected = sum(1 for r, row in zip(records, rows) if r["success"] and not row["adv_detected"])
         nan = float("nan")
@@ -178,34 +179,27 @@ class Detection(Protocol):
             "success_rate_undetected": n_undetected / n_att if n_att else nan}
 
 
-@dataclass
 class Evaluation:
-    """The protocols of one attack run and the victim facts they share. ``cfg`` needs ``defense``,
-    ``seed`` and optionally ``adaptive``, ``adaptive_eot_samples``, ``recheck_repeats``, ``confirm_on_sight``."""
+    """The protocols of one attack run and the victim facts they share, from the run's validated
+    settings (robench/evaluation/spec.py decides every rule on them): the ``defense`` config, the ``seed``,
+    ``adaptive`` and ``adaptive_eot_samples``, ``recheck_repeats`` (None: auto) and ``confirm_on_sight``
+    (None: auto)."""
 
-    cfg: Any
-    protocols: List[Protocol] = field(init=False)
+    def __init__(self, defense: Any, *, seed: int = 0, adaptive: bool = False, adaptive_eot_samples: int = 10,
+                 recheck_repeats: Optional[int] = None, confirm_on_sight: Optional[bool] = None):
+        from robench.evaluation.spec import thaw
 
-    def __post_init__(self):
-        cfg = self.cfg
-        self.spec = defense_spec(cfg.defense)
-        self.seed = int(cfg.seed)
-        self.adaptive = bool(cfg.get("adaptive", False))
-        self.adaptive_eot = int(cfg.get("adaptive_eot_samples", 10) or 1)
-        if self.adaptive_eot < 1:
-            raise RobenchError(f"adaptive_eot_samples must be an integer >= 1, got {self.adaptive_eot}")
-        rr = cfg.get("recheck_repeats")
-        if rr is not None and (not isinstance(rr, int) or isinstance(rr, bool) or rr < 1):
-            raise RobenchError(f"recheck_repeats must be an integer >= 1 (or null: 3 for a randomized defense, else 1), got '{rr}'")
-        self.user_recheck = rr
-        co = cfg.get("confirm_on_sight")
-        if co is not None and not isinstance(co, bool):
-            raise RobenchError(f"confirm_on_sight must be true, false or null (auto), got '{co}'")
-        self.user_confirm = co
+        self.spec = defense_spec(thaw(defense) if defense is not None else None)
+        self.seed = int(seed)
+        self.adaptive = bool(adaptive)
+        self.adaptive_eot = int(adaptive_eot_samples)
+        self.user_recheck = recheck_repeats
+        self.user_confirm = confirm_on_sight
         detector = build_detector(self.spec)
-        self.protocols = [Standard()] + ([Adaptive()] if self.adaptive else []) + \
+        self.protocols: List[Protocol] = [Standard()] + ([Adaptive()] if self.adaptive else []) + \
             ([Detection(detector, self.spec.detector[0])] if detector is not None else [])
         self.model = None
+        self.preflight: Dict[str, Any] = {}
         self.randomized = self.has_inputs = self.gradient_attack = self.settings_differ = False
         self.bpda, self.eot_samples = False, 1
 
@@ -218,23 +212,19 @@ class Evaluation:
         return next((p for p in self.protocols if isinstance(p, Detection)), None)
 
     # ------------------------------------------------------------------ before the attack
-    def prepare(self, model, attack, attack_cfg, splits, x: Optional[torch.Tensor] = None) -> tuple[bool, int]:
+    def prepare(self, model, access: str, bpda: bool, eot: int, splits, x: Optional[torch.Tensor] = None) -> tuple[bool, int]:
         """Pre-flight checks (``x``: a few clean inputs), seeds the victim's randomness, sets BPDA,
         calibrates the detector; returns (bpda, eot_samples) of the main run."""
-        from robench.victim import preflight, refuse_gradients
+        from robench.victim import preflight
 
-        refuse_gradients(model, attack.access, attack_cfg.get("name") or "")
         self.model = model
         self.preflight = preflight(model, x) if x is not None and len(x) else {"randomized": False, "probabilities": False}
         self.randomized = self.preflight["randomized"] or is_randomized(model)
         self.preflight["randomized"] = self.randomized
         self.has_inputs = any(isinstance(m, InputDefense) for m in model.modules())
         reseed_defenses(model, self.seed)
-        bpda = bool(attack_cfg.get("bpda", False))
-        eot = int(attack_cfg.get("eot_samples", 1))
-        if eot < 1:
-            raise RobenchError(f"attack.eot_samples must be an integer >= 1, got {eot}")
-        self.gradient_attack = attack.access == "gradient"
+        bpda, eot = bool(bpda), int(eot)
+        self.gradient_attack = access == "gradient"
         if self.adaptive and self.has_inputs and self.gradient_attack:
             bpda = True
             if self.randomized and eot == 1:
@@ -281,12 +271,13 @@ class Evaluation:
     def extra_runs(self) -> List[ExtraRun]:
         return [r for p in self.protocols for r in p.extra_runs(self)]
 
-    def merge(self, summary: Dict[str, Any], records, x: torch.Tensor, run_dir: Optional[Path],
-              extra: Dict[str, list]) -> Dict[str, Any]:
-        """Adds every protocol's keys to ``summary`` (in place); ``extra``: outcomes of the declared runs by name."""
+    def merge(self, summary: Dict[str, Any], records, x: torch.Tensor, extra: Dict[str, list]) -> Dict[str, Any]:
+        """Adds every protocol's keys to ``summary`` (in place); ``extra``: outcomes of the declared runs by
+        name. Returns the per-sample tables the protocols made (file name -> DataFrame)."""
+        tables: Dict[str, Any] = {}
         for p in self.protocols:
-            p.merge(self, summary, records, x, run_dir, extra)
-        return summary
+            p.merge(self, summary, records, x, extra, tables)
+        return tables
 
     # ------------------------------------------------------------------ reporting
     def rows(self, s: Dict[str, Any]) -> List[tuple]:
@@ -316,23 +307,16 @@ class Evaluation:
             out.append(("success rate, undetected", pct(dd["success_rate_undetected"])))
         return out
 
-    def report(self, run_dir: Path, s: Dict[str, Any], show: bool = True) -> None:
-        """Print the defense table (``show``) and append it to summary.md."""
+    def table(self, s: Dict[str, Any]):
+        """The defense table (a rich Table), or None when there is nothing to show."""
         rows = self.rows(s)
         if not rows:
-            return
-        from rich.console import Console
+            return None
         from rich.table import Table
-
-        from robench.evaluation import results as R
 
         t = Table(title=f"defense {self.label}", title_justify="left", header_style="bold")
         t.add_column("metric")
         t.add_column("value", justify="right")
         for a, b in rows:
             t.add_row(a, b)
-        if show:
-            Console().print(t)
-        md = (run_dir / "summary.md").read_text() if (run_dir / "summary.md").exists() else ""
-        md += f"\n## defense {self.label}\n\n| metric | value |\n|---|---|\n" + "".join(f"| {a} | {b} |\n" for a, b in rows)
-        R.atomic_write_text(run_dir / "summary.md", md)
+        return t

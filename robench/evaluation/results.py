@@ -381,22 +381,22 @@ def checkpoint_rows(s: Dict[str, Any]) -> List[tuple]:
 CHECKPOINT_HEADER = ("queries", "mean dist.", "median dist.", "success rate (<= eps)")
 
 
-def summary_markdown(s: Dict[str, Any]) -> str:
+def summary_markdown(s: Dict[str, Any], extra_rows: Optional[List[tuple]] = None, extra_title: str = "") -> str:
+    """summary.md: the metrics table, the anytime curve when there is one, then ``extra_rows`` (the
+    protocols' rows, e.g. the defense table) under the heading ``extra_title``."""
     lines = [f"# {title(s)}", "", "| metric | value |", "|---|---|"]
     lines += [f"| {a} | {b} |" for a, b in summary_rows(s)]
     if s.get("checkpoints"):
         lines += ["", f"Anytime curve ({s.get('norm')} distortion of the best adversarial point within the queries):", "",
                   "| " + " | ".join(CHECKPOINT_HEADER) + " |", "|---|---|---|---|"]
         lines += ["| " + " | ".join(r) + " |" for r in checkpoint_rows(s)]
-    return "\n".join(lines) + "\n"
+    md = "\n".join(lines) + "\n"
+    if extra_rows:
+        md += f"\n## {extra_title}\n\n| metric | value |\n|---|---|\n" + "".join(f"| {a} | {b} |\n" for a, b in extra_rows)
+    return md
 
 
-def write_summary(run_dir: Path, s: Dict[str, Any]) -> None:
-    atomic_write_text(run_dir / "summary.json", json.dumps(s, indent=2, default=_json_default) + "\n")
-    atomic_write_text(run_dir / "summary.md", summary_markdown(s))
-
-
-def _json_default(o):
+def json_default(o):
     if hasattr(o, "item"):
         return o.item()
     return str(o)

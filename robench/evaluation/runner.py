@@ -1,205 +1,270 @@
-"""The ``attack`` Hydra job, and the run-folder machinery it shares with :func:`robench.evaluate`.
+"""Run a prepared evaluation: records, resume, the protocols' extra runs and the summary (DESIGN.md, "The engine").
 
-Data flows one way (the repository's DESIGN.md): config -> dataset slice -> victim -> plan -> engine
-(oracle <- attack) -> records -> protocols -> summary. :func:`run_attack` turns the config into a
-:class:`~robench.evaluation.engine.Plan`, a :class:`~robench.evaluation.engine.Referee` and an
-:class:`~robench.evaluation.protocols.Evaluation`; :func:`run_plan` runs them through the engine, writes records
-after every batch (resumable), runs the protocols' extra runs and writes the summary.
+:class:`Runner` takes a :class:`~robench.evaluation.prepare.PreparedRun`, runs it through the engine
+(:func:`robench.evaluation.engine.execute`) and turns the batches' outcomes into records and a
+summary. It writes nothing itself: an optional :class:`~robench.evaluation.folder.RunFolder` (the
+folder's one writer) gets the records after every batch, the pending rows mid-batch and the summary
+at the end; an optional :class:`Display` shows progress and the tables. The engine reports mid-batch
+rows to the runner through one named method, :meth:`Runner.pending` (the :class:`~robench.evaluation.engine.RunSink`
+interface).
 """
 from __future__ import annotations
 
 import dataclasses
-import datetime as _dt
-import json
 import logging
-from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+import math
+import os
+import socket
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
-from omegaconf import DictConfig, OmegaConf
 
 import robench
-from robench.evaluation import results as R
-from robench.attacks.base import AttackContext, ClassImages
-from robench.config import resolve_device, validate_attack_config, validate_budget, validate_names
-from robench.data import eval_slice, load_dataset, parse_shard
-from robench.data.base import eval_indices
-from robench.evaluation.engine import Plan, Referee, execute
 from robench.errors import RobenchError
+from robench.evaluation import results as R
+from robench.evaluation.engine import BatchOutcome, execute
+from robench.evaluation.prepare import PreparedRun, now
 from robench.referee.guard import summary_entry
-from robench.evaluation.protocols import Evaluation
-from robench.registry import ATTACKS, MODELS, instantiate
-from robench.training.loop import predict
-from robench.models.sources import victim_summary
-from robench.evaluation.folder import write_run_config
 
 #: robench's own messages: Hydra's job logging sends them to <run dir>/<job name>.log (README, "Logs")
 log = logging.getLogger("robench")
 
-
-def _now() -> str:
-    return _dt.datetime.now().isoformat(timespec="seconds")
-
-
-def _plain(cfg: DictConfig) -> Dict[str, Any]:
-    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+#: the largest attack_extra a plugin may add to a summary (JSON characters)
+MAX_ATTACK_EXTRA = 100_000
 
 
-def prior_run(run_dir: Path, cfg_plain: Dict[str, Any], resume: bool):
-    """What an earlier run in this folder left: (summary or None, records of completed batches).
+class Display:
+    """What a person sees: nothing (the Python API, sweeps' jobs), or :class:`ConsoleDisplay`."""
 
-    With ``resume`` (the default) a folder holding the same config continues where it stopped; a
-    folder holding a different config is refused (one line naming the keys that differ)."""
-    import yaml
-
-    cfg_file, rec_file = run_dir / "config.yaml", run_dir / "records.csv"
-    if not resume or not cfg_file.exists():
-        return None, []
-    old = yaml.safe_load(cfg_file.read_text()) or {}
-    diff = R.config_differences(old, cfg_plain)
-    if diff:
-        raise RobenchError(f"{run_dir} holds a run with a different config (differs in {', '.join(diff[:6])}); "
-                           f"use another hydra.run.dir / hydra.sweep.dir, or resume=false to overwrite it")
-    summary = None
-    if (run_dir / "summary.json").exists():
-        try:
-            summary = json.loads((run_dir / "summary.json").read_text())
-        except json.JSONDecodeError:
-            summary = None
-    return summary, (R.read_records(rec_file) if rec_file.exists() else [])
-
-
-def prefix_with_n_correct(correct: torch.Tensor, n: int) -> int:
-    """Length of the shortest prefix holding ``n`` originally-correct samples (all of it if it has fewer)."""
-    pos = correct.nonzero().flatten()
-    return int(pos[n - 1]) + 1 if len(pos) >= n else len(correct)
-
-
-def run_plan(attack, make_attack: Callable[[], Any], model, plan: Plan, idx: torch.Tensor, clean_pred: torch.Tensor,
-             referee: Referee, ev: Evaluation, device, meta: Dict[str, Any], *, run_dir: Optional[Path] = None,
-             prior_records: Optional[List[Dict[str, Any]]] = None, batch_size: int = 1000, progress: bool = True,
-             quiet: bool = False, multirun: bool = False, announce: bool = True, isolate: bool = False,
-             flush_seconds: Optional[float] = None):
-    """Run ``attack`` over ``plan`` through the engine and summarize: returns (summary, records, best points).
-
-    With ``run_dir`` the run folder gets records.csv and progress.json after every batch (batches
-    already in ``prior_records`` are restored, not re-run) and, mid-batch, at most every
-    ``flush_seconds`` (default :data:`robench.evaluation.engine.FLUSH_SECONDS`), the pending rows of samples the
-    oracle has finished (:class:`robench.evaluation.engine.Flusher`); then summary.json / summary.md; the
-    protocols of ``ev`` add their columns, run their declared extra runs and merge their keys.
-    ``best`` holds each sample's best adversarial point (its clean image where none was seen; NaN
-    for batches restored from an earlier process)."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    console = Console(stderr=True)
-    targets = plan.targets
-    extra_cols = ev.record_columns()
-    records = [R.new_record(int(i), int(l), -1 if targets is None else int(targets[k]), int(p), bool(a), plan.batch_of[k],
-                            referee.checkpoints, extra_cols)
-               for k, (i, l, p, a) in enumerate(zip(idx.tolist(), plan.y.tolist(), clean_pred.tolist(), plan.attacked.tolist()))]
-    batches = plan.batches
-    done = _restore(records, batches, prior_records or [])
-    resumed = len(done)
-    best = plan.x.clone()
-    for bt in done:
-        best[batches[bt]] = float("nan")
-    if done:
-        log.info("resuming %s: %d of %d batches complete, %d to go", run_dir, len(done), len(batches), len(batches) - len(done))
-        if not quiet and not multirun and announce:
-            console.print(f"resuming: {len(done)} of {len(batches)} batches already complete")
-    log.info("%s on %s/%s/%s: %d samples (indices %d..%d), %d batch(es) of up to %d, seed %d", meta["attack"],
-             meta["dataset"], meta["model"], ev.label, len(idx), int(idx[0]), int(idx[-1]), len(batches), batch_size, plan.seed)
-
-    pend: Dict[int, Dict[str, Any]] = {}  # plan row -> pending record of a finished sample whose batch still runs
-
-    def flush():  # rows of completed batches, then pending rows, atomically: nothing finished is lost, nothing doubled
-        if run_dir is None:
-            return
-        rows = [records[k] for bt in sorted(done) for k in batches[bt]]
-        if pend:  # the column exists only while pending rows do (README, "What a run writes")
-            rows = [{**r, R.PENDING: False} for r in rows] + [pend[k] for k in sorted(pend)]
-        R.write_records(run_dir / "records.csv", rows)
-        n_att = sum(records[k]["attacked"] for bt in done for k in batches[bt])
-        n_succ = sum(records[k]["success"] for bt in done for k in batches[bt])
-        R.atomic_write_text(run_dir / "progress.json", json.dumps({
-            "batches_done": len(done), "batches_total": len(batches), "samples_done": sum(len(batches[bt]) for bt in done),
-            "samples_total": len(records), "attacked_done": int(n_att), "success": int(n_succ), "pending": len(pend),
-            "status": "done" if len(done) == len(batches) else "running", "attack": meta["attack"]}) + "\n")
-
-    def pending(bt: int, rows: torch.Tensor, fields: List[Dict[str, Any]]):  # mid-batch (engine.Flusher)
-        for k, f in zip(rows.tolist(), fields):
-            pend[k] = {**records[k], **f, R.PENDING: True}
-        flush()
-
-    flush()
-    violations: List[Dict[str, Any]] = []
-    with Progress(TextColumn(f"[bold]{meta['attack']}"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("success {task.fields[rate]}"), TimeElapsedColumn(),
-                  console=console, disable=multirun or not progress) as bar:
-        n_done = sum(records[k]["attacked"] for bt in done for k in batches[bt])
-        n_succ = sum(records[k]["success"] for bt in done for k in batches[bt])
-        task = bar.add_task("attack", total=int(plan.attacked.sum()), completed=n_done,
-                            rate=f"{n_succ / n_done:.1%}" if n_done else "-")
-        for out in execute(attack, model, plan, referee, device, skip=done, after=ev.after_batch, isolate=isolate,
-                           name=meta["attack"], pending=pending if run_dir is not None else None,
-                           flush_seconds=flush_seconds):
-            violations += [{"index": records[v["row"]]["index"], "batch": v["batch"]} for v in out.violations]
-            for k, f in zip(out.rows.tolist(), out.fields):
-                records[k].update(f)
-            if out.result is not None:
-                best[out.rows] = out.result.best_x
-            for k in batches[out.batch]:
-                records[k]["batch_seconds"] = out.seconds
-            done.add(out.batch)
-            for k in batches[out.batch]:
-                pend.pop(k, None)  # the certified rows replace the pending ones
-            flush()  # after every batch: nothing finished is lost
-            n_done += len(out.rows)
-            n_succ += sum(f["success"] for f in out.fields)
-            log.info("batch %d done (%d/%d): %d attacked, %d successes so far of %d, %.2fs", out.batch, len(done),
-                     len(batches), len(out.rows), n_succ, n_done, out.seconds)
-            bar.update(task, advance=len(out.rows), rate=f"{n_succ / n_done:.1%}" if n_done else "-")
-
-    totals = R.record_totals(records)
-    budget_label = f"{referee.norm}_{referee.eps}" + ("_targeted" if meta["targeted"] else "")
-    summary = R.summarize(records, {
-        **{k: meta[k] for k in ("attack", "model", "dataset", "defense")}, "budget": budget_label, "norm": referee.norm,
-        "eps": referee.eps, "max_queries": referee.max_queries, "targeted": meta["targeted"], "target": meta["target"],
-        "seconds": totals["seconds"], "recheck_failed": totals["recheck_failed"], "device": str(device),
-        "seed": plan.seed, "robench_version": robench.__version__, "started": meta["started"], "finished": _now()})
-    summary["checkpoint"] = meta.get("checkpoint")
-    summary.update(meta.get("victim") or {})
-    summary["access"] = referee.access  # the run's referee, not the attack object
-    summary["shard"] = meta.get("shard")
-    summary["batch_size"] = batch_size
-    summary["resumed_batches"] = resumed
-    summary["host"], summary["pid"] = __import__("socket").gethostname(), __import__("os").getpid()
-    summary.update(attack.summary_extra())  # attack-specific figures (e.g. ensemble contributions)
-    extra = {}
-    summary["integrity"] = summary_entry(violations, isolate)  # the referee's independent check (integrity.py)
-    for run in ev.extra_runs():  # e.g. the adaptive protocol's non-adaptive run, through the same engine
-        run.before()
-        extra[run.name] = list(execute(make_attack(), model, plan, dataclasses.replace(referee, **run.referee), device,
-                                       isolate=isolate, name=meta["attack"]))
-        run.after()
-    ev.merge(summary, records, plan.x, run_dir, extra)
-    if run_dir is not None:
-        R.write_summary(run_dir, summary)
-    log.info("finished: success rate %s, robust accuracy %s\n%s", summary["success_rate"],
-             summary["robust_accuracy"], R.summary_markdown(summary))
-    if quiet:
+    def resumed(self, done: int, total: int) -> None:
         pass
-    elif multirun:
-        print(R.one_line(summary, run_dir), flush=True)
-    else:
+
+    def start(self, name: str, total: int, done: int, succ: int) -> None:
+        pass
+
+    def advance(self, n: int, n_done: int, n_succ: int) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+    def show(self, summary: Dict[str, Any], defense_table: Any, run_dir: Any) -> None:
+        pass
+
+
+class ConsoleDisplay(Display):
+    """A rich progress bar (``progress``) and the summary table; in a sweep (``multirun``) one line per
+    job instead; ``quiet``: nothing."""
+
+    def __init__(self, progress: bool = True, quiet: bool = False, multirun: bool = False):
+        self.progress, self.quiet, self.multirun = progress and not quiet and not multirun, quiet, multirun
+        self._bar = None
+
+    def resumed(self, done, total):
+        if not self.quiet and not self.multirun:
+            from rich.console import Console
+
+            Console(stderr=True).print(f"resuming: {done} of {total} batches already complete")
+
+    def start(self, name, total, done, succ):
+        if not self.progress:
+            return
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self._bar = Progress(TextColumn(f"[bold]{name}"), BarColumn(), MofNCompleteColumn(),
+                             TextColumn("success {task.fields[rate]}"), TimeElapsedColumn(),
+                             console=Console(stderr=True))
+        self._bar.start()
+        self._task = self._bar.add_task("attack", total=total, completed=done,
+                                        rate=f"{succ / done:.1%}" if done else "-")
+
+    def advance(self, n, n_done, n_succ):
+        if self._bar is not None:
+            self._bar.update(self._task, advance=n, rate=f"{n_succ / n_done:.1%}" if n_done else "-")
+
+    def stop(self):
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
+
+    def show(self, summary, defense_table, run_dir):
+        if self.quiet:
+            return
+        if self.multirun:
+            print(R.one_line(summary, run_dir), flush=True)
+            return
         R.print_summary(summary)
-    if run_dir is not None:
-        ev.report(run_dir, summary, show=not (quiet or multirun))
-    return summary, records, best
+        if defense_table is not None:
+            from rich.console import Console
+
+            Console().print(defense_table)
 
 
-def _restore(records: List[Dict[str, Any]], batches: Dict[int, List[int]], prior: List[Dict[str, Any]]) -> set:
+def attack_extra(attack: Any, name: str) -> Dict[str, Any]:
+    """The attack's own figures (``summary_extra()``), kept apart from the metrics under ``attack_extra``:
+    plain JSON values only (numbers, strings, booleans, null, lists, string-keyed mappings), at most
+    :data:`MAX_ATTACK_EXTRA` characters; anything else is refused in one line."""
+    import json
+
+    extra = attack.summary_extra() if hasattr(attack, "summary_extra") else {}
+    if not extra:
+        return {}
+
+    def plain(v: Any, depth: int = 0) -> bool:
+        if depth > 8:
+            return False
+        if v is None or isinstance(v, (bool, str)):
+            return True
+        if isinstance(v, (int, float)):
+            return type(v) in (int, float)
+        if type(v) in (list, tuple):
+            return all(plain(x, depth + 1) for x in v)
+        if type(v) is dict:
+            return all(type(k) is str and plain(x, depth + 1) for k, x in v.items())
+        return False
+
+    if type(extra) is not dict or not plain(extra):
+        raise RobenchError(f"attack '{name}': summary_extra() must return plain JSON values (numbers, strings, lists, "
+                           f"mappings), got {type(extra).__name__}")
+    if len(json.dumps(extra, default=str)) > MAX_ATTACK_EXTRA:
+        raise RobenchError(f"attack '{name}': summary_extra() returned more than {MAX_ATTACK_EXTRA:,} characters")
+    return json.loads(json.dumps(extra))
+
+
+class Runner:
+    """Runs one :class:`PreparedRun` (see the module docstring). ``flush_seconds``: the longest wait between
+    mid-batch writes of pending rows (default: the engine's :data:`~robench.evaluation.engine.FLUSH_SECONDS`)."""
+
+    def __init__(self, prep: PreparedRun, folder: Any = None, display: Optional[Display] = None,
+                 flush_seconds: Optional[float] = None):
+        self.prep, self.folder, self.display = prep, folder, display or Display()
+        self.flush_seconds = flush_seconds
+        p = prep.plan
+        cols = prep.evaluation.record_columns()
+        t = p.targets
+        self.records = [R.new_record(int(i), int(l), -1 if t is None else int(t[k]), int(c), bool(a), p.batch_of[k],
+                                     prep.referee.checkpoints, cols)
+                        for k, (i, l, c, a) in enumerate(zip(prep.indices.tolist(), p.y.tolist(),
+                                                             prep.clean_pred.tolist(), p.attacked.tolist()))]
+        self.done: set = set()
+        self.pend: Dict[int, Dict[str, Any]] = {}  # plan row -> pending record of a finished sample whose batch still runs
+
+    # ------------------------------------------------------------------ the engine's sink (RunSink)
+    def pending(self, batch: int, rows: torch.Tensor, fields: List[Dict[str, Any]]) -> None:
+        """Mid-batch: the uncertified fields of samples the oracle has finished (engine.Flusher)."""
+        for k, f in zip(rows.tolist(), fields):
+            self.pend[k] = {**self.records[k], **f, R.PENDING: True}
+        self._flush()
+
+    # ------------------------------------------------------------------ writing
+    def _flush(self) -> None:
+        """Rows of completed batches, then pending rows, atomically: nothing finished is lost, nothing doubled."""
+        if self.folder is None:
+            return
+        b = self.prep.plan.batches
+        rows = [self.records[k] for bt in sorted(self.done) for k in b[bt]]
+        if self.pend:  # the column exists only while pending rows do (README, "What a run writes")
+            rows = [{**r, R.PENDING: False} for r in rows] + [self.pend[k] for k in sorted(self.pend)]
+        self.folder.write_records(rows)
+        n_att = sum(self.records[k]["attacked"] for bt in self.done for k in b[bt])
+        n_succ = sum(self.records[k]["success"] for bt in self.done for k in b[bt])
+        self.folder.write_progress({
+            "batches_done": len(self.done), "batches_total": len(b),
+            "samples_done": sum(len(b[bt]) for bt in self.done), "samples_total": len(self.records),
+            "attacked_done": int(n_att), "success": int(n_succ), "pending": len(self.pend),
+            "status": "done" if len(self.done) == len(b) else "running", "attack": self.prep.name})
+
+    # ------------------------------------------------------------------ the run
+    def run(self, prior_records: Optional[List[Dict[str, Any]]] = None) -> Tuple[Dict[str, Any], List[Dict[str, Any]], torch.Tensor]:
+        """Run the attack over the plan (batches of ``prior_records`` restored, not re-run), the protocols'
+        extra runs, and summarize: returns (summary, records, best points). ``best`` holds each sample's
+        best adversarial point (its clean image where none was seen; NaN for restored batches)."""
+        prep, records = self.prep, self.records
+        plan, batches = prep.plan, prep.plan.batches
+        self.done = restore(records, batches, prior_records or [])
+        resumed = len(self.done)
+        best = plan.x.clone()
+        for bt in self.done:
+            best[batches[bt]] = float("nan")
+        if self.done:
+            log.info("resuming: %d of %d batches complete, %d to go", len(self.done), len(batches),
+                     len(batches) - len(self.done))
+            self.display.resumed(len(self.done), len(batches))
+        idx = prep.indices
+        log.info("%s on %s/%s/%s: %d samples (indices %d..%d), %d batch(es) of up to %d, seed %d", prep.name,
+                 prep.meta.get("dataset"), prep.meta.get("model"), prep.evaluation.label, len(idx),
+                 int(idx[0]) if len(idx) else -1, int(idx[-1]) if len(idx) else -1, len(batches),
+                 prep.spec.attack.batch_size, plan.seed)
+        self._flush()
+        violations: List[Dict[str, Any]] = []
+        n_done = sum(records[k]["attacked"] for bt in self.done for k in batches[bt])
+        n_succ = sum(records[k]["success"] for bt in self.done for k in batches[bt])
+        self.display.start(prep.name, int(plan.attacked.sum()), n_done, n_succ)
+        try:
+            for out in execute(prep.attack, prep.model, plan, prep.referee, prep.device, skip=self.done,
+                               after=prep.evaluation.after_batch, name=prep.name,
+                               sink=self if self.folder is not None else None, flush_seconds=self.flush_seconds):
+                violations += [{"index": records[v["row"]]["index"], "batch": v["batch"]} for v in out.violations]
+                for k, f in zip(out.rows.tolist(), out.fields):
+                    records[k].update(f)
+                if out.result is not None:
+                    best[out.rows] = out.result.best_x
+                for k in batches[out.batch]:
+                    records[k]["batch_seconds"] = out.seconds
+                    self.pend.pop(k, None)  # the certified rows replace the pending ones
+                self.done.add(out.batch)
+                self._flush()  # after every batch: nothing finished is lost
+                n_done += len(out.rows)
+                n_succ += sum(f["success"] for f in out.fields)
+                log.info("batch %d done (%d/%d): %d attacked, %d successes so far of %d, %.2fs", out.batch,
+                         len(self.done), len(batches), len(out.rows), n_succ, n_done, out.seconds)
+                self.display.advance(len(out.rows), n_done, n_succ)
+        finally:
+            self.display.stop()
+        summary = self.summarize(resumed, violations)  # asks the attack for its figures (attack_extra) ...
+        prep.close()  # ... then an isolated attack's sandbox is killed, before anything is summarized or written
+        extra: Dict[str, List[BatchOutcome]] = {}
+        for xr in prep.evaluation.extra_runs():  # e.g. the adaptive protocol's non-adaptive run, same engine
+            xr.before()
+            extra[xr.name] = list(execute(prep.make_attack(), prep.model, plan,
+                                          dataclasses.replace(prep.referee, **xr.referee), prep.device, name=prep.name))
+            xr.after()
+        tables = prep.evaluation.merge(summary, records, plan.x, extra)
+        run_dir = self.folder.path if self.folder is not None else None
+        if self.folder is not None:
+            for name, df in tables.items():
+                self.folder.write_table(name, df)
+            self.folder.write_summary(summary, R.summary_markdown(summary, prep.evaluation.rows(summary),
+                                                                  f"defense {prep.evaluation.label}"))
+        log.info("finished: success rate %s, robust accuracy %s\n%s", summary["success_rate"],
+                 summary["robust_accuracy"], R.summary_markdown(summary))
+        self.display.show(summary, prep.evaluation.table(summary), run_dir)
+        return summary, records, best
+
+    def summarize(self, resumed: int, violations: List[Dict[str, Any]]) -> Dict[str, Any]:
+        prep = self.prep
+        ref, meta = prep.referee, prep.meta
+        totals = R.record_totals(self.records)
+        summary = R.summarize(self.records, {
+            **{k: meta.get(k) for k in ("attack", "model", "dataset", "defense")}, "budget": prep.spec.budget.label,
+            "norm": ref.norm, "eps": ref.eps, "max_queries": ref.max_queries, "targeted": meta["targeted"],
+            "target": meta["target"], "seconds": totals["seconds"], "recheck_failed": totals["recheck_failed"],
+            "device": str(prep.device), "seed": prep.plan.seed, "robench_version": robench.__version__,
+            "started": meta.get("started"), "finished": now()})
+        summary["checkpoint"] = meta.get("checkpoint")
+        summary.update(meta.get("victim") or {})
+        summary["access"] = ref.access  # the run's referee, not the attack object
+        summary["shard"] = meta.get("shard")
+        summary["batch_size"] = prep.spec.attack.batch_size
+        summary["resumed_batches"] = resumed
+        summary["host"], summary["pid"] = socket.gethostname(), os.getpid()
+        summary["attack_extra"] = attack_extra(prep.attack, prep.name)  # never a metric's key
+        summary["integrity"] = summary_entry(violations, prep.spec.isolate)  # the referee's independent check
+        return summary
+
+
+def restore(records: List[Dict[str, Any]], batches: Dict[int, List[int]], prior: List[Dict[str, Any]]) -> set:
     """Copy the rows of batches an earlier, interrupted process completed into ``records``; returns
     the set of those batches. A batch counts only when all its rows are there and match this slice.
     Pending rows (a batch the process did not complete) are discarded: that batch is re-run whole,
@@ -212,7 +277,7 @@ def _restore(records: List[Dict[str, Any]], batches: Dict[int, List[int]], prior
     done = set()
     for bt, rows in batches.items():
         olds = [by_index.get((records[k]["index"], records[k]["target"])) for k in rows]
-        if any(o is None or int(o.get("batch", -1)) != bt for o in olds):
+        if any(o is None or _num(o.get("batch", -1)) != bt for o in olds):
             continue
         if any(int(o["label"]) != records[k]["label"] or bool(o["attacked"]) != records[k]["attacked"]
                for o, k in zip(olds, rows)):
@@ -222,3 +287,11 @@ def _restore(records: List[Dict[str, Any]], batches: Dict[int, List[int]], prior
             records[k] = dict(o)
         done.add(bt)
     return done
+
+
+def _num(v: Any) -> int:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return -1
+    return int(f) if math.isfinite(f) else -1

@@ -37,10 +37,41 @@ def checkpoint_path(checkpoint_dir: str, dcfg, mcfg, defense_name: str) -> Path:
     return Path(checkpoint_dir) / dataset_tag(dcfg) / model_tag(mcfg) / f"{defense_name}.pt"
 
 
+#: dataset options that choose the evaluation slice only: the training command never needs them
+_SLICE_KEYS = ("name", "n_samples", "offset", "shard")
+
+
+def _override_value(v: Any) -> str:
+    """A config value as Hydra's command line spells it."""
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (list, tuple)) or type(v).__name__ == "ListConfig":
+        return "[" + ",".join(_override_value(x) for x in v) + "]"
+    return str(v)
+
+
+def dataset_options(dcfg: Mapping[str, Any]) -> dict:
+    """The dataset options that differ from the dataset's shipped config (``configs/dataset/<name>.yaml``),
+    slice options aside: what a command must repeat to get the same data (``dataset.path=...`` for
+    ``dataset=tensors``, ``dataset.root=...`` for ``folder``, ``dataset.source=torchvision``, ...)."""
+    from omegaconf import OmegaConf
+
+    from robench.config import configs_dir
+
+    f = Path(configs_dir()) / "dataset" / f"{dcfg['name']}.yaml"
+    shipped = OmegaConf.to_container(OmegaConf.load(f), resolve=True) if f.exists() else {}
+    plain = OmegaConf.to_container(dcfg, resolve=True) if OmegaConf.is_config(dcfg) else dict(dcfg)
+    return {k: v for k, v in plain.items() if k not in _SLICE_KEYS and (k not in shipped or shipped[k] != v)}
+
+
 def train_command(dcfg, mcfg, defense_name: str, checkpoint_dir: str) -> str:
+    """The ``robench train-defense`` command that writes the checkpoint ``robench attack`` looks for with
+    this dataset, model and defense: the dataset's non-default options included, so it runs as printed."""
     args = ["robench", "train-defense", f"dataset={dcfg['name']}", f"model={mcfg['name']}", f"defense={defense_name}"]
-    if dcfg.get("source") not in (None, "embedded"):
-        args.append(f"dataset.source={dcfg['source']}")
+    for k, v in sorted(dataset_options(dcfg).items()):
+        args.append(f"dataset.{k}={_override_value(v)}")
     for k, v in sorted(dict(mcfg.get("params") or {}).items()):
         args.append(f"model.params.{k}={v}")
     if str(checkpoint_dir) != "checkpoints":

@@ -41,6 +41,7 @@ _SETTINGS = {"_access": "access", "_norm": "norm", "_eps": "eps", "_max_queries"
              "_stop_on_success": "stop_on_success", "_recheck_repeats": "recheck_repeats",
              "_confirm_repeats": "confirm_repeats"}
 TOL = 1e-5
+_TOL0 = TOL  # the guard checks that nobody raised it
 
 
 class Guard:
@@ -69,6 +70,7 @@ class Guard:
         self._model = model
         self._handles: List[Any] = []
         self._classes = {cls: dict(cls.__dict__) for cls in (Oracle, OracleView, Guard)}
+        self._codes = _code_objects()
 
     # ------------------------------------------------------------------ around attack.run
     def arm(self, oracle: Oracle) -> None:
@@ -84,6 +86,7 @@ class Guard:
         self._fwd = [(m, m.__dict__.get("forward"), type(m).forward) for m in self._mods]
         self._oracle_keys = set(oracle.__dict__)
         self._refs = {k: oracle.__dict__[k] for k in ("_model", "_x0", "_y", "_targets", "_geometry")}
+        self._own = dict(self.__dict__)  # the guard's own attributes, compared after the attack
 
     def disarm(self) -> List[str]:
         """Remove the hooks; the violations of the machinery seen (restoring patched classes)."""
@@ -109,6 +112,16 @@ class Guard:
                 v.append(f"patched {cls.__name__}.{', '.join(changed)} (restored)")
         if self._st[2]:
             v.append(f"ran the victim outside the oracle ({self._st[2]} module calls)")
+        swapped = sorted(n for n, (f, code) in _code_objects().items() if self._codes.get(n, (f, code))[1] is not code)
+        for n in swapped:  # a function's code object replaced (e.g. verify's): restored, then reported
+            f, code = self._codes[n]
+            f.__code__ = code
+        if swapped:
+            v.append(f"replaced the code of {', '.join(swapped)} (restored)")
+        changed = sorted(k for k in set(self._own) | set(self.__dict__) if k not in ("_own", "_rows", "_handles")
+                         and self._own.get(k, _MISSING) is not self.__dict__.get(k, _MISSING))
+        if changed or globals().get("TOL") != _TOL0:
+            v.append(f"changed the guard ({', '.join(changed) or 'TOL'})")
         return v
 
     def check(self, oracle: Oracle, referee, queries: torch.Tensor, batch: int, pre: List[str]) -> None:
@@ -124,6 +137,8 @@ class Guard:
         for k, f in _SETTINGS.items():
             if d.get(k) != getattr(referee, f):
                 v.append(f"changed the oracle's {k[1:]} ({d.get(k)!r}, configured {getattr(referee, f)!r})")
+        if (d.get("_low"), d.get("_high")) != tuple(float(b) for b in referee.box):
+            v.append(f"changed the oracle's input box ({d.get('_low')!r}, {d.get('_high')!r}), configured {referee.box!r}")
         rows, q = self._rows, int(queries.sum())
         k = max(0, int(referee.confirm_repeats))
         if not (q <= rows <= q * (1 + k)):
@@ -133,6 +148,20 @@ class Guard:
 
 
 _MISSING = object()
+
+
+def _code_objects() -> Dict[str, Any]:
+    """{qualified name: (function, its code object)} of the referee's functions an attack could swap the code
+    of in process: the independent check, the oracle's and the view's methods, the guard's own."""
+    out: Dict[str, Any] = {}
+    for f in (verify, drop):
+        out[f.__qualname__] = (f, f.__code__)
+    for cls in (Oracle, OracleView, Guard):
+        for k, f in cls.__dict__.items():
+            fn = getattr(f, "fget", f)
+            if hasattr(fn, "__code__"):
+                out[f"{cls.__name__}.{k}"] = (fn, fn.__code__)
+    return out
 
 
 def verify(model, res, x0: torch.Tensor, y: torch.Tensor, targets: Optional[torch.Tensor], referee, device,
@@ -149,7 +178,8 @@ def verify(model, res, x0: torch.Tensor, y: torch.Tensor, targets: Optional[torc
     if len(sel) == 0:
         return []
     xs = res.best_x[sel]
-    in_box = ((xs >= -TOL) & (xs <= 1 + TOL)).flatten(1).all(1)
+    lo, hi = referee.box
+    in_box = ((xs >= lo - TOL) & (xs <= hi + TOL)).flatten(1).all(1)
     dist = distortion(xs - x0[sel], referee.norm)
     within = torch.ones_like(in_box) if referee.eps is None else dist <= referee.eps + TOL
     goal = (targets[sel] if targets is not None else y[sel])

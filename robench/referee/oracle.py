@@ -34,12 +34,13 @@ skip rows that are not answered.
 from __future__ import annotations
 
 import time
-from typing import Callable, Optional
+from typing import Callable, Optional, Tuple
 
 import torch
 from torch import nn
 
-from robench.geometry import geometry
+from robench.errors import VictimError
+from robench.geometry import GEOMETRIES, geometry
 from robench.referee.types import ACCESS_LEVELS, ACCESS_RANK, AccessError, OracleResult
 from robench.referee.view import OracleView
 
@@ -50,11 +51,12 @@ class Oracle:
                  targets: Optional[torch.Tensor] = None, stop_on_success: bool = True,
                  recheck_repeats: int = 1, tol: float = 1e-5, num_classes: Optional[int] = None,
                  eot_samples: int = 1, checkpoints=None, confirm_repeats: int = 0,
-                 watch: Optional[Callable[[], None]] = None):
+                 watch: Optional[Callable[[], None]] = None, box: Tuple[float, float] = (0.0, 1.0)):
         if access not in ACCESS_LEVELS:
             raise ValueError(f"access must be one of {ACCESS_LEVELS}, got {access!r}")
-        if norm not in ("linf", "l2"):
-            raise ValueError(f"norm must be 'linf' or 'l2', got {norm!r}")
+        norm = str(norm)
+        if norm not in GEOMETRIES:
+            raise ValueError(f"norm must be one of {', '.join(GEOMETRIES)}, got {norm!r}")
         self._model = model
         self._access = access
         self._norm = norm
@@ -68,6 +70,8 @@ class Oracle:
             raise ValueError(f"eot_samples must be >= 1, got {eot_samples}")
         self._eot_samples = int(eot_samples)
         self._tol = float(tol)
+        self._low, self._high = float(box[0]), float(box[1])  # the input domain's box (robench/domain.py)
+        self._broken: Optional[str] = None  # why the victim failed mid-run (VictimError), sticky
         self.device = x0.device
         self._x0 = x0.detach()
         self._y = y.to(self.device)
@@ -215,7 +219,7 @@ class Oracle:
         xr, ir, rr = (x, idx, rank) if all_ok else (x[ok], idx[ok], rank[ok])
         xr = xr.detach().requires_grad_(True)
         with torch.enable_grad():
-            logits = self._model(xr)
+            logits = self._eval(xr)
             loss = loss_fn(logits, ir)
             if loss.requires_grad:
                 g, = torch.autograd.grad(loss.sum(), xr, allow_unused=True)
@@ -243,7 +247,7 @@ class Oracle:
             ok = torch.ones(len(sel), dtype=torch.bool, device=self.device)
             for _ in range(max(1, self._recheck_repeats)):
                 with torch.no_grad():
-                    pred = self._model(xs).argmax(1)
+                    pred = self._eval(xs).argmax(1)
                 ok &= self._criterion(xs, sel, pred)[1]
             confirmed[sel] = ok
         self._finalized = self._result(confirmed)
@@ -273,8 +277,31 @@ class Oracle:
         if ACCESS_RANK[self._access] < ACCESS_RANK[level]:
             raise AccessError(f"an attack with access '{self._access}' asked for {level}-level answers")
 
+    def _eval(self, x: torch.Tensor) -> torch.Tensor:
+        """The victim's logits for rows ``x``. A victim that raises, or returns non-finite logits, stops
+        the run: :class:`~robench.errors.VictimError`, sticky (every later query and the engine see it too,
+        so an attack cannot swallow it)."""
+        try:
+            out = self._model(x)
+        except Exception as e:  # the victim's own failure, in one line, chained
+            first = (str(e).strip().splitlines() or [""])[0][:200]
+            self._broken = f"the victim raised {type(e).__name__} on a query: {first}"
+            raise VictimError(self._broken) from e
+        if not bool(torch.isfinite(out.detach()).all()):
+            self._broken = (f"the victim returned non-finite logits (NaN or inf) for a query of {x.shape[0]} row(s); "
+                            f"the run stopped (records of completed batches are kept)")
+            raise VictimError(self._broken)
+        return out
+
+    @property
+    def broken(self) -> Optional[str]:
+        """Why the victim failed during this batch (None: it did not)."""
+        return self._broken
+
     def _admit(self, x: torch.Tensor, idx: Optional[torch.Tensor]):
         """Rows that get answered: their sample is active and still has budget for this row."""
+        if self._broken is not None:
+            raise VictimError(self._broken)
         if self._finalized is not None:
             raise RuntimeError("the oracle is finalized: no more queries")
         if idx is None:
@@ -297,7 +324,7 @@ class Oracle:
             return None, ok
         xr, ir, rr = (x, idx, rank) if all_ok else (x[ok], idx[ok], rank[ok])
         with torch.no_grad():
-            logits = self._model(xr.detach())
+            logits = self._eval(xr.detach())
         self._record(xr.detach(), ir, rr, logits, gradient=False)
         return logits, ok
 
@@ -312,7 +339,7 @@ class Oracle:
     def _criterion(self, x: torch.Tensor, idx: torch.Tensor, pred: torch.Tensor):
         """(is adversarial and a valid image, is that and within eps, distortion) per row."""
         is_adv = (pred == self._targets[idx]) if self._targeted else (pred != self._y[idx])
-        in_box = (x >= -self._tol).flatten(1).all(1) & (x <= 1 + self._tol).flatten(1).all(1)
+        in_box = (x >= self._low - self._tol).flatten(1).all(1) & (x <= self._high + self._tol).flatten(1).all(1)
         dist = self._geometry.distance(x - self._x0[idx])
         valid = is_adv & in_box
         within = valid if self._eps is None else valid & (dist <= self._eps + self._tol)
@@ -334,7 +361,7 @@ class Oracle:
             ok = torch.ones(len(rows), dtype=torch.bool, device=self.device)
             with torch.no_grad():
                 for _ in range(self._confirm_repeats):
-                    ok &= self._criterion(x[rows], idx[rows], self._model(x[rows]).argmax(1))[1]
+                    ok &= self._criterion(x[rows], idx[rows], self._eval(x[rows]).argmax(1))[1]
             within = within.clone()
             within[rows] = ok
         # first success: the smallest query number among this call's successful rows
@@ -368,7 +395,7 @@ class Oracle:
 #: the referee's settings, read-only (an attack never holds the Oracle, only an OracleView; still,
 #: nothing here is writable from outside)
 for _name in ("access", "norm", "eps", "max_queries", "stop_on_success", "recheck_repeats", "confirm_repeats",
-              "eot_samples", "tol", "targeted"):
+              "eot_samples", "tol", "targeted", "low", "high"):
     setattr(Oracle, _name, property(lambda self, _n=_name: getattr(self, "_" + _n), doc=f"The oracle's {_name} (read-only)."))
 del _name
 

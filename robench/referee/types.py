@@ -40,7 +40,7 @@ class OracleResult:
 
 #: the read-only facts an attack may read from its view (each a fresh copy or an immutable value)
 VIEW_FACTS = ("x0", "y", "targets", "targeted", "eps", "norm", "max_queries", "num_classes", "n", "device",
-              "eot_samples", "checkpoints", "active", "remaining", "queries", "grad_queries", "success",
+              "low", "high", "eot_samples", "checkpoints", "active", "remaining", "queries", "grad_queries", "success",
               "queries_at_success", "best_dist", "best_x", "dist_at")
 #: the query methods of each access level (a level also has those of the levels below it)
 VIEW_METHODS = {"label": ("labels",), "scores": ("labels", "scores"),

@@ -67,14 +67,22 @@ class Runs:
     skipped: List[str] = field(default_factory=list)
 
 
+def _natural(path: Path) -> List[Any]:
+    """Sort key of a path under which sweep job 2 comes before job 10."""
+    import re
+
+    return [(0, int(t), "") if t.isdigit() else (1, 0, t) for part in path.parts for t in re.split(r"(\d+)", part) if t]
+
+
 def summary_files(dirs: List[str]) -> List[Path]:
-    """Every ``summary.json`` below ``dirs`` (or the files themselves), each once, in walk order."""
+    """Every ``summary.json`` below ``dirs`` (or the files themselves), each once, sweep jobs in
+    numeric order (2 before 10)."""
     files, seen = [], set()
     for d in dirs:
         p = Path(d)
         if not p.exists():
             raise RobenchError(f"robench report: {p} does not exist")
-        for f in ([p] if p.is_file() else sorted(p.rglob("summary.json"))):
+        for f in ([p] if p.is_file() else sorted(p.rglob("summary.json"), key=_natural)):
             if f.resolve() not in seen:
                 seen.add(f.resolve())
                 files.append(f)

@@ -7,8 +7,9 @@ and SVG beside the tables, and only when some runs carry its data:
   scores``), from each run's records (every success's query count), log-scaled queries;
 * ``distortion_vs_queries``: median distortion of the best point so far at the query checkpoints, for
   hard-label runs (``access: label``) whose summary has ``checkpoints``;
-* ``robust_acc_vs_eps``: robust accuracy against eps for white-box runs (``access: gradient``), one
-  line per setting that was run at two or more eps values;
+* ``robust_acc_vs_eps``: robust accuracy against eps for every run with an eps (white-box,
+  score-based and hard-label runs alike), one line per setting (all but the budget), each family in
+  its own line style and marker (:data:`FAMILY_STYLES`, named in the legend);
 * ``clean_vs_robust``: clean against robust accuracy of trained victims (``train-defense`` summaries
   with ``robust_accuracy``), one point per recipe.
 
@@ -22,6 +23,10 @@ from typing import Any, Dict, List, Tuple
 
 from robench.errors import RobenchError
 from robench.report.figures import Figure, figure_data
+
+
+#: family (robench.report.figures.FAMILIES) -> matplotlib line style and marker
+FAMILY_STYLES = {"white-box": ("-", "o"), "score-based": ("--", "s"), "hard-label": (":", "^")}
 
 
 def require():
@@ -57,7 +62,8 @@ def draw(f: Figure, out: Path) -> List[Path]:
         if f.kind == "step":
             ax.step(s.x, s.y, where="post", label=s.label)
         elif f.kind == "line":
-            ax.plot(s.x, s.y, marker="o", label=s.label)
+            ls, marker = FAMILY_STYLES.get(s.family, ("-", "o"))
+            ax.plot(s.x, s.y, ls=ls, marker=marker, label=s.label)
         else:
             ax.scatter(s.x, s.y, s=40)
             ax.annotate(s.label, (s.x[0], s.y[0]), textcoords="offset points", xytext=(5, 4), fontsize=8)
@@ -74,8 +80,16 @@ def draw(f: Figure, out: Path) -> List[Path]:
     ax.set_title(f.title + (f"\n{f.subtitle}" if f.subtitle else ""), fontsize=10)
     ax.grid(alpha=0.3)
     if f.legend and f.series:
-        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, frameon=False,
-                  ncol=1 if len(f.series) <= 18 else 2)
+        handles, labels = ax.get_legend_handles_labels()
+        fams = [fam for fam in FAMILY_STYLES if any(s.family == fam for s in f.series)]
+        if len(fams) > 1:  # the line styles explained, below the series
+            from matplotlib.lines import Line2D
+
+            handles += [Line2D([], [], color="gray", ls=FAMILY_STYLES[fam][0], marker=FAMILY_STYLES[fam][1])
+                        for fam in fams]
+            labels += fams
+        ax.legend(handles, labels, fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0,
+                  frameon=False, ncol=1 if len(labels) <= 18 else 2)
     return _save(fig, out, f.name)
 
 

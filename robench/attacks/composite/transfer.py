@@ -6,8 +6,8 @@ import torch
 from torch import nn
 
 from robench.attacks.base import Attack
-from robench.attacks.whitebox.pgd import project
 from robench.errors import RobenchError
+from robench.geometry import geometry
 from robench.referee.own_model import own_model_oracle
 from robench.referee.view import AttackView
 from robench.registry import ATTACKS
@@ -83,8 +83,6 @@ class Transfer(Attack):
         if self.inner.access != "gradient":
             raise RobenchError(f"transfer: crafting attack '{a['name']}' has access '{self.inner.access}'; "
                                f"use a white-box (gradient) attack")
-        if int(surrogate_max_queries) < 1:
-            raise RobenchError(f"transfer: surrogate_max_queries must be >= 1, got {surrogate_max_queries}")
         self.surrogate_max_queries = int(surrogate_max_queries)
         self.surrogate: Optional[nn.Module] = None
         self.stats = {"surrogate": None, "surrogate_checkpoint": None, "crafting_attack": self.inner_name,
@@ -126,7 +124,8 @@ class Transfer(Attack):
         x = best if self.inner.minimizes_distortion else last.x
         if self.inner.minimizes_distortion:  # no surrogate success: fall back to the last proposal
             x = torch.where(res.adversarial.to(x0.device).view(-1, *[1] * (x0.dim() - 1)), best, last.x)
-        x = project(x, x0, oracle.norm, oracle.eps) if oracle.eps is not None else x.clamp(0, 1)
+        box = (oracle.low, oracle.high)
+        x = geometry(oracle.norm).project_point(x, x0, oracle.eps, box) if oracle.eps is not None else x.clamp(*box)
         oracle.labels(x, idx)
         self.stats["surrogate_success"] += int(res.success.sum())
         self.stats["transferred"] += len(idx)

@@ -31,6 +31,7 @@ class BoundaryAttack(Attack):
     """
 
     access = "label"
+    layouts = ("NCHW", "NCT")
     requires = ("class_images",)
     minimizes_distortion = True
 
@@ -73,11 +74,11 @@ class BoundaryAttack(Attack):
             eta = torch.randn(diff.shape, generator=generator, device=dev)
             eta = eta - (eta * unit).sum(1, keepdim=True) * unit
             eta = eta * (sph[s] * dnorm / eta.norm(dim=1).clamp_min(1e-12))[:, None]
-            sph_c = (xo.flatten(1) + (eta - diff) / torch.sqrt(sph[s] ** 2 + 1)[:, None]).clamp(0, 1)
+            sph_c = (xo.flatten(1) + (eta - diff) / torch.sqrt(sph[s] ** 2 + 1)[:, None]).clamp(oracle.low, oracle.high)
             new_dir = xo.flatten(1) - sph_c
             new_norm = new_dir.norm(dim=1).clamp_min(1e-12)
             length = (src[s] * dnorm + new_norm - dnorm).clamp_min(0) / new_norm
-            cand = (sph_c + length[:, None] * new_dir).clamp(0, 1).view_as(xb)
+            cand = (sph_c + length[:, None] * new_dir).clamp(oracle.low, oracle.high).view_as(xb)
             check = step % self.k == 0
             if check:  # the orthogonal candidate and the full candidate, one call
                 adv2, _ = adversarial(oracle, torch.cat([sph_c.view_as(xb), cand]), torch.cat([s, s]))

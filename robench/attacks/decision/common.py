@@ -49,9 +49,9 @@ def adversarial(oracle: AttackView, x: torch.Tensor, idx: torch.Tensor, chunk: i
     return adv & answered, answered
 
 
-def ray_point(x0: torch.Tensor, theta: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
-    """x0 + lam * theta clipped to the image box [0, 1] (the domain bound of [cheng2021 §2.4.2])."""
-    return (x0 + view_b(lam, x0) * theta).clamp(0, 1)
+def ray_point(x0: torch.Tensor, theta: torch.Tensor, lam: torch.Tensor, box=(0.0, 1.0)) -> torch.Tensor:
+    """x0 + lam * theta clipped to the input box (the domain bound of [cheng2021 §2.4.2]; images: [0, 1])."""
+    return (x0 + view_b(lam, x0) * theta).clamp(box[0], box[1])
 
 
 # states of the boundary search
@@ -102,7 +102,7 @@ def boundary_distance(oracle: AttackView, x0: torch.Tensor, theta: torch.Tensor,
         probe = torch.where(s == _UP, h, torch.where(s == _DOWN, l, torch.where(s == _BIN, (l + h) / 2, h)))
         probe = torch.where((s == _V) | (s == _CHK), v[live], probe)
         probe = probe.to(x0.dtype)
-        adv, ans = adversarial(oracle, ray_point(x0[live], theta[live], probe), idx[live])
+        adv, ans = adversarial(oracle, ray_point(x0[live], theta[live], probe, (oracle.low, oracle.high)), idx[live])
         probe = probe.double()
         ns, nl, nh, nadv = s.clone(), l.clone(), h.clone(), hi_adv[live].clone()
         # LOCAL start
@@ -260,7 +260,7 @@ def line_search(oracle: AttackView, x0: torch.Tensor, s: torch.Tensor, theta: to
 def noise_init(oracle: AttackView, gen: torch.Generator, max_draws: int = 1000, tol: float = 1e-3,
                pool: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
     """A starting adversarial point per sample (HopSkipJump's and Foolbox's Boundary-attack
-    initialisation): uniform noise images in [0, 1], one draw per sample per call, until adversarial
+    initialisation): uniform noise in the input box, one draw per sample per call, until adversarial
     (at most ``max_draws``); targeted runs with ``pool`` (target-class training images) try those
     first. Then bisect the blend (1 - a) x0 + a x_noise to the boundary (to ``tol`` in a).
     Returns (points, found) — the points of samples not found are x0."""
@@ -275,7 +275,7 @@ def noise_init(oracle: AttackView, gen: torch.Generator, max_draws: int = 1000, 
         if pool is not None and k < pool.shape[1]:
             cand = pool[s, k]
         else:
-            cand = torch.rand(x0[s].shape, generator=gen, device=dev)
+            cand = oracle.low + (oracle.high - oracle.low) * torch.rand(x0[s].shape, generator=gen, device=dev)
         adv, _ = adversarial(oracle, cand, s)
         start[s[adv]] = cand[adv]
         found[s[adv]] = True
@@ -321,6 +321,7 @@ class DirectionSearchAttack(Attack):
     access = "label"
     minimizes_distortion = True
     requires = ("class_images",)
+    layouts = ("NCHW", "NCT")
     class_images = None  # ClassImages of the training split (targeted theta0), from prepare()
 
     def prepare(self, context) -> None:

@@ -124,11 +124,11 @@ class GuessingSmart(Attack):
             d = self._directions(len(s), x0.shape[1:], generator, dev)
             d = d - view_b((d * unit).flatten(1).sum(1), xo) * unit  # orthogonal to the source direction
             d = L2_BALL.normalize(d * mask[s]) * view_b(sph * dist, xo)
-            sph_c = (xo + view_b(1 / torch.sqrt(sph ** 2 + 1), xo) * (d - to_src)).clamp(0, 1)
+            sph_c = (xo + view_b(1 / torch.sqrt(sph ** 2 + 1), xo) * (d - to_src)).clamp(oracle.low, oracle.high)
             new_dir = xo - sph_c
             new_dir = new_dir / view_b(L2_BALL.distance(new_dir).clamp_min(TINY), xo)
             sph_c = xo - view_b(dist, xo) * new_dir                # back onto the sphere around x0
-            cand = (sph_c + view_b(src * dist, xo) * new_dir).clamp(0, 1)
+            cand = (sph_c + view_b(src * dist, xo) * new_dir).clamp(oracle.low, oracle.high)
             adv, _ = adversarial(oracle, cand, s)
             ok = adv & (L2_BALL.distance(cand - xo) < dist)
             best[s[ok]] = cand[ok]

@@ -29,6 +29,7 @@ class HopSkipJump(Attack):
     """
 
     access = "label"
+    layouts = ("NCHW", "NCT")
     requires = ("class_images",)
     minimizes_distortion = True
 
@@ -105,7 +106,7 @@ class HopSkipJump(Attack):
                 torch.rand(shape, generator=generator, device=dev) * 2 - 1
             u = normalize(u.flatten(0, 1), "l2").view(shape)
             dl = delta.view(-1, 1, *[1] * (x0.dim() - 1))
-            probe = (xs[:, None] + dl * u).clamp(0, 1)
+            probe = (xs[:, None] + dl * u).clamp(oracle.low, oracle.high)
             u = (probe - xs[:, None]) / dl
             rows = s.repeat_interleave(B)
             adv, ans = adversarial(oracle, probe.flatten(0, 1), rows)
@@ -126,7 +127,7 @@ class HopSkipJump(Attack):
                     r = r[oracle.active[s[r]]]
                 if len(r) == 0:
                     break
-                c = (xs[r] + view_b(xi[r], x0s) * update[r]).clamp(0, 1)
+                c = (xs[r] + view_b(xi[r], x0s) * update[r]).clamp(oracle.low, oracle.high)
                 a, an = adversarial(oracle, c, s[r])
                 cand[r[a]] = c[a]
                 todo[r[a | ~an]] = False

@@ -28,6 +28,7 @@ class RayS(Attack):
     """
 
     access = "label"
+    layouts = ("NCHW", "NCT")
     minimizes_distortion = True
 
     def __init__(self, tol: float = 1e-3, max_steps: int = 10_000_000):
@@ -45,7 +46,7 @@ class RayS(Attack):
         level, block = 0, 0
 
         def point(rows, sg, rad):
-            return (x0[rows] + view_b(rad.clamp(max=1.0), x0[rows]) * sg.view_as(x0[rows])).clamp(0, 1)
+            return (x0[rows] + view_b(rad.clamp(max=oracle.high - oracle.low), x0[rows]) * sg.view_as(x0[rows])).clamp(oracle.low, oracle.high)
 
         for _ in range(self.max_steps):
             s = oracle.active_indices()

@@ -117,9 +117,9 @@ class GenAttack(ScoreAttack):
             b, m = pop.shape[:2]
             x0 = x0_all[idx][:, None]
             if resize:
-                x = geo.clip(x0, upsample(pop.reshape(b * m, *esh), shape[1:]).view(b, m, *shape), eps)
+                x = geo.clip(x0, upsample(pop.reshape(b * m, *esh), shape[1:]).view(b, m, *shape), eps, task.box)
             else:
-                x = (x0 + pop).clamp(0, 1)
+                x = (x0 + pop).clamp(*task.box)
                 pop = x - x0  # the exact projection onto ball ∩ box is what gets kept
             rows = idx.repeat_interleave(m)
             p = oracle.scores(x.view(b * m, *shape), rows)

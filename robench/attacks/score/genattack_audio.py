@@ -15,8 +15,8 @@ from robench.registry import ATTACKS
 
 def signal_box(view) -> Tuple[float, float]:
     """The input domain's box ``(low, high)`` as the oracle view states it (robench/domain.py: audio in
-    [-1, 1]). The one place the attack reads it."""
-    return float(getattr(view, "low", -1.0)), float(getattr(view, "high", 1.0))
+    [-1, 1])."""
+    return float(view.low), float(view.high)
 
 
 def audio_fitness(p: torch.Tensor, y: torch.Tensor, targets, kind: str = "prob") -> torch.Tensor:
@@ -91,6 +91,7 @@ class GenAttackAudio(ScoreAttack):
 
     name = "genattack_audio"
     norms = ("linf",)
+    layouts = ("NCT",)  # waveforms (robench/domain.py): a sample's low byte is an audio notion
 
     param_ranges = {"pop_size": ">=2", "elite_size": ">=1", "temperature": ">0", "mutation_prob": "[0,1]",
                     "mutation_range": ">=1", "step_prob": "[0,1]", "init_prob": "[0,1]", "limit": ">=1",

@@ -39,6 +39,7 @@ class NES(ScoreAttack):
     """
 
     name = "nes"
+    layouts = ("NCHW", "NCT")
 
     def __init__(self, n_samples: int = 50, sigma: float = 0.001, step_size: float = 0.01,
                  step_size_l2: Optional[float] = None, momentum: float = 0.0, loss: str = "ce"):
@@ -70,7 +71,7 @@ class NES(ScoreAttack):
             B = len(idx)
             u = torch.randn((B, half, *shape), generator=generator, device=dev)
             u = torch.cat([u, -u], 1)                                               # antithetic
-            probes = (x[:, None] + self.sigma * u).clamp(0, 1)
+            probes = (x[:, None] + self.sigma * u).clamp(*task.box)
             rows = torch.cat([x[:, None], probes], 1).view(B * (n + 1), *shape)
             ridx = idx.repeat_interleave(n + 1)
             p = oracle.scores(rows, ridx)
@@ -82,4 +83,4 @@ class NES(ScoreAttack):
                 mom = self.momentum * mom + (1 - self.momentum) * g
                 g = mom
             x0 = x0_all[idx]
-            x = geo.clip(x0, x - geo.step(g, eta) - x0, eps)
+            x = geo.clip(x0, x - geo.step(g, eta) - x0, eps, task.box)

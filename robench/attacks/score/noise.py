@@ -23,6 +23,7 @@ class RandomNoise(ScoreAttack):
     """
 
     name = "noise"
+    layouts = ("NCHW", "NCT")
 
     def __init__(self, draws_per_step: int = 100):
         if int(draws_per_step) < 1:
@@ -39,7 +40,7 @@ class RandomNoise(ScoreAttack):
                 d = geo.random_in_ball((B * k, *shape), eps, generator, dev)
             else:  # uniform on the sphere
                 d = geo.normalize(torch.randn((B * k, *shape), generator=generator, device=dev)) * eps
-            x = (x0_all[idx].repeat_interleave(k, 0) + d).clamp(0, 1)
+            x = (x0_all[idx].repeat_interleave(k, 0) + d).clamp(*task.box)
             oracle.scores(x, idx.repeat_interleave(k))
             idx = oracle.active_indices()
             if len(idx) == 0:

@@ -37,6 +37,7 @@ class DeepFool(Attack):
     """
 
     access = "gradient"
+    layouts = ("NCHW", "NCT")
     minimizes_distortion = True
 
     #: numeric ranges the registry checks before construction (robench.registry.validate_params)
@@ -100,7 +101,7 @@ class DeepFool(Attack):
             go = torch.isfinite(ratio[ar, best])
             idx, r = idx[go], r[go]
             r_tot[idx] = r_tot[idx] + r.view(-1, *x0.shape[1:])
-            x[idx] = (x0[idx] + (1 + self.overshoot) * r_tot[idx]).clamp(0, 1)
+            x[idx] = (x0[idx] + (1 + self.overshoot) * r_tot[idx]).clamp(oracle.low, oracle.high)
             if len(idx) == 0:
                 return
             pred = oracle.labels(x[idx], idx)

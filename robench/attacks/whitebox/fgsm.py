@@ -26,6 +26,8 @@ class FGSM(Attack):
     """
 
     access = "gradient"
+    eps_policy = "finite"
+    layouts = ("NCHW", "NCT")
 
     def __init__(self, loss: str = "ce", step_size: float | None = None):
         if loss not in ("ce", "cw"):
@@ -36,8 +38,6 @@ class FGSM(Attack):
 
     def run(self, oracle: AttackView, generator: torch.Generator) -> None:
         eps = oracle.eps
-        if eps is None:
-            raise RobenchError("fgsm needs a finite budget.eps")
         alpha = eps if self.step_size is None else self.step_size
         x0, y, t = oracle.x0, oracle.y, oracle.targets
         idx = oracle.active_indices()
@@ -49,5 +49,5 @@ class FGSM(Attack):
 
         _, g = oracle.gradient(x0[idx], loss_fn, idx)
         geo = geometry(oracle.norm)
-        x = geo.project_point(x0[idx] + geo.step(g, alpha), x0[idx], eps)
+        x = geo.project_point(x0[idx] + geo.step(g, alpha), x0[idx], eps, (oracle.low, oracle.high))
         oracle.labels(x, idx)
