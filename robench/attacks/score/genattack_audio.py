@@ -50,22 +50,23 @@ class GenAttackAudio(ScoreAttack):
     (nesl/adversarial_audio, ``audio_attack.py``, the version with ``refine_every``); the defaults are
     that code's:
 
-    * a member is a perturbation of the clip's integer samples ``s`` (int16: the clip is
-      ``low + (u) * q`` with ``q = (high - low) / 2**sample_bits``, 1/32768 on [-1, 1]); only the low
-      byte of each sample changes, the high byte never does (the reference code edits the low byte of
-      each little-endian sample and keeps it in 0..255), so every queried sample stays in its own
-      block of 256 values;
+    * a member is an integer change of the clip's samples, in steps ``q = (high - low) / 2**sample_bits``
+      (one int16 step, 1/32768, on [-1, 1]); only the low byte of each sample changes, the high byte
+      never does (the reference code edits the low byte of each little-endian sample and keeps it in
+      0..255), so every queried sample stays in its own block of 256 values;
     * initial population (``pop_size`` = 20): each sample's low byte moves by +-1 (equally likely) with
       probability ``init_prob`` = 0.2;
     * fitness: the target's softmax probability (:func:`audio_fitness`), one query per member
       evaluated;
-    * elitism: the ``elite_size`` = 2 fittest members survive unchanged; they are not evaluated again
+    * elitism (Algorithm 2 as printed has none; the reference code keeps two): the ``elite_size`` = 2
+      fittest members survive unchanged; they are not evaluated again
       (their fitness is kept, so a generation costs ``pop_size - elite_size`` = 18 queries per
       sample; the reference code re-scores them, 20 per generation), except after a refinement that
       changed them;
     * selection: each child's two parents are drawn independently from
       ``softmax(fitness / temperature)``, ``temperature`` = 0.03;
-    * crossover: uniform, each sample from either parent with probability 1/2;
+    * crossover: uniform, each sample from either parent with probability 1/2 (the coin and the
+      mutation's draw below come from one uniform number per sample, :func:`split_uniform`);
     * mutation, per sample: with probability ``mutation_prob`` = 0.05 the low byte moves by an integer
       drawn uniformly from ``[-mutation_range, mutation_range)`` = [-4, 4); otherwise, with
       probability ``step_prob`` = 0.10 (a second, independent draw, as in the reference code: 0.095
@@ -85,8 +86,9 @@ class GenAttackAudio(ScoreAttack):
 
     Meant for 16-bit audio held as int16 / 32768 (dataset=fsdd, dataset=audio_folder), where a step is
     one int16 step and the low byte is the sample's own; other inputs are moved in steps of
-    ``(high - low) / 2**sample_bits`` within blocks of 256 steps (:meth:`bands`). Linf only. Batched: each generation evaluates the
-    children of every active sample in one oracle call; samples the oracle reports done leave the batch.
+    ``(high - low) / 2**sample_bits`` within blocks of 256 steps (:meth:`bands`). Linf only. Batched:
+    each generation evaluates the children of every active sample in one oracle call; samples the
+    oracle reports done leave the batch.
     """
 
     name = "genattack_audio"
