@@ -1,4 +1,4 @@
-"""The speech reproduction row (REPRODUCTION.md section 7; [alzantot2019 §3.5.1, §3.6]) from finished runs.
+"""The speech reproduction row (for REPRODUCTION.md; [alzantot2019 §3.5.1, §3.6]) from finished runs.
 
 Reads the records of a targeted ``experiment=genattack_speech_fsdd`` run, optionally its untargeted
 twin (``..._untargeted``) and the white-box ceiling on the same pairs (``..._ceiling``), and prints,
@@ -6,7 +6,8 @@ for each: attacked rows, success rate, median queries and median generations of 
 (generation g >= 1 costs pop_size - elite_size = 18 queries after the 20 of generation 0, so a success
 at query q is in generation ceil((q - 20) / 18)), mean SNR and dB_x of the successes; for the
 targeted run also its success on the pairs the ceiling reached and on the others; and it draws the
-10 x 10 source-by-target success matrix (the thesis's Fig. 3.2) as a PNG.
+10 x 10 source-by-target success matrix (the thesis's Fig. 3.2) as a PNG (and SVG) with the figure
+``robench report --plots`` draws for every targeted run.
 
     python benchmarks/speech_fsdd.py --targeted RUN [--untargeted RUN] [--ceiling RUN] [--matrix out.png]
 """
@@ -68,12 +69,19 @@ def main(argv=None) -> int:
         print(f"\nsame pairs: {len(both)} of {len(tg)}; ceiling reached {int(reach.sum())}; genattack_audio on those "
               f"{int(both['success'][reach].sum())}, on the others {int(both['success'][~reach].sum())}")
     if a.matrix:
-        from robench.report.success_matrix import plot_success_matrix, success_matrix
+        # robench report's own source-by-target matrix (robench/report/plots.py), for this one run
+        import numpy as np
 
-        m = success_matrix(tg, 10)
+        from robench.report.plots import target_matrix, target_rates
+
+        rate, _ = target_rates(tg, 10)
         print("\nsuccess matrix (rows: source digit, columns: target digit, %):")
-        print((m * 100).round(0).to_string(na_rep="-"))
-        print(f"wrote {plot_success_matrix(tg, a.matrix, title='genattack_audio on FSDD / kws_cnn, targeted success (%)')}")
+        print(pd.DataFrame(np.round(rate * 100), index=range(10), columns=range(10)).to_string(na_rep="-"))
+        out = Path(a.matrix)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        made = target_matrix({"targeted": True, "run": a.targeted}, out.parent, out.with_suffix("").name,
+                             "genattack_audio on FSDD / kws_cnn: targeted success")
+        print("wrote " + ", ".join(map(str, made)))
     return 0
 
 

@@ -1,9 +1,11 @@
-"""Audio helpers: 16-bit PCM WAV files in and out, and the perception measures of an audio perturbation.
+"""Audio helpers: reading 16-bit PCM WAV files, and the perception measures of an audio perturbation.
 
 Waveforms live in robench as float tensors in [-1, 1] (int16 samples / 32768, the ``AUDIO`` domain of
-robench/domain.py), layout ``N x C x T``. Files are read and written with Python's standard ``wave``
+robench/domain.py), layout ``N x C x T``. Files are read with Python's standard ``wave``
 module (no extra dependency); only 16-bit PCM is supported, the format of the Free Spoken Digit
-Dataset and of the Speech Commands clips of [alzantot2019 Ch. 3].
+Dataset and of the Speech Commands clips of [alzantot2019 Ch. 3]. Adversarial clips are written by the
+run folder's one writer of saved examples (``save_adversarial=true adversarial_formats=[npz,wav]``:
+:func:`robench.evaluation.adversarial.wav_bytes`, ``adversarial/wav/<index>_<label>_<target>.wav``).
 
 Perception measures (records and summaries of audio runs, robench/evaluation/results.py):
 
@@ -16,7 +18,6 @@ Both are +inf / -inf where the perturbation is zero and NaN where the clip itsel
 """
 from __future__ import annotations
 
-import os
 import wave
 from pathlib import Path
 from typing import Tuple, Union
@@ -51,60 +52,6 @@ def read_wav(path: Union[str, Path]) -> Tuple[np.ndarray, int]:
         raise RobenchError(f"WAV file {path} is truncated: its header announces {n} frames, the file holds "
                            f"{len(raw) // max(ch * width, 1)}; replace it")
     return np.frombuffer(raw, dtype="<i2").reshape(-1, ch).T.astype(np.int16), int(rate)
-
-
-def to_int16(samples) -> np.ndarray:
-    """Float samples in [-1, 1] (tensor or array, any shape) -> int16, rounded to the nearest step;
-    +1.0 (one step above int16's largest value) becomes 32767. int16 input is returned as is."""
-    if torch.is_tensor(samples):
-        samples = samples.detach().cpu().numpy()
-    a = np.asarray(samples)
-    if a.dtype == np.int16:
-        return a
-    if not np.issubdtype(a.dtype, np.floating):
-        raise RobenchError(f"write_wav needs float samples in [-1, 1] or int16, got {a.dtype}")
-    if a.size and not np.isfinite(a).all():
-        raise RobenchError("write_wav: the samples hold NaN or infinite values")
-    return np.clip(np.rint(a.astype(np.float64) * FULL_SCALE), -FULL_SCALE, FULL_SCALE - 1).astype(np.int16)
-
-
-def write_wav(path: Union[str, Path], samples, sample_rate: int) -> Path:
-    """Write ``samples`` as a 16-bit PCM WAV file, atomically (temp file + rename).
-
-    ``samples``: float in [-1, 1] (int16 / 32768, as robench holds audio) or int16, of shape (T,),
-    (channels, T) or (1, channels, T); a float sample is rounded to the nearest int16 step (robench's
-    adversarial clips lie on that grid already, so they are written exactly). Returns the path."""
-    path = Path(path)
-    a = to_int16(samples)
-    if a.ndim == 3 and a.shape[0] == 1:
-        a = a[0]
-    if a.ndim == 1:
-        a = a[None]
-    if a.ndim != 2 or a.shape[0] < 1:
-        raise RobenchError(f"write_wav needs samples of shape (T,) or (channels, T), got {tuple(a.shape)}")
-    rate = int(sample_rate)
-    if rate < 1:
-        raise RobenchError(f"write_wav needs a sample rate >= 1 Hz, got {sample_rate}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with wave.open(str(tmp), "wb") as w:
-            w.setnchannels(a.shape[0])
-            w.setsampwidth(2)
-            w.setframerate(rate)
-            w.writeframes(np.ascontiguousarray(a.T).astype("<i2").tobytes())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
-
-
-def clip_name(index: int, source, target) -> str:
-    """The file name of a saved adversarial clip: dataset index, source class and target class
-    (``any`` for an untargeted run, whose records hold target -1), e.g. ``00042_src-3_tgt-7.wav``."""
-    tgt = "any" if isinstance(target, int) and target < 0 else target
-    return f"{int(index):05d}_src-{source}_tgt-{tgt}.wav"
 
 
 # ---------------------------------------------------------------- perception measures

@@ -1,4 +1,5 @@
-"""Audio data (robench/data/audio.py), WAV I/O and perception measures (robench/audio.py), and the
+"""Audio data (robench/data/audio.py), WAV reading and perception measures (robench/audio.py), the saved
+examples' WAV encoding (robench/evaluation/adversarial.py), the success matrix's numbers, and the
 kws_cnn front end (robench/models/audio_models.py), on tiny synthetic clips written here (never FSDD)."""
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from robench.audio import db, db_x, read_wav, snr_db, write_wav
+from robench.audio import db, db_x, read_wav, snr_db
 from robench.data import load_dataset
 from robench.errors import RobenchError
 
@@ -164,21 +165,20 @@ def test_audio_folder_classes_lengths_and_rate(tmp_path):
 
 # ---------------------------------------------------------------- WAV I/O and measures
 
-def test_write_wav_reads_back_the_same_samples(tmp_path):
-    g = torch.Generator().manual_seed(0)
-    ints = torch.randint(-32768, 32768, (1, 1, 3001), generator=g)
-    x = ints.float() / 32768  # on the int16 grid, as robench holds audio
-    p = write_wav(tmp_path / "clip.wav", x, 8000)
-    back, rate = read_wav(p)
-    assert rate == 8000 and back.shape == (1, 3001) and back.dtype == np.int16
-    assert np.array_equal(back[0], ints[0, 0].numpy().astype(np.int16))
-    assert torch.equal(torch.from_numpy(back.astype(np.float32) / 32768), x[0])
-    write_wav(tmp_path / "one.wav", torch.tensor([1.0, -1.0, 0.0]), 16000)  # +1.0 is clipped to 32767
-    assert read_wav(tmp_path / "one.wav")[0].tolist() == [[32767, -32768, 0]]
-    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp files left
-    from robench.audio import clip_name
+def test_saved_wav_reads_back_the_same_samples(tmp_path):
+    """The run folder's one WAV encoder (adversarial/wav/*.wav) and the data loader's reader agree sample for sample."""
+    from robench.evaluation.adversarial import wav_bytes
 
-    assert clip_name(42, 3, 7) == "00042_src-3_tgt-7.wav" and clip_name(5, "yes", -1) == "00005_src-yes_tgt-any.wav"
+    g = torch.Generator().manual_seed(0)
+    ints = torch.randint(-32768, 32768, (1, 3001), generator=g)
+    x = ints.float() / 32768  # on the int16 grid, as robench holds audio
+    (tmp_path / "clip.wav").write_bytes(wav_bytes(x.numpy(), 8000))
+    back, rate = read_wav(tmp_path / "clip.wav")
+    assert rate == 8000 and back.shape == (1, 3001) and back.dtype == np.int16
+    assert np.array_equal(back[0], ints[0].numpy().astype(np.int16))
+    assert torch.equal(torch.from_numpy(back.astype(np.float32) / 32768), x)
+    (tmp_path / "one.wav").write_bytes(wav_bytes(np.array([[1.0, -1.0, 0.0]]), 16000))  # +1.0 is clipped to 32767
+    assert read_wav(tmp_path / "one.wav")[0].tolist() == [[32767, -32768, 0]]
 
 
 def test_perception_measures():
@@ -216,10 +216,11 @@ def test_front_end_shape_and_gradient():
 
 # ---------------------------------------------------------------- the success matrix
 
-def test_success_matrix_from_records(tmp_path):
+def test_success_matrix_numbers_from_records():
+    """robench report's source-by-target matrix (robench/report/plots.py) over a budget.target=all run's rows."""
     import pandas as pd
 
-    from robench.report.success_matrix import plot_success_matrix, success_matrix
+    from robench.report.plots import target_rates
 
     rows = []
     for src in range(3):
@@ -228,13 +229,9 @@ def test_success_matrix_from_records(tmp_path):
                 for k in range(4):  # source 0 -> target 1: 3 of 4 succeed; every other pair: 1 of 4
                     rows.append({"index": 10 * src + k, "label": src, "target": tgt, "attacked": True,
                                  "success": k < (3 if (src, tgt) == (0, 1) else 1)})
-    rows.append({"index": 99, "label": 2, "target": 0, "attacked": False, "success": False})
-    df = pd.DataFrame(rows)
-    m = success_matrix(df)
-    assert m.shape == (3, 3) and m.index.name == "source" and m.columns.name == "target"
-    assert m.loc[0, 1] == 0.75 and m.loc[2, 0] == 0.25 and m.isna().to_numpy().diagonal().all()
-    assert m.attrs["counts"].loc[2, 0] == 4
-    p = plot_success_matrix(df, tmp_path / "m.png", class_names=["a", "b", "c"])
-    assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    with pytest.raises(RobenchError, match="targeted"):
-        success_matrix(df.assign(target=-1))
+    rows.append({"index": 99, "label": 2, "target": 0, "attacked": False, "success": True})  # not attacked: left out
+    rate, n = target_rates(pd.DataFrame(rows))
+    assert rate.shape == (3, 3) and np.isnan(rate.diagonal()).all() and n.diagonal().sum() == 0
+    assert rate[0, 1] == 0.75 and rate[2, 0] == 0.25 and n[2, 0] == 4 and n.sum() == 24
+    rate, n = target_rates(pd.DataFrame(rows), num_classes=10)
+    assert rate.shape == (10, 10) and n[3:].sum() == 0
