@@ -186,6 +186,10 @@ def prepare_run(spec: RunSpec, model: nn.Module, data: Slice, *, device: torch.d
                           num_classes=k, stop_on_success=not traits.minimizes_distortion,
                           recheck_repeats=ev.recheck_repeats, confirm_repeats=ev.confirm_repeats,
                           eot_samples=ev.eot_samples, checkpoints=tuple(cps), box=data.domain.box)
+        if "build_set" in traits.requires:  # one perturbation for every sample: the shared protocol
+            from robench.evaluation.shared import setup_shared
+
+            attack = setup_shared(spec, attack, model, device, data, splits, referee, ev, name)
     except BaseException:
         close = getattr(attack, "close", None)
         if callable(close):
@@ -193,7 +197,7 @@ def prepare_run(spec: RunSpec, model: nn.Module, data: Slice, *, device: torch.d
         raise
 
     def fresh():  # a protocol's extra run gets its own instance, prepared like the main one
-        return factory()
+        return attack if "build_set" in traits.requires else factory()  # a shared perturbation stays the one built
 
     m = {"attack": name, "model": "model", "dataset": "tensors", "defense": ev.label, "targeted": t is not None,
          "target": (b.target if t is not None else None), "seed": spec.seed, "started": now(), "checkpoint": None,

@@ -55,6 +55,10 @@ class Protocol:
     def record_columns(self, ev: "Evaluation") -> Dict[str, Any]:
         return {}
 
+    def before_run(self, ev: "Evaluation") -> None:
+        """Work before the first batch of the main run (the shared protocol builds its perturbation here)."""
+        pass
+
     def after_batch(self, ev: "Evaluation", outcome) -> None:
         pass
 
@@ -263,6 +267,10 @@ class Evaluation:
         for p in self.protocols:
             out.update(p.record_columns(self))
         return out
+
+    def before_run(self) -> None:
+        for p in self.protocols:
+            p.before_run(self)
 
     def after_batch(self, outcome) -> None:
         for p in self.protocols:
