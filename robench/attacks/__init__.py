@@ -6,4 +6,4 @@ from robench.attacks import decision  # noqa: F401  (registration)
 from robench.attacks.whitebox import apgd, apgd_dlr, apgd_t, bim, cw, cw_linf, deepfool, fgsm, fmn, ilcm, jsma, mifgsm  # noqa: F401,E501
 from robench.attacks.baseline import gaussian_noise  # noqa: F401
 from robench.attacks.composite import ensemble, transfer  # noqa: F401
-from robench.attacks import shared  # noqa: F401  (registration: uap, patch)
+from robench.attacks import universal  # noqa: F401  (registration: uap, patch)

@@ -1,7 +1,7 @@
 """The shared-perturbation protocol: one perturbation built on a set of images, then evaluated, fixed, on
 the test slice (README, "Perturbations shared across samples"; DESIGN.md, "Shared perturbations").
 
-An attack that declares ``requires = ("build_set",)`` (a :class:`~robench.attacks.shared.base.SharedAttack`)
+An attack that declares ``requires = ("build_set",)`` (a :class:`~robench.attacks.universal.base.SharedAttack`)
 runs in two phases, both through the referee:
 
 1. **build** (:func:`run_build`, called by :class:`SharedProtocol` before the first test batch): the
@@ -11,7 +11,7 @@ runs in two phases, both through the referee:
    norm, eps and ``budget.max_queries`` *per build image*, never stopping on success (a universal
    perturbation keeps working on images it already fools), guarded like every batch
    (robench/referee/guard.py). The attack's ``build(view, generator)`` returns a
-   :class:`~robench.attacks.shared.base.SharedPerturbation`, which is checked here (shape, finite, inside
+   :class:`~robench.attacks.universal.base.SharedPerturbation`, which is checked here (shape, finite, inside
    the ball or the patch's area).
 2. **evaluation** (:class:`ApplyShared`, the run's attack): per test batch, the referee's own code places
    the perturbation on each attacked input (a patch at its fixed corner, or at a corner drawn from the
@@ -32,7 +32,7 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 
 from robench.attacks.base import Attack, AttackView
-from robench.attacks.shared.base import KINDS, PLACEMENTS, SharedAttack, SharedPerturbation, patch_side
+from robench.attacks.universal.base import KINDS, PLACEMENTS, SharedAttack, SharedPerturbation, patch_side
 from robench.errors import RobenchError
 from robench.evaluation.protocols import Protocol
 from robench.geometry import distortion
@@ -285,7 +285,7 @@ def setup_shared(spec, attack: Any, model, device, data, splits, referee, ev, na
     """Called by prepare_run for an attack that requires a build set: the protocol's checks (one line each),
     the build set, and the :class:`ApplyShared` that becomes the run's attack."""
     if not isinstance(attack, SharedAttack):
-        raise RobenchError(f"attack '{name}' requires a build set but is not a robench.attacks.shared.base.SharedAttack")
+        raise RobenchError(f"attack '{name}' requires a build set but is not a robench.attacks.universal.base.SharedAttack")
     b = spec.budget
     target = None
     if b.targeted:

@@ -5,16 +5,17 @@ from typing import Any, Dict, List
 import torch
 
 from robench.attacks.base import AttackView
-from robench.attacks.shared.base import PLACEMENTS, SharedAttack, SharedPerturbation, patch_side
+from robench.attacks.universal.base import PLACEMENTS, SharedAttack, SharedPerturbation, patch_side
 from robench.errors import RobenchError
 from robench.registry import ATTACKS
 
 
 @ATTACKS.register("patch")
 class AdversarialPatch(SharedAttack):
-    """A shared patch: the spatially constrained objective with a mask M ([zhao2020slides §1.12]) and Brown
-    et al.'s adversarial patch ([brown2017patch §2]), white-box, built on a build set and evaluated on the
-    test slice (the shared protocol, robench/evaluation/shared.py).
+    """A shared patch: the spatially constrained objective with a mask M (the slide "Adversarial Examples
+    with Spatial Constraints" of [zhao2020slides]) and Brown et al.'s adversarial patch [brown2017patch],
+    white-box, built on a build set and evaluated on the test slice (the shared protocol,
+    robench/evaluation/shared.py).
 
     Papers: Adversarial patch (2017), https://arxiv.org/abs/1712.09665; the survey's
     ``min_delta sum_i L(theta, x_i + M_x . delta, y') + lambda ||M_x . delta||_p``. Distance: L0
@@ -23,7 +24,7 @@ class AdversarialPatch(SharedAttack):
     uniformly per image, in the build and in the evaluation, Brown et al.'s location draw; ``fixed``: at
     ``row``, ``col``), ``steps`` (500), ``batch`` (16 build images per step) and ``lr`` (Adam's step size,
     0.02 in box widths): ART's AdversarialPatch defaults (its learning rate 5.0 on a 0..255 scale, rescaled);
-    the paper gives none. ``build_*``: the build set (robench/attacks/shared/base.py). Usage:
+    the paper gives none. ``build_*``: the build set (robench/attacks/universal/base.py). Usage:
     ``robench attack attack=patch budget=l0_24 budget.eps=64 budget.targeted=true budget.target=3``.
 
     The patch starts grey (the box's centre, as ART) and is trained with Adam to minimise, over

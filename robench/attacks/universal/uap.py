@@ -5,7 +5,7 @@ from typing import Any, Dict, List, Optional
 import torch
 
 from robench.attacks.base import AttackView
-from robench.attacks.shared.base import SharedAttack, SharedPerturbation
+from robench.attacks.universal.base import SharedAttack, SharedPerturbation
 from robench.errors import RobenchError
 from robench.geometry import geometry
 from robench.registry import ATTACKS
@@ -26,7 +26,7 @@ class UAP(SharedAttack):
     ``overshoot`` (0.02) and ``max_iter_df`` (10): the DeepFool settings of the authors' code;
     ``candidates`` (10: classes DeepFool tries, the code's ``num_classes``); ``step`` (targeted runs: the
     targeted FGSM step, null: ``xi``, robench's choice, the papers give it per data set on other scales);
-    ``build_split``, ``build_samples``, ``build_offset``: the build set (robench/attacks/shared/base.py).
+    ``build_split``, ``build_samples``, ``build_offset``: the build set (robench/attacks/universal/base.py).
     Usage: ``robench attack attack=uap budget=linf_0.3`` (targeted: ``budget.targeted=true budget.target=3``).
 
     Untargeted (Alg. 1): ``v = 0``; each pass visits the build images in a random order; for an image
