@@ -35,10 +35,13 @@ class JSMA(Attack):
       the pair kept maximises ``-alpha beta`` among those with ``alpha > 0`` and ``beta < 0``
       (``theta > 0``; reversed for ``theta < 0``); both features move by ``theta`` (clipped to the box);
     * the search domain starts with the features that can move in ``theta``'s direction; a feature
-      leaves it once saturated (at the box's edge). The run of a sample ends when it succeeds (the
-      oracle's judgement), when no admissible pair is left (the paper's algorithm has no rule for it:
-      robench stops there), or when the next pair would change more positions than allowed:
-      ``min(budget.eps, floor(gamma * positions))`` (``gamma`` alone with ``budget.eps=null``).
+      leaves it once saturated (at the box's edge). When no pair is admissible the paper has no rule;
+      the authors' cleverhans code (and torchattacks) then take the argmax of an all-zero map, i.e.
+      move the first feature; robench moves the first feature of the search domain alone, which changes
+      the network's activation pattern and so its next saliency map. The run of a sample ends when it
+      succeeds (the oracle's judgement), when the search domain is empty, or when no feature fits the
+      number of positions allowed: ``min(budget.eps, floor(gamma * positions))`` (``gamma`` alone with
+      ``budget.eps=null``).
 
     Untargeted runs (robench's reading; the paper is targeted): the same map with the label in the
     target's place and the inequalities reversed (``alpha < 0``, ``beta > 0`` for ``theta > 0``): the
@@ -110,14 +113,22 @@ class JSMA(Attack):
             changed = ((x[idx] - x0f[idx]).abs().view(m, c, npos) > 1e-6).any(1)      # (m, npos)
             used = changed.sum(1)
             p, q, ok = self._best_pairs(a, b, domain[idx], changed, used, limit, pos_of, same_pos, eye, up)
-            go = idx[ok]
+            # no admissible pair: the first feature of the search domain alone moves (see the docstring)
+            dom = domain[idx]
+            room = (used < limit)[:, None] | changed[:, pos_of]
+            first = (dom & room).float().argmax(1)
+            kick = ~ok & (dom & room).any(1)
+            p = torch.where(ok, p, first)
+            q = torch.where(ok, q, first)
+            go_mask = ok | kick
+            go = idx[go_mask]
             if len(go) == 0:
                 return
-            p, q = p[ok], q[ok]
+            p, q = p[go_mask], q[go_mask]
             xs = x[go]
             ar = torch.arange(len(go), device=dev)
-            for f in (p, q):
-                xs[ar, f] = (xs[ar, f] + step).clamp(lo, hi)
+            xs[ar, p] = (xs[ar, p] + step).clamp(lo, hi)
+            xs[ar, q] = torch.where(q != p, (xs[ar, q] + step).clamp(lo, hi), xs[ar, q])
             x[go] = xs
             dom = domain[go]
             sat = (xs >= hi) if up else (xs <= lo)
