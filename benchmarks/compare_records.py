@@ -39,6 +39,7 @@ COMMANDS = {
 
 
 def export(ref: str, dest: Path) -> Path:
+    dest.mkdir(parents=True, exist_ok=True)
     archive = subprocess.run(["git", "-C", str(ROOT), "archive", ref], capture_output=True, check=True).stdout
     subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
     return dest

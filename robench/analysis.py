@@ -47,15 +47,10 @@ def _parser(prog: str, doc: str) -> argparse.ArgumentParser:
 def _load(args, defense: str, splits):
     from omegaconf import OmegaConf
 
-    from robench.models.checkpoint import checkpoint_path, load_checkpoint, train_command
-    from robench.models import build_model
+    from robench.victim import model_from_checkpoint
 
-    mcfg = _model_cfg(args)
     dcfg = OmegaConf.to_container(_dataset_cfg(args), resolve=True)
-    model = build_model(mcfg["name"], splits, mcfg.get("params"))
-    path = checkpoint_path(args.checkpoint_dir, dcfg, mcfg, defense)
-    load_checkpoint(path, model, remake=train_command(dcfg, mcfg, defense, args.checkpoint_dir))
-    return model.eval()
+    return model_from_checkpoint(args.checkpoint_dir, dcfg, _model_cfg(args), defense, splits)[0].eval()
 
 
 def _model_cfg(args) -> dict:

@@ -146,7 +146,8 @@ def evaluate(model: nn.Module, x, y=None, *, attack: Any = "pgd", budget: Option
              device: Any = None, adaptive: bool = False, bpda: bool = False, eot_samples: int = 1,
              recheck_repeats: Optional[int] = None, confirm_on_sight: Optional[bool] = None,
              train_data=None, surrogate: Optional[nn.Module] = None, isolate: bool = False,
-             domain: Optional[Domain] = None, **attack_params) -> Result:
+             domain: Optional[Domain] = None, save_adversarial: Union[bool, Sequence[str], None] = None,
+             **attack_params) -> Result:
     """Attack ``model`` on ``(x, y)`` (or an iterable of ``(x, y)`` batches) and return a :class:`Result`.
 
     * ``model``: any ``nn.Module`` taking [0, 1] NCHW images (or, ``domain=robench.domain.AUDIO``, N x C x T
@@ -162,7 +163,9 @@ def evaluate(model: nn.Module, x, y=None, *, attack: Any = "pgd", budget: Option
     * ``batch_size``: samples per oracle batch; None: the attack's configured default, the one
       ``robench attack`` uses, so the same seed gives the CLI's records.
     * ``run_dir``: writes config.yaml, records.csv (after every batch), progress.json, summary.json and
-      summary.md as the CLI does; a folder holding the same settings resumes from its completed batches.
+      summary.md as the CLI does, and each batch's adversarial examples (``adversarial/``, npz; read them with
+      :func:`robench.load_adversarial`; ``save_adversarial=False`` skips them, ``["npz", "png"]`` adds
+      PNG files); a folder holding the same settings resumes from its completed batches.
     * ``train_data``: a dataset of (image, label) pairs for attacks that draw target-class training
       images (targeted hard-label starts) and the build set of a shared perturbation (``uap``, ``patch``:
       ``build_split=train``); ``surrogate``: the model ``transfer`` crafts on.
@@ -182,6 +185,7 @@ def evaluate(model: nn.Module, x, y=None, *, attack: Any = "pgd", budget: Option
     if not isinstance(model, nn.Module):
         raise InputError(f"evaluate: model must be a torch.nn.Module, got {type(model).__name__}")
     x, y, domain = _as_tensors(x, y, domain)
+    save = _save_formats(save_adversarial)
     if mean is not None or std is not None:
         if mean is None or std is None:
             raise RobenchError("evaluate: give both mean= and std= (the model's input normalization) or neither")
@@ -234,7 +238,7 @@ def evaluate(model: nn.Module, x, y=None, *, attack: Any = "pgd", budget: Option
                           torch.full_like(x, float("nan")), folder.path, {})
     else:
         prior = []
-    build_data = None  # a shared-perturbation attack builds on train_data (robench/evaluation/shared.py)
+    build_data = None  # a shared-perturbation attack builds on train_data (evaluation/protocols.py, Shared)
     if train_data is not None and spec.traits is not None and "build_set" in spec.traits.requires:
         import types
 
@@ -248,11 +252,25 @@ def evaluate(model: nn.Module, x, y=None, *, attack: Any = "pgd", budget: Option
         if folder is not None:
             folder.accept()
         display = ConsoleDisplay(progress=progress, quiet=not verbose) if (progress or verbose) else Display()
-        summary, records, best = Runner(prep, folder, display).run(prior)
+        summary, records, best = Runner(prep, folder, display, save_adversarial=save).run(prior)
     finally:
         prep.close()
     return Result(summary, pd.DataFrame(records, columns=R.record_columns(records)), best,
                   None if folder is None else folder.path, dict(prep.evaluation.preflight))
+
+
+def _save_formats(save_adversarial) -> tuple:
+    from robench.evaluation.adversarial import FORMATS
+
+    if save_adversarial is None or save_adversarial is True:
+        return ("npz",)
+    if save_adversarial is False:
+        return ()
+    save = tuple(save_adversarial) if isinstance(save_adversarial, (list, tuple)) else (save_adversarial,)
+    if not save or any(f not in FORMATS for f in save):
+        raise RobenchError(f"evaluate: save_adversarial must be True, False or a list of {', '.join(FORMATS)}, "
+                           f"got {save_adversarial!r}")
+    return save
 
 
 def _prepared(factory, context):

@@ -194,6 +194,12 @@ def validate_attack_config(cfg: Any) -> dict:
     c = resolved(cfg)
     _common(c)
     check_bool("resume", c.get("resume", True))
+    check_bool("save_adversarial", c.get("save_adversarial", False))
+    fm = c.get("adversarial_formats", ["npz"])
+    from robench.evaluation.adversarial import FORMATS
+
+    if not isinstance(fm, list) or not fm or any(f not in FORMATS for f in fm):
+        raise RobenchError(f"adversarial_formats must be a list of {', '.join(FORMATS)} (e.g. [npz,png]), got '{fm}'")
     _dataset(c.get("dataset"))
     _model(c.get("model"))
     RunSpec.from_config(c)

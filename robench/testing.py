@@ -223,7 +223,7 @@ def tiny_victim(n_test: int = 3, seed: int = 0):
     return model, x[ok][:n_test], y[ok][:n_test], splits.train
 
 
-def signal_data(n_per_class: int = 64, classes: int = 3, length: int = 256, seed: int = 0):
+def signal_data(n_per_class: int = 48, classes: int = 4, length: int = 256, seed: int = 0):
     """Synthetic 1-D signals in [-1, 1] (N x 1 x T): class c is a sine of frequency 4 (c + 1) cycles with a
     random phase and amplitude 0.5, plus Gaussian noise of std 0.1, clipped to [-1, 1]."""
     g = torch.Generator().manual_seed(seed)
@@ -244,11 +244,11 @@ def tiny_signal_victim(n_test: int = 3, seed: int = 0):
     """(model, x, y, train) over synthetic 1-D signals in [-1, 1] (:func:`signal_data`): a small 1-D CNN
     trained in about a second, ``n_test`` correctly classified held-out signals, the training pairs."""
     x, y = signal_data(seed=seed)
-    xt, yt, xe, ye = x[:150], y[:150], x[150:], y[150:]
+    xt, yt, xe, ye = x[:150], y[:150], x[150:], y[150:]  # 192 signals of 4 classes (4 classes: DLR losses need them)
     torch.manual_seed(seed)
     model = torch.nn.Sequential(torch.nn.Conv1d(1, 8, 9, padding=4), torch.nn.ReLU(), torch.nn.MaxPool1d(4),
                                 torch.nn.Conv1d(8, 8, 9, padding=4), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool1d(8),
-                                torch.nn.Flatten(), torch.nn.Linear(64, 3))
+                                torch.nn.Flatten(), torch.nn.Linear(64, 4))
     _fit(model, xt, yt, 200, 1e-2, seed)
     with torch.no_grad():
         ok = model(xe).argmax(1) == ye

@@ -29,27 +29,58 @@ def _plain(cfg) -> Dict[str, Any]:
     return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
 
 
+def build_architecture(mcfg: Dict[str, Any], splits) -> Tuple[torch.nn.Module, Dict[str, Any]]:
+    """The network a model config names, with no checkpoint: a registered architecture, or a model source
+    with its own weights (robench/models/sources.py). Returns (model, metadata)."""
+    from robench.models import build_model
+    from robench.models.sources import build_source, source_of
+
+    if source_of(mcfg):
+        return build_source(mcfg, splits)
+    return build_model(mcfg["name"], splits, mcfg.get("params")), {}
+
+
+def model_from_checkpoint(checkpoint_dir: Any, dcfg: Dict[str, Any], mcfg: Dict[str, Any], defense: str, splits, *,
+                          path: Optional[Path] = None, remake: Optional[str] = None) -> Tuple[torch.nn.Module, Dict[str, Any]]:
+    """The one loader: the architecture of ``mcfg`` with the weights recipe ``defense`` trained, from the
+    conventional checkpoint under ``checkpoint_dir`` (or ``path``), the model surgery the checkpoint
+    records applied first (conditional BN, robench/models/conditional_bn.py). Returns (model, metadata
+    with ``path``). A missing or unreadable checkpoint fails in one line naming the command that makes it."""
+    from robench.models.checkpoint import apply_state, checkpoint_path, read_checkpoint, train_command
+    from robench.models.sources import source_of, source_tag
+
+    model, meta = build_architecture(mcfg, splits)
+    tag = source_tag(mcfg) if source_of(mcfg) else mcfg
+    path = Path(path) if path is not None else checkpoint_path(checkpoint_dir, dcfg, tag, defense)
+    if remake is None:
+        remake = (f"robench train-defense ... model={mcfg['source']} defense={defense} (same model.* and dataset "
+                  f"options)" if source_of(mcfg) else train_command(dcfg, mcfg, defense, checkpoint_dir))
+    state, ck = read_checkpoint(path, remake)
+    if ck.get("model_surgery") and not getattr(model, "robench_surgery", None):
+        from robench.models.conditional_bn import apply_surgery
+
+        apply_surgery(model, ck["model_surgery"])
+    apply_state(model, state, path, ck, remake)
+    return model, {**meta, **ck, "path": str(path)}
+
+
 def load_victim(cfg: DictConfig, splits, device: torch.device):
     """Model (+ weights from the conventional checkpoint of its training recipe) for (dataset, model,
     defense), behind the defense's input transformations if any (robench/defenses/compose.py), in eval mode."""
-    from robench.models.checkpoint import checkpoint_path, load_checkpoint, train_command
     from robench.defenses.compose import DefendedModel, build_inputs, defense_spec
-    from robench.models import build_model
-    from robench.models.sources import source_of, source_victim
+    from robench.models.sources import sha256_file, source_of
 
     spec = defense_spec(cfg.defense)
     dcfg, mcfg, dname = _plain(cfg.dataset), _plain(cfg.model), spec.recipe
-    if source_of(mcfg):  # your own model, TorchScript, ONNX, the zoos (robench/models/sources.py)
-        model, meta = source_victim(cfg, splits, dname)
-        return (DefendedModel(model, build_inputs(spec)) if spec.inputs else model).to(device).eval(), meta
-    model = build_model(mcfg["name"], splits, mcfg.get("params"))
-    meta: Dict[str, Any] = {}
-    if (mcfg.get("params") or {}).get("pretrained") and dname == "none":
+    if source_of(mcfg) and dname == "none":  # your own model, TorchScript, ONNX, the zoos: their own weights
+        model, meta = build_architecture(mcfg, splits)
+    elif (mcfg.get("params") or {}).get("pretrained") and dname == "none":
+        model, meta = build_architecture(mcfg, splits)
         meta = {"source": "pretrained"}
     else:
-        path = checkpoint_path(cfg.checkpoint_dir, dcfg, mcfg, dname)
-        meta = load_checkpoint(path, model, remake=train_command(dcfg, mcfg, dname, cfg.checkpoint_dir))
-        meta["path"] = str(path)
+        model, meta = model_from_checkpoint(cfg.checkpoint_dir, dcfg, mcfg, dname, splits)
+        if source_of(mcfg):
+            meta.update(weights_file=meta["path"], weights_sha256=sha256_file(meta["path"]))
         if meta.get("model_surgery"):  # conditional BN (bn_methods.py): the eps / mix the model runs at
             from robench.models.conditional_bn import configure
             meta["model_told"] = configure(model, spec.recipe_params or {})
@@ -63,9 +94,8 @@ def surrogate_loader(checkpoint_dir: str, dataset_cfg: Dict[str, Any], splits, d
     a registered architecture (``spec['model']``, its config's default ``params`` when null) with the
     weights of ``spec['defense']`` at its conventional path under ``checkpoint_dir``, or ``spec['checkpoint']``."""
     def load(spec: Dict[str, Any]) -> Tuple[torch.nn.Module, str, str]:
-        from robench.models.checkpoint import checkpoint_path, load_checkpoint, model_tag, train_command
-        from robench.config import config_dirs
-        from robench.models import build_model
+        from robench.models.checkpoint import model_tag
+        from robench.registry import config_dirs
 
         params = spec.get("params")
         if params is None:  # the model's config defaults, as `model=<name>` would compose them
@@ -75,11 +105,10 @@ def surrogate_loader(checkpoint_dir: str, dataset_cfg: Dict[str, Any], splits, d
                     params = OmegaConf.to_container(OmegaConf.load(f)).get("params") or {}
                     break
         mcfg = {"name": spec["model"], "params": dict(params or {})}
-        model = build_model(mcfg["name"], splits, mcfg["params"])
         defense = spec.get("defense") or "none"
-        path = Path(spec["checkpoint"]) if spec.get("checkpoint") else checkpoint_path(checkpoint_dir, dataset_cfg, mcfg, defense)
-        load_checkpoint(path, model, remake=train_command(dataset_cfg, mcfg, defense, checkpoint_dir))
-        return model.to(device).eval(), f"{model_tag(mcfg)}/{defense}", str(path)
+        model, meta = model_from_checkpoint(checkpoint_dir, dataset_cfg, mcfg, defense, splits,
+                                            path=Path(spec["checkpoint"]) if spec.get("checkpoint") else None)
+        return model.to(device).eval(), f"{model_tag(mcfg)}/{defense}", meta["path"]
     return load
 
 

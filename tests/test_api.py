@@ -131,3 +131,28 @@ def test_api_and_cli_agree_by_default(ckpt_dir, tmp_path):
     res = robench.evaluate(victim, x, y, attack="square", budget=robench.Budget("linf", 0.3, max_queries=20), seed=0)
     assert res.summary["batch_size"] == 50 and cli.batch.max() == 1
     _same_records(cli, res.records)
+
+
+def test_saved_adversarial_examples_match_the_records(victim, test_xy, tmp_path):
+    """run_dir= saves each batch's examples (npz, read back without pickle); every saved point agrees with
+    its record: success, distortion recomputed from the stored point, and the victim's label of it."""
+    from robench.geometry import distortion
+
+    x, y = test_xy[0][:12], test_xy[1][:12]
+    res = robench.evaluate(victim, x, y, attack="pgd", budget=robench.Budget("linf", 0.1), steps=5, batch_size=5,
+                           run_dir=tmp_path / "run", save_adversarial=["npz", "png"])
+    adv = robench.load_adversarial(tmp_path / "run")
+    rec = res.records.sort_values("index").reset_index(drop=True)
+    assert len(adv) == len(rec) == 12 and adv.index.tolist() == rec["index"].tolist()
+    assert adv.success.tolist() == rec.success.astype(bool).tolist()
+    assert torch.equal(adv.x0, x) and adv.x.min() >= 0 and adv.x.max() <= 1
+    d = distortion(adv.x - adv.x0, "linf")
+    for k in range(len(rec)):
+        if rec.success[k]:
+            assert abs(float(d[k]) - rec.linf[k]) < 1e-6 and float(d[k]) <= 0.1 + 1e-5
+            assert int(adv.pred[k]) != int(adv.label[k])
+    with torch.no_grad():
+        assert torch.equal(victim(adv.x).argmax(1), adv.pred)
+    assert len(list((tmp_path / "run" / "adversarial" / "png").glob("*.png"))) == 12
+    with pytest.raises(robench.RobenchError, match="no saved adversarial examples"):
+        robench.load_adversarial(tmp_path)

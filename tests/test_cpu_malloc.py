@@ -40,6 +40,7 @@ def _probe(mode, **env):
     return applied == "True", int(faults), out[1]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc settings")
 def test_tune_reuses_freed_memory():
     applied, tuned, child_env = _probe("tune", GLIBC_TUNABLES="glibc.malloc.arena_max=2")

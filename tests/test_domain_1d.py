@@ -52,6 +52,7 @@ def noise_rate(model, x, y, norm, eps, trials=20, seed=0):
     ("square", robench.Budget("linf", 0.25, max_queries=300), {"p_init": 0.3}),  # intervals of 30% of the signal
     ("signopt", robench.Budget("l2", 5.0, max_queries=1500), {"q": 20, "n_init": 20}),
 ])
+@pytest.mark.slow
 def test_attacks_on_a_1d_victim_over_minus_one_one(sig, attack, budget, params):
     model, x, y = sig
     if attack == "signopt":  # the slowest per query: 12 signals keep it to seconds

@@ -316,7 +316,7 @@ class PatchGuardInstance(Honest):
     def trick(self, view, gen):
         from robench.referee.guard import Guard
 
-        g = next(o for o in gc.get_objects() if type(o) is Guard)
+        g = next(o for o in gc.get_objects() if type(o) is Guard and o._handles)  # the armed one: this run's
         g.victim = g._model
         self.seen["patched"] = True
 
@@ -399,6 +399,7 @@ def test_threads_and_grandchildren_are_killed_before_the_summary(victim, test_xy
     assert json.loads(written)["success_rate"] == res.summary["success_rate"] < 1
 
 
+@pytest.mark.slow
 def test_the_sandbox_cannot_read_checkpoints_data_or_the_working_folder(victim, test_xy, ckpt_dir, isolated_baseline):
     ck = next(Path(ckpt_dir).rglob("*.pt"))
     assert ck.is_file() and ck.stat().st_size > 0
@@ -441,6 +442,7 @@ def test_isolate_takes_no_attack_instance(victim, test_xy):
         run(victim, test_xy, Honest(), isolate=True)
 
 
+@pytest.mark.slow
 def test_isolate_from_a_script_without_main_guard(tmp_path):
     """No multiprocessing spawn: a script that calls robench.evaluate(isolate=True) at top level runs once."""
     script = tmp_path / "s.py"

@@ -16,7 +16,8 @@ import torch
 import robench
 from robench.errors import RobenchError
 from robench.evaluation.engine import Plan, Referee, run_all
-from robench.evaluation.shared import ApplyShared, paste, run_build, select_build_set
+from robench.attacks.universal.base import paste
+from robench.evaluation.shared import ApplyShared, run_build, select_build_set
 from robench.registry import ATTACKS, instantiate
 from robench.testing import Counted, Watched, run_once
 from tests.conftest import run_cli

@@ -145,8 +145,11 @@ def test_checkpoint_reapplies_the_surgery(splits, tmp_path):
     model = rec.prepare_model(model)
     train(model, rec, small, tcfg(), torch.device("cpu"), seed=0, progress=False)
     save_checkpoint(tmp_path / "m.pt", model, {"model": "small_cnn_bn"})
-    fresh = _bn_model(small, seed=1)
-    meta = load_checkpoint(tmp_path / "m.pt", fresh)
+    from robench.victim import model_from_checkpoint
+
+    torch.manual_seed(1)
+    fresh, meta = model_from_checkpoint(None, {"name": "mnist"}, {"name": "small_cnn_bn", "params": {"depth": 2, "width": 8}},
+                                        "robmask", small, path=tmp_path / "m.pt")  # the one loader applies the surgery
     assert meta["model_surgery"]["eval_eps"] == 0.3
     x = small.test.tensors[0][:8]
     with torch.no_grad():

@@ -97,6 +97,7 @@ def _records(folder):
     return pd.read_csv(folder / "records.csv").drop(columns=TIME_COLUMNS).sort_values("index").reset_index(drop=True)
 
 
+@pytest.mark.slow
 def test_ray_cluster_sweep_equals_the_local_launcher(ray_cluster, ckpt_dir, tmp_path):
     t0 = time.time()
     ray_sweep, local_sweep = tmp_path / "ray", tmp_path / "local"

@@ -1,7 +1,7 @@
-"""Commands and facts the README states, checked against robench (issue 30's list of README commands that
-failed as written). Each test reads the command from README.md itself, so a README edit that breaks it
-fails here; commands are passed through robench's own validation (Hydra composition and the checks
-`robench attack` / `train-defense` run before any work) and, where cheap, run on a few images."""
+"""Commands and facts the README and the documentation (docs/*.md) state, checked against robench (issue 30's
+list of commands that failed as written). Each test reads the command from the text itself, so an edit that
+breaks it fails here; every `robench attack` / `train-defense` command shown anywhere passes robench's own
+validation (Hydra composition and the whole-config checks), and the cheap ones run on a few images."""
 from __future__ import annotations
 
 import os
@@ -17,14 +17,16 @@ import torch
 
 from tests.conftest import ROOT, run_cli
 
-README = (ROOT / "README.md").read_text()
+DOC_FILES = [ROOT / "README.md"] + sorted((ROOT / "docs").rglob("*.md"))
+#: the README and every documentation page, as one text (a command lives in one of them)
+README = "\n".join(f.read_text() for f in DOC_FILES)
 
 
 def readme_command(start: str) -> list:
-    """The README's one command line beginning with ``start`` (``robench attack ...``), as argv after
+    """The documentation's one command line beginning with ``start`` (``robench attack ...``), as argv after
     ``robench <command>``, its trailing ``# comment`` dropped."""
-    lines = [ln for ln in README.splitlines() if ln.strip().startswith(start)]
-    assert len(lines) == 1, f"README has {len(lines)} lines starting with {start!r}"
+    lines = sorted({ln.strip() for ln in README.splitlines() if ln.strip().startswith(start)})
+    assert len(lines) == 1, f"the documentation has {len(lines)} different lines starting with {start!r}"
     args = shlex.split(lines[0].split("  #")[0].split(" # ")[0])
     assert args[0] == "robench"
     return args[2:]
@@ -227,3 +229,59 @@ def test_demo_table_and_defense_table_agree_on_clean_accuracy():
     attacked = int(re.search(r"│ attacked\s+│\s+(\d+) │", README).group(1))
     assert demo == undefended
     assert attacked == round(float(demo[:-1]) * 10)  # the demo attacks every correct one of 1,000 images
+
+
+def documented_commands():
+    """Every `robench attack ...` / `robench train-defense ...` line in a code block of the README or the docs:
+    (file, argv after `robench`), its `# comment` dropped."""
+    out = []
+    for f in DOC_FILES:
+        in_block, env = False, {}
+        for ln in f.read_text().replace("\\\n", " ").splitlines():  # continued lines joined
+            if ln.strip().startswith("```"):
+                in_block, env = not in_block, {}
+                continue
+            s = ln.strip()
+            m = re.match(r"^([A-Z][A-Z0-9_]*)=([\"'])(.*)\2$", s)
+            if in_block and m:  # a shell variable the block's next commands use
+                env[m.group(1)] = m.group(3)
+                continue
+            for part in s.split(" && "):
+                part = re.sub(r"\$\{?([A-Z][A-Z0-9_]*)\}?", lambda v: env.get(v.group(1), v.group(0)), part.strip())
+                if in_block and (part.startswith("robench attack") or part.startswith("robench train-defense")):
+                    cmd = part.split("  #")[0].split(" # ")[0].strip()
+                    if "..." in cmd or "<" in cmd or "$" in cmd:  # a template, not a command
+                        continue
+                    out.append((f.relative_to(ROOT).as_posix(), shlex.split(cmd)[1:]))
+    return out
+
+
+COMMANDS = documented_commands()
+
+
+def test_the_documentation_shows_commands():
+    assert len(COMMANDS) >= 40 and any(f == "README.md" for f, _ in COMMANDS)
+
+
+@pytest.mark.parametrize("where,argv", COMMANDS, ids=[f"{f}:{' '.join(a)[:60]}" for f, a in COMMANDS])
+def test_every_documented_command_passes_validation(where, argv, tmp_path):
+    """Hydra's composition and robench's whole-config checks (what `robench attack` / `train-defense` run
+    before any data, checkpoint or folder is touched), for every documented command as written."""
+    from robench import cli
+    from robench.config import validate_attack_config, validate_train_config
+
+    command, args = argv[0], argv[1:]
+    if "attack=example_fgsm" in args:  # the plugin example: a command for after `pip install ./examples/...`
+        from robench.config import group_options
+
+        if "example_fgsm" not in group_options("attack"):
+            pytest.skip("the example plugin is not installed here (tests/test_cli.py installs it and runs this)")
+    name = "run_attack" if command == "attack" else "run_train"
+    multirun = any(a in ("-m", "--multirun") for a in args)
+    args = cli._flags_first([a for a in args if a not in ("--quiet", "-q")])
+    composed = cli._dry_compose(name, args, multirun)
+    from omegaconf import open_dict
+
+    with open_dict(composed):
+        del composed["hydra"]
+    (validate_attack_config if name == "run_attack" else validate_train_config)(composed)

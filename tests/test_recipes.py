@@ -78,6 +78,7 @@ def _robust(model, small, eps, n=200):
     return robust_accuracy(model, small, ecfg, budget, 0, torch.device("cpu"))
 
 
+@pytest.mark.slow
 def test_adversarial_training_raises_robust_accuracy(splits):
     """small_cnn (width 16) on 2,000 embedded MNIST images, 3 epochs; PGD-20 at Linf 0.1 on 200 test
     images, through the oracle. Seed 0 gives natural 49% robust (90.5% clean), PGD-AT 78% and TRADES

@@ -174,6 +174,7 @@ def _one_line_exit_2(argv, capsys):
     return e.value.code, lines
 
 
+@pytest.mark.slow
 def test_fuzz_table_of_invalid_command_lines(world, capsys):
     """At least 100 invalid command lines: each exits 2, with exactly one line on stderr, and leaves the
     pre-existing run folder (and everything else of the fixture) byte-identical."""

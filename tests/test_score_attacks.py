@@ -109,6 +109,7 @@ def test_genattack_queries_elite_not_paid_twice(victim, test_xy):
     assert (r.queries == 44).all() and (m.per_sample == 44).all()
 
 
+@pytest.mark.slow
 def test_genattack_targeted_beats_noise(victim, test_xy):
     x0, y = case(test_xy)
     t = targets_for(y)
@@ -118,6 +119,7 @@ def test_genattack_targeted_beats_noise(victim, test_xy):
     assert rate(r) >= 0.4 and rate(r) - base >= 0.3, (rate(r), base)
 
 
+@pytest.mark.slow
 def test_genattack_untargeted_reduced_adaptive(victim, test_xy):
     """Dimensionality reduction (14x14 noise, bilinear to 28x28) and the adaptive schedule work end to end."""
     x0, y = case(test_xy)
@@ -170,6 +172,7 @@ def test_square_linf_untargeted_beats_noise(victim, test_xy):
     assert sum(m.calls) == int(r.queries.sum())
 
 
+@pytest.mark.slow
 def test_square_l2_beats_noise(victim, test_xy):
     x0, y = case(test_xy)
     r = run(Square(), victim, x0, y, "l2", 2.0, 1000)
@@ -208,6 +211,7 @@ def test_nes_l2_beats_noise(victim, test_xy):
 
 
 # ---------------------------------------------------------------- ZOO
+@pytest.mark.slow
 def test_zoo_beats_noise(victim, test_xy):
     """A small case: lr = eps makes each first Adam step a full signed step, so 1,500 queries
     (5 iterations of 128 coordinates) suffice."""

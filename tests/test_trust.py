@@ -107,6 +107,7 @@ def cases(f, ex):
     ]
 
 
+@pytest.mark.slow
 def test_refused_runs_leave_every_folder_untouched(files, exported, ckpt_dir, tmp_path):  # noqa: F811
     """Each refusal: exit 2, exactly one line, no traceback; the folder it was aimed at (a fresh path, or a
     finished run) byte-identical, and nothing new anywhere under the working folder."""

@@ -85,7 +85,7 @@ class Attack:
     ``requires``: names from :data:`CONTEXT_NEEDS` the attack needs beyond its view; the engine fills
     them into the :class:`AttackContext` it passes to :meth:`prepare` once, before the first batch.
     ``"build_set"`` is different: the attack builds one perturbation for many samples and runs under the
-    shared protocol (robench/attacks/universal/base.py, robench/evaluation/shared.py).
+    shared protocol (robench/attacks/universal/base.py, robench/evaluation/protocols.py (Shared)).
     """
 
     access: str = "gradient"

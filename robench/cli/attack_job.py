@@ -62,7 +62,8 @@ def run_attack(cfg: DictConfig, folder: RunFolder) -> Dict[str, Any]:
     try:
         folder.accept()  # config.yaml + overrides.yaml: the run passed every check
         display = ConsoleDisplay(progress=bool(cfg.get("progress", True)), quiet=quiet, multirun=in_multirun())
-        summary, _, _ = Runner(prep, folder, display).run(prior_records)
+        save = tuple(cfg.get("adversarial_formats") or ["npz"]) if cfg.get("save_adversarial", False) else ()
+        summary, _, _ = Runner(prep, folder, display, save_adversarial=save).run(prior_records)
     finally:
         prep.close()
     return summary

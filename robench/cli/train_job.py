@@ -12,17 +12,17 @@ from omegaconf import DictConfig, OmegaConf
 import robench
 from robench.cli.hydra_env import in_multirun
 from robench.evaluation import results as R
-from robench.models.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint, train_command
+from robench.models.checkpoint import checkpoint_path, save_checkpoint
 from robench.config import resolve_device, validate_names, validate_train_config
 from robench.data import load_dataset
 from robench.defenses.base import TrainingRecipe
 from robench.defenses.compose import defense_spec
 from robench.errors import RobenchError
-from robench.models import build_model
 from robench.models.gbdt import find_gbdt, fit as fit_gbdt
-from robench.models.sources import build_source, source_of, source_tag, train_summary
+from robench.models.sources import source_of, source_tag, train_summary
 from robench.registry import DEFENSES, instantiate
 from robench.training.loop import train
+from robench.victim import build_architecture
 
 log = logging.getLogger("robench")
 
@@ -39,15 +39,13 @@ def _plain(cfg: DictConfig) -> Dict[str, Any]:
 
 def _checkpoint_model(cfg: DictConfig, splits, defense_name: str, what: str):
     """The run's (dataset, model) architecture with the weights ``defense=<defense_name>`` trained;
-    a missing checkpoint fails in one line with the command that makes it."""
-    dcfg, mcfg = _plain(cfg.dataset), _plain(cfg.model)
-    model = build_source(mcfg, splits)[0] if source_of(mcfg) else build_model(mcfg["name"], splits, mcfg.get("params"))
-    path = checkpoint_path(cfg.checkpoint_dir, dcfg, source_tag(mcfg) if source_of(mcfg) else mcfg, defense_name)
-    if not path.exists():
-        raise RobenchError(f"{what}: no checkpoint at {path}; create it first with "
-                           f"`{train_command(dcfg, mcfg, defense_name, cfg.checkpoint_dir)}`")
-    load_checkpoint(path, model, remake=train_command(dcfg, mcfg, defense_name, cfg.checkpoint_dir))
-    return model
+    a missing checkpoint fails in one line with the command that makes it (robench.victim's one loader)."""
+    from robench.victim import model_from_checkpoint
+
+    try:
+        return model_from_checkpoint(cfg.checkpoint_dir, _plain(cfg.dataset), _plain(cfg.model), defense_name, splits)[0]
+    except RobenchError as e:
+        raise RobenchError(f"{what}: {e}") from None
 
 
 def _train_fingerprint(cfg: DictConfig) -> str:
@@ -86,7 +84,7 @@ def run_train(cfg: DictConfig, folder) -> Dict[str, Any]:
     recipe.bind(TrainContext(cfg=cfg, splits=splits, device=device,
                              load_model=lambda d: _checkpoint_model(cfg, splits, d, f"defense '{dname}' needs '{d}'")))
     torch.manual_seed(int(cfg.seed))
-    model = build_source(mcfg, splits)[0] if source_of(mcfg) else build_model(mcfg["name"], splits, mcfg.get("params"))
+    model = build_architecture(mcfg, splits)[0]
     init_from = cfg.train.get("init_from")
     if init_from and init_from != dname:  # a sweep over defense=none,pgd_at may set it once for all
         model.load_state_dict(_checkpoint_model(cfg, splits, init_from, f"train.init_from={init_from}").state_dict())

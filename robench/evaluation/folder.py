@@ -25,9 +25,11 @@ from robench.errors import RobenchError
 #: what robench (and older robench versions, through Hydra) writes in a run folder: a folder that
 #: holds anything else is not a robench run folder and is refused as one
 RUN_FOLDER_NAMES = {".hydra", "config.yaml", "overrides.yaml", "records.csv", "progress.json", "summary.json",
-                    "summary.md", "detection.csv", "perturbation.csv", "train_log.csv", "attack.log", "train-defense.log"}
+                    "summary.md", "detection.csv", "perturbation.csv", "train_log.csv", "attack.log",
+                    "train-defense.log", "adversarial"}
 #: what a run's outputs are (removed when a run folder is overwritten with resume=false)
-RUN_OUTPUTS = ("records.csv", "progress.json", "summary.json", "summary.md", "detection.csv", "perturbation.csv")
+RUN_OUTPUTS = ("records.csv", "progress.json", "summary.json", "summary.md", "detection.csv", "perturbation.csv",
+               "adversarial")
 
 #: override keys that never distinguish what a run computes (not shown by ``robench report``)
 IGNORED_OVERRIDES = ("progress=", "quiet=", "resume=", "launcher=", "hydra.")
@@ -224,7 +226,8 @@ class RunFolder:
 
         if not self.resume:
             for n in RUN_OUTPUTS:
-                (self.path / n).unlink(missing_ok=True)
+                q = self.path / n
+                shutil.rmtree(q) if q.is_dir() else q.unlink(missing_ok=True)
         atomic_write_text(self.path / "config.yaml", yaml.safe_dump(self.settings, default_flow_style=False, sort_keys=False))
         ov = self.overrides if self.overrides is not None else hydra_overrides()
         if ov is not None:
@@ -274,6 +277,23 @@ class RunFolder:
         self._need()
         R.atomic_write_text(self.path / "summary.json", json.dumps(summary, indent=2, default=R.json_default) + "\n")
         R.atomic_write_text(self.path / "summary.md", markdown)
+
+    def write_adversarial(self, batch: int, arrays: Dict[str, Any], formats=("npz",), domain=None) -> None:
+        """A completed batch's saved examples (robench/evaluation/adversarial.py): ``adversarial/batch_<b>.npz``,
+        and per sample a PNG (images) or a WAV (signals with a sample rate) when ``formats`` asks."""
+        from robench.evaluation import adversarial as A
+        from robench.evaluation.results import atomic_write_bytes
+
+        self._need()
+        folder = self.path / A.FOLDER
+        atomic_write_bytes(folder / f"batch_{int(batch):05d}.npz", A.npz_bytes(arrays))
+        lo, hi = (domain.box if domain is not None else (0.0, 1.0))
+        for k in range(len(arrays["index"])):
+            name = A.sample_name(int(arrays["index"][k]), int(arrays["label"][k]), int(arrays["target"][k]))
+            if "png" in formats and arrays["x"].ndim == 4:
+                atomic_write_bytes(folder / "png" / f"{name}.png", A.png_bytes(arrays["x"][k], lo, hi))
+            if "wav" in formats and arrays["x"].ndim == 3 and domain is not None and domain.sample_rate:
+                atomic_write_bytes(folder / "wav" / f"{name}.wav", A.wav_bytes(arrays["x"][k], domain.sample_rate))
 
     def write_table(self, name: str, df) -> None:
         from robench.evaluation.results import atomic_write_text

@@ -21,7 +21,7 @@ from robench.domain import IMAGE, Domain
 from robench.errors import InputError, RobenchError
 from robench.evaluation import results as R
 from robench.evaluation.engine import Plan, Referee, choose_targets
-from robench.evaluation.protocols import Evaluation
+from robench.evaluation.protocols import Evaluation, Shared
 from robench.evaluation.spec import RunSpec
 
 
@@ -187,9 +187,7 @@ def prepare_run(spec: RunSpec, model: nn.Module, data: Slice, *, device: torch.d
                           recheck_repeats=ev.recheck_repeats, confirm_repeats=ev.confirm_repeats,
                           eot_samples=ev.eot_samples, checkpoints=tuple(cps), box=data.domain.box)
         if "build_set" in traits.requires:  # one perturbation for every sample: the shared protocol
-            from robench.evaluation.shared import setup_shared
-
-            attack = setup_shared(spec, attack, model, device, data, splits, referee, ev, name)
+            attack = Shared.attach(ev, spec, attack, model, device, data, splits, referee, name)
     except BaseException:
         close = getattr(attack, "close", None)
         if callable(close):

@@ -13,7 +13,7 @@ Files of an attack run folder:
 * ``progress.json``: batches / samples done and ``pending`` rows, for the sweep display;
 * ``summary.json``: :func:`summarize`'s dictionary, schema version :data:`SCHEMA_VERSION`;
 * ``summary.md``: the same numbers as a Markdown table;
-* ``perturbation.csv``: shared-perturbation runs only (robench/evaluation/shared.py): channel, row, col, value.
+* ``perturbation.csv``: shared-perturbation runs only (protocols.Shared): channel, row, col, value.
 
 Summary schema, version 1 (README, "Metrics"):
 
@@ -76,7 +76,7 @@ detection                  detection protocol only: {detector, threshold, false_
                            n_adversarial, detection_rate, success_rate_undetected, ...}
 ensemble, transfer         attack-specific figures (the attack's ``summary_extra()``)
 shared                     shared-perturbation runs only (attacks that require a build set: uap, patch;
-                           robench/evaluation/shared.py): {kind ("additive" or "patch"), build_split,
+                           protocols.Shared): {kind ("additive" or "patch"), build_split,
                            build_offset, build_samples (requested), build_used (correctly classified and,
                            targeted, not of the target class), build_indices (the dataset indices of the
                            images that built the perturbation), build_queries, build_grad_queries,
@@ -190,6 +190,18 @@ def atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     with open(tmp, "w") as f:
         f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """:func:`atomic_write_text` for bytes."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)

@@ -15,7 +15,7 @@ import logging
 import math
 import os
 import socket
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -137,9 +137,10 @@ class Runner:
     mid-batch writes of pending rows (default: the engine's :data:`~robench.evaluation.engine.FLUSH_SECONDS`)."""
 
     def __init__(self, prep: PreparedRun, folder: Any = None, display: Optional[Display] = None,
-                 flush_seconds: Optional[float] = None):
+                 flush_seconds: Optional[float] = None, save_adversarial: Sequence[str] = ()):
         self.prep, self.folder, self.display = prep, folder, display or Display()
         self.flush_seconds = flush_seconds
+        self.save = tuple(save_adversarial) if folder is not None else ()  # formats (robench/evaluation/adversarial.py)
         p = prep.plan
         cols = prep.evaluation.record_columns()
         t = p.targets
@@ -197,7 +198,7 @@ class Runner:
                  int(idx[0]) if len(idx) else -1, int(idx[-1]) if len(idx) else -1, len(batches),
                  prep.spec.attack.batch_size, plan.seed)
         self._flush()
-        prep.evaluation.before_run()  # e.g. the shared protocol's build phase (robench/evaluation/shared.py)
+        prep.evaluation.before_run()  # e.g. the shared protocol's build phase (evaluation/protocols.py, Shared)
         violations: List[Dict[str, Any]] = []
         n_done = sum(records[k]["attacked"] for bt in self.done for k in batches[bt])
         n_succ = sum(records[k]["success"] for bt in self.done for k in batches[bt])
@@ -216,6 +217,8 @@ class Runner:
                     self.pend.pop(k, None)  # the certified rows replace the pending ones
                 self.done.add(out.batch)
                 self._flush()  # after every batch: nothing finished is lost
+                if self.save:
+                    self._save_batch(out, best)
                 n_done += len(out.rows)
                 n_succ += sum(f["success"] for f in out.fields)
                 log.info("batch %d done (%d/%d): %d attacked, %d successes so far of %d, %.2fs", out.batch,
@@ -242,6 +245,28 @@ class Runner:
                  summary["robust_accuracy"], R.summary_markdown(summary))
         self.display.show(summary, prep.evaluation.table(summary), run_dir)
         return summary, records, best
+
+    def _save_batch(self, out: BatchOutcome, best: torch.Tensor) -> None:
+        """The batch's saved examples, after its records: every row of the batch, its stored point (the best
+        adversarial one, the clean input where none was seen) and the victim's label of it (a referee-side
+        forward pass, not a query)."""
+        from robench.evaluation.adversarial import batch_arrays
+
+        prep = self.prep
+        rows = prep.plan.batches[out.batch]
+        recs = [self.records[k] for k in rows]
+        x = best[rows]
+        pred = torch.tensor([r["clean_pred"] for r in recs])
+        adv = torch.tensor([bool(r["attacked"]) and not (isinstance(r["l2"], float) and math.isnan(r["l2"]))
+                            for r in recs])
+        if bool(adv.any()):
+            with torch.no_grad():
+                pred[adv] = prep.model(x[adv].to(prep.device)).argmax(1).cpu()
+        fields = {"index": [r["index"] for r in recs], "label": [r["label"] for r in recs],
+                  "target": [r["target"] for r in recs], "clean_pred": [r["clean_pred"] for r in recs],
+                  "success": [bool(r["success"]) for r in recs], "adversarial": adv.tolist()}
+        self.folder.write_adversarial(out.batch, batch_arrays(fields, x, prep.plan.x[rows], pred), self.save,
+                                      prep.domain)
 
     def summarize(self, resumed: int, violations: List[Dict[str, Any]]) -> Dict[str, Any]:
         prep = self.prep

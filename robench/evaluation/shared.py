@@ -1,10 +1,11 @@
-"""The shared-perturbation protocol: one perturbation built on a set of images, then evaluated, fixed, on
-the test slice (README, "Perturbations shared across samples"; DESIGN.md, "Shared perturbations").
+"""The referee's side of the shared-perturbation protocol (the protocol itself is
+:class:`robench.evaluation.protocols.Shared`): one perturbation built on a set of images, then evaluated,
+fixed, on the test slice (docs/attacks/l0-and-universal.md; DESIGN.md, "Shared perturbations").
 
 An attack that declares ``requires = ("build_set",)`` (a :class:`~robench.attacks.universal.base.SharedAttack`)
 runs in two phases, both through the referee:
 
-1. **build** (:func:`run_build`, called by :class:`SharedProtocol` before the first test batch): the
+1. **build** (:func:`run_build`, called by :class:`~robench.evaluation.protocols.Shared` before the first test batch): the
    build set is the first ``build_samples`` images of the attack's ``build_split`` from ``build_offset``,
    less those the victim misclassifies (and, targeted, those whose label is the target); one
    :class:`~robench.referee.oracle.Oracle` over all of them, at the attack's access level, with the run's
@@ -32,9 +33,8 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 
 from robench.attacks.base import Attack, AttackView
-from robench.attacks.universal.base import KINDS, PLACEMENTS, SharedAttack, SharedPerturbation, patch_side
+from robench.attacks.universal.base import KINDS, PLACEMENTS, SharedAttack, SharedPerturbation, paste, patch_side
 from robench.errors import RobenchError
-from robench.evaluation.protocols import Protocol
 from robench.geometry import distortion
 
 #: the build phase's generator is seeded with batch_seed(seed, BUILD_BATCH), a batch number no test batch has
@@ -68,7 +68,7 @@ def select_build_set(attack: SharedAttack, splits: Any, model, device, targets_c
                      eval_indices: Optional[torch.Tensor] = None, limit: Optional[int] = None) -> BuildSet:
     """The build set the attack names, cut by the referee: correctly classified images only (and, targeted,
     not of the target class). ``limit`` caps the number read (the contract's small runs)."""
-    from robench.evaluation.prepare import clean_logits
+    from robench.training.loop import predict
 
     split = attack.build_split
     ds = getattr(splits, split, None) if splits is not None else None
@@ -93,7 +93,7 @@ def select_build_set(attack: SharedAttack, splits: Any, model, device, targets_c
     xs, ys = zip(*(ds[int(i)][:2] for i in idx))
     x = torch.stack([torch.as_tensor(v) for v in xs]).float()
     y = torch.as_tensor([int(v) for v in ys])
-    pred = clean_logits(model, x, device).argmax(1)
+    pred = predict(model, x).argmax(1).cpu()
     keep = pred == y
     if targets_class is not None:
         keep &= y != int(targets_class)
@@ -186,22 +186,6 @@ def apply(p: SharedPerturbation, x0: torch.Tensor, generator: Optional[torch.Gen
     return paste(x0, v, rows, cols)
 
 
-def paste(x0: torch.Tensor, patch: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
-    """``x0`` (N, C, H, W) with ``patch`` (C, s, s) (or one per row: (N, C, s, s)) pasted with its top-left
-    corner at (rows[i], cols[i]); differentiable in ``patch``."""
-    n, c, h, w = x0.shape
-    s = patch.shape[-1]
-    r = torch.arange(h, device=x0.device)[None] - rows[:, None]          # (n, h): offset inside the patch
-    q = torch.arange(w, device=x0.device)[None] - cols[:, None]
-    inside = ((r >= 0) & (r < s))[:, :, None] & ((q >= 0) & (q < s))[:, None, :]   # (n, h, w)
-    rr = r.clamp(0, s - 1)[:, :, None].expand(n, h, w)
-    qq = q.clamp(0, s - 1)[:, None, :].expand(n, h, w)
-    pp = patch if patch.dim() == 4 else patch[None].expand(n, c, s, s)
-    ar = torch.arange(n, device=x0.device)[:, None, None].expand(n, h, w)
-    full = pp.permute(0, 2, 3, 1)[ar, rr, qq].permute(0, 3, 1, 2)     # (n, c, h, w)
-    return torch.where(inside[:, None], full, x0)
-
-
 class ApplyShared(Attack):
     """The evaluation phase's attack (referee code, not a plugin): places the built perturbation on each
     attacked input and asks for its label once (see the module docstring)."""
@@ -223,80 +207,3 @@ class ApplyShared(Attack):
 
     def summary_extra(self) -> Dict[str, Any]:
         return self.builder.summary_extra()
-
-
-class SharedProtocol(Protocol):
-    """Builds the perturbation before the first test batch (:meth:`before_run`) and merges the ``shared``
-    block and ``perturbation.csv`` (:meth:`merge`)."""
-
-    def __init__(self, builder: SharedAttack, apply_: ApplyShared, model, device, build: BuildSet, referee,
-                 seed: int, name: str, target: Optional[int]):
-        self.builder, self.apply, self.model, self.device = builder, apply_, model, device
-        self.build, self.referee, self.seed, self.name, self.target = build, referee, seed, name, target
-        self.outcome: Optional[BuildOutcome] = None
-
-    def before_run(self, ev) -> None:
-        self.outcome = run_build(self.builder, self.model, self.build, self.referee, self.device, self.seed,
-                                 self.name, self.target)
-        self.apply.perturbation = self.outcome.perturbation
-
-    def build_success_rate(self) -> float:
-        """Success of the built perturbation on the build set, measured by the referee (uncounted forward
-        passes; a random placement drawn from a generator of its own)."""
-        from robench.evaluation.engine import batch_seed
-        from robench.training.loop import predict
-
-        gen = torch.Generator().manual_seed(batch_seed(self.seed, BUILD_BATCH + 1))
-        xa = apply(self.outcome.perturbation, self.build.x, gen, self.referee.box)
-        pred = predict(self.model, xa).argmax(1).cpu()
-        hit = (pred == self.target) if self.target is not None else (pred != self.build.y)
-        return float(hit.float().mean())
-
-    def merge(self, ev, summary, records, x, extra, tables):
-        import pandas as pd
-
-        o, b = self.outcome, self.build
-        if o is None:
-            return
-        p = o.perturbation
-        v = p.values
-        block: Dict[str, Any] = {
-            "kind": p.kind, "build_split": b.split, "build_offset": b.offset, "build_samples": b.requested,
-            "build_used": len(b.y), "build_indices": [int(i) for i in b.indices.tolist()],
-            "build_queries": int(o.queries.sum()), "build_grad_queries": int(o.grad_queries.sum()),
-            "build_max_queries": int(o.queries.max()) if len(o.queries) else 0, "build_seconds": o.seconds,
-            "build_success_rate": self.build_success_rate()}
-        if p.kind == "additive":
-            block.update({f"perturbation_{n}": float(distortion(v[None], n)[0]) for n in ("linf", "l2", "l0")})
-        else:
-            block.update({"placement": p.placement, "patch_side": int(v.shape[-1]),
-                          "row": p.row if p.placement == "fixed" else None,
-                          "col": p.col if p.placement == "fixed" else None})
-        summary["shared"] = block
-        c, hh, ww = v.shape
-        grid = torch.stack(torch.meshgrid(torch.arange(c), torch.arange(hh), torch.arange(ww), indexing="ij"), -1)
-        tables["perturbation.csv"] = pd.DataFrame({"channel": grid[..., 0].flatten().tolist(),
-                                                   "row": grid[..., 1].flatten().tolist(),
-                                                   "col": grid[..., 2].flatten().tolist(),
-                                                   "value": v.flatten().tolist()})
-
-
-def setup_shared(spec, attack: Any, model, device, data, splits, referee, ev, name: str) -> ApplyShared:
-    """Called by prepare_run for an attack that requires a build set: the protocol's checks (one line each),
-    the build set, and the :class:`ApplyShared` that becomes the run's attack."""
-    if not isinstance(attack, SharedAttack):
-        raise RobenchError(f"attack '{name}' requires a build set but is not a robench.attacks.universal.base.SharedAttack")
-    b = spec.budget
-    target = None
-    if b.targeted:
-        if isinstance(b.target, bool) or not isinstance(b.target, int):
-            raise RobenchError(f"attack={name} builds one perturbation for every sample: a targeted run needs one "
-                               f"target class, budget.target=<class index> (got '{b.target}')")
-        target = int(b.target)
-    if spec.adaptive:
-        raise RobenchError(f"adaptive=true re-runs a per-sample attack without BPDA/EOT; attack={name} builds one "
-                           f"shared perturbation: set attack.bpda / attack.eot_samples for its build instead")
-    build = select_build_set(attack, splits, model, device, target, data.indices)
-    apply_ = ApplyShared(attack, name)
-    ev.protocols.append(SharedProtocol(attack, apply_, model, device, build, referee, spec.seed, name, target))
-    return apply_

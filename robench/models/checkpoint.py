@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import shlex
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Tuple
 
 import torch
 from torch import nn
@@ -90,9 +90,11 @@ def save_checkpoint(path: Path, model: nn.Module, meta: dict) -> None:
     os.replace(tmp, path)
 
 
-def load_checkpoint(path: Path, model: nn.Module, remake: Optional[str] = None) -> dict:
-    """Load weights into ``model``; returns the metadata. Missing or corrupt files fail with one line."""
+def read_checkpoint(path: Path, remake: Optional[str] = None) -> Tuple[dict, dict]:
+    """(state dict, metadata) of a robench checkpoint (``weights_only``); a missing or corrupt file fails in
+    one line. Building the model, and the surgery a checkpoint records, are robench.victim.model_from_checkpoint's."""
     hint = f": create it with `{remake}`" if remake else ""
+    path = Path(path)
     if not path.exists():
         raise RobenchError(f"no checkpoint at {path}{hint}")
     try:
@@ -101,13 +103,24 @@ def load_checkpoint(path: Path, model: nn.Module, remake: Optional[str] = None) 
     except Exception as e:
         raise RobenchError(f"checkpoint {path} is unreadable ({e.__class__.__name__}); delete it and re-create it"
                            + (f" with `{remake}`" if remake else "")) from None
-    if meta.get("model_surgery") and not getattr(model, "robench_surgery", None):
-        from robench.models.conditional_bn import apply_surgery
-        apply_surgery(model, meta["model_surgery"])
+    if not isinstance(state, dict) or not isinstance(meta, dict):
+        raise RobenchError(f"checkpoint {path} holds no state dict; delete it and re-create it"
+                           + (f" with `{remake}`" if remake else ""))
+    return state, meta
+
+
+def apply_state(model: nn.Module, state: dict, path: Path, meta: dict, remake: Optional[str] = None) -> None:
+    """``model.load_state_dict(state)``; a mismatch fails in one line naming the checkpoint."""
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
         first = str(e).strip().splitlines()[0]
         raise RobenchError(f"checkpoint {path} does not fit model {meta.get('model', '?')} ({first}); "
                            f"re-create it{(' with `' + remake + '`') if remake else ''}") from None
+
+
+def load_checkpoint(path: Path, model: nn.Module, remake: Optional[str] = None) -> dict:
+    """The weights of a plain checkpoint into ``model`` (no model surgery); returns the metadata."""
+    state, meta = read_checkpoint(path, remake)
+    apply_state(model, state, path, meta, remake)
     return meta

@@ -346,24 +346,6 @@ def source_tag(mcfg: Mapping[str, Any]) -> Dict[str, Any]:
     return {"name": f"{src}-{str(what).replace(':', '.')}", "params": dict(mcfg.get("params") or {})}
 
 
-def source_victim(cfg, splits, recipe: str) -> Tuple[nn.Module, Dict[str, Any]]:
-    """``load_victim``'s hook: the source's own weights for ``defense=none``, else the checkpoint the
-    recipe trained from this source (``robench train-defense model=<source> defense=<recipe>``)."""
-    from omegaconf import OmegaConf
-
-    from robench.models.checkpoint import checkpoint_path, load_checkpoint
-
-    mcfg = OmegaConf.to_container(cfg.model, resolve=True)
-    model, meta = build_source(mcfg, splits)
-    if recipe != "none":
-        dcfg = OmegaConf.to_container(cfg.dataset, resolve=True)
-        path = checkpoint_path(cfg.checkpoint_dir, dcfg, source_tag(mcfg), recipe)
-        meta.update(load_checkpoint(path, model, remake=f"robench train-defense ... model={mcfg['source']} "
-                                                        f"defense={recipe} (same model.* and dataset options)"))
-        meta.update(path=str(path), weights_file=str(path), weights_sha256=sha256_file(path))
-    return model, meta
-
-
 def victim_summary(cfg, meta: Mapping[str, Any], splits) -> Dict[str, Any]:
     """The summary's provenance fields: model source, name, weights file and its sha256 (and the class
     order of a folder dataset)."""

@@ -70,6 +70,9 @@ class Ensemble(Attack):
                                    f"or remove it from attack.params.attacks)")
             self.members.append((name, instantiate(ATTACKS, name, params, "attack", f"attack.params.attacks[{i}].params")))
         self.access = max((m.access for _, m in self.members), key=lambda a: ACCESS_RANK[a])
+        # the norms and layouts every member handles (robench/evaluation/spec.py checks the run against them)
+        self.norms = tuple(n for n in self.members[0][1].norms if all(n in m.norms for _, m in self.members))
+        self.layouts = tuple(x for x in self.members[0][1].layouts if all(x in m.layouts for _, m in self.members))
         labels, seen = [], {}
         for name, _ in self.members:
             seen[name] = seen.get(name, 0) + 1

@@ -80,6 +80,8 @@ class Transfer(Attack):
             raise RobenchError(f"transfer: the crafting attack must be a white-box attack, not '{a['name']}'")
         self.inner_name = a["name"]
         self.inner = instantiate(ATTACKS, a["name"], a.get("params"), "attack")
+        # what the run may ask of it is what the crafting attack can do (robench/evaluation/spec.py checks it)
+        self.eps_policy, self.norms, self.layouts = self.inner.eps_policy, self.inner.norms, self.inner.layouts
         if self.inner.access != "gradient":
             raise RobenchError(f"transfer: crafting attack '{a['name']}' has access '{self.inner.access}'; "
                                f"use a white-box (gradient) attack")

@@ -1,8 +1,8 @@
-"""The base of attacks whose one perturbation serves many samples (README, "Perturbations shared across
+"""The base of attacks whose one perturbation serves many samples (docs/attacks/l0-and-universal.md, "Perturbations shared across
 samples"; DESIGN.md, "Shared perturbations").
 
 A :class:`SharedAttack` never attacks a test sample itself. The shared protocol
-(robench/evaluation/shared.py) hands its :meth:`SharedAttack.build` an oracle view over the *build set*
+(robench/evaluation/protocols.py, Shared) hands its :meth:`SharedAttack.build` an oracle view over the *build set*
 (correctly classified images of the split the attack names, every query counted against each image's
 ``budget.max_queries``); ``build`` returns a :class:`SharedPerturbation`, plain data, and the referee
 itself applies it to every test sample and asks the victim once per sample, so success is judged and
@@ -48,6 +48,22 @@ def patch_side(eps: Optional[float], h: int, w: int) -> int:
         raise RobenchError("a patch attack needs budget.eps (the patch's area in pixels), e.g. budget.eps=64")
     s = int(float(eps) ** 0.5 + 1e-9)
     return max(0, min(s, h, w))
+
+
+def paste(x0: torch.Tensor, patch: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """``x0`` (N, C, H, W) with ``patch`` (C, s, s) (or one per row: (N, C, s, s)) pasted with its top-left
+    corner at (rows[i], cols[i]); differentiable in ``patch``."""
+    n, c, h, w = x0.shape
+    s = patch.shape[-1]
+    r = torch.arange(h, device=x0.device)[None] - rows[:, None]          # (n, h): offset inside the patch
+    q = torch.arange(w, device=x0.device)[None] - cols[:, None]
+    inside = ((r >= 0) & (r < s))[:, :, None] & ((q >= 0) & (q < s))[:, None, :]   # (n, h, w)
+    rr = r.clamp(0, s - 1)[:, :, None].expand(n, h, w)
+    qq = q.clamp(0, s - 1)[:, None, :].expand(n, h, w)
+    pp = patch if patch.dim() == 4 else patch[None].expand(n, c, s, s)
+    ar = torch.arange(n, device=x0.device)[:, None, None].expand(n, h, w)
+    full = pp.permute(0, 2, 3, 1)[ar, rr, qq].permute(0, 3, 1, 2)     # (n, c, h, w)
+    return torch.where(inside[:, None], full, x0)
 
 
 class SharedAttack(Attack):

@@ -5,7 +5,7 @@ from typing import Any, Dict, List
 import torch
 
 from robench.attacks.base import AttackView
-from robench.attacks.universal.base import PLACEMENTS, SharedAttack, SharedPerturbation, patch_side
+from robench.attacks.universal.base import PLACEMENTS, SharedAttack, SharedPerturbation, paste, patch_side
 from robench.errors import RobenchError
 from robench.registry import ATTACKS
 
@@ -15,7 +15,7 @@ class AdversarialPatch(SharedAttack):
     """A shared patch: the spatially constrained objective with a mask M (the slide "Adversarial Examples
     with Spatial Constraints" of [zhao2020slides]) and Brown et al.'s adversarial patch [brown2017patch],
     white-box, built on a build set and evaluated on the test slice (the shared protocol,
-    robench/evaluation/shared.py).
+    robench/evaluation/protocols.py).
 
     Papers: Adversarial patch (2017), https://arxiv.org/abs/1712.09665; the survey's
     ``min_delta sum_i L(theta, x_i + M_x . delta, y') + lambda ||M_x . delta||_p``. Distance: L0
@@ -63,8 +63,6 @@ class AdversarialPatch(SharedAttack):
         return {"patch": {"loss_every_50_steps": [round(v, 6) for v in self.losses]}}
 
     def build(self, oracle: AttackView, generator: torch.Generator) -> SharedPerturbation:
-        from robench.evaluation.shared import paste
-
         x0, y, t = oracle.x0, oracle.y, oracle.targets
         if x0.dim() != 4:
             raise RobenchError("patch works on images (N x C x H x W)")

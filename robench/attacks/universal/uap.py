@@ -16,7 +16,7 @@ class UAP(SharedAttack):
     """Universal adversarial perturbations (Moosavi-Dezfooli, Fawzi, Fawzi and Frossard [moosavi2017uap §3,
     Alg. 1]), and with a targeted budget the targeted UAP (Hirano and Takemoto [hirano2020tuap §2]):
     one perturbation v for every input, white-box, Linf or L2, built on a build set and evaluated on the
-    test slice (the shared protocol, robench/evaluation/shared.py).
+    test slice (the shared protocol, robench/evaluation/protocols.py).
 
     Papers: Universal adversarial perturbations (CVPR 2017), https://arxiv.org/abs/1610.08401; Simple
     iterative method for generating targeted universal adversarial perturbations (Algorithms 2020),

@@ -6,6 +6,7 @@ import torch
 
 from robench.attacks.base import Attack, AttackView, keep_active
 from robench.errors import RobenchError
+from robench.geometry import L0_THRESHOLD, positions
 from robench.registry import ATTACKS
 
 #: pair maps of at most this many entries are built at once (samples are chunked to stay under it)
@@ -110,7 +111,7 @@ class JSMA(Attack):
             a, b = sign * g[:, 0], g[:, 1]
             if t is None:
                 b = -b   # untargeted: the same conditions as targeted with the roles of the sums reversed
-            changed = ((x[idx] - x0f[idx]).abs().view(m, c, npos) > 1e-6).any(1)      # (m, npos)
+            changed = positions((x[idx] - x0f[idx]).view(m, c, npos)) > L0_THRESHOLD  # (m, npos): the referee's L0
             used = changed.sum(1)
             p, q, ok = self._best_pairs(a, b, domain[idx], changed, used, limit, pos_of, same_pos, eye, up)
             # no admissible pair: the first feature of the search domain alone moves (see the docstring)
