@@ -213,10 +213,26 @@ def device_problems(make: Callable[[], Attack], victim, x, y, *, norm: str = "li
     referee = Referee(access=attack.access, norm=norm, eps=eps, max_queries=max_queries, num_classes=k,
                       stop_on_success=not attack.minimizes_distortion, box=domain.box,
                       eot_samples=eot_samples if attack.access != "label" else 1)
+    shared = "build_set" in getattr(attack, "requires", ())
+    if shared and targets is not None:  # a shared perturbation has one target class
+        targets = torch.full_like(targets, int(targets[0]))
     host = [mark_host(t.clone(), "the engine's slice (host)") for t in (x, y)]
     t = None if targets is None else mark_host(targets.clone(), "the run's targets (host)")
-    plan = Plan.contiguous(host[0], host[1], t, torch.ones(len(y), dtype=torch.bool), 8, 0)
+    attacked = torch.ones(len(y), dtype=torch.bool) if targets is None else y != targets
+    plan = Plan.contiguous(host[0], host[1], t, attacked, 8, 0)
     with virtual_device() as vd:
+        if shared:  # the build phase over host build images, then the referee's evaluation (evaluation/shared.py)
+            from types import SimpleNamespace
+
+            from robench.evaluation.shared import ApplyShared, run_build, select_build_set
+
+            pairs = HostDataset(train if train is not None else torch.utils.data.TensorDataset(x, y))
+            target = None if targets is None else int(targets[0])
+            build = select_build_set(attack, SimpleNamespace(train=pairs, test=pairs), victim, dev, target,
+                                     limit=BUILD_LIMIT)
+            out = run_build(attack, victim, build, referee, dev, 0, type(attack).__name__, target)
+            attack = ApplyShared(attack, type(attack).__name__)
+            attack.perturbation = out.perturbation
         run_all(attack, victim, plan, referee, dev)
     return vd.problems
 
