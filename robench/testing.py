@@ -218,7 +218,7 @@ def device_problems(make: Callable[[], Attack], victim, x, y, *, norm: str = "li
         targets = torch.full_like(targets, int(targets[0]))
     host = [mark_host(t.clone(), "the engine's slice (host)") for t in (x, y)]
     t = None if targets is None else mark_host(targets.clone(), "the run's targets (host)")
-    attacked = torch.ones(len(y), dtype=torch.bool) if targets is None else y != targets
+    attacked = torch.ones(len(y), dtype=torch.bool) if targets is None or not shared else y != targets
     plan = Plan.contiguous(host[0], host[1], t, attacked, 8, 0)
     with virtual_device() as vd:
         if shared:  # the build phase over host build images, then the referee's evaluation (evaluation/shared.py)
