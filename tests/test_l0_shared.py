@@ -16,10 +16,10 @@ import torch
 import robench
 from robench.errors import RobenchError
 from robench.evaluation.engine import Plan, Referee, run_all
-from robench.attacks.universal.base import paste
+from robench.attacks.universal.base import SharedAttack, SharedPerturbation, paste
 from robench.evaluation.shared import ApplyShared, run_build, select_build_set
 from robench.registry import ATTACKS, instantiate
-from robench.testing import Counted, Watched, run_once
+from robench.testing import Counted, Watched, check_devices, run_once
 from tests.conftest import run_cli
 
 
@@ -224,3 +224,26 @@ def test_api_shared_attack_needs_train_data(victim, test_xy):
     x, y = test_xy[0][:10], test_xy[1][:10]
     with pytest.raises(RobenchError, match="train_data"):
         robench.evaluate(victim, x, y, attack="uap", budget=robench.Budget("linf", 0.3))
+
+
+class _BuildsOnTheHost(SharedAttack):
+    """A shared attack whose build mixes a tensor made on the host into the batch (a GPU run fails there)."""
+
+    access = "label"
+    norms = ("linf",)
+
+    def __init__(self):
+        super().__init__(build_samples=8)
+
+    def build(self, oracle, generator):
+        v = torch.zeros(oracle.x0.shape[1:]).uniform_(-0.1, 0.1)
+        oracle.labels((oracle.x0 + v).clamp(0, 1))
+        return SharedPerturbation("additive", v)
+
+
+def test_device_check_covers_the_build_phase(mlp, splits):
+    model, x, y = mlp
+    check_devices(lambda: instantiate(ATTACKS, "uap", {"max_passes": 1}, "attack"), model, x[:6], y[:6],
+                  train=splits.train, max_queries=10)
+    with pytest.raises(AssertionError, match="without device="):
+        check_devices(_BuildsOnTheHost, model, x[:6], y[:6], train=splits.train, max_queries=10)
