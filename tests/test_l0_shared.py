@@ -1,5 +1,5 @@
-"""The L0 attacks (jsma, one_pixel, sparse_rs) and the shared-perturbation protocol (uap, patch) on the session
-victim (cw_mnist trained in the test session): each succeeds clearly more often than random noise of the same
+"""The L0 attacks (jsma, one_pixel, sparse_rs) and the shared-perturbation protocol (uap, patch) on a small MLP
+trained at module setup (seconds; the CLI tests use the committed cw_mnist victim): each succeeds clearly more often than random noise of the same
 size (the `noise` baseline at the same L0 count, or one uniform draw in the same Linf ball), within its budget,
 with the rows the victim evaluated counted independently (robench.testing.Watched) and equal to the oracle's
 queries. Margins are wide and taken over 30 to 100 images: no assertion depends on the last bits of weights
