@@ -177,14 +177,14 @@ def test_paste_places_the_patch_at_each_corner():
 # ---------------------------------------------------------------------- the CLI and its refusals
 def test_cli_uap_run_writes_the_shared_block(tmp_path, ckpt_dir):
     run = tmp_path / "run"
-    p = run_cli("attack", "attack=uap", "budget=linf_0.3", "dataset.n_samples=60", "attack.params.build_samples=30",
+    p = run_cli("attack", "attack=uap", "budget=linf_0.3", "dataset.n_samples=30", "attack.params.build_samples=6",
                 "attack.params.max_passes=1", "progress=false", "quiet=true", f"checkpoint_dir={ckpt_dir}",
                 f"hydra.run.dir={run}", cwd=tmp_path)
     assert p.returncode == 0, p.stderr
     s = json.loads((run / "summary.json").read_text())
     sh = s["shared"]
     assert sh["kind"] == "additive" and sh["build_split"] == "train" and sh["build_used"] == len(sh["build_indices"])
-    assert all(0 <= i < 30 for i in sh["build_indices"]) and sh["build_queries"] > 0
+    assert all(0 <= i < 6 for i in sh["build_indices"]) and sh["build_queries"] > 0
     assert sh["perturbation_linf"] <= 0.3 + 1e-6 and s["access"] == "gradient"
     rec = pd.read_csv(run / "records.csv")
     assert (rec.loc[rec.attacked, "queries"] == 1).all()
@@ -196,7 +196,6 @@ def test_cli_uap_run_writes_the_shared_block(tmp_path, ckpt_dir):
 @pytest.mark.parametrize("over,match", [
     (["budget.targeted=true"], "one target class"),
     (["adaptive=true"], "adaptive=true"),
-    (["isolate=true"], "isolate=true cannot run"),
     (["attack.params.build_split=test", "attack.params.build_samples=10"], "overlaps the evaluated slice"),
     (["budget=l0_24"], "supports budget.norm"),
 ])
@@ -247,3 +246,13 @@ def test_device_check_covers_the_build_phase(mlp, splits):
                   train=splits.train, max_queries=10)
     with pytest.raises(AssertionError, match="without device="):
         check_devices(_BuildsOnTheHost, model, x[:6], y[:6], train=splits.train, max_queries=10)
+
+
+def test_isolate_refuses_a_shared_attack_before_its_sandbox_starts():
+    """uap (gradient access) is refused by isolate's gradient rule; a label-access shared attack by its own."""
+    from robench.evaluation.spec import AttackTraits, Budget
+
+    for attack, match in ((instantiate(ATTACKS, "uap", {}, "attack"), "gradient access"),
+                          (_BuildsOnTheHost(), "builds a shared perturbation")):
+        with pytest.raises(RobenchError, match=f"isolate=true cannot run 'x': .*{match}"):
+            AttackTraits.of(attack, "x").check(Budget(eps=0.3), "x", True)

@@ -195,7 +195,7 @@ class AttackTraits:
                                f"sandbox cannot read; run it without isolate")
         if isolate and "build_set" in self.requires:
             raise RobenchError(f"isolate=true cannot run '{name}': it builds a shared perturbation on a build set "
-                               f"(robench/evaluation/shared.py), which the sandbox cannot read; run it without isolate")
+                               f"(evaluation/protocols.py, Shared), which the sandbox cannot read; run it without isolate")
 
     def check_budget(self, budget: Budget, name: str) -> None:
         """The rule for ``budget.eps`` and ``budget.norm``, decided here only (before anything is written)."""
