@@ -183,7 +183,8 @@ def prepare_run(spec: RunSpec, model: nn.Module, data: Slice, *, device: torch.d
         ev = Evaluation(spec.defense, seed=spec.seed, adaptive=spec.adaptive,
                         adaptive_eot_samples=spec.adaptive_eot_samples, recheck_repeats=spec.recheck_repeats,
                         confirm_on_sight=spec.confirm_on_sight)
-        ev.prepare(model, traits.access, spec.attack.bpda, spec.attack.eot_samples, splits, data.x)
+        ev.prepare(model, traits.access, spec.attack.bpda, spec.attack.eot_samples, splits, data.x,
+                   for_victim=getattr(attack, "for_victim", None))
         cps = b.checkpoints if b.checkpoints is not None else (
             tuple(R.default_checkpoints(b.max_queries)) if traits.minimizes_distortion else ())
         referee = Referee(access=traits.access.value, norm=b.norm.value, eps=b.eps, max_queries=b.max_queries,

@@ -78,6 +78,7 @@ adaptive, non_adaptive     adaptive protocol only: {bpda, eot_samples, confirm_r
 detection                  detection protocol only: {detector, threshold, false_positive_rate,
                            n_adversarial, detection_rate, success_rate_undetected, ...}
 ensemble, transfer         attack-specific figures (the attack's ``summary_extra()``)
+attack_extra.autoattack    attack=autoattack: {version (the one run), requested, members}
 shared                     shared-perturbation runs only (attacks that require a build set: uap, patch;
                            protocols.Shared): {kind ("additive" or "patch"), build_split,
                            build_offset, build_samples (requested), build_used (correctly classified and,
