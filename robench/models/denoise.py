@@ -11,7 +11,7 @@ from robench.registry import MODELS
 
 
 class NonLocalDenoise(nn.Module):
-    """A feature-denoising block [xie2019denoise §4, Fig. 4]: ``x + conv1x1(NLM(x))``, NLM the non-local
+    """A feature-denoising block [xie2019denoise §4.2, Figs. 4-5]: ``x + conv1x1(NLM(x))``, NLM the non-local
     means of [saha2020 §2.3.1, eqs. 2.17-2.18]:
 
         y_i = 1 / C(x) · Σ_j f(x_i, x_j) · x_j,      f(x_i, x_j) = exp( θ(x_i)^T φ(x_j) / sqrt(d) )
