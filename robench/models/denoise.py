@@ -57,7 +57,7 @@ class NonLocalDenoise(nn.Module):
 def small_cnn_denoise(num_classes: int = 10, shape=(1, 28, 28), depth: int = 2, width: int = 32,
                       embed: bool = True, softmax: bool = True) -> nn.Module:
     """``small_cnn`` with a feature-denoising block (:class:`NonLocalDenoise`) after each of its pooling
-    stages (Xie et al. put one after each residual stage of their ResNets [xie2019denoise §5]): with the
+    stages (Xie et al. put them after residual stages of their ResNets [xie2019denoise]): with the
     default depth 2 one block on the 32 x 14 x 14 map. Train it adversarially, as the paper does:
     ``robench train-defense model=small_cnn_denoise defense=pgd_at``."""
     if depth < 2 or width < 1:

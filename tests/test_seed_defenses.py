@@ -1,0 +1,184 @@
+"""The seeds' defenses of issue 29: input-gradient regularisation, feature-denoising blocks, DeepCloak's mask,
+MagNet's reformer and detectors. Each test fails if its mechanism stops doing what the paper says; the
+robustness rows (clean / adaptive / non-adaptive accuracy) are measured in the README."""
+import copy
+import json
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils.data import TensorDataset
+
+from robench.checkpoint import load_checkpoint, save_checkpoint
+from robench.defenses.adversarial import pgd
+from robench.defenses.base import TrainContext
+from robench.defenses.deepcloak import DeepCloak, MaskedLinear
+from robench.defenses.input_grad import InputGradientRegularization
+from robench.defenses.magnet import MagNet, MagNetDetector, MagNetReformer, find_reformer
+from robench.errors import RobenchError
+from robench.models import build_model
+from robench.models.denoise import NonLocalDenoise
+from robench.train import predict, train
+from tests.conftest import run_cli
+
+
+def _acc(model, x, y):
+    return (predict(model, x).argmax(1).cpu() == y).float().mean().item()
+
+
+def _input_grad_norm(model, x, y):
+    xr = x.clone().requires_grad_(True)
+    g, = torch.autograd.grad(F.cross_entropy(model(xr), y, reduction="sum"), xr)
+    return g.flatten(1).norm(dim=1).mean().item()
+
+
+# ---------------------------------------------------------------- input-gradient regularisation
+def test_input_grad_reg_shrinks_input_gradients(splits, test_xy):
+    """Same model, data, seed and one epoch: λ = 10 leaves input gradients several times smaller than λ = 0."""
+    x = torch.stack([splits.train[i][0] for i in range(1000)])
+    y = torch.tensor([int(splits.train[i][1]) for i in range(1000)])
+    small = SimpleNamespace(train=TensorDataset(x, y), test=TensorDataset(*test_xy), num_classes=10)
+    tcfg = {"epochs": 1, "batch_size": 50, "optimizer": "adam", "lr": 1e-3, "schedule": "none"}
+    norms, accs = [], []
+    for lam in (0.0, 10.0):
+        torch.manual_seed(0)
+        m = build_model("small_cnn", splits)
+        train(m, InputGradientRegularization(lam=lam), small, tcfg, torch.device("cpu"), seed=0, progress=False)
+        norms.append(_input_grad_norm(m.eval(), *test_xy))
+        accs.append(_acc(m, *test_xy))
+    assert norms[1] < norms[0] / 3, norms
+    assert accs[1] >= 0.7, accs
+    with pytest.raises(RobenchError, match="lam"):
+        InputGradientRegularization(lam=-1)
+
+
+# ---------------------------------------------------------------- feature denoising
+def test_non_local_means_is_the_formula(splits):
+    """The block against eqs. 2.17-2.18 written out position by position; identity at initialisation."""
+    torch.manual_seed(0)
+    blk = NonLocalDenoise(4)
+    x = torch.randn(2, 4, 3, 3)
+    assert torch.equal(blk(x), x)  # the 1x1 output convolution starts at zero
+    for p in blk.out.parameters():
+        torch.nn.init.normal_(p)
+    for m in (blk.theta, blk.phi):
+        torch.nn.init.normal_(m.weight)
+    th, ph = blk.theta(x).flatten(2), blk.phi(x).flatten(2)
+    xs = x.flatten(2)
+    y = torch.zeros_like(xs)
+    for n in range(2):
+        for i in range(9):
+            f = torch.stack([torch.exp(th[n, :, i] @ ph[n, :, j] / math.sqrt(2)) for j in range(9)])
+            y[n, :, i] = (f[None] * xs[n]).sum(1) / f.sum()
+    ref = x + blk.out(y.view_as(x))
+    assert torch.allclose(blk(x), ref, atol=1e-5)
+    m = build_model("small_cnn_denoise", splits)
+    assert sum(isinstance(k, NonLocalDenoise) for k in m.modules()) == 1
+    xi = torch.rand(3, 1, 28, 28, requires_grad=True)
+    m(xi).sum().backward()
+    assert m(xi).shape == (3, 10) and xi.grad.abs().sum() > 0
+    with pytest.raises(RobenchError, match="depth >= 2"):
+        build_model("small_cnn_denoise", splits, {"depth": 1})
+
+
+# ---------------------------------------------------------------- DeepCloak
+def test_deepcloak_masks_the_features_adversarial_examples_move_most(victim, splits, test_xy, tmp_path):
+    dc = DeepCloak(fraction=0.05, samples=300)
+    dc.bind(TrainContext(splits=splits))
+    model = dc.prepare_model(copy.deepcopy(victim))
+    masked = next(m for m in model.modules() if isinstance(m, MaskedLinear))
+    assert int((masked.mask == 0).sum()) == 10 == len(dc.removed)
+    # independently: penultimate features of the same 300 images and their FGSM counterparts on the victim
+    x = torch.stack([splits.train[i][0] for i in range(300)])
+    y = torch.tensor([int(splits.train[i][1]) for i in range(300)])
+    xa = pgd(victim, x, y, eps=0.3, steps=1, step_size=0.3, rand_init=False)
+    head = victim.net[:-1]
+    with torch.no_grad():
+        diff = (head(victim.norm(x)) - head(victim.norm(xa))).abs().mean(0)
+    assert sorted(diff.topk(10).indices.tolist()) == dc.removed
+    assert _acc(model, *test_xy) >= _acc(victim, *test_xy) - 0.03
+    # no retraining: one step of the loop leaves every weight as it was
+    before = copy.deepcopy(model.state_dict())
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    loss, _ = dc.batch_loss(model, x[:32], y[:32], None)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    # the mask survives the checkpoint (surgery re-applied on load)
+    save_checkpoint(tmp_path / "dc.pt", model, {"model": "cw_mnist"})
+    fresh = build_model("cw_mnist", splits)
+    load_checkpoint(tmp_path / "dc.pt", fresh)
+    assert torch.equal(predict(fresh, test_xy[0]), predict(model, test_xy[0]))
+
+
+# ---------------------------------------------------------------- MagNet
+@pytest.fixture(scope="module")
+def magnet(victim, splits):
+    """The victim behind MagNet's autoencoders, trained briefly (2,000 images, 8 epochs of 32 at lr 5e-3: 500 steps)."""
+    torch.manual_seed(0)
+    rec = MagNet()
+    model = rec.prepare_model(copy.deepcopy(victim))
+    x = torch.stack([splits.train[i][0] for i in range(2000)])
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=5e-3)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(8):
+        order = torch.randperm(len(x), generator=g)
+        for s in range(0, len(x), 32):
+            loss, _ = rec.batch_loss(model, x[order[s:s + 32]], None, None)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return model.eval()
+
+
+def test_magnet_reformer_detector_and_checkpoint(magnet, victim, splits, test_xy, tmp_path):
+    x, y = test_xy
+    ref = find_reformer(magnet)
+    assert isinstance(ref, MagNetReformer) and list(magnet._modules)[0] == "reformer"
+    assert all(not p.requires_grad for p in magnet.net.parameters())  # the classifier is frozen ...
+    assert all(torch.equal(a, b) for a, b in zip(magnet.net.parameters(), victim.net.parameters()))  # ... and unchanged
+    assert _acc(magnet, x, y) >= 0.9
+    det = MagNetDetector(fpr=0.01)
+    det.calibrate(magnet, torch.stack([splits.train[i][0] for i in range(1000)]))
+    clean = det.detect(det.scores(magnet, x)).float().mean().item()
+    g = torch.Generator().manual_seed(0)
+    noisy = (x + (torch.rand(x.shape, generator=g) * 2 - 1) * 0.3).clamp(0, 1)  # noise of the Linf 0.3 ball
+    flagged = det.detect(det.scores(magnet, noisy)).float().mean().item()
+    assert clean <= 0.05 and flagged >= 0.9, (clean, flagged)
+    # the reformer is what an end-to-end attack differentiates through
+    xr = x[:4].clone().requires_grad_(True)
+    magnet(xr).sum().backward()
+    assert xr.grad.abs().sum() > 0
+    save_checkpoint(tmp_path / "mg.pt", magnet, {"model": "cw_mnist"})
+    fresh = build_model("cw_mnist", splits)
+    load_checkpoint(tmp_path / "mg.pt", fresh)
+    assert torch.equal(predict(fresh, x), predict(magnet, x))
+    with pytest.raises(RobenchError, match="defense=\\[magnet,magnet_detect\\]"):
+        MagNetDetector().calibrate(victim, x[:5])
+
+
+def test_magnet_and_deepcloak_end_to_end(ckpt_dir, tmp_path):
+    """train-defense (from the session victim's checkpoint), then attack with the detector and the undefended row."""
+    ck = tmp_path / "ck"
+    import shutil
+
+    shutil.copytree(ckpt_dir, ck)
+    quick = ["progress=false", "eval.n_samples=30", "eval.params.steps=5", f"checkpoint_dir={ck}"]
+    p = run_cli("train-defense", "defense=magnet", "train.epochs=1", *quick, f"hydra.run.dir={tmp_path}/t1", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    p = run_cli("attack", "defense=[magnet,magnet_detect]", "dataset.n_samples=30", "attack.params.steps=5",
+                "progress=false", f"checkpoint_dir={ck}", f"hydra.run.dir={tmp_path}/a1", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    s = json.loads((tmp_path / "a1" / "summary.json").read_text())
+    assert s["defense"] == "magnet+magnet_detect" and "detection" in s
+    assert s["undefended_clean_accuracy"] >= 0.9 and 0 <= s["detection"]["false_positive_rate"] <= 0.2
+    p = run_cli("train-defense", "defense=deepcloak", *quick, f"hydra.run.dir={tmp_path}/t2", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    t = json.loads((tmp_path / "t2" / "summary.json").read_text())
+    assert t["clean_accuracy"] >= 0.9
+    p = run_cli("train-defense", "defense=deepcloak", "train.init_from=null", *quick, f"hydra.run.dir={tmp_path}/t3",
+                cwd=tmp_path)
+    assert p.returncode == 2 and "train.init_from" in p.stderr
