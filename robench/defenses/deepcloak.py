@@ -57,7 +57,7 @@ def apply_surgery(model: nn.Module, record: dict) -> nn.Module:
 
 @DEFENSES.register("deepcloak")
 class DeepCloak(TrainingRecipe):
-    """DeepCloak (Gao, Wang and Qi [gao2017deepcloak]; [zhao2020slides] "DeepCloak": "Insert a mask layer in
+    """DeepCloak (Gao et al. [gao2017deepcloak]; [zhao2020slides] "DeepCloak": "Insert a mask layer in
     DNN model to remove unnecessary features", F(x) = g(c(x))): c is the network up to its last fully
     connected layer, g that layer, and the mask zeroes the features of c(x) that adversarial examples
     change most.
