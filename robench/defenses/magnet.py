@@ -216,6 +216,9 @@ class MagNetDetector:
 
     kind = "detector"
 
+    #: numeric ranges the registry checks before construction (robench.registry.validate_params)
+    param_ranges = {"p_i": "[1,2]", "p_ii": "[1,2]"}
+
     def __init__(self, fpr: float = 0.001, calibration_samples: int = 1000, p_i: int = 2, p_ii: int = 1,
                  batch_size: int = 500):
         if not 0 <= fpr < 1:

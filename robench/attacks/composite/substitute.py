@@ -71,7 +71,7 @@ class Substitute(Attack):
 
     #: numeric ranges the registry checks before construction (robench.registry.validate_params)
     param_ranges = {"seed_size": ">=1", "rounds": ">=1", "lmbda": ">0", "epochs": ">=1", "lr": ">0",
-                    "batch_size": ">=1", "crafting_max_queries": ">=1"}
+                    "batch_size": ">=1", "crafting_max_queries": ">=1", "tau": ">=1"}
 
     def __init__(self, seed_size: int = 150, rounds: int = 6, lmbda: float = 0.1, tau: Optional[int] = None,
                  epochs: int = 10, lr: float = 1e-3, batch_size: int = 128,

@@ -123,7 +123,7 @@ class AutoZOOM(ScoreAttack):
 
     #: numeric ranges the registry checks before construction (robench.registry.validate_params)
     param_ranges = {"q": ">=1", "lr": ">0", "const": ">0", "switch_iterations": ">=1", "levels": ">=1",
-                    "ae_epochs": ">=1"}
+                    "ae_epochs": ">=1", "b": ">0", "ae_images": ">=1", "ae_seed": ">=0"}
 
     def __init__(self, codec: str = "ae", q: int = 1, b: Optional[float] = None, beta: Optional[float] = None,
                  lr: float = 0.01, const: float = 1.0, switch_iterations: int = 1000, resize: Optional[int] = None,
