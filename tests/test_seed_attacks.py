@@ -164,7 +164,7 @@ class RowCounter(torch.nn.Module):
 
 def test_substitute_beats_noise_at_the_same_label_budget(victim, test_xy, splits):
     x0, y = test_xy[0][:40], test_xy[1][:40]
-    a = Substitute(seed_size=50, rounds=4, epochs=5, batch_size=32)
+    a = Substitute(seed_size=50, rounds=4, epochs=5, train_batch_size=32)
     a.prepare(AttackContext(class_images=ClassImages(splits.train)))
     m = RowCounter(victim)
     r = _run(a, m, x0, y, access="label", norm="linf", eps=0.3, max_queries=12)

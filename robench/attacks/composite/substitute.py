@@ -32,7 +32,7 @@ class Substitute(Attack):
        images). The attacker sees nothing else of the dataset, never the victim's weights or gradients.
     2. **Substitute training** (Algorithm 1), for ρ = 0 .. ``rounds`` - 1: label the points of S_ρ not
        yet labelled with the victim (one label query each), train the substitute F on S_ρ with those
-       labels for ``epochs`` epochs (Adam, lr ``lr``, batches of ``batch_size``; warm-started from the
+       labels for ``epochs`` epochs (Adam, lr ``lr``, batches of ``train_batch_size``; warm-started from the
        previous round), then augment by the Jacobian: S_{ρ+1} = S_ρ ∪ {x + λ_ρ · sign(J_F(x)[O(x)]) : x ∈ S_ρ}
        (the gradient of F's logit of the victim's label O(x), clipped to [0, 1]), λ_ρ = λ, or with
        ``tau`` set the periodic step λ · (-1)^⌊ρ/τ⌋ of the paper's §6. The last round trains and does
@@ -71,16 +71,16 @@ class Substitute(Attack):
 
     #: numeric ranges the registry checks before construction (robench.registry.validate_params)
     param_ranges = {"seed_size": ">=1", "rounds": ">=1", "lmbda": ">0", "epochs": ">=1", "lr": ">0",
-                    "batch_size": ">=1", "crafting_max_queries": ">=1", "tau": ">=1"}
+                    "train_batch_size": ">=1", "crafting_max_queries": ">=1", "tau": ">=1"}
 
     def __init__(self, seed_size: int = 150, rounds: int = 6, lmbda: float = 0.1, tau: Optional[int] = None,
-                 epochs: int = 10, lr: float = 1e-3, batch_size: int = 128,
+                 epochs: int = 10, lr: float = 1e-3, train_batch_size: int = 128,
                  substitute: Optional[Dict[str, Any]] = None, attack: Optional[Dict[str, Any]] = None,
                  crafting_max_queries: int = 100_000):
         from robench.registry import MODELS, instantiate
 
-        if int(seed_size) < 1 or int(rounds) < 1 or int(epochs) < 1 or int(batch_size) < 1:
-            raise RobenchError("substitute needs seed_size, rounds, epochs and batch_size >= 1")
+        if int(seed_size) < 1 or int(rounds) < 1 or int(epochs) < 1 or int(train_batch_size) < 1:
+            raise RobenchError("substitute needs seed_size, rounds, epochs and train_batch_size >= 1")
         if not lmbda > 0 or not lr > 0:
             raise RobenchError(f"substitute needs lmbda > 0 and lr > 0 (got {lmbda}, {lr})")
         if tau is not None and int(tau) < 1:
@@ -103,7 +103,7 @@ class Substitute(Attack):
             raise RobenchError(f"substitute: crafting attack '{a['name']}' has access '{self.inner.access}'; "
                                f"use a white-box (gradient) attack")
         self.seed_size, self.rounds, self.lmbda, self.tau = int(seed_size), int(rounds), float(lmbda), tau
-        self.epochs, self.lr, self.bs = int(epochs), float(lr), int(batch_size)
+        self.epochs, self.lr, self.bs = int(epochs), float(lr), int(train_batch_size)
         self.crafting_max_queries = int(crafting_max_queries)
         self.images = None
         self.stats = {"substitute_model": self.sub_model, "crafting_attack": self.inner_name, "batches": 0,
