@@ -53,7 +53,10 @@ class Substitute(Attack):
     cut to what is affordable). The oracle judges every training query against the sample charged
     for it (an image far from that sample is never inside its ball), so the attack needs a finite
     ``budget.eps`` (``eps_policy`` finite): with ``eps: null`` any misclassified training image would
-    count as an adversarial example of some sample.
+    count as an adversarial example of some sample. (The oracle does keep such an image as the
+    charged sample's best adversarial point *outside* the ball, so in records.csv an unsuccessful
+    sample's l2/linf columns may be a training image's distance; the summary's distortions are over
+    successes only, which are always the transferred point inside the ball.)
 
     Defaults: λ = 0.1, ρ = 6 rounds and 150 seed images (the paper's MNIST setting: 150 · 2^5 = 4,800
     labels), FGSM with the budget's eps; the substitute is ``small_cnn`` (the paper's substitute

@@ -20,10 +20,13 @@ class FDFGSM(ScoreAttack):
         FD_x(g(x), δ) = [ (g(x + δ e_j) - g(x - δ e_j)) / (2δ) ]_{j = 1..d}
         x_adv = x + ε · sign(FD_x(ℓ_f(x, y), δ))
 
-    ``ℓ_f`` is computed from the victim's probabilities: ``loss=ce`` (default) the cross-entropy of the
-    label (untargeted, ascended) or of the target (targeted, descended: ``x - ε sign(FD(CE_t))``);
-    ``loss=margin`` the C&W margin on log-probabilities (the logit loss of Bhagoji et al.; the softmax
-    normaliser cancels). With an L2 budget the step is the fast-gradient L2 step ``ε · FD / ||FD||_2``.
+    ``ℓ_f`` is computed from the victim's probabilities: ``loss=margin`` (default) the C&W margin on
+    log-probabilities, which equals the logit margin (the softmax normaliser cancels; Bhagoji et al.'s
+    logit-based loss); ``loss=ce`` the cross-entropy of the label (untargeted, ascended) or of the target
+    (targeted, descended: ``x - ε sign(FD(CE_t))``). The margin is the default because the
+    cross-entropy of a confidently classified image is log p_y with p_y within float32 rounding of 1:
+    a δ = 0.01 difference of it is mostly rounding (on 40 MNIST images at Linf 0.3: 57.5% success
+    with ``ce``, 92.5% with ``margin``, white-box FGSM 82.5% / 95% with the CE / C&W loss; README). With an L2 budget the step is the fast-gradient L2 step ``ε · FD / ||FD||_2``.
     The point is projected onto the ball and [0, 1] (:mod:`robench.geometry`).
 
     Probes are valid images: ``x ± δ e_j`` is clipped to [0, 1], and the difference is divided by the
@@ -35,7 +38,7 @@ class FDFGSM(ScoreAttack):
     step is always queried. ``coords_per_call`` only sets how many coordinates go to the oracle per
     call (memory); it changes no result.
 
-    Defaults: δ = 0.01 and the cross-entropy; the slide gives no δ (robench's choice). One step, as the
+    Defaults: δ = 0.01 (the slide gives none: robench's choice) and the margin. One step, as the
     slide's attack; the iterative variant is not implemented.
     """
 
@@ -44,7 +47,7 @@ class FDFGSM(ScoreAttack):
     #: numeric ranges the registry checks before construction (robench.registry.validate_params)
     param_ranges = {"delta": "(0,1)", "coords_per_call": ">=1"}
 
-    def __init__(self, delta: float = 0.01, loss: str = "ce", coords_per_call: int = 196):
+    def __init__(self, delta: float = 0.01, loss: str = "margin", coords_per_call: int = 196):
         if not 0 < delta < 1:
             raise RobenchError(f"fd_fgsm delta must be in (0, 1), got {delta}")
         if loss not in ("ce", "margin"):
