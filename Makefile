@@ -5,13 +5,13 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench install clean
+.PHONY: demo test test-fast docs bench install clean
 
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q -e ".[dev,all]"
+	$(BIN)/python -m pip install -q -e ".[dev,all,ray,docs]"
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -21,8 +21,14 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n auto --dist loadscope
 
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -n auto --dist loadscope -m "not slow"
+
+docs: $(STAMP)
+	$(BIN)/mkdocs build --strict --quiet
+
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_oracle.py
 
 clean:
-	rm -rf $(VENV) checkpoints results/attack results/train results/multirun
+	rm -rf $(VENV) site checkpoints results/attack results/train results/multirun

@@ -31,12 +31,12 @@ import torch
 from omegaconf import OmegaConf
 
 from robench.attacks.score.genattack import GenAttack
-from robench.checkpoint import checkpoint_path, load_checkpoint
+from robench.models.checkpoint import checkpoint_path, load_checkpoint
 from robench.config import resolve_device
 from robench.data import eval_slice, load_dataset
 from robench.errors import RobenchError
 from robench.models import build_model
-from robench.oracle import Oracle
+from robench.referee.oracle import Oracle
 
 EPS, SEED, N = 0.3, 0, 6
 

@@ -6,12 +6,15 @@ distortion) on the first ``--n`` MNIST test images against cw_mnist, three ways,
 * **bare**: ``attack.run`` on ``Oracle(...).view()`` directly (no engine, no guard);
 * **engine**: ``robench.evaluate`` (the engine with the referee's guard: counting victim, forward
   hooks, integrity checks, independent final check);
-* **isolated**: ``robench.evaluate(..., isolate=True)``: the attack's ``run`` in a spawned child,
-  every query a request over a pipe.
+* **isolated**: ``robench.evaluate(..., isolate=True)``: the attack in a bubblewrap sandbox, every query
+  a typed frame over a socket (robench/referee/isolation). The script also runs in a tree from before
+  issue 25 (then: a spawned child, pickled messages over a pipe), so ``compare_versions``-style runs
+  of both trees measure what the boundary costs against the old isolation.
 
 The engine and isolated runs give identical records (the script checks), so their time difference
 over the same queries is the isolation's overhead; the child's start (spawn, importing torch) is
-timed on its own and reported apart. Medians over ``--repeats`` rounds (order rotated each round).
+timed on its own and reported apart (the sandbox's start: bwrap, a fresh interpreter importing torch
+and robench, building the attack). Medians over ``--repeats`` rounds (order rotated each round).
 Weights: ``--checkpoint`` (a robench checkpoint of cw_mnist) or, by default, the randomly
 initialised network (seed 0): timing only, the numbers of queries are what they are.
 
@@ -29,9 +32,12 @@ from omegaconf import OmegaConf
 
 import robench
 from robench.data import eval_slice, load_dataset
-from robench.isolate import IsolatedRunner
 from robench.models import build_model
-from robench.oracle import Oracle
+
+try:
+    from robench.referee.oracle import Oracle
+except ImportError:  # a tree from before issue 26's layout
+    from robench.oracle import Oracle
 from robench.registry import ATTACKS, instantiate
 
 CASES = [("square", robench.Budget(norm="linf", eps=0.1, max_queries=500), {}),
@@ -56,9 +62,18 @@ def engine(model, name, params, budget, x, y, isolate):
 
 
 def spawn_seconds(name, params):
-    atk = instantiate(ATTACKS, name, params, "attack")
+    try:
+        from robench.evaluation.spec import AttackSpec, freeze
+        from robench.referee.isolation import IsolatedAttack
+    except ImportError:  # a tree from before issue 25: the spawned child of robench/isolate.py
+        from robench.isolate import IsolatedRunner
+
+        atk = instantiate(ATTACKS, name, params, "attack")
+        t = time.perf_counter()
+        IsolatedRunner(atk, name).close()
+        return time.perf_counter() - t
     t = time.perf_counter()
-    IsolatedRunner(atk, name).close()
+    IsolatedAttack.start(AttackSpec(name, freeze(params))).close()
     return time.perf_counter() - t
 
 
@@ -73,7 +88,7 @@ def main(argv=None):
     torch.manual_seed(0)
     model = build_model("cw_mnist", splits)
     if a.checkpoint:
-        from robench.checkpoint import load_checkpoint
+        from robench.models.checkpoint import load_checkpoint
 
         load_checkpoint(Path(a.checkpoint), model)
     model.eval()

@@ -33,12 +33,12 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from robench.attacks.whitebox.pgd import PGD
-from robench.checkpoint import checkpoint_path, load_checkpoint
+from robench.models.checkpoint import checkpoint_path, load_checkpoint
 from robench.config import resolve_device
 from robench.data import eval_slice, load_dataset
 from robench.errors import RobenchError
 from robench.models import build_model
-from robench.oracle import Oracle
+from robench.referee.oracle import Oracle
 
 EPS, STEP_SIZE, MAX_QUERIES, SEED = 0.3, 0.01, 10_000, 0
 

@@ -39,11 +39,11 @@ from omegaconf import OmegaConf
 from robench.attacks.whitebox.apgd import APGD
 from robench.attacks.whitebox.cw import CWL2
 from robench.attacks.whitebox.pgd import PGD
-from robench.checkpoint import checkpoint_path, load_checkpoint
+from robench.models.checkpoint import checkpoint_path, load_checkpoint
 from robench.config import configs_dir, resolve_device
 from robench.data import eval_slice, load_dataset
 from robench.models import build_model
-from robench.oracle import Oracle
+from robench.referee.oracle import Oracle
 
 EPS, SEED = 0.3, 0
 

@@ -9,7 +9,7 @@ from robench.data import load_dataset
 from robench.models import build_model
 from robench.models.conditional_bn import set_code
 from robench.registry import DEFENSES
-from robench.train import train
+from robench.training.loop import train
 torch.set_num_threads(1)
 t0 = time.time()
 small = subset(load_dataset(mnist_cfg()), 2000, 200)

@@ -36,7 +36,7 @@ from robench.config import resolve_device
 from robench.data import load_dataset
 from robench.defenses.base import set_bpda
 from robench.errors import RobenchError
-from robench.oracle import Oracle
+from robench.referee.oracle import Oracle
 from robench.victim import load_victim
 
 

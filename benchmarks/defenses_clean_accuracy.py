@@ -12,13 +12,13 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from robench.checkpoint import load_checkpoint
+from robench.models.checkpoint import load_checkpoint
 from robench.config import configs_dir
 from robench.data import eval_slice, load_dataset
 from robench.defenses.base import reseed_defenses
 from robench.defenses.compose import DefendedModel, instantiate_input
 from robench.models import build_model
-from robench.train import predict
+from robench.training.loop import predict
 
 SETTINGS = [("jpeg", {}), ("bit_depth", {}), ("bit_depth", {"bits": 1}), ("median_smoothing", {}),
             ("median_smoothing", {"size": 3}), ("random_resize_pad", {}), ("tvm", {})]

@@ -24,7 +24,7 @@ import torch
 from omegaconf import OmegaConf
 
 import robench
-from robench.checkpoint import load_checkpoint
+from robench.models.checkpoint import load_checkpoint
 from robench.data import load_dataset
 from robench.models import build_model
 

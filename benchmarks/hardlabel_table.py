@@ -65,7 +65,7 @@ def print_table(out: Path, attacks) -> None:
             import pandas as pd
             import yaml
 
-            from robench.results import checkpoint_summary
+            from robench.evaluation.results import checkpoint_summary
             df = pd.read_csv(out / name / "records.csv")
             budget = yaml.safe_load((out / name / "config.yaml").read_text())["budget"]
             eps, norm = budget["eps"], budget["norm"]

@@ -34,11 +34,11 @@ from omegaconf import OmegaConf
 attack, n, repeats, threads, ckpt = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
 if threads:
     torch.set_num_threads(threads)
-from robench.checkpoint import load_checkpoint
+from robench.models.checkpoint import load_checkpoint
 from robench.config import configs_dir
 from robench.data import eval_slice, load_dataset
 from robench.models import build_model
-from robench.oracle import Oracle
+from robench.referee.oracle import Oracle
 splits = load_dataset(OmegaConf.load(configs_dir() / "dataset" / "mnist.yaml"))
 model = build_model("cw_mnist", splits)
 load_checkpoint(Path(ckpt), model)

@@ -57,12 +57,12 @@ def fgsm_side_by_side(ckpt_dir: str, n: int, eps: float) -> None:
     from omegaconf import OmegaConf
 
     from robench.attacks.score.fd_fgsm import FDFGSM
-    from robench.checkpoint import checkpoint_path, load_checkpoint
+    from robench.models.checkpoint import checkpoint_path, load_checkpoint
     from robench.config import configs_dir
     from robench.data import eval_slice, load_dataset
     from robench.models import build_model
-    from robench.oracle import Oracle
-    from robench.train import predict
+    from robench.referee.oracle import Oracle
+    from robench.training.loop import predict
 
     splits = load_dataset(OmegaConf.load(configs_dir() / "dataset" / "mnist.yaml"))
     model = build_model("cw_mnist", splits)

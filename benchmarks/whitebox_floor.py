@@ -34,7 +34,7 @@ import torch
 def _load(root: str, checkpoint: str):
     from omegaconf import OmegaConf
 
-    from robench.checkpoint import load_checkpoint
+    from robench.models.checkpoint import load_checkpoint
     from robench.data import load_dataset
     from robench.models import build_model
 
@@ -91,8 +91,8 @@ def main() -> None:
 
     from robench.attacks.whitebox.cw import CWL2
     from robench.attacks.whitebox.fmn import FMN
-    from robench.oracle import Oracle
-    from robench.train import predict
+    from robench.referee.oracle import Oracle
+    from robench.training.loop import predict
 
     torch.manual_seed(0)
     splits, model = _load(a.root, a.checkpoint)

@@ -8,6 +8,10 @@ def __getattr__(name):  # the Python API, imported on first use (the CLI does no
         from robench import api
 
         return getattr(api, name)
+    if name == "load_adversarial":
+        from robench.evaluation.adversarial import load_adversarial
+
+        return load_adversarial
     if name in ("RobenchError",):
         from robench import errors
 

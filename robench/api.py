@@ -10,8 +10,8 @@ With the same victim, slice, attack parameters, budget, seed and batch size, the
 from __future__ import annotations
 
 import copy
-import datetime as _dt
-from dataclasses import asdict, dataclass, field
+import dataclasses
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
 
@@ -19,26 +19,9 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
+from robench.domain import AUDIO, IMAGE, Domain
 from robench.errors import InputError, RobenchError
-
-
-@dataclass(frozen=True)
-class Budget:
-    """The threat model: ``norm`` (linf, l2), ``eps`` (None: minimal-distortion attacks), ``max_queries``
-    per sample, ``targeted`` and its ``target`` mode (random, least_likely or a class index),
-    ``checkpoints`` (query counts of the anytime curve; None: the default for minimal-distortion attacks)."""
-
-    norm: str = "linf"
-    eps: Optional[float] = 0.3
-    max_queries: int = 10_000
-    targeted: bool = False
-    target: Any = "random"
-    checkpoints: Optional[Sequence[int]] = None
-
-    def as_config(self):
-        d = asdict(self)
-        d["checkpoints"] = None if self.checkpoints is None else list(self.checkpoints)
-        return OmegaConf.create(d)
+from robench.evaluation.spec import Budget  # noqa: F401  (robench.Budget: the API's threat model)
 
 
 @dataclass
@@ -55,13 +38,27 @@ class Result:
 
 
 class Normalized(nn.Module):
-    """``model((x - mean) / std)``: a model that expects normalized inputs, fed [0, 1] images."""
+    """``model((x - mean) / std)``: a model that expects normalized inputs, fed raw inputs (e.g. [0, 1] images)."""
 
-    def __init__(self, model: nn.Module, mean: Sequence[float], std: Sequence[float]):
+    def __init__(self, model: nn.Module, mean: Sequence[float], std: Sequence[float], channels: int, ndim: int = 4):
         super().__init__()
+        try:
+            m = torch.as_tensor(mean, dtype=torch.float32).flatten()
+            s = torch.as_tensor(std, dtype=torch.float32).flatten()
+        except (TypeError, ValueError, RuntimeError):
+            raise InputError(f"evaluate: mean= and std= must be numbers or lists of numbers, got {mean!r} and {std!r}") from None
+        for what, v in (("mean", m), ("std", s)):
+            if len(v) not in (1, channels):
+                raise InputError(f"evaluate: {what}= has {len(v)} values but the inputs have {channels} channel(s): "
+                                 f"give one value per channel (or one for all)")
+            if not bool(torch.isfinite(v).all()):
+                raise InputError(f"evaluate: {what}= must be finite numbers, got {v.tolist()}")
+        if bool((s <= 0).any()):
+            raise InputError(f"evaluate: std= must be > 0 for every channel, got {s.tolist()}")
         self.model = model
-        self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
-        self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+        shape = (1, -1) + (1,) * (ndim - 2)
+        self.register_buffer("mean", m.view(*shape))
+        self.register_buffer("std", s.view(*shape))
 
     def forward(self, x):
         return self.model((x - self.mean) / self.std)
@@ -73,169 +70,210 @@ def _device_of(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def _as_tensors(x, y):
-    """(x, y) tensors from tensors, or from a DataLoader / iterable of (x, y) batches."""
+def _labels(y: Any, n: int) -> torch.Tensor:
+    try:
+        t = y if torch.is_tensor(y) else torch.as_tensor(y)
+    except (TypeError, ValueError, RuntimeError):
+        raise InputError(f"evaluate: y must hold one integer class label per input, got {type(y).__name__} "
+                         f"{str(y)[:40]!r}") from None
+    if t.dim() != 1 or len(t) != n or t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
+        raise InputError(f"evaluate: y must hold one integer label per input ({n}), got shape {tuple(t.shape)} {t.dtype}")
+    return t.detach().cpu().long()
+
+
+def _as_tensors(x, y, domain: Optional[Domain] = None):
+    """(x, y, domain) from tensors, or from a DataLoader / iterable of (x, y) batches, checked: a non-empty
+    batch of finite floating-point inputs in the domain's box, one integer label each."""
     if torch.is_tensor(x):
         if y is None:
             raise InputError("evaluate(model, x, y): labels y are missing (or pass an iterable of (x, y) batches as x)")
-        y = torch.as_tensor(y)
     else:
         if y is not None:
             raise InputError("evaluate: give either tensors x and y, or an iterable of (x, y) batches and no y")
         xs, ys = [], []
-        for item in x:
-            if not isinstance(item, (tuple, list)) or len(item) < 2:
-                raise InputError("evaluate: the iterable must yield (x, y) batches")
-            xs.append(torch.as_tensor(item[0]))
-            ys.append(torch.as_tensor(item[1]))
+        try:
+            for item in x:
+                if not isinstance(item, (tuple, list)) or len(item) < 2:
+                    raise InputError("evaluate: the iterable must yield (x, y) batches")
+                xs.append(torch.as_tensor(item[0]))
+                ys.append(_labels(item[1], len(xs[-1])))
+        except TypeError:
+            raise InputError(f"evaluate: x must be a tensor or an iterable of (x, y) batches, got {type(x).__name__}") from None
         if not xs:
             raise InputError("evaluate: the iterable of (x, y) batches is empty")
-        x, y = torch.cat(xs), torch.cat(ys)
-    if x.dim() != 4:
-        raise InputError(f"evaluate: x must be a batch of images N x C x H x W, got shape {tuple(x.shape)}")
-    if y.dim() != 1 or len(y) != len(x) or y.dtype in (torch.float16, torch.float32, torch.float64, torch.bool):
-        raise InputError(f"evaluate: y must hold one integer label per image ({len(x)}), got shape {tuple(y.shape)} {y.dtype}")
-    return x.detach().cpu().float(), y.detach().cpu().long()
+        try:
+            x, y = torch.cat(xs), torch.cat(ys)
+        except RuntimeError:
+            raise InputError("evaluate: the batches of x have different shapes") from None
+    if domain is None:
+        domain = AUDIO if x.dim() == 3 else IMAGE
+    if x.dim() != domain.ndim:
+        raise InputError(f"evaluate: x must be a batch of {domain.describe()}, got shape {tuple(x.shape)}")
+    if len(x) == 0:
+        raise InputError("evaluate: x holds no inputs")
+    if not x.is_floating_point():
+        raise InputError(f"evaluate: x must be a floating-point tensor of {domain.describe()}, got {x.dtype}")
+    return x.detach().cpu().float(), _labels(y, len(x)), domain
 
 
-def _attack_of(attack, params: Dict[str, Any]):
+def _attack_of(attack, params: Dict[str, Any], isolate: bool):
+    """(registered name, factory or None, traits or None) of ``attack``: a registered name (built by the run,
+    in the sandbox under ``isolate``), a ``module:Class`` code reference, or an Attack instance (copied per run)."""
     from robench.attacks.base import Attack
-    from robench.registry import ATTACKS, instantiate
+    from robench.evaluation.spec import AttackTraits
+    from robench.registry import ATTACKS
 
     if isinstance(attack, str):
-        return attack, (lambda: instantiate(ATTACKS, attack, dict(params), "attack"))
+        return attack, None, None  # a registered name, or a code reference "pkg.module:Class" / "file.py:Class"
     if isinstance(attack, Attack) or (hasattr(attack, "run") and hasattr(attack, "access")):
+        if isolate:
+            raise RobenchError("evaluate: isolate=True takes the attack by registered name or code reference "
+                               "('pkg.module:Class' or 'file.py:Class'), so that its code runs in the sandbox only; "
+                               "an Attack instance was already built in this process")
         if params:
             raise RobenchError(f"evaluate: attack parameters ({', '.join(params)}) go to the attack's constructor; "
                                f"with an Attack instance, set them when you build it")
         name = next((n for n in ATTACKS.names() if type(attack) is ATTACKS.get(n)), type(attack).__name__.lower())
         proto = copy.deepcopy(attack)
-        return name, (lambda: copy.deepcopy(proto))
+        return name, (lambda: copy.deepcopy(proto)), AttackTraits.of(proto, name)
     raise RobenchError(f"evaluate: attack must be a registered attack name or an Attack instance, got {type(attack).__name__}")
 
 
 def evaluate(model: nn.Module, x, y=None, *, attack: Any = "pgd", budget: Optional[Budget] = None, seed: int = 0,
              targets: Any = None, mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None,
-             batch_size: int = 1000, correct_only: bool = True, indices: Optional[Sequence[int]] = None,
+             batch_size: Optional[int] = None, correct_only: bool = True, indices: Optional[Sequence[int]] = None,
              run_dir: Union[str, Path, None] = None, resume: bool = True, progress: bool = False, verbose: bool = False,
              device: Any = None, adaptive: bool = False, bpda: bool = False, eot_samples: int = 1,
              recheck_repeats: Optional[int] = None, confirm_on_sight: Optional[bool] = None,
-             train_data=None, surrogate: Optional[nn.Module] = None, isolate: bool = False, **attack_params) -> Result:
+             train_data=None, surrogate: Optional[nn.Module] = None, isolate: bool = False,
+             domain: Optional[Domain] = None, save_adversarial: Union[bool, Sequence[str], None] = None,
+             **attack_params) -> Result:
     """Attack ``model`` on ``(x, y)`` (or an iterable of ``(x, y)`` batches) and return a :class:`Result`.
 
-    * ``model``: any ``nn.Module`` taking [0, 1] NCHW images and returning logits, on any device
-      (``device``: where to run, default the model's); ``mean``/``std`` wrap a model that expects
-      normalized inputs. Input defenses: pass a victim from :func:`load_victim` with ``defense=``;
-      ``adaptive``, ``bpda``, ``eot_samples`` as in the CLI ("Input defenses and adaptive evaluation");
-      ``isolate``: run the attack in a child process that never holds the model (README, "Untrusted attacks").
+    * ``model``: any ``nn.Module`` taking [0, 1] NCHW images (or, ``domain=robench.domain.AUDIO``, N x C x T
+      signals in [-1, 1]; a 3-D ``x`` picks it) and returning logits, on any device (``device``: where to
+      run, default the model's); ``mean``/``std`` wrap a model that expects normalized inputs. Input
+      defenses: pass a victim from :func:`load_victim` with ``defense=``; ``adaptive``, ``bpda``,
+      ``eot_samples`` as in the CLI ("Input defenses and adaptive evaluation"); ``isolate``: run the
+      attack in a sandboxed child process that never holds the model (README, "Untrusted attacks").
     * ``attack``: a registered name (``robench.registry.ATTACKS.names()``) with its constructor
       arguments as ``**attack_params``, or an ``Attack`` instance.
     * ``budget``: a :class:`Budget`; ``targets``: a tensor of target classes, or a target mode
       (random, least_likely, a class index): a targeted run.
+    * ``batch_size``: samples per oracle batch; None: the attack's configured default, the one
+      ``robench attack`` uses, so the same seed gives the CLI's records.
     * ``run_dir``: writes config.yaml, records.csv (after every batch), progress.json, summary.json and
-      summary.md as the CLI does; a folder holding the same settings resumes from its completed batches.
+      summary.md as the CLI does, and each batch's adversarial examples (``adversarial/``, npz; read them with
+      :func:`robench.load_adversarial`; ``save_adversarial=False`` skips them, ``["npz", "png"]`` adds
+      PNG files); a folder holding the same settings resumes from its completed batches.
     * ``train_data``: a dataset of (image, label) pairs for attacks that draw target-class training
       images (targeted hard-label starts); ``surrogate``: the model ``transfer`` crafts on.
-    Errors are :class:`~robench.errors.RobenchError` with the CLI's one-line messages.
+    Errors are :class:`~robench.errors.RobenchError` with the CLI's one-line messages (a failure of the
+    model itself is chained as ``__cause__``).
     """
     import pandas as pd
 
-    from robench import results as R
     from robench.attacks.base import AttackContext, ClassImages
-    from robench.config import resolve_device, validate_budget
-    from robench.engine import Plan, Referee, choose_targets, prepare_attack
-    from robench.protocols import Evaluation
-    from robench.run import prior_run, run_plan
-    from robench.victim import check_inputs
+    from robench.config import resolve_device
+    from robench.evaluation import results as R
+    from robench.evaluation.folder import RunFolder
+    from robench.evaluation.prepare import Slice, prepare_run
+    from robench.evaluation.runner import ConsoleDisplay, Display, Runner
+    from robench.evaluation.spec import RunSpec
 
     if not isinstance(model, nn.Module):
         raise InputError(f"evaluate: model must be a torch.nn.Module, got {type(model).__name__}")
-    budget = budget or Budget()
-    if not isinstance(budget, Budget):
-        raise RobenchError(f"evaluate: budget must be a robench.Budget, got {type(budget).__name__}")
-    x, y = _as_tensors(x, y)
-    check_inputs(x, "evaluate: x")
+    x, y, domain = _as_tensors(x, y, domain)
+    save = _save_formats(save_adversarial)
     if mean is not None or std is not None:
         if mean is None or std is None:
             raise RobenchError("evaluate: give both mean= and std= (the model's input normalization) or neither")
-        model = Normalized(model, mean, std)
+        model = Normalized(model, mean, std, channels=x.shape[1], ndim=x.dim())
     device = _device_of(model) if device is None else resolve_device(device)
     model = model.to(device).eval()
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise RobenchError(f"attack.batch_size must be >= 1, got {batch_size}")
-    name, make_attack = _attack_of(attack, attack_params)
-    atk = make_attack()
-    bcfg = budget.as_config()
-    if targets is not None and not torch.is_tensor(targets):
-        bcfg.targeted, bcfg.target = True, targets
-    elif targets is not None:
-        bcfg.targeted, bcfg.target = True, "given"
-    with torch.no_grad():  # the clean predictions, batched as robench.train.predict does (any module, with or without parameters)
-        logits = torch.cat([model(x[s:s + 500].to(device)) for s in range(0, len(x), 500)]).float().cpu()
-    num_classes = int(logits.shape[1])
-    validate_budget(bcfg if bcfg.target != "given" else OmegaConf.merge(bcfg, {"target": "random"}), num_classes)
+    name, factory, traits = _attack_of(attack, attack_params, bool(isolate))
+    budget = budget if budget is not None else Budget()
+    if not isinstance(budget, Budget):
+        raise RobenchError(f"evaluate: budget must be a robench.Budget, got {type(budget).__name__}")
+    given = None
+    if targets is not None:
+        if torch.is_tensor(targets) or isinstance(targets, (list, tuple)):
+            given = _labels(targets, len(y))
+            budget = dataclasses.replace(budget, targeted=True, target="given")
+        else:
+            budget = dataclasses.replace(budget, targeted=True, target=targets)
     meta_v = dict(getattr(model, "robench_meta", None) or getattr(getattr(model, "model", None), "robench_meta", None) or {})
-    dname = meta_v.get("defense", "none")
-    cfg = OmegaConf.create({"defense": meta_v.get("defense_cfg", {"name": "none"}), "seed": int(seed), "adaptive": bool(adaptive),
-                            "adaptive_eot_samples": 10, "recheck_repeats": recheck_repeats, "confirm_on_sight": confirm_on_sight})
-    ev = Evaluation(cfg)
-    ev.prepare(model, atk, {"bpda": bpda, "eot_samples": eot_samples}, None, x)  # pre-flight checks included
-    pf = dict(ev.preflight)
+    code = None
+    if ":" in name:  # a code reference: the attack=external of the CLI (imported in the sandbox only under isolate)
+        name, code = "external", name
+        if batch_size is None:
+            batch_size = 1000
+    spec = RunSpec.create(name, attack_params, budget=budget, batch_size=batch_size, code=code, bpda=bpda, eot_samples=eot_samples,
+                          seed=seed, correct_only=correct_only, adaptive=adaptive, recheck_repeats=recheck_repeats,
+                          confirm_on_sight=confirm_on_sight, isolate=isolate,
+                          defense=meta_v.get("defense_cfg", {"name": "none"}), traits=traits)
+    idx = torch.arange(len(y)) if indices is None else _labels(indices, len(y)) if not isinstance(indices, int) else None
+    if idx is None or len(idx) != len(y):
+        raise InputError(f"evaluate: indices must give one index per input ({len(y)})")
     load_surrogate = None
     if surrogate is not None:
-        load_surrogate = lambda spec: (surrogate, "custom", None)  # noqa: E731
+        load_surrogate = lambda spec_: (surrogate, "custom", None)  # noqa: E731
     context = AttackContext(device=device, class_images=None if train_data is None else ClassImages(train_data),
                             load_surrogate=load_surrogate)
-    prepare_attack(atk, context)
-    clean_pred = logits.argmax(1)
-    if torch.is_tensor(targets):
-        t = torch.as_tensor(targets).long().cpu()
-        if t.shape != y.shape or int(t.min()) < 0 or int(t.max()) >= num_classes:
-            raise InputError(f"evaluate: targets must hold one class in 0..{num_classes - 1} per image")
-    elif bcfg.targeted:
-        t = choose_targets(bcfg.target, y, logits, num_classes, torch.Generator().manual_seed(int(seed)))
-    else:
-        t = None
-    attacked = (clean_pred == y) if correct_only else torch.ones_like(y, dtype=torch.bool)
-    if t is not None:
-        attacked &= t != y
-    plan = Plan.contiguous(x, y, t, attacked, batch_size, int(seed))
-    cps = sorted({int(c) for c in bcfg.checkpoints}) if bcfg.checkpoints is not None else (
-        R.default_checkpoints(int(bcfg.max_queries)) if atk.minimizes_distortion else [])
-    referee = Referee(access=atk.access, norm=bcfg.norm, eps=bcfg.eps, max_queries=int(bcfg.max_queries),
-                      num_classes=num_classes, stop_on_success=not atk.minimizes_distortion,
-                      recheck_repeats=ev.recheck_repeats, confirm_repeats=ev.confirm_repeats,
-                      eot_samples=ev.eot_samples, checkpoints=tuple(cps))
-    idx = torch.arange(len(y)) if indices is None else torch.as_tensor(list(indices)).long()
-    if len(idx) != len(y):
-        raise InputError(f"evaluate: indices must give one index per image ({len(y)}), got {len(idx)}")
-    rd, prior = (Path(run_dir), []) if run_dir is not None else (None, [])
-    if rd is not None:
-        settings = {"api": "robench.evaluate", "attack": {"name": name, "params": dict(attack_params), "batch_size": batch_size},
-                    "budget": OmegaConf.to_container(bcfg), "seed": int(seed), "correct_only": bool(correct_only),
-                    "n_samples": len(y), "model": meta_v.get("model", type(model).__name__), "adaptive": bool(adaptive),
-                    "bpda": bool(bpda), "eot_samples": int(eot_samples), "recheck_repeats": recheck_repeats,
-                    "confirm_on_sight": confirm_on_sight, "targets": None if t is None else t.tolist()}
-        done_summary, prior = prior_run(rd, settings, resume)
+    folder = None
+    if run_dir is not None:
+        settings = {"api": "robench.evaluate", "attack": {"name": name, "code": code, "params": dict(attack_params),
+                                                          "batch_size": spec.attack.batch_size},
+                    "budget": spec.budget.as_dict(), "seed": spec.seed, "correct_only": spec.correct_only,
+                    "n_samples": len(y), "model": meta_v.get("model", type(model).__name__), "adaptive": spec.adaptive,
+                    "bpda": spec.attack.bpda, "eot_samples": spec.attack.eot_samples,
+                    "recheck_repeats": recheck_repeats, "confirm_on_sight": confirm_on_sight,
+                    "targets": None if given is None else given.tolist()}
+        folder = RunFolder(run_dir, settings, resume=resume)
+        done_summary, prior = folder.prior()
         if done_summary is not None:
-            recs = R.read_records(rd / "records.csv")
+            recs = R.read_records(folder.path / "records.csv")
             return Result(done_summary, pd.DataFrame(recs, columns=R.record_columns(recs)),
-                          torch.full_like(x, float("nan")), rd, pf)
-        R.atomic_write_text(rd / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(settings)))
-    meta = {"attack": name, "model": meta_v.get("model", type(model).__name__), "dataset": meta_v.get("dataset", "tensors"),
-            "defense": dname, "targeted": t is not None, "target": (bcfg.target if t is not None else None),
-            "seed": int(seed), "started": _dt.datetime.now().isoformat(timespec="seconds"),
-            "checkpoint": meta_v.get("checkpoint"), "shard": None}
+                          torch.full_like(x, float("nan")), folder.path, {})
+    else:
+        prior = []
+    prep = prepare_run(spec, model, Slice(x, y, idx, domain=domain), device=device, context=context, targets=given,
+                       make_attack=None if factory is None else _prepared(factory, context),
+                       meta={"model": meta_v.get("model", type(model).__name__),
+                             "dataset": meta_v.get("dataset", "tensors"), "checkpoint": meta_v.get("checkpoint")})
+    try:
+        if folder is not None:
+            folder.accept()
+        display = ConsoleDisplay(progress=progress, quiet=not verbose) if (progress or verbose) else Display()
+        summary, records, best = Runner(prep, folder, display, save_adversarial=save).run(prior)
+    finally:
+        prep.close()
+    return Result(summary, pd.DataFrame(records, columns=R.record_columns(records)), best,
+                  None if folder is None else folder.path, dict(prep.evaluation.preflight))
 
-    def fresh():
-        a = make_attack()
+
+def _save_formats(save_adversarial) -> tuple:
+    from robench.evaluation.adversarial import FORMATS
+
+    if save_adversarial is None or save_adversarial is True:
+        return ("npz",)
+    if save_adversarial is False:
+        return ()
+    save = tuple(save_adversarial) if isinstance(save_adversarial, (list, tuple)) else (save_adversarial,)
+    if not save or any(f not in FORMATS for f in save):
+        raise RobenchError(f"evaluate: save_adversarial must be True, False or a list of {', '.join(FORMATS)}, "
+                           f"got {save_adversarial!r}")
+    return save
+
+
+def _prepared(factory, context):
+    from robench.evaluation.engine import prepare_attack
+
+    def build():
+        a = factory()
         prepare_attack(a, context)
         return a
-
-    summary, records, best = run_plan(atk, fresh, model, plan, idx, clean_pred, referee, ev, device, meta, run_dir=rd,
-                                      prior_records=prior, batch_size=batch_size, progress=progress, quiet=not verbose,
-                                      announce=verbose, isolate=bool(isolate))
-    return Result(summary, pd.DataFrame(records, columns=R.record_columns(records)), best, rd, pf)
+    return build
 
 
 def _compose(overrides: List[str]):

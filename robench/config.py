@@ -9,9 +9,9 @@ from typing import Any, List
 import torch
 
 from robench.errors import RobenchError
+from robench.registry import config_dirs, configs_dir  # noqa: F401
+from robench.values import MAX_INT, _int, _num, check_bool, check_choice, check_int, check_number, check_seed  # noqa: F401
 
-NORMS = ("linf", "l2")
-TARGET_MODES = ("random", "least_likely")
 GROUPS = ("dataset", "model", "attack", "defense", "budget")
 
 
@@ -30,109 +30,19 @@ def _register_resolvers() -> None:
 _register_resolvers()
 
 
-def configs_dir() -> Path:
-    """The config folder shipped inside the package (``robench/configs``, mapped from ``configs/``)."""
-    import robench.configs as c
-
-    return Path(c.__file__).parent
-
-
-def config_dirs() -> List[Path]:
-    """robench's own config folder, then those of entry-point plugins that ship one."""
-    from robench.registry import PLUGIN_CONFIG_DIRS, load_plugins
-
-    load_plugins()
-    return [configs_dir()] + [d for _, d in PLUGIN_CONFIG_DIRS]
-
-
 def group_options(group: str) -> List[str]:
     return sorted({p.stem for d in config_dirs() for p in (d / group).glob("*.yaml")})
 
 
-def _num(v: Any) -> bool:
-    return isinstance(v, numbers.Real) and not isinstance(v, bool)
-
-
-#: the largest integer a count may take (seeds, query budgets, sizes): torch and numpy keep them in 64 bits
-MAX_INT = 2 ** 62
-
-
-def _int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def check_int(key: str, v: Any, lo: int = 0, hi: int = MAX_INT, null: bool = False, hint: str = "") -> None:
-    """An integer (not 1.5, not true, not 'abc') in [lo, hi], or null when ``null``."""
-    if v is None and null:
-        return
-    if not _int(v) or not lo <= v <= hi:
-        rng = f">= {lo}" if hi == MAX_INT else f"in {lo}..{hi}"
-        raise RobenchError(f"{key} must be an integer {rng}{' or null' if null else ''}{hint}, got '{v}'")
-
-
-def check_number(key: str, v: Any, lo: float | None = None, hi: float | None = None, lo_open: bool = False,
-                 hi_open: bool = False, null: bool = False, hint: str = "") -> None:
-    """A finite number (not nan, not inf, not 'abc', not true) in the given bounds, or null when ``null``."""
-    import math
-
-    if v is None and null:
-        return
-    ok = _num(v) and math.isfinite(v)
-    if ok and lo is not None:
-        ok = v > lo if lo_open else v >= lo
-    if ok and hi is not None:
-        ok = v < hi if hi_open else v <= hi
-    if not ok:
-        parts = ([f"{'>' if lo_open else '>='} {lo}"] if lo is not None else []) + \
-                ([f"{'<' if hi_open else '<='} {hi}"] if hi is not None else [])
-        raise RobenchError(f"{key} must be a finite number{' ' + ' and '.join(parts) if parts else ''}"
-                           f"{' or null' if null else ''}{hint}, got '{v}'")
-
-
-def check_bool(key: str, v: Any, null: bool = False, extra: tuple = ()) -> None:
-    if isinstance(v, bool) or (v is None and null) or v in extra:
-        return
-    words = ["true", "false"] + [str(e) for e in extra] + (["null"] if null else [])
-    raise RobenchError(f"{key} must be {', '.join(words[:-1])} or {words[-1]}, got '{v}'")
-
-
-def check_choice(key: str, v: Any, choices: tuple) -> None:
-    if not isinstance(v, str) or v not in choices:
-        raise RobenchError(f"{key} must be one of {', '.join(choices)}, got '{v}'")
-
-
 def validate_budget(b: Any, num_classes: int | None) -> None:
-    norm = b.get("norm")
-    if norm not in NORMS:
-        raise RobenchError(f"budget.norm must be one of {', '.join(NORMS)}, got '{norm}'")
-    eps = b.get("eps")
-    import math
-    if eps is not None and (not _num(eps) or not math.isfinite(eps) or eps < 0):
-        raise RobenchError(f"budget.eps must be a number >= 0 (or null for minimal-distortion attacks), got '{eps}'")
-    mq = b.get("max_queries")
-    if not _int(mq) or not 1 <= mq <= MAX_INT:
-        raise RobenchError(f"budget.max_queries must be an integer >= 1 (at most 2**62), got '{mq}'")
-    if not isinstance(b.get("targeted"), bool):
-        raise RobenchError(f"budget.targeted must be true or false, got '{b.get('targeted')}'")
-    t = b.get("target")
-    if isinstance(t, bool) or not (t in TARGET_MODES or isinstance(t, int)):
-        raise RobenchError(f"budget.target must be random, least_likely or a class index, got '{t}'")
-    if isinstance(t, int) and (t < 0 or (num_classes is not None and not 0 <= t < num_classes)):
-        top = f"0..{num_classes - 1}" if num_classes is not None else "0 and up"
-        raise RobenchError(f"budget.target={t} is out of range: this dataset has classes {top}")
-    cps = b.get("checkpoints")
-    if cps is not None:
-        ok = not isinstance(cps, (str, bytes)) and hasattr(cps, "__iter__") and len(list(cps)) > 0
-        ok = ok and all(isinstance(c, int) and not isinstance(c, bool) and 1 <= c <= mq for c in cps)
-        if not ok:
-            raise RobenchError(f"budget.checkpoints must be null or a list of query counts in 1..max_queries ({mq}), "
-                               f"e.g. [4000,8000,14000]; got '{cps}'")
+    """A budget config node is a valid :class:`~robench.evaluation.spec.Budget` whose target class exists."""
+    from robench.evaluation.spec import Budget
+
+    Budget.from_mapping(b).check_classes(num_classes)
 
 
 def validate_common(cfg: Any) -> None:
-    seed = cfg.get("seed")
-    if not _int(seed) or not 0 <= seed < 2 ** 63:
-        raise RobenchError(f"seed must be an integer in 0..2**63-1, got '{seed}'")
+    check_seed(cfg.get("seed"))
     resolve_device(cfg.get("device", "auto"))
 
 
@@ -276,33 +186,25 @@ def _common(c: dict) -> None:
 
 
 def validate_attack_config(cfg: Any) -> dict:
-    """Every setting of a ``robench attack`` config, before any work; returns it resolved."""
-    from robench.registry import ATTACKS, instantiate
+    """Every setting of a ``robench attack`` config, before any work; returns it resolved. The dataset,
+    model and defense groups are checked here; the attack, the budget and the protocol options by
+    :meth:`RunSpec.from_config <robench.evaluation.spec.RunSpec.from_config>` (the rules the Python API applies too)."""
+    from robench.evaluation.spec import RunSpec
 
     c = resolved(cfg)
     _common(c)
-    for k in ("correct_only", "adaptive", "resume", "isolate"):
-        if k in c:
-            check_bool(k, c[k])
-    check_bool("confirm_on_sight", c.get("confirm_on_sight"), null=True)
-    check_int("n_correct", c.get("n_correct"), lo=1, null=True)
-    check_int("recheck_repeats", c.get("recheck_repeats"), lo=1, null=True,
-              hint=" (null: 3 for a randomized defense, else 1)")
-    check_int("adaptive_eot_samples", c.get("adaptive_eot_samples", 10), lo=1)
+    check_bool("resume", c.get("resume", True))
+    check_bool("save_adversarial", c.get("save_adversarial", False))
+    fm = c.get("adversarial_formats", ["npz"])
+    from robench.evaluation.adversarial import FORMATS
+
+    if not isinstance(fm, list) or not fm or any(f not in FORMATS for f in fm):
+        raise RobenchError(f"adversarial_formats must be a list of {', '.join(FORMATS)} (e.g. [npz,png]), got '{fm}'")
     _dataset(c.get("dataset"))
     _model(c.get("model"))
+    RunSpec.from_config(c)
     validate_budget(c.get("budget") or {}, (c.get("dataset") or {}).get("num_classes"))
-    a = c.get("attack")
-    if not isinstance(a, dict) or not isinstance(a.get("name"), str):
-        raise RobenchError(f"attack must be an attack config with a name (e.g. attack=pgd), got '{a}'")
-    check_int("attack.batch_size", a.get("batch_size", 1000), lo=1)
-    check_int("attack.eot_samples", a.get("eot_samples", 1), lo=1)
-    check_bool("attack.bpda", a.get("bpda", False))
-    instantiate(ATTACKS, a["name"], a.get("params"), "attack", "attack.params")  # schema, then the constructor's own checks
     _defense(c.get("defense"))
-    if c.get("n_correct") is not None and (c.get("dataset") or {}).get("shard"):
-        raise RobenchError("n_correct cuts the slice after its n-th correct sample and cannot be combined with "
-                           "dataset.shard: use dataset.n_samples with shards")
     return c
 
 

@@ -322,3 +322,32 @@ def instantiate(registry, name: str, params: Dict[str, Any] | None, what: str, p
     """``registry[name](**params)`` after :func:`validate_params` (one line for any bad value)."""
     cls = registry.get(name)
     return cls(**validate_params(registry, name, params, what, prefix))
+
+
+# ------------------------------------------------------------------------------- config folders
+def configs_dir() -> Path:
+    """The config folder shipped inside the package (``robench/configs``, mapped from ``configs/``)."""
+    import robench.configs as c
+
+    return Path(c.__file__).parent
+
+
+def config_dirs() -> List[Path]:
+    """robench's own config folder, then those of entry-point plugins that ship one."""
+    load_plugins()
+    return [configs_dir()] + [d for _, d in PLUGIN_CONFIG_DIRS]
+
+
+def attack_batch_size(name: str) -> int:
+    """``batch_size`` of ``configs/attack/<name>.yaml`` (what ``robench attack attack=<name>`` uses), else 1000."""
+    import yaml
+
+    for d in config_dirs():
+        f = d / "attack" / f"{name}.yaml"
+        if f.exists():
+            try:
+                bs = (yaml.safe_load(f.read_text()) or {}).get("batch_size", 1000)
+            except yaml.YAMLError:
+                return 1000
+            return bs if isinstance(bs, int) and not isinstance(bs, bool) and bs >= 1 else 1000
+    return 1000

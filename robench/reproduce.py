@@ -23,7 +23,7 @@ Numbers are only ever read from runs; a paper row without a matching run prints 
 """
 from __future__ import annotations
 
-import argparse
+import argparse  # noqa: F401
 import json
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -157,7 +157,7 @@ def _final_dist(df):
 def table_2_2(runs: List[Dict[str, Any]]) -> List[str]:
     import pandas as pd
 
-    from robench.results import checkpoint_summary
+    from robench.evaluation.results import checkpoint_summary
 
     rows = [r for r in runs if r["summary"].get("command") == "attack" and _is_mnist(r["summary"])
             and not r["summary"].get("targeted") and r["summary"].get("norm") == "l2"
@@ -221,7 +221,7 @@ def table_2_2_linf(runs: List[Dict[str, Any]]) -> List[str]:
     """The Linf variant (``experiment=paper_table2_2_mnist_linf``): the hard-label rows run with an
     untargeted Linf budget, on the images every such run attacked; the thesis prints no Linf table, so
     there is no paper column."""
-    from robench.results import checkpoint_summary
+    from robench.evaluation.results import checkpoint_summary
 
     rows = [r for r in runs if r["summary"].get("command") == "attack" and _is_mnist(r["summary"])
             and not r["summary"].get("targeted") and r["summary"].get("norm") == "linf"
@@ -276,7 +276,9 @@ def reproduce(folders: List[Path]) -> str:
 
 
 def main(argv: List[str]) -> None:
-    ap = argparse.ArgumentParser(prog="robench reproduce", description="the papers' tables next to robench's runs")
+    from robench.errors import OneLineParser
+
+    ap = OneLineParser(prog="robench reproduce", description="the papers' tables next to robench's runs")
     ap.add_argument("folders", nargs="+", type=Path, help="run folders, or folders holding them (searched recursively)")
     a = ap.parse_args(argv)
     print(reproduce(a.folders), end="")

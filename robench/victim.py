@@ -6,8 +6,8 @@ A victim without input gradients (``model=gbdt``) refuses gradient attacks befor
 :func:`load_victim` is what ``robench attack`` and :func:`robench.load_victim` use to turn (dataset,
 model, defense) into a module in eval mode. :func:`preflight` checks any victim before it is attacked,
 as AutoAttack's ``checks.py`` does [croce2020]: randomness measured by repeated forward passes (not
-trusted from a defense's flag), a warning when the outputs look like probabilities rather than logits,
-and inputs outside [0, 1] refused.
+trusted from a defense's flag) and a warning when the outputs look like probabilities rather than logits;
+:func:`check_inputs` refuses inputs that are not finite or lie outside the domain's box.
 """
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from robench.domain import IMAGE, Domain
 from robench.errors import InputError, RobenchError
 
 log = logging.getLogger("robench")
@@ -28,27 +29,58 @@ def _plain(cfg) -> Dict[str, Any]:
     return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
 
 
+def build_architecture(mcfg: Dict[str, Any], splits) -> Tuple[torch.nn.Module, Dict[str, Any]]:
+    """The network a model config names, with no checkpoint: a registered architecture, or a model source
+    with its own weights (robench/models/sources.py). Returns (model, metadata)."""
+    from robench.models import build_model
+    from robench.models.sources import build_source, source_of
+
+    if source_of(mcfg):
+        return build_source(mcfg, splits)
+    return build_model(mcfg["name"], splits, mcfg.get("params")), {}
+
+
+def model_from_checkpoint(checkpoint_dir: Any, dcfg: Dict[str, Any], mcfg: Dict[str, Any], defense: str, splits, *,
+                          path: Optional[Path] = None, remake: Optional[str] = None) -> Tuple[torch.nn.Module, Dict[str, Any]]:
+    """The one loader: the architecture of ``mcfg`` with the weights recipe ``defense`` trained, from the
+    conventional checkpoint under ``checkpoint_dir`` (or ``path``), the model surgery the checkpoint
+    records applied first (conditional BN, robench/models/conditional_bn.py). Returns (model, metadata
+    with ``path``). A missing or unreadable checkpoint fails in one line naming the command that makes it."""
+    from robench.models.checkpoint import apply_state, checkpoint_path, read_checkpoint, train_command
+    from robench.models.sources import source_of, source_tag
+
+    model, meta = build_architecture(mcfg, splits)
+    tag = source_tag(mcfg) if source_of(mcfg) else mcfg
+    path = Path(path) if path is not None else checkpoint_path(checkpoint_dir, dcfg, tag, defense)
+    if remake is None:
+        remake = (f"robench train-defense ... model={mcfg['source']} defense={defense} (same model.* and dataset "
+                  f"options)" if source_of(mcfg) else train_command(dcfg, mcfg, defense, checkpoint_dir))
+    state, ck = read_checkpoint(path, remake)
+    if ck.get("model_surgery") and not getattr(model, "robench_surgery", None):
+        from robench.models.conditional_bn import apply_surgery
+
+        apply_surgery(model, ck["model_surgery"])
+    apply_state(model, state, path, ck, remake)
+    return model, {**meta, **ck, "path": str(path)}
+
+
 def load_victim(cfg: DictConfig, splits, device: torch.device):
     """Model (+ weights from the conventional checkpoint of its training recipe) for (dataset, model,
     defense), behind the defense's input transformations if any (robench/defenses/compose.py), in eval mode."""
-    from robench.checkpoint import checkpoint_path, load_checkpoint, train_command
     from robench.defenses.compose import DefendedModel, build_inputs, defense_spec
-    from robench.models import build_model
-    from robench.models.sources import source_of, source_victim
+    from robench.models.sources import sha256_file, source_of
 
     spec = defense_spec(cfg.defense)
     dcfg, mcfg, dname = _plain(cfg.dataset), _plain(cfg.model), spec.recipe
-    if source_of(mcfg):  # your own model, TorchScript, ONNX, the zoos (robench/models/sources.py)
-        model, meta = source_victim(cfg, splits, dname)
-        return (DefendedModel(model, build_inputs(spec)) if spec.inputs else model).to(device).eval(), meta
-    model = build_model(mcfg["name"], splits, mcfg.get("params"))
-    meta: Dict[str, Any] = {}
-    if (mcfg.get("params") or {}).get("pretrained") and dname == "none":
+    if source_of(mcfg) and dname == "none":  # your own model, TorchScript, ONNX, the zoos: their own weights
+        model, meta = build_architecture(mcfg, splits)
+    elif (mcfg.get("params") or {}).get("pretrained") and dname == "none":
+        model, meta = build_architecture(mcfg, splits)
         meta = {"source": "pretrained"}
     else:
-        path = checkpoint_path(cfg.checkpoint_dir, dcfg, mcfg, dname)
-        meta = load_checkpoint(path, model, remake=train_command(dcfg, mcfg, dname, cfg.checkpoint_dir))
-        meta["path"] = str(path)
+        model, meta = model_from_checkpoint(cfg.checkpoint_dir, dcfg, mcfg, dname, splits)
+        if source_of(mcfg):
+            meta.update(weights_file=meta["path"], weights_sha256=sha256_file(meta["path"]))
         if meta.get("model_surgery"):  # conditional BN (bn_methods.py): the eps / mix the model runs at
             from robench.models.conditional_bn import configure
             meta["model_told"] = configure(model, spec.recipe_params or {})
@@ -62,9 +94,8 @@ def surrogate_loader(checkpoint_dir: str, dataset_cfg: Dict[str, Any], splits, d
     a registered architecture (``spec['model']``, its config's default ``params`` when null) with the
     weights of ``spec['defense']`` at its conventional path under ``checkpoint_dir``, or ``spec['checkpoint']``."""
     def load(spec: Dict[str, Any]) -> Tuple[torch.nn.Module, str, str]:
-        from robench.checkpoint import checkpoint_path, load_checkpoint, model_tag, train_command
-        from robench.config import config_dirs
-        from robench.models import build_model
+        from robench.models.checkpoint import model_tag
+        from robench.registry import config_dirs
 
         params = spec.get("params")
         if params is None:  # the model's config defaults, as `model=<name>` would compose them
@@ -74,11 +105,10 @@ def surrogate_loader(checkpoint_dir: str, dataset_cfg: Dict[str, Any], splits, d
                     params = OmegaConf.to_container(OmegaConf.load(f)).get("params") or {}
                     break
         mcfg = {"name": spec["model"], "params": dict(params or {})}
-        model = build_model(mcfg["name"], splits, mcfg["params"])
         defense = spec.get("defense") or "none"
-        path = Path(spec["checkpoint"]) if spec.get("checkpoint") else checkpoint_path(checkpoint_dir, dataset_cfg, mcfg, defense)
-        load_checkpoint(path, model, remake=train_command(dataset_cfg, mcfg, defense, checkpoint_dir))
-        return model.to(device).eval(), f"{model_tag(mcfg)}/{defense}", str(path)
+        model, meta = model_from_checkpoint(checkpoint_dir, dataset_cfg, mcfg, defense, splits,
+                                            path=Path(spec["checkpoint"]) if spec.get("checkpoint") else None)
+        return model.to(device).eval(), f"{model_tag(mcfg)}/{defense}", meta["path"]
     return load
 
 
@@ -89,23 +119,41 @@ def gradient_free(obj) -> Optional[str]:
     return next((str(r) for r in (getattr(m, "gradient_free", None) for m in mods) if r), None)
 
 
-def refuse_gradients(obj, access: str, attack: str = "") -> None:
-    """A gradient (white-box) attack on a victim without gradients fails here, before any work, in one line."""
+def gradient_refusal(obj, access: str, attack: str = "") -> Optional[str]:
+    """The rule, decided here only: an attack with ``gradient`` access cannot run on a victim (or registered
+    factory) without input gradients. Returns why, or None when it can run."""
     reason = gradient_free(obj)
-    if reason and access == "gradient":
+    if reason and str(access) == "gradient":
         what = f"attack={attack}" if attack else "a gradient attack"
-        raise RobenchError(f"{reason}: {what} needs input gradients (white-box access); use a score- or label-based "
-                           f"attack instead (e.g. attack=opt, attack=signopt, attack=hsja, attack=square)")
+        return (f"{reason}: {what} needs input gradients (white-box access); use a score- or label-based "
+                f"attack instead (e.g. attack=opt, attack=signopt, attack=hsja, attack=square)")
+    return None
 
 
-def check_inputs(x: torch.Tensor, what: str = "inputs") -> None:
-    """Refuse images outside [0, 1] (one line): robench's threat models and the oracle's box live there."""
+def refuse_gradients(obj, access: str, attack: str = "") -> None:
+    """:func:`gradient_refusal` as a one-line error, before any work."""
+    msg = gradient_refusal(obj, access, attack)
+    if msg:
+        raise RobenchError(msg)
+
+
+def check_inputs(x: torch.Tensor, what: str = "inputs", domain: Domain = IMAGE, hint: str = "") -> None:
+    """Refuse inputs that are not finite floating-point values inside the domain's box (one line):
+    robench's threat models and the oracle's box live there (images: [0, 1]; audio: [-1, 1])."""
+    lo, hi = domain.box
     if not torch.is_tensor(x) or not x.is_floating_point():
-        raise InputError(f"{what} must be a floating-point tensor of images in [0, 1] (NCHW), got "
-                           f"{type(x).__name__ if not torch.is_tensor(x) else x.dtype}")
-    if x.numel() and (float(x.min()) < 0 or float(x.max()) > 1):
-        raise InputError(f"{what} must lie in [0, 1] (found values in [{float(x.min()):.4g}, {float(x.max()):.4g}]); "
-                           f"pass unnormalized images and give the model's normalization as mean=/std=")
+        raise InputError(f"{what} must be a floating-point tensor of {domain.describe()}, got "
+                         f"{type(x).__name__ if not torch.is_tensor(x) else x.dtype}")
+    if not x.numel():
+        return
+    bad = ~torch.isfinite(x)
+    if bool(bad.any()):
+        n = int(bad.flatten(1).any(1).sum()) if x.dim() > 1 else int(bad.sum())
+        raise InputError(f"{what} holds NaN or infinite values ({n} of {len(x)} inputs): inputs must be finite "
+                         f"{domain.describe()}")
+    if float(x.min()) < lo or float(x.max()) > hi:
+        raise InputError(f"{what} must lie in [{lo:g}, {hi:g}] (found values in [{float(x.min()):.4g}, "
+                         f"{float(x.max()):.4g}]){hint or '; pass unnormalized inputs and give the model normalization as mean=/std='}")
 
 
 def preflight(model: torch.nn.Module, x: torch.Tensor, *, repeats: int = 3, tol: float = 1e-5) -> Dict[str, Any]:
@@ -115,10 +163,9 @@ def preflight(model: torch.nn.Module, x: torch.Tensor, *, repeats: int = 3, tol:
       ``tol`` -- measured, not read from a defense's flag;
     * ``probabilities``: every output row is non-negative and sums to 1 (within 1e-4): the model likely
       ends in a softmax, which hides the logits from gradient attacks and weakens them: a warning.
-    Inputs outside [0, 1] are refused (:func:`check_inputs`). The forward passes are the engine's, not
-    queries of any attack.
+    The inputs were checked where they entered (:func:`check_inputs`, called by prepare_run). The
+    forward passes are the engine's, not queries of any attack.
     """
-    check_inputs(x)
     xs = x[:8]
     with torch.no_grad():
         outs = [model(xs).float() for _ in range(max(2, int(repeats)))]

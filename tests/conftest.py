@@ -14,9 +14,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Under pytest-xdist (`make test` runs `-n auto`), the workers share the cores: each gets its share of torch
 # threads, and so do the robench subprocesses they start, instead of every process taking all of them.
+# ROBENCH_TEST_THREADS=N sets every worker's thread count instead (CI runs the suite once with 2, so that no
+# test depends on the summation order one thread count gives).
 _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
-if _WORKERS > 1:
-    _THREADS = max(1, (os.cpu_count() or 1) // _WORKERS)
+_FORCED = os.environ.get("ROBENCH_TEST_THREADS")
+if _WORKERS > 1 or _FORCED:
+    _THREADS = int(_FORCED) if _FORCED else max(1, (os.cpu_count() or 1) // _WORKERS)
     torch.set_num_threads(_THREADS)
     os.environ["OMP_NUM_THREADS"] = str(_THREADS)
 
@@ -35,63 +38,51 @@ def splits():
     return load_dataset(mnist_cfg())
 
 
-@pytest.fixture(scope="session")
-def victim(splits, tmp_path_factory):
-    """cw_mnist naturally trained with the shipped `robench train-defense` defaults (configs/run_train.yaml)
-    on the 4,000 embedded training images: about 30 s on 2 CPU cores. Trained once per test session: the
-    first xdist worker trains it, under a file lock, and the others load its weights."""
-    from filelock import FileLock
+#: the suite's victim: committed weights (tests/fixtures/make_victim.py says how they were made)
+VICTIM_FIXTURE = ROOT / "tests" / "fixtures" / "cw_mnist_natural.pt"
+#: ROBENCH_TEST_PERTURB=1e-5: every test victim's weights get a relative Gaussian noise of that size (seeded),
+#: to prove that no test depends on the last bits of the weights (another CPU rounds differently)
+PERTURB = float(os.environ.get("ROBENCH_TEST_PERTURB", "0") or 0)
 
-    from robench.defenses.natural import Natural
-    from robench.models import build_model
-    from robench.train import train
 
-    torch.manual_seed(0)
-    model = build_model("cw_mnist", splits)
-    tcfg = OmegaConf.load(ROOT / "configs" / "run_train.yaml").train
-    cache = _victim_cache_path(tcfg, tmp_path_factory)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(cache) + ".lock"):
-        if cache.exists():
-            blob = torch.load(cache, weights_only=False)
-            model.load_state_dict(blob["state"])
-            m = blob["metrics"]
-            if os.environ.get("ROBENCH_TEST_CACHE"):  # maybe trained in an earlier session, on whatever load it had then
-                m = dict(m, from_test_cache=True)
-        else:
-            m = train(model, Natural(), splits, tcfg, torch.device("cpu"), seed=0, progress=False)
-            tmp = cache.with_suffix(".tmp%d" % os.getpid())
-            torch.save({"state": model.state_dict(), "metrics": m}, tmp)
-            os.replace(tmp, cache)
-    model.eval()
-    model.metrics = m
+def perturb(model: torch.nn.Module, rel: float = PERTURB, seed: int = 1234) -> torch.nn.Module:
+    """Multiply every trained parameter by (1 + rel * N(0, 1)), elementwise (in place). Buffers stay: the
+    input normalisation is the dataset's, not a learnt weight."""
+    if rel:
+        g = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for t in model.parameters():
+                t.mul_(1 + rel * torch.randn(t.shape, generator=g))
     return model
 
 
-def _victim_cache_path(tcfg, tmp_path_factory):
-    """Where the session victim is kept. By default a folder that this session's xdist workers share
-    (pytest's base temp folder's parent), so CI trains it from scratch once per session. Opt-in developer
-    cache across sessions: ROBENCH_TEST_CACHE=folder. Keyed by the training config and the source of
-    everything that shapes the weights, so a code change retrains."""
-    import hashlib
+def fixture_victim(splits, rel: float = PERTURB) -> torch.nn.Module:
+    """cw_mnist with the committed weights (int8 per tensor, see tests/fixtures/make_victim.py), perturbed
+    when ROBENCH_TEST_PERTURB is set; ``.metrics`` holds what the training that made it measured."""
+    from robench.models import build_model
 
-    folder = os.environ.get("ROBENCH_TEST_CACHE")
-    if not folder:
-        base = tmp_path_factory.getbasetemp()
-        folder = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
-    h = hashlib.sha256(OmegaConf.to_yaml(tcfg).encode())
-    for rel in ("robench/train.py", "robench/models/mnist_models.py", "robench/models/base.py",
-                "robench/data/mnist.py", "robench/data/base.py", "robench/defenses/natural.py"):
-        h.update((ROOT / rel).read_bytes())
-    h.update(torch.__version__.encode())
-    return Path(folder) / f"victim-{h.hexdigest()[:16]}.pt"
+    blob = torch.load(VICTIM_FIXTURE, weights_only=True)
+    model = build_model("cw_mnist", splits)
+    model.load_state_dict({k: v["q"].float() * v["scale"] for k, v in blob["weights"].items()})
+    perturb(model, rel)
+    model.eval()
+    model.metrics = dict(blob["metrics"])
+    return model
+
+
+@pytest.fixture(scope="session")
+def victim(splits):
+    """cw_mnist naturally trained with the shipped `robench train-defense` defaults (configs/run_train.yaml)
+    on the 4,000 embedded training images; its weights are committed (tests/fixtures), so every machine
+    attacks the same network. tests/test_train.py trains the defaults itself."""
+    return fixture_victim(splits)
 
 
 @pytest.fixture(scope="session")
 def test_xy(splits, victim):
     """The first 200 test images the victim classifies correctly."""
     from robench.data import eval_slice
-    from robench.train import predict
+    from robench.training.loop import predict
 
     _, x, y = eval_slice(splits, 400)
     ok = predict(victim, x).argmax(1) == y
@@ -159,7 +150,7 @@ def _run_cli_in_process(args, cwd):
 @pytest.fixture(scope="session")
 def ckpt_dir(tmp_path_factory, victim, splits):
     """A checkpoint folder holding the session victim at its conventional path."""
-    from robench.checkpoint import checkpoint_path, save_checkpoint
+    from robench.models.checkpoint import checkpoint_path, save_checkpoint
 
     d = tmp_path_factory.mktemp("ckpt")
     save_checkpoint(checkpoint_path(str(d), {"name": "mnist", "source": "embedded"}, {"name": "cw_mnist", "params": {}}, "none"),

@@ -8,7 +8,7 @@ from robench.attacks.whitebox.apgd_t import APGDT
 from robench.attacks.whitebox.fgsm import FGSM
 from robench.attacks.whitebox.pgd import PGD
 from robench.errors import RobenchError
-from robench.oracle import Oracle
+from robench.referee.oracle import Oracle
 from tests.test_oracle import CountingModel
 from tests.test_pgd import check_certified
 
@@ -89,6 +89,10 @@ def test_apgd_t_untargeted_budget_costs(victim, test_xy):
 
 
 def test_bad_parameters():
-    for make in (lambda: APGD(steps=0), lambda: APGD(rho=0), lambda: APGD(loss="x"), lambda: APGDT(target_classes=0)):
-        with pytest.raises(RobenchError):
-            make()
+    """Refused by the registry's schema (declared ranges and Literal types) before construction."""
+    from robench.registry import ATTACKS, instantiate
+
+    for name, params in (("apgd_ce", {"steps": 0}), ("apgd_ce", {"rho": 0}), ("apgd_ce", {"loss": "x"}),
+                         ("apgd_t", {"target_classes": 0})):
+        with pytest.raises(RobenchError, match=f"attack.params.{next(iter(params))}"):
+            instantiate(ATTACKS, name, params, "attack")

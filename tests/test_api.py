@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import robench
-from robench import results as R
+from robench.evaluation import results as R
 from tests.conftest import ROOT, run_cli
 
 TIME_COLUMNS = ("seconds", "batch_seconds")
@@ -72,9 +72,10 @@ def test_readme_example_runs():
 def test_errors_are_one_line_robench_errors(victim):
     x = torch.rand(4, 1, 28, 28)
     y = torch.zeros(4, dtype=torch.long)
+    with pytest.raises(robench.RobenchError, match="budget.norm must be one of"):  # refused when the budget is made
+        robench.Budget("l3", 0.3)
     cases = [(dict(x=x * 2), "must lie in \\[0, 1\\]"), (dict(attack="nope"), "unknown attack 'nope'"),
-             (dict(budget=robench.Budget("l3", 0.3)), "budget.norm must be one of"),
-             (dict(attack="pgd", stepz=3), "pgd"), (dict(batch_size=0), "batch_size must be >= 1")]
+             (dict(attack="pgd", stepz=3), "pgd"), (dict(batch_size=0), "batch_size must be an integer >= 1")]
     for over, match in cases:
         kw = {"x": x, "attack": "pgd", **over}
         with pytest.raises(robench.RobenchError, match=match) as e:
@@ -116,3 +117,42 @@ def test_preflight_measures_randomness(victim, test_xy):
     assert res.preflight["randomized"] and res.summary["recheck_repeats"] == 3
     det = robench.evaluate(victim, x, y, attack="fgsm", budget=robench.Budget("linf", 0.3, max_queries=5))
     assert not det.preflight["randomized"] and det.summary["recheck_repeats"] == 1
+
+
+def test_api_and_cli_agree_by_default(ckpt_dir, tmp_path):
+    """No batch-size argument: robench.evaluate takes the attack's configured batch size (Square: 50), as
+    `robench attack attack=square` does, so the same seed gives the same records."""
+    p = run_cli("attack", "attack=square", "dataset.n_samples=60", "budget.max_queries=20", "progress=false",
+                "quiet=true", f"checkpoint_dir={ckpt_dir}", f"hydra.run.dir={tmp_path / 'cli'}", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    cli = pd.DataFrame(R.read_records(tmp_path / "cli" / "records.csv"))
+    victim = robench.load_victim("mnist", "cw_mnist", "none", checkpoint_dir=ckpt_dir)
+    x, y = robench.load_data("mnist", 60)
+    res = robench.evaluate(victim, x, y, attack="square", budget=robench.Budget("linf", 0.3, max_queries=20), seed=0)
+    assert res.summary["batch_size"] == 50 and cli.batch.max() == 1
+    _same_records(cli, res.records)
+
+
+def test_saved_adversarial_examples_match_the_records(victim, test_xy, tmp_path):
+    """run_dir= saves each batch's examples (npz, read back without pickle); every saved point agrees with
+    its record: success, distortion recomputed from the stored point, and the victim's label of it."""
+    from robench.geometry import distortion
+
+    x, y = test_xy[0][:12], test_xy[1][:12]
+    res = robench.evaluate(victim, x, y, attack="pgd", budget=robench.Budget("linf", 0.1), steps=5, batch_size=5,
+                           run_dir=tmp_path / "run", save_adversarial=["npz", "png"])
+    adv = robench.load_adversarial(tmp_path / "run")
+    rec = res.records.sort_values("index").reset_index(drop=True)
+    assert len(adv) == len(rec) == 12 and adv.index.tolist() == rec["index"].tolist()
+    assert adv.success.tolist() == rec.success.astype(bool).tolist()
+    assert torch.equal(adv.x0, x) and adv.x.min() >= 0 and adv.x.max() <= 1
+    d = distortion(adv.x - adv.x0, "linf")
+    for k in range(len(rec)):
+        if rec.success[k]:
+            assert abs(float(d[k]) - rec.linf[k]) < 1e-6 and float(d[k]) <= 0.1 + 1e-5
+            assert int(adv.pred[k]) != int(adv.label[k])
+    with torch.no_grad():
+        assert torch.equal(victim(adv.x).argmax(1), adv.pred)
+    assert len(list((tmp_path / "run" / "adversarial" / "png").glob("*.png"))) == 12
+    with pytest.raises(robench.RobenchError, match="no saved adversarial examples"):
+        robench.load_adversarial(tmp_path)

@@ -69,6 +69,7 @@ def test_cfg_job_shows_the_composed_threat_model():
     assert cfg["seed"] == 0 and cfg["device"] == "auto" and cfg["attack"]["name"] == "pgd"
 
 
+@pytest.mark.slow
 def test_train_then_attack_end_to_end(tmp_path):
     ck = tmp_path / "ck"
     p = run_cli("train-defense", "train.epochs=1", "progress=false", f"checkpoint_dir={ck}",
@@ -148,6 +149,7 @@ def test_non_editable_install_runs_from_any_directory(tmp_path):
     assert "name: pgd" in p.stdout and "norm: l2" in p.stdout
 
 
+@pytest.mark.slow
 def test_entry_point_plugin_package(tmp_path, ckpt_dir):
     """The README's plugin example, installed for real: its attack and its config are found."""
     target = tmp_path / "site"

@@ -1,4 +1,4 @@
-"""robench/cpu_malloc.py: after tune(), the forward / backward passes of an attack step reuse the memory
+"""robench/cli/cpu_malloc.py: after tune(), the forward / backward passes of an attack step reuse the memory
 the previous step freed instead of mapping (and faulting in) fresh pages every time;
 ROBENCH_MALLOC=system leaves glibc alone."""
 import os
@@ -7,13 +7,13 @@ import sys
 
 import pytest
 
-from robench.cpu_malloc import TUNABLES
+from robench.cli.cpu_malloc import TUNABLES
 
 # Page faults per step of what a gradient attack does with a batch: 500 MNIST-sized images through two
 # convolutions, forward and backward. Each activation is 50 MiB, above any mmap threshold glibc allows.
 PROBE = r"""
 import resource, sys, torch
-from robench.cpu_malloc import tune
+from robench.cli.cpu_malloc import tune
 applied = tune() if sys.argv[1] == "tune" else False
 faults = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 torch.manual_seed(0)
@@ -40,6 +40,7 @@ def _probe(mode, **env):
     return applied == "True", int(faults), out[1]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc settings")
 def test_tune_reuses_freed_memory():
     applied, tuned, child_env = _probe("tune", GLIBC_TUNABLES="glibc.malloc.arena_max=2")

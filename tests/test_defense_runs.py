@@ -48,7 +48,7 @@ def test_composition_keeps_the_recipe_checkpoint(monkeypatch, splits, tmp_path):
     """[recipe, jpeg]: the recipe's conventional checkpoint, behind JPEG."""
     from omegaconf import OmegaConf
 
-    from robench.checkpoint import checkpoint_path, save_checkpoint
+    from robench.models.checkpoint import checkpoint_path, save_checkpoint
     from robench.models import build_model
     from robench.victim import load_victim
 
@@ -113,7 +113,8 @@ def test_randomized_defense_rechecks_three_times(ckpt_dir, tmp_path):
 
 
 def test_recheck_and_confirm_settings(victim):
-    from robench.protocols import Evaluation as DefenseRun
+    from robench.evaluation.protocols import Evaluation as DefenseRun
+    from robench.evaluation.spec import RunSpec
     from robench.registry import ATTACKS
 
     pgd = ATTACKS.get("pgd")()
@@ -121,15 +122,17 @@ def test_recheck_and_confirm_settings(victim):
             ([], False, False, 1, 0), (["defense=tvm"], True, False, 3, 0), (["defense=tvm", "recheck_repeats=1"], True, False, 1, 0),
             (["defense=tvm", "adaptive=true"], True, True, 3, 2), (["defense=jpeg", "confirm_on_sight=true"], False, False, 1, 0)]:
         cfg = compose(*over)
-        dr = DefenseRun(cfg)
+        spec = RunSpec.from_config(cfg)
+        dr = DefenseRun(spec.defense, seed=spec.seed, adaptive=spec.adaptive, recheck_repeats=spec.recheck_repeats,
+                        confirm_on_sight=spec.confirm_on_sight)
         model = victim
         if dr.spec.inputs:
             from robench.defenses.compose import build_inputs
             model = DefendedModel(victim, build_inputs(dr.spec))
-        dr.prepare(model, pgd, cfg.attack, None)
+        dr.prepare(model, pgd.access, False, 1, None)
         assert (dr.randomized, dr.recheck_repeats, dr.confirm_repeats) == (randomized, recheck, confirm), over
     with pytest.raises(RobenchError, match="recheck_repeats must be an integer >= 1"):
-        DefenseRun(compose("recheck_repeats=0"))
+        RunSpec.from_config(compose("recheck_repeats=0"))
 
 
 def test_feature_squeeze_detection(ckpt_dir, tmp_path):

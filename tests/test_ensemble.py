@@ -9,7 +9,8 @@ from robench.attacks.composite.ensemble import Ensemble, MemberView
 from robench.attacks.whitebox.bim import BIM
 from robench.attacks.whitebox.fgsm import FGSM
 from robench.errors import RobenchError
-from robench.oracle import AccessError, Oracle
+from robench.referee.oracle import Oracle
+from robench.referee.types import AccessError
 from tests.conftest import ROOT, run_cli
 from tests.test_oracle import CountingModel
 from tests.test_pgd import check_certified
@@ -83,9 +84,9 @@ def test_cli_ensemble_contributions_in_summary(tmp_path, ckpt_dir):
                 "dataset.n_samples=30", "progress=false", f"checkpoint_dir={ckpt_dir}", f"hydra.run.dir={run}")
     assert p.returncode == 0, p.stderr
     s = json.loads((run / "summary.json").read_text())
-    assert [m["attack"] for m in s["ensemble"]] == ["fgsm", "bim"]
-    assert sum(m["success"] for m in s["ensemble"]) == s["n_success"] + s["recheck_failed"]
-    assert sum(m["queries"] for m in s["ensemble"]) == s["total_queries"]
+    assert [m["attack"] for m in s["attack_extra"]["ensemble"]] == ["fgsm", "bim"]
+    assert sum(m["success"] for m in s["attack_extra"]["ensemble"]) == s["n_success"] + s["recheck_failed"]
+    assert sum(m["queries"] for m in s["attack_extra"]["ensemble"]) == s["total_queries"]
     p = run_cli("attack", "attack=ensemble", "attack.params.attacks=[apgd_ce,nope]", "dataset.n_samples=5",
                 "progress=false", f"checkpoint_dir={ckpt_dir}", f"hydra.run.dir={tmp_path}/bad")
     lines = [l for l in p.stderr.strip().splitlines() if l.strip()]

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from robench.defenses.base import InputDefense, set_bpda
-from robench.oracle import Oracle
+from robench.referee.oracle import Oracle
 from robench.registry import ATTACKS
 from tests.test_oracle import CountingModel
 
@@ -64,6 +64,7 @@ def quantized(victim, test_xy):
     return model, x[ok][:20], y[ok][:20]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,params,norm,eps", GRADIENT_ATTACKS, ids=[a[0] for a in GRADIENT_ATTACKS])
 def test_bpda_makes_every_gradient_attack_work_through_a_quantizer(quantized, name, params, norm, eps):
     model, x0, y = quantized

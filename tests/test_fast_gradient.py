@@ -7,7 +7,7 @@ from robench.attacks.whitebox.fgsm import FGSM
 from robench.attacks.whitebox.ilcm import ILCM
 from robench.attacks.whitebox.mifgsm import MIFGSM
 from robench.errors import RobenchError
-from robench.oracle import Oracle
+from robench.referee.oracle import Oracle
 from tests.test_oracle import CountingModel
 from tests.test_pgd import check_certified, noise_success
 
@@ -91,8 +91,11 @@ def test_mifgsm_beats_fgsm_in_ten_steps(victim, test_xy):
     assert r2.success.float().mean() > noise_success(victim, x0, y, "l2", 2.0)
 
 
-@pytest.mark.parametrize("make", [lambda: FGSM(loss="x"), lambda: BIM(steps=0), lambda: MIFGSM(decay=-1),
-                                  lambda: ILCM(step_size=0)])
-def test_bad_parameters(make):
+@pytest.mark.parametrize("name,params", [("fgsm", {"loss": "x"}), ("bim", {"steps": 0}), ("mifgsm", {"decay": -1}),
+                                         ("ilcm", {"step_size": 0})])
+def test_bad_parameters(name, params):
+    """Refused by the registry's schema (or the constructor) before the attack exists."""
+    from robench.registry import ATTACKS, instantiate
+
     with pytest.raises(RobenchError):
-        make()
+        instantiate(ATTACKS, name, params, "attack")

@@ -28,8 +28,9 @@ def test_fmn_beats_deepfool_and_is_counted(victim, test_xy, norm):
     assert r_df.success.all()
     ours, df = _dist(r, x0, norm), _dist(r_df, x0, norm)
     # a minimum-norm optimisation: smaller than DeepFool's linearisation, on the median and on most samples
-    # (Linf, 100 steps, measured: median 0.151 vs DeepFool 0.166)
-    assert ours.median() < (0.9 if norm == "l2" else 0.95) * df.median()
+    # (100 steps, measured: Linf median 0.151 vs DeepFool 0.166; L2 1.77 vs 1.94 and 1.6 vs 1.9 on two trainings
+    # of the tiny victim: a margin that holds across machines, whose weights differ in the last bits)
+    assert ours.median() < 0.95 * df.median()
     assert (ours <= df + 1e-6).float().mean() >= 0.8
 
 

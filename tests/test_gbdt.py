@@ -13,11 +13,12 @@ import torch
 pytest.importorskip("lightgbm")
 
 from robench.attacks.decision.opt import OPTAttack  # noqa: E402
-from robench.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from robench.models.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from robench.errors import RobenchError  # noqa: E402
 from robench.models import build_model  # noqa: E402
 from robench.models.gbdt import fit  # noqa: E402
-from robench.oracle import Oracle, distortion  # noqa: E402
+from robench.geometry import distortion  # noqa: E402
+from robench.referee.oracle import Oracle  # noqa: E402
 from tests.test_decision import Recorder  # noqa: E402
 
 TINY = {"num_trees": 20, "num_leaves": 8, "min_data_in_leaf": 5, "max_bin": 16}

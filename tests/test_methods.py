@@ -4,12 +4,12 @@ import pytest
 import torch
 from torch import nn
 
-from robench.checkpoint import load_checkpoint, save_checkpoint
+from robench.models.checkpoint import load_checkpoint, save_checkpoint
 from robench.errors import RobenchError
 from robench.models import build_model
 from robench.models.conditional_bn import (ConditionalBatchNorm, condition_bn, encode_eps, set_code, tell_eps)
 from robench.registry import DEFENSES
-from robench.train import train
+from robench.training.loop import train
 from test_recipes import _robust, subset, tcfg
 
 
@@ -145,8 +145,11 @@ def test_checkpoint_reapplies_the_surgery(splits, tmp_path):
     model = rec.prepare_model(model)
     train(model, rec, small, tcfg(), torch.device("cpu"), seed=0, progress=False)
     save_checkpoint(tmp_path / "m.pt", model, {"model": "small_cnn_bn"})
-    fresh = _bn_model(small, seed=1)
-    meta = load_checkpoint(tmp_path / "m.pt", fresh)
+    from robench.victim import model_from_checkpoint
+
+    torch.manual_seed(1)
+    fresh, meta = model_from_checkpoint(None, {"name": "mnist"}, {"name": "small_cnn_bn", "params": {"depth": 2, "width": 8}},
+                                        "robmask", small, path=tmp_path / "m.pt")  # the one loader applies the surgery
     assert meta["model_surgery"]["eval_eps"] == 0.3
     x = small.test.tensors[0][:8]
     with torch.no_grad():
@@ -202,8 +205,8 @@ def test_invariance_and_landscape_commands(splits, tmp_path):
     the loss climbs along the gradient-sign direction; a 10° rotation costs accuracy."""
     import csv
 
-    from robench.checkpoint import checkpoint_path
-    from robench.checks import invariance_main, landscape_main
+    from robench.models.checkpoint import checkpoint_path
+    from robench.analysis import invariance_main, landscape_main
     from robench.defenses.natural import Natural
 
     small = subset(splits, 1000, 100)
@@ -239,9 +242,9 @@ def _compose(*overrides, config="run_attack"):
 def test_attack_time_mix_and_eps_reach_the_loaded_model(splits, tmp_path):
     """`robench attack` loads a conditional-BN checkpoint with the surgery re-applied and tells it
     defense.params.mix (bn_finetune, the Table 6.2 preset) or the budget's eps (robmask, Table 6.5)."""
-    from robench.checkpoint import checkpoint_path
+    from robench.models.checkpoint import checkpoint_path
     from robench.models.conditional_bn import ConditionalBatchNorm
-    from robench.run import load_victim
+    from robench.victim import load_victim
 
     small = subset(splits, 64, 32)
     for name in ("bn_finetune", "robmask"):

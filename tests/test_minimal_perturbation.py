@@ -6,7 +6,7 @@ from robench.attacks.whitebox.cw import CWL2, cw_margin
 from robench.attacks.whitebox.cw_linf import CWLinf
 from robench.attacks.whitebox.deepfool import DeepFool
 from robench.errors import RobenchError
-from robench.oracle import Oracle
+from robench.referee.oracle import Oracle
 from tests.test_oracle import CountingModel
 from tests.test_pgd import check_certified, noise_success
 
@@ -35,6 +35,7 @@ def test_cw_margin_signs():
     assert cw_margin(z, torch.tensor([0]), True, 0.5).item() == -0.5
 
 
+@pytest.mark.slow
 def test_cw_l2_finds_small_perturbations(victim, test_xy):
     x0, y = test_xy[0][:20], test_xy[1][:20]
     counter = CountingModel(victim, x0)

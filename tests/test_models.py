@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from robench.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint, train_command
+from robench.models.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint, train_command
 from robench.data.base import DatasetSplits
 from robench.errors import RobenchError
 from robench.models import build_model

@@ -4,7 +4,8 @@ import torch
 from torch import nn
 
 from robench.attacks.whitebox.pgd import PGD
-from robench.oracle import AccessError, Oracle
+from robench.referee.oracle import Oracle
+from robench.referee.types import AccessError
 
 
 class CountingModel(nn.Module):

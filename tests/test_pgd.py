@@ -1,8 +1,14 @@
 """PGD works on a trained tiny victim: it succeeds where random noise of the same size fails."""
 import torch
 
-from robench.attacks.whitebox.pgd import PGD, project
-from robench.oracle import Oracle, distortion
+from robench.attacks.whitebox.pgd import PGD
+from robench.geometry import geometry
+
+
+def project(x, x0, norm, eps):
+    return geometry(norm).project_point(x, x0, eps)
+from robench.geometry import distortion
+from robench.referee.oracle import Oracle
 
 
 def noise_success(model, x, y, norm, eps, trials=5, seed=0):

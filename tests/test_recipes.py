@@ -13,7 +13,7 @@ from robench.data.base import DatasetSplits
 from robench.defenses.base import TrainContext
 from robench.models import build_model
 from robench.registry import DEFENSES
-from robench.train import train
+from robench.training.loop import train
 
 RECIPES = {"none": {}, "pgd_at": {"eps": 0.3, "steps": 2}, "fgsm_at": {"eps": 0.3}, "fast_at": {"eps": 0.3},
            "trades": {"eps": 0.3, "steps": 2}, "cat": {"eps_max": 0.3, "steps": 2}, "sprout": {},
@@ -73,12 +73,13 @@ def test_recipe_trains_a_few_steps(name, splits, tmp_path):
 
 
 def _robust(model, small, eps, n=200):
-    from robench.robust_eval import robust_accuracy
+    from robench.evaluation.robust_eval import robust_accuracy
     ecfg = OmegaConf.create({"attack": "pgd", "params": {"steps": 20}, "n_samples": n, "batch_size": 1000})
     budget = OmegaConf.create({"norm": "linf", "eps": eps, "max_queries": 10000, "targeted": False, "target": "random"})
     return robust_accuracy(model, small, ecfg, budget, 0, torch.device("cpu"))
 
 
+@pytest.mark.slow
 def test_adversarial_training_raises_robust_accuracy(splits):
     """small_cnn (width 16) on 2,000 embedded MNIST images, 3 epochs; PGD-20 at Linf 0.1 on 200 test
     images, through the oracle. Seed 0 gives natural 49% robust (90.5% clean), PGD-AT 78% and TRADES

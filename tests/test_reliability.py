@@ -73,7 +73,7 @@ ATTACK_CASES = [
     ("attack.params.steps=1.5", "attack.params.steps must be an integer"), ("attack.params.steps=abc", "attack.params.steps"),
     ("attack.params.steps=true", "attack.params.steps"), ("attack.params.restarts=0", "attack.params.restarts"),
     ("attack.params.random_start=maybe", "attack.params.random_start must be true or false"),
-    ("attack.params.loss=1", "attack.params.loss must be a string"),
+    ("attack.params.loss=1", "attack.params.loss must be one of ce, cw"),
     ("attack.params.early_stop=yes", "attack.params.early_stop must be true or false"),
     ("+attack.params.wings=3", "attack 'pgd' has no parameter(s) wings"),
     ("attack.params.wings=3", "bad override: Could not override 'attack.params.wings'"),
@@ -174,6 +174,7 @@ def _one_line_exit_2(argv, capsys):
     return e.value.code, lines
 
 
+@pytest.mark.slow
 def test_fuzz_table_of_invalid_command_lines(world, capsys):
     """At least 100 invalid command lines: each exits 2, with exactly one line on stderr, and leaves the
     pre-existing run folder (and everything else of the fixture) byte-identical."""
@@ -234,7 +235,7 @@ def test_a_refused_run_leaves_the_previous_folder_byte_identical(world):
 
 
 def test_old_runs_overrides_are_read_from_hydra_folder(tmp_path):
-    from robench.run_folder import run_overrides
+    from robench.evaluation.folder import run_overrides
 
     (tmp_path / ".hydra").mkdir()
     (tmp_path / ".hydra" / "overrides.yaml").write_text("- attack.params.steps=9\n- progress=false\n")
@@ -263,16 +264,16 @@ def test_failed_samples_distortion_columns_match_the_readme(ckpt_dir, tmp_path):
     assert (r[r.success].linf <= 0.02 + 1e-5).all()
 
 
-def test_an_attack_breaking_its_declared_access_is_one_line(capsys):
+def test_an_attack_breaking_its_declared_access_is_one_line(capsys, tmp_path):
     from omegaconf import OmegaConf
 
-    from robench.oracle import AccessError
+    from robench.referee.types import AccessError
 
-    def job(cfg, run_dir):
+    def job(cfg, folder):
         raise AccessError("an attack with access 'label' asked for scores-level answers")
 
     with pytest.raises(SystemExit) as e:
-        cli.run_job(job, OmegaConf.create({"attack": {"name": "sneaky"}}), Path("."))
+        cli.run_job(job, OmegaConf.create({"attack": {"name": "sneaky"}}), tmp_path / "run")
     err = capsys.readouterr().err.strip().splitlines()
     assert e.value.code == 2 and len(err) == 1
     assert "attack 'sneaky' broke its declared access (an attack with access 'label' asked for scores" in err[0]
@@ -290,7 +291,15 @@ def test_every_shipped_preset_passes_validation():
     with initialize_config_dir(version_base="1.3", config_dir=str(configs_dir())):
         attacks, defenses, models = group_options("attack"), group_options("defense"), group_options("model")
         n = max(len(attacks), len(defenses), len(models))  # every preset at least once, in few compositions
-        runs = [("run_attack", [f"attack={attacks[i % len(attacks)]}", f"defense={defenses[i % len(defenses)]}",
+        def attack_args(a):  # what each attack needs to run at all (its declarations; attack=external: its code)
+            from robench.registry import ATTACKS
+
+            if a == "external":
+                return ["attack=external", "attack.code=tests/hostile_plugins.py:Honest"]
+            cls = ATTACKS.get(a) if a in ATTACKS else None  # a config option may name another attack (autoattack_lite)
+            return [f"attack={a}"] + (["budget.eps=null"] if getattr(cls, "eps_policy", "") == "null" else [])
+
+        runs = [("run_attack", [*attack_args(attacks[i % len(attacks)]), f"defense={defenses[i % len(defenses)]}",
                                 f"model={models[i % len(models)]}"]) for i in range(n)]
         runs += [("run_train", [f"defense={d}"]) for d in defenses if _kind(d) == "train"]
         runs += [("run_attack" if "train" not in e and "plasticity" not in e else "run_train", [f"experiment={e}"])

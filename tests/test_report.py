@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from robench import results as R
+from robench.evaluation import results as R
 from robench.data.base import eval_indices
 from robench.errors import RobenchError
 from robench.report import main as report_main
@@ -27,7 +27,8 @@ def make_run(folder, records, meta, cfg=None, overrides=(), extra=None):
     R.write_records(folder / "records.csv", records)
     s = R.summarize(records, {"max_queries": 1000, "seconds": R.record_totals(records)["seconds"], **meta})
     s.update(extra or {})
-    R.write_summary(folder, s)
+    (folder / "summary.json").write_text(json.dumps(s, default=R.json_default))
+    (folder / "summary.md").write_text(R.summary_markdown(s))
     (folder / ".hydra").mkdir()
     (folder / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(list(overrides)))
     if cfg is not None:
@@ -108,10 +109,10 @@ def test_report_tables_html_and_plots(runs, tmp_path):
     # every plot that has data, as PNG and SVG; the HTML page embeds the PNGs (self-contained)
     for name in ("success_vs_queries", "distortion_vs_queries", "clean_vs_robust"):
         assert (out / f"{name}.png").stat().st_size > 5000 and (out / f"{name}.svg").exists(), name
-    assert not (out / "robust_acc_vs_eps.png").exists()  # no white-box eps sweep among these runs
+    assert not (out / "robust_acc_vs_eps.png").exists()  # no eps sweep among these runs (all minimal-distortion)
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 3 and "<table>" in html and "src='http" not in html
-    assert "no white-box setting run at two or more eps" in html
+    assert "no runs at two or more eps: robust_acc_vs_eps not drawn" in html
 
 
 def test_report_rows_cols_values_and_errors(runs, tmp_path, capsys):
@@ -275,3 +276,94 @@ def test_plot_legends_sit_outside_the_axes(runs, tmp_path, monkeypatch):
         assert leg.x0 >= ax.x1, name  # right of the axes: it covers no curve
         assert all(len(t) <= 30 for t in texts), texts
     assert boxes["success_vs_queries"][2] == ["defense=none", "defense=jpeg"]
+
+
+def eps_sweep_runs(root, attacks=(("pgd", "gradient"), ("square", "scores"), ("hsja", "label")),
+                   eps=(0.1, 0.2, 0.3), defenses=("none",), repeat=1):
+    """Synthetic runs of `robench attack -m budget.eps=... attack=...`: 10 samples each, the number of
+    successes different in every run (so an averaged cell shows a number no run has)."""
+    k = 0
+    for rep in range(repeat):
+        for d in defenses:
+            for a, access in attacks:
+                for e in eps:
+                    k += 1
+                    n_succ = (k * 3) % 10
+                    recs = [rec(i, i < n_succ, 5 + i, linf=e) for i in range(10)]
+                    meta = {"model": "cw_mnist", "dataset": "mnist", "norm": "linf", "eps": e, "budget": f"linf_{e}",
+                            "attack": a, "defense": d}
+                    make_run(root / f"{rep}-{d}-{a}-{e}", recs, meta, extra={"access": access},
+                             overrides=[f"attack={a}", f"budget.eps={e}"] + ([f"defense={d}"] if len(defenses) > 1 else []))
+    return root
+
+
+def test_swept_settings_go_on_an_axis_never_into_an_average(tmp_path):
+    """The issue-30 sweep (budget.eps=0.1,0.2,0.3 attack=pgd,square,hsja): the default pivot is attack
+    by defense, and eps, which differs between the runs of each cell, joins the columns (the defense is
+    the same for all); every cell is one run's number. --average keeps the old mean, with a note that
+    names eps only (attack is on an axis, budget is eps's name)."""
+    root = eps_sweep_runs(tmp_path / "runs")
+    out = tmp_path / "o"
+    report_main([str(root), "--out", str(out), "-q"])
+    runs = pd.read_csv(out / "report.csv")
+    p = pd.read_csv(out / "pivot-robust_accuracy.csv", index_col=0)
+    assert list(p.columns) == ["none / 0.1", "none / 0.2", "none / 0.3"] and sorted(p.index) == ["hsja", "pgd", "square"]
+    for _, r in runs.iterrows():
+        assert p.loc[r.attack, f"none / {r.budget.split('_')[1]}"] == pytest.approx(r["robust acc"])
+    assert p.size == len(runs) == 9 and not p.isna().any().any()
+    md = (out / "report.md").read_text()
+    assert "## robust_accuracy: attack by defense x eps" in md and "cell(s) average" not in md
+    assert "> added eps to the columns: it differs between runs" in md
+    html = (out / "report.html").read_text()
+    assert "<th class='axis'>eps</th>" in html and "<th colspan='3'>none</th>" in html
+
+    report_main([str(root), "--out", str(tmp_path / "avg"), "--average", "-q"])
+    a = pd.read_csv(tmp_path / "avg" / "pivot-robust_accuracy.csv", index_col=0)
+    assert list(a.columns) == ["none"]
+    for att in ("pgd", "square", "hsja"):
+        assert a.loc[att, "none"] == pytest.approx(runs[runs.attack == att]["robust acc"].mean())
+    note = [line for line in (tmp_path / "avg" / "report.md").read_text().splitlines() if "average" in line]
+    assert note == ["> 3 cell(s) average runs of different settings: they differ in eps (without --average they go "
+                    "on an axis)"]
+
+
+def test_settings_join_the_rows_when_the_columns_tell_runs_apart(tmp_path):
+    """Two defenses on the columns: eps joins the rows; a sweep run twice (repeats of equal settings)
+    shares its cells, with a note saying the cells hold repeats, not different settings."""
+    root = eps_sweep_runs(tmp_path / "runs", attacks=(("pgd", "gradient"),), eps=(0.1, 0.3), defenses=("none", "jpeg"),
+                          repeat=2)
+    out = tmp_path / "o"
+    report_main([str(root), "--out", str(out), "-q", "--values", "robust"])
+    p = pd.read_csv(out / "pivot-robust_accuracy.csv", index_col=[0, 1])
+    assert list(p.index.names) == ["attack", "eps"] and list(p.index) == [("pgd", 0.1), ("pgd", 0.3)]
+    assert sorted(p.columns) == ["jpeg", "none"]
+    md = (out / "report.md").read_text()
+    assert "> added eps to the rows: it differs" in md
+    assert "> 4 cell(s) hold repeated runs of the same settings: their mean is shown" in md
+    runs = pd.read_csv(out / "report.csv")
+    want = runs[(runs.defense == "jpeg") & (runs.budget == "linf_0.3")]["robust acc"]
+    assert len(want) == 2 and p.loc[("pgd", 0.3), "jpeg"] == pytest.approx(want.mean())
+
+
+def test_robust_acc_vs_eps_draws_every_family_in_its_own_style(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    from robench.report import plots
+
+    root = eps_sweep_runs(tmp_path / "runs")
+    lines = {}
+    save = plots._save
+
+    def spy(fig, out, name):
+        ax = fig.axes[0]
+        lines[name] = {ln.get_label(): (ln.get_linestyle(), ln.get_marker(), list(ln.get_xdata()))
+                       for ln in ax.get_lines()}
+        lines[name + ":legend"] = [t.get_text() for t in ax.get_legend().get_texts()]
+        return save(fig, out, name)
+
+    monkeypatch.setattr(plots, "_save", spy)
+    report_main([str(root), "--out", str(tmp_path / "o"), "--plots", "-q"])
+    got = lines["robust_acc_vs_eps"]
+    assert got["pgd"] == ("-", "o", [0.1, 0.2, 0.3])
+    assert got["square"] == ("--", "s", [0.1, 0.2, 0.3])
+    assert got["hsja"] == (":", "^", [0.1, 0.2, 0.3])
+    assert lines["robust_acc_vs_eps:legend"] == ["hsja", "pgd", "square", "white-box", "score-based", "hard-label"]

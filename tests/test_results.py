@@ -1,7 +1,7 @@
 import json
 import math
 
-from robench.results import RECORD_COLUMNS, atomic_write_text, summarize, success_budgets
+from robench.evaluation.results import RECORD_COLUMNS, atomic_write_text, summarize, success_budgets
 
 
 def rec(i, label, pred, attacked, success, q=-1, l2=float("nan"), linf=float("nan"), queries=0):

@@ -10,7 +10,8 @@ from robench.attacks.score.noise import RandomNoise
 from robench.attacks.score.square import Square, p_selection
 from robench.attacks.score.zoo import ZOO
 from robench.errors import RobenchError
-from robench.oracle import Oracle, distortion
+from robench.geometry import distortion
+from robench.referee.oracle import Oracle
 
 
 class CallLog(nn.Module):
@@ -108,6 +109,7 @@ def test_genattack_queries_elite_not_paid_twice(victim, test_xy):
     assert (r.queries == 44).all() and (m.per_sample == 44).all()
 
 
+@pytest.mark.slow
 def test_genattack_targeted_beats_noise(victim, test_xy):
     x0, y = case(test_xy)
     t = targets_for(y)
@@ -117,6 +119,7 @@ def test_genattack_targeted_beats_noise(victim, test_xy):
     assert rate(r) >= 0.4 and rate(r) - base >= 0.3, (rate(r), base)
 
 
+@pytest.mark.slow
 def test_genattack_untargeted_reduced_adaptive(victim, test_xy):
     """Dimensionality reduction (14x14 noise, bilinear to 28x28) and the adaptive schedule work end to end."""
     x0, y = case(test_xy)
@@ -142,9 +145,12 @@ def test_bad_parameters():
 
 
 def test_genattack_is_linf_only(victim, test_xy):
-    o = Oracle(victim, test_xy[0][:2], test_xy[1][:2], access="scores", norm="l2", eps=1.0, num_classes=10)
-    with pytest.raises(RobenchError, match="linf"):
-        GenAttack().run(o, torch.Generator().manual_seed(0))
+    """Declared (``norms``) and enforced before the run starts, in one line."""
+    import robench
+
+    assert GenAttack.norms == ("linf",)
+    with pytest.raises(RobenchError, match="supports budget.norm linf, got 'l2'"):
+        robench.evaluate(victim, test_xy[0][:2], test_xy[1][:2], attack="genattack", budget=robench.Budget("l2", 1.0))
 
 
 # ---------------------------------------------------------------- Square
@@ -166,6 +172,7 @@ def test_square_linf_untargeted_beats_noise(victim, test_xy):
     assert sum(m.calls) == int(r.queries.sum())
 
 
+@pytest.mark.slow
 def test_square_l2_beats_noise(victim, test_xy):
     x0, y = case(test_xy)
     r = run(Square(), victim, x0, y, "l2", 2.0, 1000)
@@ -204,6 +211,7 @@ def test_nes_l2_beats_noise(victim, test_xy):
 
 
 # ---------------------------------------------------------------- ZOO
+@pytest.mark.slow
 def test_zoo_beats_noise(victim, test_xy):
     """A small case: lr = eps makes each first Adam step a full signed step, so 1,500 queries
     (5 iterations of 128 coordinates) suffice."""
@@ -257,7 +265,7 @@ def test_cli_square_first_n_correct(ckpt_dir, tmp_path):
 
 
 def test_prefix_with_n_correct():
-    from robench.run import prefix_with_n_correct
+    from robench.evaluation.prepare import prefix_with_n_correct
 
     c = torch.tensor([True, False, True, True, False])
     assert prefix_with_n_correct(c, 2) == 3 and prefix_with_n_correct(c, 3) == 4 and prefix_with_n_correct(c, 9) == 5

@@ -11,7 +11,8 @@ from robench.attacks.score.fd_fgsm import FDFGSM
 from robench.attacks.score.noise import RandomNoise
 from robench.attacks.whitebox.lbfgs import LBFGS
 from robench.errors import RobenchError
-from robench.oracle import Oracle, distortion
+from robench.geometry import distortion
+from robench.referee.oracle import Oracle
 from tests.test_oracle import CountingModel
 from tests.test_score_attacks import CallLog, certified, targets_for
 

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
-from robench.checkpoint import load_checkpoint, save_checkpoint
+from robench.models.checkpoint import load_checkpoint, save_checkpoint
 from robench.defenses.adversarial import pgd
 from robench.defenses.base import TrainContext
 from robench.defenses.deepcloak import DeepCloak, MaskedLinear
@@ -20,7 +20,7 @@ from robench.defenses.magnet import MagNet, MagNetDetector, MagNetReformer, find
 from robench.errors import RobenchError
 from robench.models import build_model
 from robench.models.denoise import NonLocalDenoise
-from robench.train import predict, train
+from robench.training.loop import predict, train
 from tests.conftest import run_cli
 
 

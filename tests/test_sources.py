@@ -16,7 +16,7 @@ from tests.conftest import run_cli
 
 MNIST_NORM = ["model.mean=[0.1307]", "model.std=[0.3081]"]
 PGD = ["attack=pgd", "attack.params.steps=10"]
-SQUARE = ["attack=square", "budget.max_queries=150"]
+SQUARE = ["attack=square", "budget.max_queries=100"]
 TIME_COLUMNS = ["seconds", "batch_seconds"]
 
 USER_NET = textwrap.dedent("""
@@ -44,10 +44,11 @@ def compose(*overrides, name="run_attack"):
 
 def attack(run_dir: Path, *overrides):
     """``robench attack`` in this process; returns (records without time columns, summary)."""
-    from robench.run import run_attack
+    from robench.cli.attack_job import run_attack
+    from robench.evaluation.folder import RunFolder
 
     cfg = compose("quiet=true", "progress=false", *overrides)
-    summary = run_attack(cfg, run_dir)
+    summary = run_attack(cfg, RunFolder.for_config(cfg, run_dir))
     rec = pd.read_csv(run_dir / "records.csv").drop(columns=TIME_COLUMNS)
     return rec, summary
 
@@ -80,6 +81,17 @@ def source_overrides(kind, files):
     return [f"model={kind}", f"model.path={files[kind]}"]
 
 
+_BUILTIN: dict = {}
+
+
+def builtin_run(att: tuple, ckpt_dir, tmp_path):
+    """The built-in victim's run of ``att``, once per attack for the three exported kinds."""
+    if att not in _BUILTIN:
+        _BUILTIN[att] = attack(tmp_path / "builtin", f"checkpoint_dir={ckpt_dir}", "dataset.n_samples=30", *att)
+    return _BUILTIN[att]
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["module", "torchscript", "onnx"])
 @pytest.mark.parametrize("att", [PGD, SQUARE], ids=["pgd", "square"])
 def test_exported_victim_gives_the_builtin_records(kind, att, exported, ckpt_dir, tmp_path, victim, test_xy):
@@ -88,7 +100,7 @@ def test_exported_victim_gives_the_builtin_records(kind, att, exported, ckpt_dir
         if exported["onnx"] is None:
             pytest.skip("onnx not installed")
     common = ["dataset.n_samples=30", *att]
-    base, s0 = attack(tmp_path / "builtin", f"checkpoint_dir={ckpt_dir}", *common)
+    base, s0 = builtin_run(tuple(att), ckpt_dir, tmp_path)
     rec, s1 = attack(tmp_path / kind, *source_overrides(kind, exported), *common)
     assert int(base.attacked.sum()) >= 20 and int(base.success.sum()) >= 1
     if kind == "onnx":  # onnx2torch re-implements the ops: measure how far the logits are from the original
@@ -259,8 +271,8 @@ def test_robustbench_eval_preset(exported, mnist_dirs, tmp_path):
 def test_train_defense_from_user_weights(exported, mnist_dirs, tmp_path):
     """PGD-AT fine-tuning a `module` model from the user's weights; attack defense=pgd_at loads the result."""
     from robench.models.sources import source_tag
-    from robench.run import run_train
-    from robench.checkpoint import checkpoint_path
+    from robench.cli.train_job import run_train
+    from robench.models.checkpoint import checkpoint_path
 
     small = tmp_path / "small.pt"
     blob = torch.load(mnist_dirs / "mnist.pt", weights_only=True)
@@ -270,7 +282,8 @@ def test_train_defense_from_user_weights(exported, mnist_dirs, tmp_path):
     data = ["dataset=tensors", f"dataset.path={small}", "dataset.mean=[0.1307]", "dataset.std=[0.3081]"]
     cfg = compose(*model, *data, "defense=pgd_at", "train.epochs=1", "eval.n_samples=0", "quiet=true", "progress=false",
                   f"checkpoint_dir={tmp_path / 'ck'}", name="run_train")
-    s = run_train(cfg, tmp_path / "train")
+    from robench.evaluation.folder import RunFolder
+    s = run_train(cfg, RunFolder.for_config(cfg, tmp_path / "train"))
     from omegaconf import OmegaConf
     path = checkpoint_path(str(tmp_path / "ck"), {"name": "tensors"}, source_tag(OmegaConf.to_container(cfg.model)), "pgd_at")
     assert Path(s["checkpoint"]) == path and path.exists() and "module-" in str(path)

@@ -19,6 +19,7 @@ def _records(folder):
     return pd.read_csv(folder / "records.csv").drop(columns=RANDOM_COLUMNS).sort_values("index").reset_index(drop=True)
 
 
+@pytest.mark.slow
 def test_joblib_sweep_runs_jobs_in_parallel_then_report_with_plots(tmp_path, ckpt_dir):
     pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
     sweep = tmp_path / "sweep"
@@ -42,6 +43,7 @@ def test_joblib_sweep_runs_jobs_in_parallel_then_report_with_plots(tmp_path, ckp
     assert "robust_accuracy" in p.stdout and "attack.params.steps" in p.stdout
 
 
+@pytest.mark.slow
 def test_submitit_launcher_local_mode(tmp_path, ckpt_dir):
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     sweep = tmp_path / "sweep"
@@ -86,6 +88,7 @@ def _wait_for(cond, proc, timeout=240):
         time.sleep(0.02)
 
 
+@pytest.mark.slow
 def test_killed_sweep_resumes_with_nothing_lost_or_doubled(tmp_path, ckpt_dir):
     # 2 jobs x 4 batches of 10 samples; early_stop=false keeps every sample for all its steps
     args = ["attack", "-m", "budget.eps=0.1,0.2", "dataset.n_samples=40", "attack.batch_size=10",

@@ -1,6 +1,6 @@
 import torch
 
-from robench.engine import choose_targets
+from robench.evaluation.engine import choose_targets
 
 
 def test_random_targets_are_seeded_uniform_and_never_the_label():

@@ -1,3 +1,4 @@
+import pytest
 """robench train-defense end to end: the end-of-training robust evaluation is the number `robench
 attack` reports; recipe configs bring their own training settings; a missing teacher says how to make
 it; the capacity preset sweeps and `robench report` tabulates train runs."""
@@ -11,6 +12,7 @@ from tests.conftest import run_cli
 QUICK = ["progress=false", "train.epochs=1"]
 
 
+@pytest.mark.slow
 def test_train_eval_is_the_attack_number_and_report_shows_it(tmp_path):
     ck, tr, at = tmp_path / "ck", tmp_path / "runs" / "train", tmp_path / "runs" / "attack"
     p = run_cli("train-defense", *QUICK, "eval.n_samples=120", "eval.params.steps=10", f"checkpoint_dir={ck}",
@@ -63,6 +65,7 @@ def test_distillation_without_teacher_names_the_command(tmp_path):
             f"checkpoint_dir={tmp_path}/ck`") in lines[0]
 
 
+@pytest.mark.slow
 def test_plasticity_preset_sweeps_depth_natural_then_pgd_at(tmp_path):
     sweep = tmp_path / "sweep"
     p = run_cli("train-defense", "-m", "experiment=plasticity", "model.params.width=4", "model.params.depth=1,2",

@@ -9,7 +9,7 @@ from robench.attacks.baseline.gaussian_noise import GaussianNoise
 from robench.attacks.composite.transfer import Transfer
 from robench.errors import RobenchError
 from robench.models import build_model
-from robench.oracle import Oracle
+from robench.referee.oracle import Oracle
 from tests.conftest import run_cli
 from tests.test_oracle import CountingModel
 from tests.test_pgd import check_certified
@@ -76,7 +76,7 @@ def test_cli_transfer_binds_surrogate_checkpoint(tmp_path, ckpt_dir):
     assert p.returncode == 0, p.stderr
     s = json.loads((run / "summary.json").read_text())
     assert s["total_queries"] == s["n_attacked"] and s["success_rate"] >= 0.8
-    assert s["transfer"]["surrogate"] == "cw_mnist/none" and s["transfer"]["crafting_attack"] == "pgd"
+    assert s["attack_extra"]["transfer"]["surrogate"] == "cw_mnist/none" and s["attack_extra"]["transfer"]["crafting_attack"] == "pgd"
     p = run_cli("attack", "attack=transfer", "dataset.n_samples=5", "progress=false", f"checkpoint_dir={ckpt_dir}",
                 f"hydra.run.dir={tmp_path}/bad")
     lines = [l for l in p.stderr.strip().splitlines() if l.strip()]
@@ -101,6 +101,7 @@ def test_gaussian_noise_row(victim, test_xy):
     GaussianNoise(sigma=1.0, draws=5).run(o, torch.Generator().manual_seed(0))
     r = o.finalize()
     assert r.success.float().mean() >= rates[1] and (r.queries <= 5).all()
-    o = Oracle(victim, x0, y, access="label", norm="linf", eps=0.3, max_queries=100, num_classes=10)
-    with pytest.raises(RobenchError, match="budget.eps=null"):
-        GaussianNoise().run(o, torch.Generator())
+    import robench
+
+    with pytest.raises(RobenchError, match="budget.eps=null"):  # declared (eps_policy "null"), refused before any work
+        robench.evaluate(victim, x0, y, attack="gaussian_noise", budget=robench.Budget("linf", 0.3))

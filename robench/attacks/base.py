@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robench.oracle import OracleView
+from robench.referee.view import AttackView, OracleView
 
 #: what an attack may ask the engine for, beyond its oracle view (``Attack.requires``)
 CONTEXT_NEEDS = ("class_images", "surrogate")
@@ -75,7 +75,7 @@ class AttackContext:
 class Attack:
     """Base class. Subclasses set ``access`` and implement :meth:`run`.
 
-    ``run(oracle, generator)`` drives an :class:`~robench.oracle.OracleView` (the oracle's answers at
+    ``run(oracle, generator)`` drives an :class:`~robench.referee.oracle.OracleView` (the oracle's answers at
     ``access``, nothing more) and returns nothing the benchmark trusts: success, query counts and the
     adversarial examples are whatever the oracle observed.
 
@@ -83,9 +83,15 @@ class Attack:
     it has succeeded), True for minimal-perturbation attacks that keep shrinking the distortion of an
     adversarial point (C&W, DeepFool, hard-label attacks).
 
-    ``eps_policy``: what the attack needs of ``budget.eps``: ``"any"`` (default), ``"finite"`` (an
-    eps-ball, e.g. the ensemble) or ``"null"`` (not eps-bounded, e.g. gaussian_noise); the contract
-    test (tests/test_contract.py) picks its budget from it.
+    Declarations, enforced before a run starts (robench/evaluation/spec.py, ``AttackTraits``) and
+    checked true by the contract test (tests/test_contract.py, robench.testing), which runs the attack
+    under every budget and input layout it declares:
+
+    * ``eps_policy``: what the attack needs of ``budget.eps``: ``"any"`` (default), ``"finite"`` (an
+      eps-ball, e.g. PGD, the ensemble) or ``"null"`` (not eps-bounded, e.g. gaussian_noise);
+    * ``norms``: the budget norms it supports (default linf and l2);
+    * ``layouts``: the input layouts it handles (robench/domain.py): ``"NCHW"`` images (default),
+      ``"NCT"`` 1-D signals such as audio.
 
     ``requires``: names from :data:`CONTEXT_NEEDS` the attack needs beyond its view; the engine fills
     them into the :class:`AttackContext` it passes to :meth:`prepare` once, before the first batch.
@@ -95,6 +101,8 @@ class Attack:
     minimizes_distortion: bool = False
     requires: Tuple[str, ...] = ()
     eps_policy: str = "any"
+    norms: Tuple[str, ...] = ("linf", "l2")
+    layouts: Tuple[str, ...] = ("NCHW",)
 
     def prepare(self, context: AttackContext) -> None:
         """Receive the declared context (default: nothing to do)."""
@@ -103,7 +111,8 @@ class Attack:
         raise NotImplementedError
 
     def summary_extra(self) -> Dict[str, Any]:
-        """Attack-specific figures merged into the run's summary (optional hook; none by default)."""
+        """Attack-specific figures, kept in the run's summary under ``attack_extra`` (never beside the
+        metrics): plain JSON values only (optional hook; none by default)."""
         return {}
 
 

@@ -116,9 +116,9 @@ def _as_images(x: Any, path: Path, key: str) -> torch.Tensor:
         raise RobenchError(f"{path}: float '{key}' must be NCHW with 1, 3 or 4 channels, got shape {tuple(x.shape)} "
                            f"(NHWC floats: convert to NCHW, or store uint8 NHWC)")
     x = x.float()
-    if len(x) and (float(x.min()) < 0.0 or float(x.max()) > 1.0):
-        raise RobenchError(f"{path}: float '{key}' must lie in [0, 1], got values in [{float(x.min()):.3g}, "
-                           f"{float(x.max()):.3g}] (divide by 255?)")
+    from robench.victim import check_inputs
+
+    check_inputs(x, f"{path}: float '{key}'", hint=" (divide by 255?)")
     return x.contiguous()
 
 

@@ -7,7 +7,7 @@ from robench.defenses.adversarial import check_threat, eval_mode, peek_logits, p
 from robench.defenses.base import TrainingRecipe
 from robench.errors import RobenchError
 from robench.registry import DEFENSES
-from robench.train import batches
+from robench.training.loop import batches
 
 
 @DEFENSES.register("fast_at")

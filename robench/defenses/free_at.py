@@ -23,7 +23,7 @@ class FreeAT(TrainingRecipe):
     (configs/defense/free_at.yaml: 2 epochs × 8 replays, a quarter of 8-epoch PGD-AT's
     forward-backward passes with 7 steps).
 
-    The loop (robench/train.py) runs ``replays`` optimizer steps per batch; the schedule counts
+    The loop (robench/training/loop.py) runs ``replays`` optimizer steps per batch; the schedule counts
     them. Unlike the other recipes the perturbation is updated from the training forward (train
     mode: the batch-norm batch statistics of x + δ), as in the paper. δ is kept at the largest batch
     size seen and sliced for a smaller last batch. Departures available (each off by default, the

@@ -16,7 +16,7 @@ The code is a plain attribute (not in the state dict): :func:`set_code` sets it 
 conditional layer, :func:`tell_eps` encodes an eps. :func:`condition_bn` works in place on any model
 with ``nn.BatchNorm1d/2d/3d`` layers (every registered architecture that has BN, and ``small_cnn_bn``)
 and records what it did in ``model.robench_surgery``; checkpoints carry that record
-(robench/checkpoint.py), so loading re-applies the surgery before the weights.
+(robench/models/checkpoint.py), so loading re-applies the surgery before the weights.
 """
 from __future__ import annotations
 

@@ -15,7 +15,7 @@ differentiate (robench/victim.py :func:`~robench.victim.check_access` refuses it
   as a uint8 buffer ``booster`` of the state dict, so robench's checkpoint (``torch.load(weights_only=
   True)``) holds it and never a pickle.
 * Training: ``robench train-defense model=gbdt`` (defense=none only) calls :func:`fit` instead of
-  the gradient loop (robench/train_job.py).
+  the gradient loop (robench/cli/train_job.py).
 
 Hyper-parameters (configs/model/gbdt.yaml). [cheng2021 §2.5.0.5] gives 100 trees (boosting rounds),
 at most 100 leaves and no depth limit, "params from https://github.com/Koziev/MNIST_Boosting" (98.09%
@@ -144,7 +144,7 @@ def _all(ds):
 
 def fit(model: nn.Module, splits, seed: int, recipe: str = "none") -> Dict[str, Any]:
     """Train the booster of ``model`` (a ``gbdt`` behind Normalize) on the whole training split; returns
-    the metrics ``robench.train.train`` returns (train/test accuracy, seconds, a one-row history).
+    the metrics ``robench.training.loop.train`` returns (train/test accuracy, seconds, a one-row history).
     Only plain training: every other recipe needs gradients (one line)."""
     if recipe != "none":
         raise RobenchError(f"model=gbdt trains with defense=none only: defense={recipe} needs gradients of the model, "

@@ -7,7 +7,9 @@ A model config with a ``source`` key names where the network comes from; its ``n
   with ``model.params``, weights from a ``.pt``/``.pth`` state dict (plain or under ``state_dict`` /
   ``model``, ``module.`` prefixes stripped) or a ``.safetensors`` file;
 - ``torchscript``: ``torch.jit.load(model.path)``;
-- ``onnx``: ``onnx2torch.convert(model.path)``, an ``nn.Module`` that gradients flow through;
+- ``onnx``: ``onnx2torch.convert(model.path)``, an ``nn.Module`` that gradients flow through, after
+  onnx's version converter where the file's opset is newer than onnx2torch converts; else onnxruntime,
+  without gradients (robench/models/onnx_source.py);
 - ``robustbench``: a RobustBench model-zoo entry read from its cache layout ([croce2021robustbench];
   robench/models/robustbench_zoo.py says why robench carries the architectures);
 - ``timm``: ``timm.create_model(model.name, pretrained=...)`` [wightman2019timm];
@@ -23,6 +25,7 @@ a tag naming the source (``module-pkg.mod:Factory``), and ``robench attack defen
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import inspect
 from pathlib import Path
@@ -90,14 +93,20 @@ def _torchscript(mcfg, splits) -> Tuple[nn.Module, Dict[str, Any]]:
 
 
 def _onnx(mcfg, splits) -> Tuple[nn.Module, Dict[str, Any]]:
-    path = _existing(_need(mcfg, "path", "FILE.onnx"), "ONNX file")
-    onnx2torch = _extra("onnx2torch", "onnx")
-    try:
-        net = onnx2torch.convert(str(path))
-    except Exception as e:
-        first = (str(e).strip().splitlines() or [e.__class__.__name__])[0]
-        raise RobenchError(f"{path}: onnx2torch cannot convert it ({e.__class__.__name__}: {first[:200]})") from None
-    return net, {"weights_file": str(path)}
+    from robench.models.onnx_source import load_onnx
+
+    return load_onnx(_existing(_need(mcfg, "path", "FILE.onnx"), "ONNX file"))
+
+
+def source_gradient_free(mcfg: Mapping[str, Any]) -> Optional[str]:
+    """Why a source model config's victim will have no input gradients, or None: an ONNX file that
+    onnx2torch cannot convert runs through onnxruntime (robench/models/onnx_source.py). Called before a
+    run starts, so a gradient attack on it fails before anything is written."""
+    if source_of(mcfg) != "onnx" or mcfg.get("path") in (None, ""):
+        return None
+    from robench.models.onnx_source import gradient_free_reason
+
+    return gradient_free_reason(_existing(mcfg["path"], "ONNX file"))
 
 
 def robustbench_dir(mcfg) -> Path:
@@ -168,15 +177,24 @@ def _timm(mcfg, splits) -> Tuple[nn.Module, Dict[str, Any]]:
         kw["num_classes"] = splits.num_classes
     if splits is not None and "in_chans" not in kw and splits.shape[0] != 3 and not pretrained:
         kw["in_chans"] = splits.shape[0]
+    from robench.models import hub
+
+    download = pretrained and weights in (None, "")
+    offline = download and hub.offline(hub.HF_HOST, hf=True)  # decided before timm asks the hub (no retries)
     try:
-        net = timm.create_model(name, pretrained=pretrained and weights in (None, ""), **kw)
+        with hub.hf_offline() if offline else contextlib.nullcontext():
+            net = timm.create_model(name, pretrained=download, **kw)
     except Exception as e:
-        first = (str(e).strip().splitlines() or [e.__class__.__name__])[0]
-        if pretrained:
+        if download and offline:
+            raise RobenchError(f"pretrained timm weights for {name} are not in the Hugging Face cache "
+                               f"({_hf_cache()}) and the hub cannot be reached (offline): go online once so the cache "
+                               f"holds them, or pass model.weights=FILE") from None
+        what = hub.first_words(str(e) or e.__class__.__name__)
+        if download:
             raise RobenchError(f"pretrained timm weights for {name} are not available ({e.__class__.__name__}: "
-                               f"{first[:160]}); go online once so the Hugging Face cache holds them, or pass "
+                               f"{what}); go online once so the Hugging Face cache holds them, or pass "
                                f"model.weights=FILE") from None
-        raise RobenchError(f"timm.create_model({name}) failed: {e.__class__.__name__}: {first[:200]}") from None
+        raise RobenchError(f"timm.create_model({name}) failed: {e.__class__.__name__}: {what}") from None
     path = None
     if weights not in (None, ""):
         path = _existing(weights, "model.weights file")
@@ -184,6 +202,15 @@ def _timm(mcfg, splits) -> Tuple[nn.Module, Dict[str, Any]]:
     cfg = getattr(net, "pretrained_cfg", None) or {}
     return net, {"weights_file": None if path is None else str(path),
                  "auto_mean": cfg.get("mean"), "auto_std": cfg.get("std")}
+
+
+def _hf_cache() -> str:
+    try:
+        from huggingface_hub.constants import HF_HUB_CACHE
+
+        return str(HF_HUB_CACHE)
+    except ImportError:
+        return "~/.cache/huggingface/hub"
 
 
 def _torchvision(mcfg, splits) -> Tuple[nn.Module, Dict[str, Any]]:
@@ -212,6 +239,16 @@ def _torchvision(mcfg, splits) -> Tuple[nn.Module, Dict[str, Any]]:
     if name == "inception_v3" and enum is None:
         kw.setdefault("aux_logits", False)
         kw.setdefault("init_weights", False)
+    if enum is not None:  # not cached and no network: one line now, not a "Downloading" line and a failure
+        from urllib.parse import urlparse
+
+        from robench.models import hub
+
+        cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(enum.url).path).name
+        if not cached.is_file() and hub.offline(urlparse(enum.url).hostname or ""):
+            raise RobenchError(f"torchvision weights {name}/{enum.name} are not in the torch.hub cache ({cached}) "
+                               f"and {urlparse(enum.url).hostname} cannot be reached (offline): go online once so "
+                               f"torch.hub caches them, or pass model.weights=FILE") from None
     try:
         net = builder(weights=enum, **kw)
     except Exception as e:
@@ -300,31 +337,13 @@ def check_fits(model: nn.Module, splits, what: str) -> None:
 
 
 def source_tag(mcfg: Mapping[str, Any]) -> Dict[str, Any]:
-    """A stand-in model config for :func:`robench.checkpoint.checkpoint_path`: recipes trained from a
+    """A stand-in model config for :func:`robench.models.checkpoint.checkpoint_path`: recipes trained from a
     source are saved under ``<source>-<what it is>`` (the target, file stem or zoo name)."""
     src = source_of(mcfg)
     what = {"module": mcfg.get("target"), "torchscript": Path(str(mcfg.get("path"))).stem,
             "onnx": Path(str(mcfg.get("path"))).stem,
             "robustbench": f"{mcfg.get('name')}-{mcfg.get('threat_model', 'Linf')}"}.get(src, mcfg.get("name"))
     return {"name": f"{src}-{str(what).replace(':', '.')}", "params": dict(mcfg.get("params") or {})}
-
-
-def source_victim(cfg, splits, recipe: str) -> Tuple[nn.Module, Dict[str, Any]]:
-    """``load_victim``'s hook: the source's own weights for ``defense=none``, else the checkpoint the
-    recipe trained from this source (``robench train-defense model=<source> defense=<recipe>``)."""
-    from omegaconf import OmegaConf
-
-    from robench.checkpoint import checkpoint_path, load_checkpoint
-
-    mcfg = OmegaConf.to_container(cfg.model, resolve=True)
-    model, meta = build_source(mcfg, splits)
-    if recipe != "none":
-        dcfg = OmegaConf.to_container(cfg.dataset, resolve=True)
-        path = checkpoint_path(cfg.checkpoint_dir, dcfg, source_tag(mcfg), recipe)
-        meta.update(load_checkpoint(path, model, remake=f"robench train-defense ... model={mcfg['source']} "
-                                                        f"defense={recipe} (same model.* and dataset options)"))
-        meta.update(path=str(path), weights_file=str(path), weights_sha256=sha256_file(path))
-    return model, meta
 
 
 def victim_summary(cfg, meta: Mapping[str, Any], splits) -> Dict[str, Any]:
@@ -335,6 +354,9 @@ def victim_summary(cfg, meta: Mapping[str, Any], splits) -> Dict[str, Any]:
     wf = meta.get("weights_file") or meta.get("path")
     out["weights_file"] = wf
     out["weights_sha256"] = meta.get("weights_sha256") or sha256_file(wf)
+    for k in ("onnx_opset", "onnx_converted_opset", "onnx_runtime"):  # how an ONNX file was loaded
+        if k in meta:
+            out[k] = meta[k]
     order = (getattr(splits, "extra", None) or {}).get("class_order")
     if order is not None:
         out["class_order"] = list(order)
@@ -373,7 +395,8 @@ def _entry(src: str, doc: str):
 
 _entry("module", "Your own class or factory (model.target=pkg.mod:Factory, model.params) with a .pt/.pth/.safetensors state dict (model.weights)")
 _entry("torchscript", "A TorchScript archive (model.path=FILE), e.g. torch.jit.save(torch.jit.trace(model, x), FILE)")
-_entry("onnx", "An ONNX file (model.path=FILE) through onnx2torch, so gradients work (the onnx extra)")
+_entry("onnx", "An ONNX file (model.path=FILE) through onnx2torch, so gradients work (converted to an older opset "
+               "where needed), else through onnxruntime without gradients (the onnx extra)")
 _entry("robustbench", "A RobustBench model-zoo entry by name and threat model, from its cache layout, offline\n\n[croce2021robustbench]")
 _entry("timm", "Any timm model by name (model.pretrained, model.weights=FILE; the timm extra)\n\n[wightman2019timm]")
 _entry("torchvision", "Any torchvision.models builder by name with a weights enum (model.weights=DEFAULT) or file")

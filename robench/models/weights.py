@@ -100,12 +100,19 @@ def load_weights(net: nn.Module, state: Mapping[str, torch.Tensor], path: Any, w
 # ---------------------------------------------------------------- the sources
 
 def _import_target(target: str) -> Any:
-    if ":" not in target:
-        raise RobenchError(f"model.target must look like pkg.module:Factory or path/to/file.py:Factory, got '{target}'")
+    return import_code(target, "model.target", kind="model")
+
+
+def import_code(target: str, key: str, kind: str = "model") -> Any:
+    """The object ``pkg.module:Name`` or ``path/to/file.py:Name`` names, imported (the module's code runs),
+    then checked before anything calls it: for ``kind="model"`` a torch.nn.Module subclass or a Python
+    function (:func:`check_factory`); for ``kind="attack"`` a subclass of robench's ``Attack``."""
+    if not isinstance(target, str) or ":" not in target:
+        raise RobenchError(f"{key} must look like pkg.module:Name or path/to/file.py:Name, got '{target}'")
     mod_name, attr = target.rsplit(":", 1)
     try:
         if mod_name.endswith(".py"):
-            path = _existing(mod_name, "model.target file")
+            path = _existing(mod_name, f"{key} file")
             spec = importlib.util.spec_from_file_location(f"robench_user_{path.stem}", path)
             mod = importlib.util.module_from_spec(spec)
             spec.loader.exec_module(mod)  # type: ignore[union-attr]
@@ -117,12 +124,37 @@ def _import_target(target: str) -> Any:
         raise
     except Exception as e:
         first = (str(e).strip().splitlines() or [e.__class__.__name__])[0]
-        raise RobenchError(f"model.target={target}: cannot import {mod_name} ({e.__class__.__name__}: {first})") from None
+        raise RobenchError(f"{key}={target}: cannot import {mod_name} ({e.__class__.__name__}: {first})") from None
     obj = mod
     for part in attr.split("."):
         if not hasattr(obj, part):
-            raise RobenchError(f"model.target={target}: {mod_name} has no attribute '{attr}'")
+            raise RobenchError(f"{key}={target}: {mod_name} has no attribute '{attr}'")
         obj = getattr(obj, part)
-    if not callable(obj):
-        raise RobenchError(f"model.target={target} is not a class or function")
+    if kind == "attack":
+        from robench.attacks.base import Attack
+
+        if not (isinstance(obj, type) and issubclass(obj, Attack)):
+            raise RobenchError(f"{key}={target} is not a subclass of robench.attacks.base.Attack")
+        return obj
+    check_factory(obj, f"{key}={target}")
     return obj
+
+
+def check_factory(obj: Any, what: str) -> None:
+    """``obj`` may build a victim: an ``nn.Module`` subclass, or a Python function (``def``) from outside
+    the standard library. Checked before anything is called: a config names code robench imports and
+    calls (as Hydra's ``_target_`` does), and this keeps it to code that builds a network, so
+    ``os:system`` or ``subprocess:call`` are refused instead of run."""
+    import inspect
+
+    mod = (getattr(obj, "__module__", None) or "").split(".")[0]
+    if mod in ("builtins", "__builtin__") or mod in getattr(sys, "stdlib_module_names", ()):
+        raise RobenchError(f"{what} names {mod}.{getattr(obj, '__qualname__', obj)!s} from Python's standard library; "
+                           f"give a torch.nn.Module subclass or a function that returns one")
+    if inspect.isclass(obj):
+        if not issubclass(obj, nn.Module):
+            raise RobenchError(f"{what} is the class {obj.__qualname__}, not a torch.nn.Module subclass")
+        return
+    if not inspect.isfunction(obj):
+        raise RobenchError(f"{what} is a {type(obj).__name__}, not a torch.nn.Module subclass or a Python function "
+                           f"(def) that returns one")

@@ -13,14 +13,15 @@ A pipeline of three stages, each reading only the previous one's output:
 3. renderers (:mod:`robench.report.render`, :mod:`robench.report.plots`): into ``--out`` (default:
    the first DIR), ``report.csv`` and ``report.md`` (one row per run, every column, budget-curve
    columns ``success@<q>`` and ``median dist@<q>`` when runs recorded them), ``pivot-<value>.csv``
-   (``--rows`` x ``--cols`` for each of ``--values``), ``recipes.csv`` and ``train_report.csv`` /
+   (``--rows`` x ``--cols`` for each of ``--values``; a setting that differs between the runs of a cell,
+   such as a swept eps, joins an axis, never averaged unless ``--average``), ``recipes.csv`` and ``train_report.csv`` /
    ``.md`` (training runs), ``checkpoints.csv`` (anytime curves), ``report.html`` (all of it and the
    plots, self-contained) and, with ``--plots``, PNG and SVG figures. Prints the tables with rich
    unless ``--quiet``.
 """
 from __future__ import annotations
 
-import argparse
+import argparse  # noqa: F401
 import sys
 from pathlib import Path
 from typing import List
@@ -29,13 +30,17 @@ from robench.report.tables import DEFAULT_VALUES
 
 
 def main(argv: List[str]) -> None:
-    ap = argparse.ArgumentParser(prog="robench report", description=__doc__.split("\n")[0])
+    from robench.errors import OneLineParser
+
+    ap = OneLineParser(prog="robench report", description=__doc__.split("\n")[0])
     ap.add_argument("dirs", nargs="+", help="run folders, sweep folders or summary.json files")
     ap.add_argument("--out", help="folder for the report files (default: the first DIR)")
     ap.add_argument("--rows", default="attack", help="pivot rows, comma-separated (attack, defense, model, dataset, "
                     "budget, eps, norm, max_queries or any override key, e.g. attack.params.steps); default attack")
     ap.add_argument("--cols", default="defense", help="pivot columns, comma-separated; '' for none; default defense")
     ap.add_argument("--values", default=DEFAULT_VALUES, help=f"pivot values, comma-separated; default {DEFAULT_VALUES}")
+    ap.add_argument("--average", action="store_true", help="let a pivot cell average runs that differ in a setting "
+                    "not on an axis (default: every such setting is added to the rows or columns)")
     ap.add_argument("--plots", action="store_true", help="write PNG and SVG plots beside the tables (needs matplotlib)")
     ap.add_argument("--quiet", "-q", action="store_true", help="print nothing but errors")
     args = ap.parse_args(argv)
@@ -57,7 +62,7 @@ def main(argv: List[str]) -> None:
 
         plots.require()
     t = tables.build(runs.attacks, runs.trains, split(args.rows), split(args.cols), split(args.values),
-                     notes=runs.notes, skipped=runs.skipped)
+                     notes=runs.notes, skipped=runs.skipped, average=args.average)
     made, plot_notes = [], []
     if args.plots:
         made, plot_notes = plots.make_all(runs.attacks, runs.trains, out)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-from robench import results as R
+from robench.evaluation import results as R
 from robench.errors import RobenchError
 
 #: per ``command``: the summary keys the tables need; a summary without one of them is skipped
@@ -30,8 +30,8 @@ REQUIRED_KEYS = {
 
 def run_overrides(run_dir: Path) -> str:
     """The overrides that made this run, minus display-only ones (robench's own ``overrides.yaml``, else
-    ``.hydra/overrides.yaml`` of older runs: robench.run_folder.run_overrides)."""
-    from robench.run_folder import run_overrides as overrides_of
+    ``.hydra/overrides.yaml`` of older runs: robench.evaluation.folder.run_overrides)."""
+    from robench.evaluation.folder import run_overrides as overrides_of
 
     return overrides_of(run_dir)
 
@@ -67,14 +67,22 @@ class Runs:
     skipped: List[str] = field(default_factory=list)
 
 
+def _natural(path: Path) -> List[Any]:
+    """Sort key of a path under which sweep job 2 comes before job 10."""
+    import re
+
+    return [(0, int(t), "") if t.isdigit() else (1, 0, t) for part in path.parts for t in re.split(r"(\d+)", part) if t]
+
+
 def summary_files(dirs: List[str]) -> List[Path]:
-    """Every ``summary.json`` below ``dirs`` (or the files themselves), each once, in walk order."""
+    """Every ``summary.json`` below ``dirs`` (or the files themselves), each once, sweep jobs in
+    numeric order (2 before 10)."""
     files, seen = [], set()
     for d in dirs:
         p = Path(d)
         if not p.exists():
             raise RobenchError(f"robench report: {p} does not exist")
-        for f in ([p] if p.is_file() else sorted(p.rglob("summary.json"))):
+        for f in ([p] if p.is_file() else sorted(p.rglob("summary.json"), key=_natural)):
             if f.resolve() not in seen:
                 seen.add(f.resolve())
                 files.append(f)
@@ -156,7 +164,7 @@ def merge_shards(runs: List[Dict[str, Any]]) -> Tuple[List[Dict[str, Any]], List
 
 
 def merged_summary(shards: List[Dict[str, Any]]) -> Dict[str, Any]:
-    """One run's summary from its shards' records, recomputed by :func:`robench.results.summarize`
+    """One run's summary from its shards' records, recomputed by :func:`robench.evaluation.results.summarize`
     (its anytime curve included), not averaged."""
     records: List[Dict[str, Any]] = []
     for s in shards:

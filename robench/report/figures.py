@@ -23,8 +23,12 @@ LABEL_FIELDS = ("attack", "defense", "budget", "model", "dataset")
 #: override keys never named in a label as such: the fields above name them (``dataset.shard``
 #: becomes ``shard``, and only on a shard that was not merged)
 _NOT_IN_LABELS = LABEL_FIELDS + ("dataset.shard",)
-#: overrides the ``budget`` field spells already (``<norm>_<eps>[_targeted]``, robench.run)
+#: overrides the ``budget`` field spells already (``<norm>_<eps>[_targeted]``, robench.evaluation.runner)
 _IN_BUDGET = ("budget.norm", "budget.eps", "budget.targeted")
+
+
+#: an attack's access level -> the family name its series are styled by (robench.report.plots.FAMILY_STYLES)
+FAMILIES = {"gradient": "white-box", "scores": "score-based", "label": "hard-label"}
 
 
 @dataclass
@@ -32,6 +36,7 @@ class Series:
     label: str
     x: List[float]
     y: List[float]
+    family: str = ""                       # a FAMILIES value: drawn in that family's line style
 
 
 @dataclass
@@ -168,26 +173,27 @@ def figure_data(attacks: List[Dict[str, Any]], trains: List[Dict[str, Any]]) -> 
     else:
         notes.append("no hard-label runs with checkpoints: distortion_vs_queries not drawn")
 
-    # robust accuracy vs eps: white-box runs of one setting (all but the budget) at 2+ eps values
+    # robust accuracy vs eps: every run with an eps (white-box, score-based and hard-label alike), one
+    # series per setting (all but the budget), drawn when the runs span two or more eps values
     eps_drop = ("budget", "budget.eps", "eps")
     norm = lambda s: {"norm": str(s.get("norm"))}
     groups: Dict[str, List[Dict[str, Any]]] = {}
     for s in attacks:
-        if access[id(s)] == "gradient" and s.get("eps") is not None:
+        if _float(s.get("eps")) == _float(s.get("eps")):  # minimal-distortion runs (no eps) have no such point
             key = repr(sorted({**run_fields(s, eps_drop), **norm(s)}.items()))
             groups.setdefault(key, []).append(s)
-    groups = {k: v for k, v in groups.items() if len({float(s["eps"]) for s in v}) >= 2}
-    if groups:
+    if len({float(s["eps"]) for v in groups.values() for s in v}) >= 2:
         labels, shared = _labels([v[0] for v in groups.values()], eps_drop, norm)
         series = []
         for lab, runs in sorted(zip(labels, groups.values()), key=lambda lr: natural_key(lr[0])):
             pts = pd.DataFrame({"eps": [float(s["eps"]) for s in runs],
                                 "ra": [_float(s.get("robust_accuracy")) for s in runs]}).groupby("eps")["ra"].mean().sort_index()
-            series.append(Series(lab, list(pts.index), list(pts.values)))
-        figs.append(Figure("robust_acc_vs_eps", "robust accuracy vs eps (white-box attacks)", "eps", "robust accuracy",
-                           "line", series, subtitle=shared, ylim=(-0.02, 1.02)))
+            series.append(Series(lab, list(pts.index), list(pts.values), FAMILIES.get(str(access[id(runs[0])]), "")))
+        fams = [f for f in FAMILIES.values() if any(s.family == f for s in series)]
+        figs.append(Figure("robust_acc_vs_eps", "robust accuracy vs eps (" + ", ".join(fams) + ")", "eps",
+                           "robust accuracy", "line", series, subtitle=shared, ylim=(-0.02, 1.02)))
     else:
-        notes.append("no white-box setting run at two or more eps: robust_acc_vs_eps not drawn")
+        notes.append("no runs at two or more eps: robust_acc_vs_eps not drawn")
 
     pts = [s for s in trains if s.get("robust_accuracy") is not None and s.get("clean_accuracy") is not None]
     if pts:

@@ -12,8 +12,8 @@ from typing import Any, List, Tuple
 
 import pandas as pd
 
-from robench.report.tables import CHECKPOINT_COLUMNS, PERCENT_KEYS, PRINTED, Tables, public
-from robench.results import atomic_write_text
+from robench.report.tables import CHECKPOINT_COLUMNS, PERCENT_KEYS, PRINTED, Tables, flat_columns, public
+from robench.evaluation.results import atomic_write_text
 
 
 def fmt_cell(v: Any, key: str = "") -> str:
@@ -38,20 +38,65 @@ def to_markdown(df: pd.DataFrame, index: bool = False, key: str = "") -> str:
 
 
 # ---------------------------------------------------------------------------------------- HTML
-_CSS = """body{font-family:system-ui,sans-serif;margin:2em;color:#222}table{border-collapse:collapse;margin:1em 0;
-font-size:13px}th,td{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#f0f0f0}
-td:first-child,th:first-child{text-align:left}h2{margin-top:1.6em}.note{color:#a60}img{max-width:720px;display:block;
-margin:1em 0}code{background:#f4f4f4;padding:1px 4px}"""
+#: The page fits its window at any width from about 800 px: each table scrolls inside its own box (its
+#: header row kept in view), long text cells wrap, plots shrink to the page (tests/test_browser.py checks
+#: it in headless Chromium at 1,280 px).
+_CSS = """body{font-family:system-ui,sans-serif;margin:2em;color:#222;max-width:100%}
+h1{font-size:1.5em;overflow-wrap:anywhere}h2{margin-top:1.6em;font-size:1.15em;overflow-wrap:anywhere}
+.note{color:#a60;overflow-wrap:anywhere}code{background:#f4f4f4;padding:1px 4px}
+.table{overflow:auto;width:fit-content;max-width:100%;max-height:80vh;margin:1em 0;border:1px solid #ddd}
+table{border-collapse:separate;border-spacing:0;font-size:13px}
+th,td{border-right:1px solid #ddd;border-bottom:1px solid #ddd;padding:3px 8px;text-align:right;white-space:nowrap}
+thead{position:sticky;top:0;z-index:1}thead th{background:#f0f0f0}th.axis,td.axis{text-align:left;background:#fafafa}
+thead th.axis{background:#e8e8e8}td.text{text-align:left;white-space:normal;min-width:26em;max-width:40em;
+overflow-wrap:anywhere}figure{margin:1em 0}figure img{max-width:100%;height:auto;display:block}
+figcaption,.caption{font-size:12px;color:#555}th[colspan]{text-align:center}"""
+
+def _th(text: str, cls: str = "", span: int = 1) -> str:
+    import html
+
+    attrs = (f" class='{cls}'" if cls else "") + (f" colspan='{span}'" if span > 1 else "")
+    return f"<th{attrs}>{html.escape(text)}</th>"
 
 
 def _html_table(df: pd.DataFrame, key: str = "", index: bool = False) -> str:
+    """One table in its own scroll box, its header kept in view. With ``index`` (a pivot) the index
+    levels are the first columns; a pivot with named column levels gets one header row per level (its
+    name in the corner, equal neighbours merged) and a last one naming the index levels."""
     import html
 
+    levels = [str(n) for n in df.index.names] if index else []
     d = df.reset_index() if index else df
-    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in d.columns)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(fmt_cell(v, key or str(c)))}</td>" for v, c in zip(r, d.columns))
-                   + "</tr>" for r in d.itertuples(index=False))
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    values = df.columns if index else d.columns
+    named = index and any(n is not None for n in values.names)
+    head = []
+    if named:
+        tuples = [c if isinstance(c, tuple) else (c,) for c in values]
+        for lv, name in enumerate(values.names):
+            runs, prev = [], None
+            for t in tuples:
+                if runs and t[: lv + 1] == prev:
+                    runs[-1][1] += 1
+                else:
+                    runs.append([str(t[lv]), 1])
+                prev = t[: lv + 1]
+            head.append("<tr>" + _th(str(name), "axis", len(levels)) + "".join(_th(s, span=n) for s, n in runs) + "</tr>")
+        head.append("<tr>" + "".join(_th(n, "axis") for n in levels) + _th("", span=len(tuples)) + "</tr>")
+    else:
+        head.append("<tr>" + "".join(_th(n, "axis") for n in levels) + "".join(_th(str(c)) for c in values) + "</tr>")
+    cols = list(d.columns)
+
+    def cell(v, c, i):
+        cls = "axis" if i < len(levels) else ("text" if str(c) in _TEXT_COLUMNS else "")
+        return f"<td{f' class={cls!r}' if cls else ''}>{html.escape(fmt_cell(v, key or str(c)))}</td>"
+
+    body = "".join("<tr>" + "".join(cell(v, c, i) for i, (v, c) in enumerate(zip(r, cols))) + "</tr>"
+                   for r in d.itertuples(index=False))
+    return f"<div class='table'><table><thead>{''.join(head)}</thead><tbody>{body}</tbody></table></div>"
+
+
+#: columns of free text (wrapped in the HTML page instead of widening it)
+_TEXT_COLUMNS = {"overrides", "run", "checkpoint", "robust eval", "model params"}
 
 
 def to_html(title: str, sections: List[Tuple[str, str]], images: List[Path], notes: List[str]) -> str:
@@ -68,7 +113,9 @@ def to_html(title: str, sections: List[Tuple[str, str]], images: List[Path], not
         parts.append("<h2>plots</h2>")
         for p in images:
             b64 = base64.b64encode(p.read_bytes()).decode()
-            parts.append(f"<img alt='{html.escape(p.stem)}' src='data:image/png;base64,{b64}'>")
+            parts.append(f"<figure><img alt='{html.escape(p.stem)}' src='data:image/png;base64,{b64}'>"
+                         f"<figcaption>{html.escape(p.stem)} ({html.escape(p.name)}, {html.escape(p.stem)}.svg)"
+                         f"</figcaption></figure>")
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
 
@@ -86,12 +133,14 @@ def write_report(out: Path, t: Tables, images: List[Path], plot_files: List[Path
         md = [to_markdown(public(df))]
         for key, p in t.pivots.items():
             f = out / f"pivot-{key_of(key)}.csv"
-            atomic_write_text(f, p.to_csv())
+            atomic_write_text(f, flat_columns(p).to_csv())
             written.append(f)
             heading = f"{key}: {' x '.join(t.rows)}" + (f" by {' x '.join(t.cols)}" if t.cols else "")
-            md += [f"\n## {heading}\n", to_markdown(p, index=True, key=key)]
+            md += [f"\n## {heading}\n", to_markdown(flat_columns(p), index=True, key=key)]
             sections.append((heading, _html_table(p, key, index=True)))
-        sections.append(("all runs", _html_table(public(df))))
+        shown = public(df.assign(overrides=df["varying"]))  # what tells the runs apart (all of them in report.csv)
+        sections.append(("all runs", _html_table(shown) + "<p class='caption'>overrides: those that differ between "
+                         "the runs (report.csv has them all)</p>"))
         written = [out / "report.csv", out / "report.md"] + written
     rf = t.recipes
     if rf is not None:
@@ -174,7 +223,7 @@ def print_table(df: pd.DataFrame, console=None) -> None:
 def print_pivot(p: pd.DataFrame, key: str, title: str, console) -> None:
     from rich.table import Table
 
-    d = p.reset_index()
+    d = flat_columns(p).reset_index()
     t = Table(show_header=True, header_style="bold", title=title, title_justify="left")
     for i, c in enumerate(d.columns):
         t.add_column(str(c), justify="left" if i < len(p.index.names) else "right")

@@ -4,7 +4,8 @@ Nothing here reads files or writes them: each function takes the collected summa
 frame (the renderers, :mod:`robench.report.render`, turn frames into CSV, Markdown, HTML and rich).
 
 * :func:`runs_frame`: one row per attack run (``report.csv``, ``report.md``);
-* :func:`pivots`: ``--rows`` x ``--cols`` for each of ``--values`` (``pivot-<value>.csv``);
+* :func:`pivots`: ``--rows`` x ``--cols`` for each of ``--values`` (``pivot-<value>.csv``), with every
+  setting that differs between the runs of a cell added to an axis (``--average``: averaged instead);
 * :func:`recipes_frame` and :func:`train_frame`: training runs (``recipes.csv``, ``train_report.*``);
 * :func:`checkpoints_frame`: the anytime curves of hard-label runs (``checkpoints.csv``).
 """
@@ -95,6 +96,15 @@ def access_of(attack: Any) -> Any:
 DIMENSIONS = {"attack": "attack", "defense": "defense", "model": "model", "dataset": "dataset", "budget": "budget",
               "eps": "eps", "norm": "norm", "max_queries": "max_queries", "targeted": "targeted", "access": "access"}
 
+#: override keys that spell a run field of DIMENSIONS (``budget.eps=0.1`` is the run's eps): never a second axis
+OVERRIDE_FIELDS = {"attack": "attack", "defense": "defense", "model": "model", "dataset": "dataset", "budget": "budget",
+                   "budget.eps": "eps", "budget.norm": "norm", "budget.max_queries": "max_queries",
+                   "budget.targeted": "targeted"}
+
+#: the run fields that may tell the runs of a cell apart, in the order they join an axis; the override keys
+#: that differ come after them (sorted), and ``budget`` (a name spelling norm, eps and targeted) last
+AXIS_ORDER = ("eps", "norm", "targeted", "max_queries", "attack", "defense", "model", "dataset")
+
 
 def _dim_column(df: pd.DataFrame, dim: str) -> str:
     if dim in DIMENSIONS:
@@ -120,32 +130,106 @@ def _value_column(df: pd.DataFrame, value: str) -> Tuple[str, str]:
     raise RobenchError(f"robench report: unknown value '{value}'; valid: {', '.join(valid)}")
 
 
-def pivots(df: pd.DataFrame, rows: List[str], cols: List[str], values: List[str]) -> Tuple[Dict[str, pd.DataFrame], List[str]]:
-    """{value key: pivot table}; cells holding several runs show their mean (with a note)."""
+def _axis_frame(df: pd.DataFrame, columns: List[str]) -> pd.DataFrame:
+    """The axis columns as pivot keys: numbers sort as numbers (5 before 20), the rest as text ('-' for none)."""
+    g = pd.DataFrame(index=df.index)
+    for k in columns:
+        num = pd.to_numeric(df[k], errors="coerce")
+        g[k] = num if num.notna().all() else df[k].map(lambda v: "-" if v is None or v != v else str(v))
+    return g
+
+
+def _differs_within(df: pd.DataFrame, keys: List[str], dim: str) -> bool:
+    """Whether ``dim`` takes two values (none counted as a value) among the runs of one cell of ``keys``."""
+    col = _dim_column(df, dim)
+    vals = df[col].map(lambda v: "-" if v is None or v != v else str(v))
+    if not keys:
+        return vals.nunique() > 1
+    return bool((vals.groupby([_axis_frame(df, keys)[k] for k in keys]).nunique() > 1).any())
+
+
+def separating_keys(df: pd.DataFrame, axes: List[str]) -> List[str]:
+    """The settings that differ between runs sharing a cell of ``axes`` (dimension names), fewest first:
+    each key, in AXIS_ORDER then the override keys then ``budget``, is taken when it still differs within
+    a cell of the axes and the keys taken before it (so ``budget`` is not taken once ``eps`` tells its
+    runs apart, and ``budget.eps`` is ``eps``)."""
+    cols = [_dim_column(df, d) for d in axes]
+    on_axis = set(cols)
+    overrides = sorted(c[3:] for c in df.columns if c.startswith("ov:") and c[3:].lstrip("+~") not in OVERRIDE_FIELDS)
+    taken: List[str] = []
+    for dim in list(AXIS_ORDER) + overrides + ["budget"]:
+        if _dim_column(df, dim) in on_axis:
+            continue
+        if _differs_within(df, [_dim_column(df, d) for d in axes + taken], dim):
+            taken.append(dim)
+    return taken
+
+
+def pivots(df: pd.DataFrame, rows: List[str], cols: List[str], values: List[str],
+           average: bool = False) -> Tuple[Dict[str, pd.DataFrame], List[str], List[str], List[str]]:
+    """{value key: pivot table}, the notes on them, and the row and column dimensions used.
+
+    A cell never averages runs of different settings unless ``average``: every setting that differs
+    between the runs of a cell (:func:`separating_keys`) joins an axis, the first one the columns when
+    they tell no runs apart (a single defense, say), the others the rows. With ``average`` the cells
+    show their runs' mean and a note names those settings. Runs of equal settings (repeats) share a cell
+    and show their mean, with a note."""
+    extra = separating_keys(df, rows + cols)
+    notes = []
+    if extra and not average:
+        flat_cols = not cols or all(df[_dim_column(df, c)].map(str).nunique() <= 1 for c in cols)
+        to_cols = extra[:1] if flat_cols else []
+        rows, cols = rows + [d for d in extra if d not in to_cols], cols + to_cols
+        in_rows = [d for d in extra if d not in to_cols]
+        where = " and ".join(([f"{', '.join(to_cols)} to the columns"] if to_cols else [])
+                             + ([f"{', '.join(in_rows)} to the rows"] if in_rows else []))
+        notes.append(f"added {where}: {'they differ' if len(extra) > 1 else 'it differs'} between runs that would "
+                     f"otherwise share a cell (--average averages such runs instead)")
     rcols = [_dim_column(df, d) for d in rows]
     ccols = [_dim_column(df, d) for d in cols]
     keys = rcols + ccols
-    notes = []
     g = df.copy()
-    for k in keys:  # numbers sort as numbers (5 before 20), the rest as text
-        num = pd.to_numeric(g[k], errors="coerce")
-        g[k] = num if num.notna().all() else g[k].fillna("-").astype(str)
-    dup = g.groupby(keys).size()
-    if (dup > 1).any():
-        varying = [c[3:] for c in df.columns if c.startswith("ov:") and c not in keys and df[c].nunique(dropna=False) > 1]
-        notes.append(f"{int((dup > 1).sum())} cell(s) average several runs"
-                     + (f"; they differ in {', '.join(varying)}: add it to --rows or --cols" if varying else ""))
+    g[keys] = _axis_frame(df, keys)
+    sizes = g.groupby(keys).size() if keys else pd.Series([len(g)])
+    multi = int((sizes > 1).sum())
+    if multi and extra and average:
+        notes.append(f"{multi} cell(s) average runs of different settings: they differ in {', '.join(extra)} "
+                     f"(without --average they go on an axis)")
+    elif multi:
+        notes.append(f"{multi} cell(s) hold repeated runs of the same settings: their mean is shown")
     out = {}
     for v in values:
         col, key = _value_column(df, v)
         vals = pd.to_numeric(g[col], errors="coerce")
-        p = g.assign(_v=vals).pivot_table(index=rcols, columns=ccols or None, values="_v", aggfunc="mean", dropna=False) \
-            if ccols else g.assign(_v=vals).groupby(rcols)["_v"].mean().to_frame(key)
-        if isinstance(p.columns, pd.MultiIndex):
-            p.columns = [" / ".join(str(x) for x in c if x != "_v") for c in p.columns]
-        p.index.names = [n[3:] if str(n).startswith("ov:") else n for n in p.index.names]
+        if ccols:  # every cell a run has, none it has not (dropna=False keeps a row whose value is none)
+            p = g.assign(_v=vals).pivot_table(index=rcols, columns=ccols, values="_v", aggfunc="mean", dropna=False)
+            p = p.loc[_observed(p.index, g, rcols), _observed(p.columns, g, ccols)]
+        else:
+            p = g.assign(_v=vals).groupby(rcols)["_v"].mean().to_frame(key)
+        p.index.names = [_dim_name(n) for n in p.index.names]
+        if ccols:
+            p.columns.names = [_dim_name(n) for n in p.columns.names]
         out[key] = p
-    return out, notes
+    return out, notes, rows, cols
+
+
+def _observed(index: pd.Index, g: pd.DataFrame, columns: List[str]) -> List[bool]:
+    """Which entries of a pivot's ``index`` (or columns) some run has (pivot_table's product of levels
+    holds combinations no run has)."""
+    seen = set(map(tuple, g[columns].itertuples(index=False, name=None)))
+    return [(e if isinstance(e, tuple) else (e,)) in seen for e in index]
+
+
+def _dim_name(column: Any) -> str:
+    return str(column)[3:] if str(column).startswith("ov:") else str(column)
+
+
+def flat_columns(p: pd.DataFrame) -> pd.DataFrame:
+    """A pivot with its column levels joined by " / " (CSV, Markdown, the terminal)."""
+    if isinstance(p.columns, pd.MultiIndex):
+        p = p.copy()
+        p.columns = [" / ".join(str(x) for x in c) for c in p.columns]
+    return p
 
 
 def recipes_frame(trains: List[Dict[str, Any]]) -> pd.DataFrame:
@@ -228,13 +312,15 @@ class Tables:
 
 
 def build(attacks: List[Dict[str, Any]], trains: List[Dict[str, Any]], rows: List[str], cols: List[str],
-          values: List[str], notes: List[str] = (), skipped: List[str] = ()) -> Tables:
-    """All tables of the collected runs; ``notes`` (from collecting) come first in the result's notes."""
+          values: List[str], notes: List[str] = (), skipped: List[str] = (), average: bool = False) -> Tables:
+    """All tables of the collected runs; ``notes`` (from collecting) come first in the result's notes.
+    ``rows``/``cols``: the pivots' axes as asked; the result holds them with the settings
+    :func:`pivots` added (none with ``average``)."""
     notes = list(notes)
     df = runs_frame(attacks) if attacks else None
     piv: Dict[str, pd.DataFrame] = {}
     if df is not None:
-        piv, pnotes = pivots(df, rows, cols, values)
+        piv, pnotes, rows, cols = pivots(df, rows, cols, values, average)
         notes += pnotes
     return Tables(runs=df, pivots=piv, rows=rows, cols=cols, recipes=recipes_frame(trains) if trains else None,
                   train=train_frame(trains) if trains else None, checkpoints=checkpoints_frame(attacks), notes=notes,

@@ -2,9 +2,8 @@ from __future__ import annotations
 
 import torch
 
-from robench.attacks.base import Attack
+from robench.attacks.base import Attack, AttackView
 from robench.errors import RobenchError
-from robench.oracle import Oracle
 from robench.registry import ATTACKS
 
 
@@ -26,6 +25,7 @@ class GaussianNoise(Attack):
     """
 
     access = "label"
+    layouts = ("NCHW", "NCT")
     eps_policy = "null"
 
     def __init__(self, sigma: float = 1.0, draws: int = 1):
@@ -33,14 +33,11 @@ class GaussianNoise(Attack):
             raise RobenchError(f"gaussian_noise needs sigma > 0 and draws >= 1 (got sigma={sigma}, draws={draws})")
         self.sigma, self.draws = float(sigma), int(draws)
 
-    def run(self, oracle: Oracle, generator: torch.Generator) -> None:
-        if oracle.eps is not None:
-            raise RobenchError(f"gaussian_noise is not eps-bounded (its size is attack.params.sigma): run it with "
-                               f"budget.eps=null (got budget.eps={oracle.eps})")
+    def run(self, oracle: AttackView, generator: torch.Generator) -> None:
         x0 = oracle.x0
         for _ in range(self.draws):
             idx = oracle.active_indices()
             if len(idx) == 0:
                 return
             noise = torch.randn(x0[idx].shape, generator=generator, device=x0.device)
-            oracle.labels((x0[idx] + self.sigma * noise).clamp(0, 1), idx)
+            oracle.labels((x0[idx] + self.sigma * noise).clamp(oracle.low, oracle.high), idx)

@@ -7,16 +7,16 @@ import torch
 
 from robench.attacks.base import Attack
 from robench.errors import RobenchError
-from robench.oracle import _RANK, OracleView
+from robench.referee.types import ACCESS_RANK
+from robench.referee.view import AttackView
 from robench.registry import ATTACKS
 
 
-def MemberView(oracle, access: str) -> OracleView:
+def MemberView(oracle: AttackView, access: str) -> AttackView:
     """What one ensemble member sees: the shared oracle's view restricted to the member's access level
     (public API: :meth:`OracleView.restrict`). Every query goes to the same oracle (same counts, same
     budget, same success judging, same best point); answers above the member's level are refused."""
-    view = oracle if isinstance(oracle, OracleView) else oracle.view()
-    return view.restrict(access)
+    return oracle.restrict(access)
 
 
 def _member_spec(spec: Any) -> tuple[str, Dict[str, Any]]:
@@ -69,7 +69,10 @@ class Ensemble(Attack):
                                    f"{', '.join(ATTACKS.names())} (install or merge the plugin that provides it, "
                                    f"or remove it from attack.params.attacks)")
             self.members.append((name, instantiate(ATTACKS, name, params, "attack", f"attack.params.attacks[{i}].params")))
-        self.access = max((m.access for _, m in self.members), key=lambda a: _RANK[a])
+        self.access = max((m.access for _, m in self.members), key=lambda a: ACCESS_RANK[a])
+        # the norms and layouts every member handles (robench/evaluation/spec.py checks the run against them)
+        self.norms = tuple(n for n in self.members[0][1].norms if all(n in m.norms for _, m in self.members))
+        self.layouts = tuple(x for x in self.members[0][1].layouts if all(x in m.layouts for _, m in self.members))
         labels, seen = [], {}
         for name, _ in self.members:
             seen[name] = seen.get(name, 0) + 1
@@ -88,7 +91,7 @@ class Ensemble(Attack):
             if hasattr(m, "prepare"):
                 m.prepare(context)
 
-    def run(self, oracle: OracleView, generator: torch.Generator) -> None:
+    def run(self, oracle: AttackView, generator: torch.Generator) -> None:
         if oracle.eps is None:
             raise RobenchError("ensemble needs a finite budget.eps: it reports robust accuracy at that eps")
         for (name, member), st in zip(self.members, self.stats):

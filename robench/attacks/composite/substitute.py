@@ -8,11 +8,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robench.attacks.base import Attack
+from robench.attacks.base import Attack, AttackView
 from robench.attacks.composite.transfer import LastProposal
-from robench.attacks.whitebox.pgd import project
 from robench.errors import RobenchError
-from robench.oracle import Oracle, OracleView
+from robench.geometry import geometry
+from robench.referee.own_model import own_model_oracle
 from robench.registry import ATTACKS
 
 _SUBSTITUTE_KEYS = {"model", "params"}
@@ -34,7 +34,7 @@ class Substitute(Attack):
        yet labelled with the victim (one label query each), train the substitute F on S_ρ with those
        labels for ``epochs`` epochs (Adam, lr ``lr``, batches of ``train_batch_size``; warm-started from the
        previous round), then augment by the Jacobian: S_{ρ+1} = S_ρ ∪ {x + λ_ρ · sign(J_F(x)[O(x)]) : x ∈ S_ρ}
-       (the gradient of F's logit of the victim's label O(x), clipped to [0, 1]), λ_ρ = λ, or with
+       (the gradient of F's logit of the victim's label O(x), clipped to the input box [low, high] of the view), λ_ρ = λ, or with
        ``tau`` set the periodic step λ · (-1)^⌊ρ/τ⌋ of the paper's §6. The last round trains and does
        not augment.
     3. **Transfer**: the white-box ``attack`` (default FGSM, the paper's crafting attack for MNIST;
@@ -102,6 +102,8 @@ class Substitute(Attack):
             raise RobenchError(f"substitute: the crafting attack must be a white-box attack, not '{a['name']}'")
         self.inner_name = a["name"]
         self.inner = instantiate(ATTACKS, a["name"], a.get("params"), "attack")
+        # the run's norms are those the crafting attack handles (robench/evaluation/spec.py checks them)
+        self.norms = self.inner.norms
         if self.inner.access != "gradient":
             raise RobenchError(f"substitute: crafting attack '{a['name']}' has access '{self.inner.access}'; "
                                f"use a white-box (gradient) attack")
@@ -160,7 +162,7 @@ class Substitute(Attack):
         return torch.cat(out)
 
     # ------------------------------------------------------------------ the attack
-    def run(self, oracle: OracleView, generator: torch.Generator) -> None:
+    def run(self, oracle: AttackView, generator: torch.Generator) -> None:
         if oracle.eps is None:
             raise RobenchError("substitute is an eps-bounded attack (its training queries are judged against the "
                                "samples that pay for them): set budget.eps to a number")
@@ -197,7 +199,7 @@ class Substitute(Attack):
             if rho == self.rounds - 1 or charged >= affordable:
                 break
             lam = self.lmbda * (-1) ** (rho // int(self.tau)) if self.tau else self.lmbda
-            xs = torch.cat([xs, (xs + lam * self._jacobian_sign(model, xs, ys)).clamp(0, 1)])
+            xs = torch.cat([xs, (xs + lam * self._jacobian_sign(model, xs, ys)).clamp(oracle.low, oracle.high)])
         with torch.no_grad():
             agree = float((model(xs[:len(ys)]).argmax(1) == ys).float().mean()) if len(ys) else float("nan")
         # transfer: the white-box attack on the substitute, then one label query per sample on the victim
@@ -207,17 +209,18 @@ class Substitute(Attack):
         if len(idx) == 0:
             return
         x0, y, t = oracle.x0[idx], oracle.y[idx], oracle.targets
-        so = Oracle(model, x0, y, access="gradient", norm=oracle.norm, eps=oracle.eps,
-                    max_queries=self.crafting_max_queries, targets=None if t is None else t[idx],
-                    stop_on_success=False, num_classes=K)
         last = LastProposal(x0)
-        self.inner.run(so.view(observe=last), generator)
-        res = so.finalize()
+        view, finalize = own_model_oracle(model, x0, y, norm=oracle.norm, eps=oracle.eps,
+                                          max_queries=self.crafting_max_queries, num_classes=K,
+                                          targets=None if t is None else t[idx], observe=last,
+                                          box=(oracle.low, oracle.high))
+        self.inner.run(view, generator)
+        res = finalize()
         best = res.best_x.to(dev)
         x = last.x
         if self.inner.minimizes_distortion:
             x = torch.where(res.adversarial.to(dev).view(-1, *[1] * (x0.dim() - 1)), best, last.x)
-        oracle.labels(project(x, x0, oracle.norm, oracle.eps), idx)
+        oracle.labels(geometry(oracle.norm).project_point(x, x0, oracle.eps, (oracle.low, oracle.high)), idx)
         st = self.stats
         st["batches"] += 1
         st["training_labels"] += charged

@@ -6,9 +6,10 @@ import torch
 from torch import nn
 
 from robench.attacks.base import Attack
-from robench.attacks.whitebox.pgd import project
 from robench.errors import RobenchError
-from robench.oracle import Oracle, OracleView
+from robench.geometry import geometry
+from robench.referee.own_model import own_model_oracle
+from robench.referee.view import AttackView
 from robench.registry import ATTACKS
 
 
@@ -79,11 +80,11 @@ class Transfer(Attack):
             raise RobenchError(f"transfer: the crafting attack must be a white-box attack, not '{a['name']}'")
         self.inner_name = a["name"]
         self.inner = instantiate(ATTACKS, a["name"], a.get("params"), "attack")
+        # what the run may ask of it is what the crafting attack can do (robench/evaluation/spec.py checks it)
+        self.eps_policy, self.norms, self.layouts = self.inner.eps_policy, self.inner.norms, self.inner.layouts
         if self.inner.access != "gradient":
             raise RobenchError(f"transfer: crafting attack '{a['name']}' has access '{self.inner.access}'; "
                                f"use a white-box (gradient) attack")
-        if int(surrogate_max_queries) < 1:
-            raise RobenchError(f"transfer: surrogate_max_queries must be >= 1, got {surrogate_max_queries}")
         self.surrogate_max_queries = int(surrogate_max_queries)
         self.surrogate: Optional[nn.Module] = None
         self.stats = {"surrogate": None, "surrogate_checkpoint": None, "crafting_attack": self.inner_name,
@@ -108,24 +109,25 @@ class Transfer(Attack):
         self.stats["surrogate_checkpoint"] = path
 
     # ------------------------------------------------------------------ the attack
-    def run(self, oracle: OracleView, generator: torch.Generator) -> None:
+    def run(self, oracle: AttackView, generator: torch.Generator) -> None:
         if self.surrogate is None:
             raise RobenchError("transfer: no surrogate model (the engine loads it from attack.params.surrogate)")
         idx = oracle.active_indices()
         if len(idx) == 0:
             return
         x0, y, t = oracle.x0[idx], oracle.y[idx], oracle.targets
-        so = Oracle(self.surrogate, x0, y, access="gradient", norm=oracle.norm, eps=oracle.eps,
-                    max_queries=self.surrogate_max_queries, targets=None if t is None else t[idx],
-                    stop_on_success=False, num_classes=oracle.num_classes)
         last = LastProposal(x0)
-        self.inner.run(so.view(observe=last), generator)
-        res = so.finalize()
+        view, finalize = own_model_oracle(self.surrogate, x0, y, norm=oracle.norm, eps=oracle.eps,
+                                          max_queries=self.surrogate_max_queries, num_classes=oracle.num_classes,
+                                          targets=None if t is None else t[idx], observe=last)
+        self.inner.run(view, generator)
+        res = finalize()
         best = res.best_x.to(x0.device)
         x = best if self.inner.minimizes_distortion else last.x
         if self.inner.minimizes_distortion:  # no surrogate success: fall back to the last proposal
             x = torch.where(res.adversarial.to(x0.device).view(-1, *[1] * (x0.dim() - 1)), best, last.x)
-        x = project(x, x0, oracle.norm, oracle.eps) if oracle.eps is not None else x.clamp(0, 1)
+        box = (oracle.low, oracle.high)
+        x = geometry(oracle.norm).project_point(x, x0, oracle.eps, box) if oracle.eps is not None else x.clamp(*box)
         oracle.labels(x, idx)
         self.stats["surrogate_success"] += int(res.success.sum())
         self.stats["transferred"] += len(idx)

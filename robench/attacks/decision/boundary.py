@@ -2,10 +2,9 @@ from __future__ import annotations
 
 import torch
 
-from robench.attacks.base import Attack
+from robench.attacks.base import Attack, AttackView
 from robench.attacks.decision.common import adversarial, noise_init, targeted_pool, view_b
 from robench.errors import RobenchError
-from robench.oracle import Oracle
 from robench.registry import ATTACKS
 
 
@@ -32,6 +31,7 @@ class BoundaryAttack(Attack):
     """
 
     access = "label"
+    layouts = ("NCHW", "NCT")
     requires = ("class_images",)
     minimizes_distortion = True
 
@@ -52,7 +52,7 @@ class BoundaryAttack(Attack):
         """Keep the training images by class (targeted θ0 / starting points; AttackContext.class_images)."""
         self.class_images = context.class_images
 
-    def run(self, oracle: Oracle, generator: torch.Generator) -> None:
+    def run(self, oracle: AttackView, generator: torch.Generator) -> None:
         x0 = oracle.x0
         n, dev = x0.shape[0], x0.device
         best, found = noise_init(oracle, generator, pool=targeted_pool(self.class_images, oracle, 100, generator))
@@ -74,11 +74,11 @@ class BoundaryAttack(Attack):
             eta = torch.randn(diff.shape, generator=generator, device=dev)
             eta = eta - (eta * unit).sum(1, keepdim=True) * unit
             eta = eta * (sph[s] * dnorm / eta.norm(dim=1).clamp_min(1e-12))[:, None]
-            sph_c = (xo.flatten(1) + (eta - diff) / torch.sqrt(sph[s] ** 2 + 1)[:, None]).clamp(0, 1)
+            sph_c = (xo.flatten(1) + (eta - diff) / torch.sqrt(sph[s] ** 2 + 1)[:, None]).clamp(oracle.low, oracle.high)
             new_dir = xo.flatten(1) - sph_c
             new_norm = new_dir.norm(dim=1).clamp_min(1e-12)
             length = (src[s] * dnorm + new_norm - dnorm).clamp_min(0) / new_norm
-            cand = (sph_c + length[:, None] * new_dir).clamp(0, 1).view_as(xb)
+            cand = (sph_c + length[:, None] * new_dir).clamp(oracle.low, oracle.high).view_as(xb)
             check = step % self.k == 0
             if check:  # the orthogonal candidate and the full candidate, one call
                 adv2, _ = adversarial(oracle, torch.cat([sph_c.view_as(xb), cand]), torch.cat([s, s]))

@@ -13,9 +13,8 @@ from typing import Callable, Optional, Tuple
 
 import torch
 
-from robench.attacks.base import Attack
+from robench.attacks.base import Attack, AttackView
 from robench.geometry import bview, geometry
-from robench.oracle import Oracle
 
 #: rows per oracle call; large calls are split (small calls are faster per row on a CPU)
 CHUNK = 200
@@ -36,7 +35,7 @@ def normalize(v: torch.Tensor, norm: str) -> torch.Tensor:
     return geometry(norm).normalize(v)
 
 
-def adversarial(oracle: Oracle, x: torch.Tensor, idx: torch.Tensor, chunk: int = CHUNK) -> Tuple[torch.Tensor, torch.Tensor]:
+def adversarial(oracle: AttackView, x: torch.Tensor, idx: torch.Tensor, chunk: int = CHUNK) -> Tuple[torch.Tensor, torch.Tensor]:
     """(adversarial, answered) per row: one counted label query per row (split into calls of ``chunk``).
 
     Adversarial means "the victim's top-1 label is not y" (untargeted) or "is the target" (targeted);
@@ -50,9 +49,9 @@ def adversarial(oracle: Oracle, x: torch.Tensor, idx: torch.Tensor, chunk: int =
     return adv & answered, answered
 
 
-def ray_point(x0: torch.Tensor, theta: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
-    """x0 + lam * theta clipped to the image box [0, 1] (the domain bound of [cheng2021 §2.4.2])."""
-    return (x0 + view_b(lam, x0) * theta).clamp(0, 1)
+def ray_point(x0: torch.Tensor, theta: torch.Tensor, lam: torch.Tensor, box=(0.0, 1.0)) -> torch.Tensor:
+    """x0 + lam * theta clipped to the input box (the domain bound of [cheng2021 §2.4.2]; images: [0, 1])."""
+    return (x0 + view_b(lam, x0) * theta).clamp(box[0], box[1])
 
 
 # states of the boundary search
@@ -60,7 +59,7 @@ _V, _UP, _DOWN, _BIN, _OUT, _CHK, _DONE = range(7)
 LOCAL, BOUND, SCRATCH = 0, 1, 2
 
 
-def boundary_distance(oracle: Oracle, x0: torch.Tensor, theta: torch.Tensor, idx: torch.Tensor,
+def boundary_distance(oracle: AttackView, x0: torch.Tensor, theta: torch.Tensor, idx: torch.Tensor,
                       v: torch.Tensor, mode: torch.Tensor | int, tol: float, ratio: float = 0.01,
                       out_step: float = 0.1, lam_max: float = 30.0) -> torch.Tensor:
     """g(theta) for each row: the distance along the (normalised) direction ``theta`` from ``x0`` (the
@@ -103,7 +102,7 @@ def boundary_distance(oracle: Oracle, x0: torch.Tensor, theta: torch.Tensor, idx
         probe = torch.where(s == _UP, h, torch.where(s == _DOWN, l, torch.where(s == _BIN, (l + h) / 2, h)))
         probe = torch.where((s == _V) | (s == _CHK), v[live], probe)
         probe = probe.to(x0.dtype)
-        adv, ans = adversarial(oracle, ray_point(x0[live], theta[live], probe), idx[live])
+        adv, ans = adversarial(oracle, ray_point(x0[live], theta[live], probe, (oracle.low, oracle.high)), idx[live])
         probe = probe.double()
         ns, nl, nh, nadv = s.clone(), l.clone(), h.clone(), hi_adv[live].clone()
         # LOCAL start
@@ -159,7 +158,7 @@ def search_scale(x0: torch.Tensor, norm: str) -> Tuple[float, float]:
     return d ** 0.5 / 100, 2 * d ** 0.5
 
 
-def init_directions(oracle: Oracle, gen: torch.Generator, norm: str, n_dirs: int, tol: float,
+def init_directions(oracle: AttackView, gen: torch.Generator, norm: str, n_dirs: int, tol: float,
                     pool: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
     """theta_0 and g(theta_0) per sample: the best of ``n_dirs`` directions ([cheng2021 §2.5], "the best
     of 100 random directions"), batched over samples, one direction at a time per sample so the
@@ -196,7 +195,7 @@ def init_directions(oracle: Oracle, gen: torch.Generator, norm: str, n_dirs: int
     return best_t, best_g
 
 
-def targeted_pool(images, oracle: Oracle, n_dirs: int, gen: torch.Generator) -> Optional[torch.Tensor]:
+def targeted_pool(images, oracle: AttackView, n_dirs: int, gen: torch.Generator) -> Optional[torch.Tensor]:
     """(n, n_dirs, C, H, W) training images of each sample's target class (drawn with ``gen``), or None
     when the run is untargeted or no :class:`~robench.attacks.base.ClassImages` was supplied (then
     random directions)."""
@@ -207,7 +206,7 @@ def targeted_pool(images, oracle: Oracle, n_dirs: int, gen: torch.Generator) -> 
     return None if pool is None else pool.to(oracle.x0.device)
 
 
-def line_search(oracle: Oracle, x0: torch.Tensor, s: torch.Tensor, theta: torch.Tensor, g: torch.Tensor,
+def line_search(oracle: AttackView, x0: torch.Tensor, s: torch.Tensor, theta: torch.Tensor, g: torch.Tensor,
                 grad: torch.Tensor, alpha: torch.Tensor, norm: str, tol: float, evaluate=None,
                 max_steps: int = 15) -> Tuple[torch.Tensor, torch.Tensor]:
     """The step-size search of the OPT / Sign-OPT reference code (attackbox, [cheng2019opt]), batched over samples.
@@ -258,10 +257,10 @@ def line_search(oracle: Oracle, x0: torch.Tensor, s: torch.Tensor, theta: torch.
     return min_t, min_g
 
 
-def noise_init(oracle: Oracle, gen: torch.Generator, max_draws: int = 1000, tol: float = 1e-3,
+def noise_init(oracle: AttackView, gen: torch.Generator, max_draws: int = 1000, tol: float = 1e-3,
                pool: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
     """A starting adversarial point per sample (HopSkipJump's and Foolbox's Boundary-attack
-    initialisation): uniform noise images in [0, 1], one draw per sample per call, until adversarial
+    initialisation): uniform noise in the input box, one draw per sample per call, until adversarial
     (at most ``max_draws``); targeted runs with ``pool`` (target-class training images) try those
     first. Then bisect the blend (1 - a) x0 + a x_noise to the boundary (to ``tol`` in a).
     Returns (points, found) — the points of samples not found are x0."""
@@ -276,7 +275,7 @@ def noise_init(oracle: Oracle, gen: torch.Generator, max_draws: int = 1000, tol:
         if pool is not None and k < pool.shape[1]:
             cand = pool[s, k]
         else:
-            cand = torch.rand(x0[s].shape, generator=gen, device=dev)
+            cand = oracle.low + (oracle.high - oracle.low) * torch.rand(x0[s].shape, generator=gen, device=dev)
         adv, _ = adversarial(oracle, cand, s)
         start[s[adv]] = cand[adv]
         found[s[adv]] = True
@@ -322,17 +321,18 @@ class DirectionSearchAttack(Attack):
     access = "label"
     minimizes_distortion = True
     requires = ("class_images",)
+    layouts = ("NCHW", "NCT")
     class_images = None  # ClassImages of the training split (targeted theta0), from prepare()
 
     def prepare(self, context) -> None:
         """Keep the training images by class (targeted θ0 / starting points; AttackContext.class_images)."""
         self.class_images = context.class_images
 
-    def _objective(self, oracle: Oracle) -> Optional[Objective]:
+    def _objective(self, oracle: AttackView) -> Optional[Objective]:
         """The objective of a direction (None: g itself, the boundary distance)."""
         return None
 
-    def _estimate(self, oracle: Oracle, generator: torch.Generator, x0: torch.Tensor, s: torch.Tensor,
+    def _estimate(self, oracle: AttackView, generator: torch.Generator, x0: torch.Tensor, s: torch.Tensor,
                   theta: torch.Tensor, g: torch.Tensor, beta: torch.Tensor, objective: Optional[Objective]):
         """Gradient estimate for samples ``s`` at directions ``theta`` (boundary distances ``g``, smoothing
         ``beta``). Returns (gradient, bisection tolerance of the line search, data for :meth:`_accept`)."""
@@ -343,7 +343,7 @@ class DirectionSearchAttack(Attack):
         """The new (theta, g) of the iterated samples from the line search's result (default: take it)."""
         return new_t, new_g
 
-    def run(self, oracle: Oracle, generator: torch.Generator) -> None:
+    def run(self, oracle: AttackView, generator: torch.Generator) -> None:
         norm, x0 = oracle.norm, oracle.x0
         n, dev = x0.shape[0], x0.device
         objective = self._objective(oracle)

@@ -2,11 +2,10 @@ from __future__ import annotations
 
 import torch
 
-from robench.attacks.base import Attack
+from robench.attacks.base import Attack, AttackView
 from robench.attacks.decision.common import adversarial, noise_init, targeted_pool, view_b
 from robench.errors import RobenchError
 from robench.geometry import L2_BALL, TINY
-from robench.oracle import Oracle
 from robench.registry import ATTACKS
 
 #: Perlin's four lattice gradients (the reference code's ``gradient``: (0,1), (0,-1), (1,0), (-1,0))
@@ -102,7 +101,7 @@ class GuessingSmart(Attack):
             return perlin_noise(n, shape, freq, generator, device)
         return L2_BALL.normalize(torch.randn((n, *shape), generator=generator, device=device))
 
-    def run(self, oracle: Oracle, generator: torch.Generator) -> None:
+    def run(self, oracle: AttackView, generator: torch.Generator) -> None:
         x0 = oracle.x0
         n, dev = x0.shape[0], x0.device
         best, found = noise_init(oracle, generator, pool=targeted_pool(self.class_images, oracle, 100, generator))
@@ -125,11 +124,11 @@ class GuessingSmart(Attack):
             d = self._directions(len(s), x0.shape[1:], generator, dev)
             d = d - view_b((d * unit).flatten(1).sum(1), xo) * unit  # orthogonal to the source direction
             d = L2_BALL.normalize(d * mask[s]) * view_b(sph * dist, xo)
-            sph_c = (xo + view_b(1 / torch.sqrt(sph ** 2 + 1), xo) * (d - to_src)).clamp(0, 1)
+            sph_c = (xo + view_b(1 / torch.sqrt(sph ** 2 + 1), xo) * (d - to_src)).clamp(oracle.low, oracle.high)
             new_dir = xo - sph_c
             new_dir = new_dir / view_b(L2_BALL.distance(new_dir).clamp_min(TINY), xo)
             sph_c = xo - view_b(dist, xo) * new_dir                # back onto the sphere around x0
-            cand = (sph_c + view_b(src * dist, xo) * new_dir).clamp(0, 1)
+            cand = (sph_c + view_b(src * dist, xo) * new_dir).clamp(oracle.low, oracle.high)
             adv, _ = adversarial(oracle, cand, s)
             ok = adv & (L2_BALL.distance(cand - xo) < dist)
             best[s[ok]] = cand[ok]

@@ -4,10 +4,9 @@ import math
 
 import torch
 
-from robench.attacks.base import Attack
+from robench.attacks.base import Attack, AttackView
 from robench.attacks.decision.common import adversarial, flat_norm, noise_init, normalize, targeted_pool, view_b
 from robench.errors import RobenchError
-from robench.oracle import Oracle
 from robench.registry import ATTACKS
 
 
@@ -30,6 +29,7 @@ class HopSkipJump(Attack):
     """
 
     access = "label"
+    layouts = ("NCHW", "NCT")
     requires = ("class_images",)
     minimizes_distortion = True
 
@@ -81,7 +81,7 @@ class HopSkipJump(Attack):
             live[r[~ans]] = False
         return project(hi)
 
-    def run(self, oracle: Oracle, generator: torch.Generator) -> None:
+    def run(self, oracle: AttackView, generator: torch.Generator) -> None:
         norm, x0 = oracle.norm, oracle.x0
         n, dev = x0.shape[0], x0.device
         d = x0[0].numel()
@@ -106,7 +106,7 @@ class HopSkipJump(Attack):
                 torch.rand(shape, generator=generator, device=dev) * 2 - 1
             u = normalize(u.flatten(0, 1), "l2").view(shape)
             dl = delta.view(-1, 1, *[1] * (x0.dim() - 1))
-            probe = (xs[:, None] + dl * u).clamp(0, 1)
+            probe = (xs[:, None] + dl * u).clamp(oracle.low, oracle.high)
             u = (probe - xs[:, None]) / dl
             rows = s.repeat_interleave(B)
             adv, ans = adversarial(oracle, probe.flatten(0, 1), rows)
@@ -127,7 +127,7 @@ class HopSkipJump(Attack):
                     r = r[oracle.active[s[r]]]
                 if len(r) == 0:
                     break
-                c = (xs[r] + view_b(xi[r], x0s) * update[r]).clamp(0, 1)
+                c = (xs[r] + view_b(xi[r], x0s) * update[r]).clamp(oracle.low, oracle.high)
                 a, an = adversarial(oracle, c, s[r])
                 cand[r[a]] = c[a]
                 todo[r[a | ~an]] = False

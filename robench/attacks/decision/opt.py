@@ -5,7 +5,7 @@ import torch
 from robench.attacks.decision.common import LOCAL, DirectionSearchAttack, boundary_distance, normalize, search_scale, view_b
 from robench.errors import RobenchError
 from robench.geometry import LINF_BALL
-from robench.oracle import Oracle
+from robench.attacks.base import AttackView
 from robench.registry import ATTACKS
 
 
@@ -43,7 +43,7 @@ class OPTAttack(DirectionSearchAttack):
         self.init_tol, self.search_tol, self.min_beta, self.max_iterations = init_tol, search_tol, min_beta, max_iterations
 
 
-    def _objective(self, oracle: Oracle):
+    def _objective(self, oracle: AttackView):
         eps = oracle.eps
         if oracle.norm == "linf" and eps is not None:
             def objective(rows, th, lam):  # the thesis's smooth Linf surrogate [cheng2021 §2.4.2]

@@ -4,10 +4,9 @@ import math
 
 import torch
 
-from robench.attacks.base import Attack
+from robench.attacks.base import Attack, AttackView
 from robench.attacks.decision.common import adversarial, view_b
 from robench.errors import RobenchError
-from robench.oracle import Oracle
 from robench.registry import ATTACKS
 
 
@@ -29,6 +28,7 @@ class RayS(Attack):
     """
 
     access = "label"
+    layouts = ("NCHW", "NCT")
     minimizes_distortion = True
 
     def __init__(self, tol: float = 1e-3, max_steps: int = 10_000_000):
@@ -36,7 +36,7 @@ class RayS(Attack):
             raise RobenchError(f"rays needs tol > 0, got {tol}")
         self.tol, self.max_steps = tol, max_steps
 
-    def run(self, oracle: Oracle, generator: torch.Generator) -> None:
+    def run(self, oracle: AttackView, generator: torch.Generator) -> None:
         x0 = oracle.x0
         n, dev = x0.shape[0], x0.device
         dim = x0[0].numel()
@@ -46,7 +46,7 @@ class RayS(Attack):
         level, block = 0, 0
 
         def point(rows, sg, rad):
-            return (x0[rows] + view_b(rad.clamp(max=1.0), x0[rows]) * sg.view_as(x0[rows])).clamp(0, 1)
+            return (x0[rows] + view_b(rad.clamp(max=oracle.high - oracle.low), x0[rows]) * sg.view_as(x0[rows])).clamp(oracle.low, oracle.high)
 
         for _ in range(self.max_steps):
             s = oracle.active_indices()

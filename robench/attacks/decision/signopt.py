@@ -58,7 +58,7 @@ class SignOPT(DirectionSearchAttack):
         b = beta.view(-1, 1, *[1] * (x0.dim() - 1))
         cand = normalize((th[:, None] + b * u).flatten(0, 1), oracle.norm)
         rows = s.repeat_interleave(self.q)
-        adv, ans = adversarial(oracle, ray_point(x0[rows], cand, gs.repeat_interleave(self.q)), rows)
+        adv, ans = adversarial(oracle, ray_point(x0[rows], cand, gs.repeat_interleave(self.q), (oracle.low, oracle.high)), rows)
         sign = torch.where(adv, -1.0, 1.0) * ans.float()
         return u, sign.view(len(s), self.q)
 

@@ -17,10 +17,9 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from robench.attacks.base import Attack
+from robench.attacks.base import Attack, AttackView
 from robench.errors import RobenchError
 from robench.geometry import Geometry, bview, geometry  # noqa: F401  (bview: used by the score attacks)
-from robench.oracle import Oracle
 
 #: probabilities are clamped here before the log
 P_MIN = 1e-30
@@ -61,14 +60,6 @@ def ce_loss(p: torch.Tensor, y: torch.Tensor, targets: Optional[torch.Tensor]) -
     return -logp.gather(1, targets[:, None]).squeeze(1)
 
 
-def need_eps(oracle: Oracle, name: str, norms=("linf", "l2")) -> float:
-    if oracle.eps is None:
-        raise RobenchError(f"{name} is an eps-bounded attack: set budget.eps to a number")
-    if oracle.norm not in norms:
-        raise RobenchError(f"{name} supports budget.norm {' or '.join(norms)}, got '{oracle.norm}'")
-    return float(oracle.eps)
-
-
 def upsample(e: torch.Tensor, size) -> torch.Tensor:
     """Bilinear resize of (B, C, h, w) perturbations to (B, C, H, W) ([alzantot2019 §2.5.1.1]; S of [chen2017zoo])."""
     if tuple(e.shape[-2:]) == tuple(size):
@@ -91,7 +82,8 @@ class ScoreTask:
     """What every score attack reads from the oracle before its first query (:meth:`ScoreAttack.run`).
 
     ``x0``, ``y``, ``targets`` are over all samples of the batch (index them with a row's sample);
-    ``idx`` are the samples active at the start; ``shape`` is one image's (C, H, W).
+    ``idx`` are the samples active at the start; ``shape`` is one input's (C, H, W) or (C, T); ``box``
+    the input domain's bounds.
     """
 
     eps: float
@@ -103,6 +95,7 @@ class ScoreTask:
     targets: Optional[torch.Tensor]
     shape: Tuple[int, ...]
     device: torch.device
+    box: Tuple[float, float] = (0.0, 1.0)  # the input domain's [low, high] (robench/domain.py)
 
     def classes(self, rows: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """(true label, target or None) of each row's sample: the ``y, targets`` arguments of the losses."""
@@ -110,26 +103,25 @@ class ScoreTask:
 
 
 class ScoreAttack(Attack):
-    """Base of the score-based, eps-bounded attacks. :meth:`run` is the template: it checks the budget
-    (``eps`` set, ``norm`` in :attr:`norms`), returns at once when no sample is active, reads the
-    batch into a :class:`ScoreTask` and calls :meth:`_attack`, the one method a subclass writes.
+    """Base of the score-based, eps-bounded attacks (``eps_policy = "finite"``: the run checks the budget
+    before it starts). :meth:`run` is the template: it returns at once when no sample is active, reads
+    the batch into a :class:`ScoreTask` and calls :meth:`_attack`, the one method a subclass writes.
     No query is made and no random number drawn before :meth:`_attack`."""
 
     access = "scores"
+    eps_policy = "finite"
     #: the registry name, for error messages
     name: str = ""
-    #: budget norms the attack supports
-    norms: Tuple[str, ...] = ("linf", "l2")
 
-    def run(self, oracle: Oracle, generator: torch.Generator) -> None:
-        eps = need_eps(oracle, self.name, self.norms)
+    def run(self, oracle: AttackView, generator: torch.Generator) -> None:
         idx = oracle.active_indices()
         if len(idx) == 0:
             return
         x0 = oracle.x0
-        task = ScoreTask(eps=eps, norm=oracle.norm, geometry=geometry(oracle.norm), idx=idx, x0=x0, y=oracle.y,
-                         targets=oracle.targets, shape=tuple(x0.shape[1:]), device=oracle.device)
+        task = ScoreTask(eps=float(oracle.eps), norm=oracle.norm, geometry=geometry(oracle.norm), idx=idx, x0=x0,
+                         y=oracle.y, targets=oracle.targets, shape=tuple(x0.shape[1:]), device=oracle.device,
+                         box=(oracle.low, oracle.high))
         self._attack(oracle, generator, task)
 
-    def _attack(self, oracle: Oracle, generator: torch.Generator, task: ScoreTask) -> None:
+    def _attack(self, oracle: AttackView, generator: torch.Generator, task: ScoreTask) -> None:
         raise NotImplementedError

@@ -8,10 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robench.attacks.base import keep_active
+from robench.attacks.base import AttackView, keep_active
 from robench.attacks.score._common import ScoreAttack, ScoreTask, margin_loss, upsample
 from robench.errors import RobenchError
-from robench.oracle import Oracle
 from robench.registry import ATTACKS
 
 
@@ -95,7 +94,7 @@ class AutoZOOM(ScoreAttack):
     then an Adam step on z (lr 0.01, betas 0.9 / 0.999). The objective is the authors' C&W-type loss on
     log-probabilities: ``f = ||x - x0||_2^2 + c · max(log p_y - max_{j!=y} log p_j, 0)`` untargeted,
     ``max(max_{j!=t} log p_j - log p_t, 0)`` targeted, at ``x = Π(x0 + δ)``, Π the projection onto the
-    budget's ball and [0, 1] (robench's eps-bounded version: the authors minimise L2 distortion with
+    budget's ball and the input box (the view's [low, high]; robench's eps-bounded version: the authors minimise L2 distortion with
     no ball, as robench's ``zoo`` does with projection too). Both terms come from the q + 1 queried
     points, as in the authors' code.
 
@@ -174,7 +173,7 @@ class AutoZOOM(ScoreAttack):
         return {"autozoom": dict(self.stats)}
 
     # ------------------------------------------------------------------ the attack
-    def _attack(self, oracle: Oracle, generator: torch.Generator, task: ScoreTask) -> None:
+    def _attack(self, oracle: AttackView, generator: torch.Generator, task: ScoreTask) -> None:
         eps, idx, dev, geo, shape = task.eps, task.idx, task.device, task.geometry, task.shape
         if self.codec_kind == "ae":
             if self.codec is None:
@@ -212,7 +211,7 @@ class AutoZOOM(ScoreAttack):
             u = u / u.norm(dim=2, keepdim=True).clamp_min(1e-12)
             codes = torch.cat([z[:, None], z[:, None] + beta * u], 1).view(B * (q + 1), *zshape)
             x0r = task.x0[idx].repeat_interleave(q + 1, 0)
-            x = geo.clip(x0r, decode(codes), eps)
+            x = geo.clip(x0r, decode(codes), eps, task.box)
             ridx = idx.repeat_interleave(q + 1)
             p = oracle.scores(x, ridx)
             dist2 = (x - x0r).flatten(1).pow(2).sum(1)

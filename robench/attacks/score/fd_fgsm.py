@@ -4,9 +4,9 @@ import math
 
 import torch
 
+from robench.attacks.base import AttackView
 from robench.attacks.score._common import ScoreAttack, ScoreTask, ce_loss, margin_loss
 from robench.errors import RobenchError
-from robench.oracle import Oracle
 from robench.registry import ATTACKS
 
 
@@ -27,9 +27,9 @@ class FDFGSM(ScoreAttack):
     cross-entropy of a confidently classified image is log p_y with p_y within float32 rounding of 1:
     a δ = 0.01 difference of it is mostly rounding (on 40 MNIST images at Linf 0.3: 57.5% success
     with ``ce``, 92.5% with ``margin``, white-box FGSM 82.5% / 95% with the CE / C&W loss; README). With an L2 budget the step is the fast-gradient L2 step ``ε · FD / ||FD||_2``.
-    The point is projected onto the ball and [0, 1] (:mod:`robench.geometry`).
+    The point is projected onto the ball and the input box (:mod:`robench.geometry`).
 
-    Probes are valid images: ``x ± δ e_j`` is clipped to [0, 1], and the difference is divided by the
+    Probes are valid inputs: ``x ± δ e_j`` is clipped to the domain's box [low, high] (the view's), and the difference is divided by the
     probes' actual distance (a one-sided difference at the box's edge).
 
     Queries: 2 per coordinate, ``2d`` for the whole gradient (d = C·H·W: 1,568 on MNIST), then one for
@@ -44,6 +44,7 @@ class FDFGSM(ScoreAttack):
     """
 
     name = "fd_fgsm"
+    layouts = ("NCHW", "NCT")
 
     #: numeric ranges the registry checks before construction (robench.registry.validate_params)
     param_ranges = {"delta": "(0,1)", "coords_per_call": ">=1"}
@@ -63,7 +64,7 @@ class FDFGSM(ScoreAttack):
             return margin_loss(p, *task.classes(rows), kappa=float("inf"))
         return ce_loss(p, *task.classes(rows))
 
-    def _attack(self, oracle: Oracle, generator: torch.Generator, task: ScoreTask) -> None:
+    def _attack(self, oracle: AttackView, generator: torch.Generator, task: ScoreTask) -> None:
         idx, shape, dev, geo, eps = task.idx, task.shape, task.device, task.geometry, task.eps
         d = math.prod(shape)
         k = min(d, max(0, (int(oracle.remaining[idx].min()) - 1) // 2))
@@ -81,8 +82,8 @@ class FDFGSM(ScoreAttack):
             plus = x0[:, None].repeat(1, m, 1)
             minus = plus.clone()
             jj = torch.arange(m, device=dev)[None]
-            plus[ar, jj, cj] = (x0.gather(1, cj) + self.delta).clamp(0, 1)
-            minus[ar, jj, cj] = (x0.gather(1, cj) - self.delta).clamp(0, 1)
+            plus[ar, jj, cj] = (x0.gather(1, cj) + self.delta).clamp(*task.box)
+            minus[ar, jj, cj] = (x0.gather(1, cj) - self.delta).clamp(*task.box)
             gap = plus[ar, jj, cj] - minus[ar, jj, cj]                         # 2δ, or less at the box's edge
             rows = torch.cat([plus, minus], 1).view(B * 2 * m, *shape)          # per sample: m plus, m minus
             ridx = idx.repeat_interleave(2 * m)
@@ -90,5 +91,5 @@ class FDFGSM(ScoreAttack):
             diff = torch.nan_to_num((f[:, :m] - f[:, m:]) / gap, nan=0.0)
             g.scatter_(1, cj, diff)
         # one FGSM step against the estimated gradient of the loss to minimise
-        x = geo.clip(task.x0[idx], -geo.step(g.view(B, *shape), eps), eps)
+        x = geo.clip(task.x0[idx], -geo.step(g.view(B, *shape), eps), eps, task.box)
         oracle.scores(x, idx)

@@ -4,10 +4,9 @@ from typing import Optional
 
 import torch
 
-from robench.attacks.base import keep_active
+from robench.attacks.base import AttackView, keep_active
 from robench.attacks.score._common import ScoreAttack, ScoreTask, log_probs, reduced_shape, upsample
 from robench.errors import RobenchError
-from robench.oracle import Oracle
 from robench.registry import ATTACKS
 
 
@@ -106,7 +105,7 @@ class GenAttack(ScoreAttack):
         self.rho0, self.alpha0, self.decay = float(rho_init), float(alpha_init), float(decay)
         self.rho_min, self.alpha_min, self.patience = float(rho_min), float(alpha_min), int(plateau_patience)
 
-    def _attack(self, oracle: Oracle, generator: torch.Generator, task: ScoreTask) -> None:
+    def _attack(self, oracle: AttackView, generator: torch.Generator, task: ScoreTask) -> None:
         eps, idx, dev, N = task.eps, task.idx, task.device, self.pop_size
         x0_all, shape, geo = task.x0, task.shape, task.geometry
         esh = reduced_shape(shape, self.resize)
@@ -118,9 +117,9 @@ class GenAttack(ScoreAttack):
             b, m = pop.shape[:2]
             x0 = x0_all[idx][:, None]
             if resize:
-                x = geo.clip(x0, upsample(pop.reshape(b * m, *esh), shape[1:]).view(b, m, *shape), eps)
+                x = geo.clip(x0, upsample(pop.reshape(b * m, *esh), shape[1:]).view(b, m, *shape), eps, task.box)
             else:
-                x = (x0 + pop).clamp(0, 1)
+                x = (x0 + pop).clamp(*task.box)
                 pop = x - x0  # the exact projection onto ball ∩ box is what gets kept
             rows = idx.repeat_interleave(m)
             p = oracle.scores(x.view(b * m, *shape), rows)

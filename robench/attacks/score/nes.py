@@ -5,10 +5,9 @@ from typing import Optional
 
 import torch
 
-from robench.attacks.base import keep_active
+from robench.attacks.base import AttackView, keep_active
 from robench.attacks.score._common import ScoreAttack, ScoreTask, ce_loss, margin_loss
 from robench.errors import RobenchError
-from robench.oracle import Oracle
 from robench.registry import ATTACKS
 
 
@@ -40,6 +39,7 @@ class NES(ScoreAttack):
     """
 
     name = "nes"
+    layouts = ("NCHW", "NCT")
 
     def __init__(self, n_samples: int = 50, sigma: float = 0.001, step_size: float = 0.01,
                  step_size_l2: Optional[float] = None, momentum: float = 0.0, loss: str = "ce"):
@@ -54,7 +54,7 @@ class NES(ScoreAttack):
         self.n, self.sigma, self.eta, self.eta2 = int(n_samples), float(sigma), float(step_size), step_size_l2
         self.momentum, self.loss = float(momentum), loss
 
-    def _attack(self, oracle: Oracle, generator: torch.Generator, task: ScoreTask) -> None:
+    def _attack(self, oracle: AttackView, generator: torch.Generator, task: ScoreTask) -> None:
         eps, idx, dev, norm, geo = task.eps, task.idx, task.device, task.norm, task.geometry
         x0_all, shape = task.x0, task.shape
         dim = math.prod(shape)
@@ -71,7 +71,7 @@ class NES(ScoreAttack):
             B = len(idx)
             u = torch.randn((B, half, *shape), generator=generator, device=dev)
             u = torch.cat([u, -u], 1)                                               # antithetic
-            probes = (x[:, None] + self.sigma * u).clamp(0, 1)
+            probes = (x[:, None] + self.sigma * u).clamp(*task.box)
             rows = torch.cat([x[:, None], probes], 1).view(B * (n + 1), *shape)
             ridx = idx.repeat_interleave(n + 1)
             p = oracle.scores(rows, ridx)
@@ -83,4 +83,4 @@ class NES(ScoreAttack):
                 mom = self.momentum * mom + (1 - self.momentum) * g
                 g = mom
             x0 = x0_all[idx]
-            x = geo.clip(x0, x - geo.step(g, eta) - x0, eps)
+            x = geo.clip(x0, x - geo.step(g, eta) - x0, eps, task.box)

@@ -4,7 +4,7 @@ import torch
 
 from robench.attacks.score._common import ScoreAttack, ScoreTask
 from robench.errors import RobenchError
-from robench.oracle import Oracle
+from robench.attacks.base import AttackView
 from robench.registry import ATTACKS
 
 
@@ -23,13 +23,14 @@ class RandomNoise(ScoreAttack):
     """
 
     name = "noise"
+    layouts = ("NCHW", "NCT")
 
     def __init__(self, draws_per_step: int = 100):
         if int(draws_per_step) < 1:
             raise RobenchError(f"noise draws_per_step must be >= 1, got {draws_per_step}")
         self.k = int(draws_per_step)
 
-    def _attack(self, oracle: Oracle, generator: torch.Generator, task: ScoreTask) -> None:
+    def _attack(self, oracle: AttackView, generator: torch.Generator, task: ScoreTask) -> None:
         eps, x0_all, shape, dev, geo = task.eps, task.x0, task.shape, task.device, task.geometry
         idx = task.idx
         while True:
@@ -39,7 +40,7 @@ class RandomNoise(ScoreAttack):
                 d = geo.random_in_ball((B * k, *shape), eps, generator, dev)
             else:  # uniform on the sphere
                 d = geo.normalize(torch.randn((B * k, *shape), generator=generator, device=dev)) * eps
-            x = (x0_all[idx].repeat_interleave(k, 0) + d).clamp(0, 1)
+            x = (x0_all[idx].repeat_interleave(k, 0) + d).clamp(*task.box)
             oracle.scores(x, idx.repeat_interleave(k))
             idx = oracle.active_indices()
             if len(idx) == 0:

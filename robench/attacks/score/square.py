@@ -5,11 +5,10 @@ from typing import Optional
 
 import torch
 
-from robench.attacks.base import keep_active
+from robench.attacks.base import AttackView, keep_active
 from robench.attacks.score._common import ScoreAttack, ScoreTask, bview, ce_loss, margin_loss
 from robench.errors import RobenchError
 from robench.geometry import L2_BALL, LINF_BALL
-from robench.oracle import Oracle
 from robench.registry import ATTACKS
 
 
@@ -47,14 +46,24 @@ def meta_pseudo_gaussian(s: int) -> torch.Tensor:
     return (d / d.norm()).float()
 
 
-def _window_mask(b: int, h: int, w: int, s: int, generator, device):
-    """(b, 1, h, w) bool masks of one s×s window per row, its corner uniform in [0, h-s) × [0, w-s)
-    (the authors' ``randint(0, h - s)``; at least position 0)."""
-    ch = torch.randint(0, max(h - s, 1), (b,), generator=generator, device=device)
+def meta_pseudo_gaussian_1d(s: int) -> torch.Tensor:
+    """The length-s L2 update shape of a 1-D signal: a positive pseudo-Gaussian bump on the first half and a
+    negative one on the second, unit L2 norm (robench's 1-D reading of :func:`meta_pseudo_gaussian`)."""
+    d = torch.zeros(s, dtype=torch.float64)
+    d[:s // 2] = _pseudo_gaussian_rect(1, s // 2)[0] if s // 2 > 0 else 0.0
+    d[s // 2:] = -_pseudo_gaussian_rect(1, s - s // 2)[0]
+    return (d / d.norm()).float()
+
+
+def _window_mask(b: int, h: int, w: int, s: int, generator, device, sh: Optional[int] = None):
+    """(b, 1, h, w) bool masks of one sh×s window per row (sh = s: a square), its corner uniform in
+    [0, h-sh) × [0, w-s) (the authors' ``randint(0, h - s)``; at least position 0)."""
+    sh = s if sh is None else sh
+    ch = torch.randint(0, max(h - sh, 1), (b,), generator=generator, device=device)
     cw = torch.randint(0, max(w - s, 1), (b,), generator=generator, device=device)
     r = torch.arange(h, device=device)
     c = torch.arange(w, device=device)
-    mh = (r[None] >= ch[:, None]) & (r[None] < ch[:, None] + s)
+    mh = (r[None] >= ch[:, None]) & (r[None] < ch[:, None] + sh)
     mw = (c[None] >= cw[:, None]) & (c[None] < cw[:, None] + s)
     return (mh[:, :, None] & mw[:, None, :])[:, None], ch, cw
 
@@ -81,12 +90,17 @@ class Square(ScoreAttack):
       adversarially trained MNIST models the paper uses 0.8 for Linf);
     * queries: the initial point costs 1, every step 1 per active sample.
 
+    1-D signals (N x C x T, e.g. audio): robench's reading, as the paper has only images: the "square"
+    is an interval of ``round(p · T)`` time steps; the Linf init is random signs per time step; the L2
+    init random signs rescaled to norm ε, and its bump a 1-D positive/negative pseudo-Gaussian pair.
+
     Batched: one candidate per active sample per step, all in one oracle call. Deviation: the paper's
     L2 code draws one window position per step for the whole batch; here every sample draws its own
     (as the Linf code does), so samples are attacked independently of who else is in the batch.
     """
 
     name = "square"
+    layouts = ("NCHW", "NCT")
 
     #: numeric ranges the registry checks before construction (robench.registry.validate_params)
     param_ranges = {"p_init": "(0,1]"}
@@ -102,23 +116,26 @@ class Square(ScoreAttack):
         kind = self.loss or ("margin" if t is None else "ce")
         return margin_loss(p, y, t, kappa=float("inf")) if kind == "margin" else ce_loss(p, y, t)
 
-    def _attack(self, oracle: Oracle, generator: torch.Generator, task: ScoreTask) -> None:
-        eps, idx, dev, norm = task.eps, task.idx, task.device, task.norm
-        c, h, w = task.shape
+    def _attack(self, oracle: AttackView, generator: torch.Generator, task: ScoreTask) -> None:
+        eps, idx, dev, norm, box = task.eps, task.idx, task.device, task.norm, task.box
+        signal = len(task.shape) == 2  # N x C x T: worked on as N x C x 1 x T, windows are intervals of time
+        c, h, w = (task.shape[0], 1, task.shape[1]) if signal else task.shape
         n_iters = oracle.max_queries
         p_init = self.p_init if self.p_init is not None else (0.05 if norm == "linf" else 0.1)
         x0 = task.x0[idx]
+        if signal:
+            x0 = x0.unsqueeze(2)
         B = len(idx)
 
         def loss_of(x, idx):
-            p = oracle.scores(x, idx)
+            p = oracle.scores(x.squeeze(2) if signal else x, idx)
             return torch.nan_to_num(self._loss(p, *task.classes(idx)), nan=float("inf"))
 
         if norm == "linf":
             stripes = (torch.randint(0, 2, (B, c, 1, w), generator=generator, device=dev) * 2 - 1).to(x0.dtype) * eps
-            x = (x0 + stripes).clamp(0, 1)
+            x = (x0 + stripes).clamp(*box)
         else:
-            x = (x0 + self._l2_init(B, c, h, w, eps, generator, dev)).clamp(0, 1)
+            x = (x0 + self._l2_init(B, c, h, w, eps, generator, dev)).clamp(*box)
         best = loss_of(x, idx)
         it = 0
         while True:
@@ -128,9 +145,9 @@ class Square(ScoreAttack):
             it += 1
             p = p_selection(p_init, it - 1, n_iters)
             if norm == "linf":
-                cand = self._linf_step(x, x0, p, eps, generator)
+                cand = self._linf_step(x, x0, p, eps, generator, box)
             else:
-                cand = self._l2_step(x, x0, p, eps, generator)
+                cand = self._l2_step(x, x0, p, eps, generator, box)
             loss = loss_of(cand, idx)
             better = loss < best
             best = torch.where(better, loss, best)
@@ -138,10 +155,14 @@ class Square(ScoreAttack):
 
     # ------------------------------------------------------------------ Linf (Alg. 2)
     @staticmethod
-    def _linf_step(x, x0, p, eps, generator):
+    def _linf_step(x, x0, p, eps, generator, box=(0.0, 1.0)):
         b, c, h, w = x.shape
-        s = min(max(int(round(math.sqrt(p * h * w))), 1), h - 1)
-        mask, _, _ = _window_mask(b, h, w, s, generator, x.device)
+        if h == 1:  # a signal: an interval covering the fraction p of the time steps
+            sh, s = 1, min(max(int(round(p * w)), 1), w - 1)
+        else:
+            s = min(max(int(round(math.sqrt(p * h * w))), 1), h - 1)
+            sh = s
+        mask, _, _ = _window_mask(b, h, w, s, generator, x.device, sh)
         delta = x - x0
         new = delta.clone()
         todo = torch.ones(b, dtype=torch.bool, device=x.device)
@@ -149,15 +170,18 @@ class Square(ScoreAttack):
             signs = (torch.randint(0, 2, (b, c, 1, 1), generator=generator, device=x.device) * 2 - 1).to(x.dtype) * eps
             cand = torch.where(mask & bview(todo, 4), signs.expand(b, c, h, w), new)
             new = cand
-            changed = (((x0 + new).clamp(0, 1) - x).abs() * mask).flatten(1).amax(1) > 1e-7
+            changed = (((x0 + new).clamp(*box) - x).abs() * mask).flatten(1).amax(1) > 1e-7
             todo = ~changed
             if not bool(todo.any()):
                 break
-        return LINF_BALL.clip(x0, new, eps)
+        return LINF_BALL.clip(x0, new, eps, box)
 
     # ------------------------------------------------------------------ L2 (Alg. 3)
     @staticmethod
     def _l2_init(b, c, h, w, eps, generator, device):
+        if h == 1:  # a signal: random signs per channel and time step, rescaled to norm eps (robench's 1-D init)
+            signs = torch.randint(0, 2, (b, c, 1, w), generator=generator, device=device) * 2 - 1
+            return L2_BALL.normalize(signs.float()) * eps
         s = max(h // 5, 1)
         sp = (h - s * 5) // 2
         delta = torch.zeros(b, c, h, w, device=device)
@@ -176,27 +200,37 @@ class Square(ScoreAttack):
         return L2_BALL.normalize(delta) * eps
 
     @staticmethod
-    def _l2_step(x, x0, p, eps, generator):
+    def _l2_step(x, x0, p, eps, generator, box=(0.0, 1.0)):
         b, c, h, w = x.shape
         dev = x.device
-        s = max(int(round(math.sqrt(p * h * w))), 3)
-        if s % 2 == 0:
-            s += 1
-        s = min(s, h - 1) if h > 1 else 1
+        if h == 1:  # a signal: intervals of odd length covering the fraction p of the time steps
+            s = max(int(round(p * w)), 3)
+            s = min(s + 1 - s % 2, w - 1)
+            sh = 1
+        else:
+            s = max(int(round(math.sqrt(p * h * w))), 3)
+            if s % 2 == 0:
+                s += 1
+            s = min(s, h - 1) if h > 1 else 1
+            sh = s
         delta = x - x0
-        m1, ch1, cw1 = _window_mask(b, h, w, s, generator, dev)
-        m2, _, _ = _window_mask(b, h, w, s, generator, dev)
+        m1, ch1, cw1 = _window_mask(b, h, w, s, generator, dev, sh)
+        m2, _, _ = _window_mask(b, h, w, s, generator, dev, sh)
         m1f, m2f = m1.to(x.dtype), m2.to(x.dtype)
         norm_w1 = ((delta * m1f) ** 2).sum((2, 3), keepdim=True).sqrt()                      # per channel
         norm_img = (delta ** 2).sum((1, 2, 3), keepdim=True).sqrt()
         norm_ws = ((delta * torch.maximum(m1f, m2f)) ** 2).sum((2, 3), keepdim=True).sqrt()  # per channel
         # the new bump on window 1, as a full-size map: place the s×s shape at each row's corner
-        bump = meta_pseudo_gaussian(s).to(dev)
-        tr = torch.rand(b, generator=generator, device=dev) > 0.5
-        bb = torch.where(bview(tr, 3), bump.t().expand(b, s, s), bump.expand(b, s, s))
+        if sh == 1:  # signals: the 1-D bump (a positive and a negative half, unit norm)
+            bump = meta_pseudo_gaussian_1d(s).to(dev)
+            bb = bump.view(1, 1, s).expand(b, 1, s)
+        else:
+            bump = meta_pseudo_gaussian(s).to(dev)
+            tr = torch.rand(b, generator=generator, device=dev) > 0.5
+            bb = torch.where(bview(tr, 3), bump.t().expand(b, s, s), bump.expand(b, s, s))
         r = torch.arange(h, device=dev)[None] - ch1[:, None]                                 # (b, h)
         q = torch.arange(w, device=dev)[None] - cw1[:, None]                                 # (b, w)
-        rr = r.clamp(0, s - 1)[:, :, None].expand(b, h, w)
+        rr = r.clamp(0, sh - 1)[:, :, None].expand(b, h, w)
         qq = q.clamp(0, s - 1)[:, None, :].expand(b, h, w)
         full = bb[torch.arange(b, device=dev)[:, None, None], rr, qq]                        # (b, h, w)
         sign = (torch.randint(0, 2, (b, c, 1, 1), generator=generator, device=dev) * 2 - 1).to(x.dtype)
@@ -208,4 +242,4 @@ class Square(ScoreAttack):
         d = delta * (1 - m2f)          # window 2 set to 0
         d = d * (1 - m1f) + new        # window 1 replaced
         d = L2_BALL.normalize(d) * eps
-        return (x0 + d).clamp(0, 1)
+        return (x0 + d).clamp(*box)

@@ -4,11 +4,10 @@ from typing import Optional
 
 import torch
 
-from robench.attacks.base import keep_active
+from robench.attacks.base import AttackView, keep_active
 from robench.attacks.score._common import ScoreAttack, ScoreTask, margin_loss, reduced_shape, upsample
 from robench.errors import RobenchError
 from robench.geometry import L2_BALL, LINF_BALL
-from robench.oracle import Oracle
 from robench.registry import ATTACKS
 
 
@@ -76,7 +75,7 @@ class ZOO(ScoreAttack):
         self.stages, self.max_it = int(binary_search_steps), None if max_iterations is None else int(max_iterations)
         self.resize = resize
 
-    def _attack(self, oracle: Oracle, generator: torch.Generator, task: ScoreTask) -> None:
+    def _attack(self, oracle: AttackView, generator: torch.Generator, task: ScoreTask) -> None:
         eps, idx, dev, norm = task.eps, task.idx, task.device, task.norm
         x0_all, shape = task.x0, task.shape
         esh = reduced_shape(shape, self.resize)
@@ -93,8 +92,8 @@ class ZOO(ScoreAttack):
         stage = torch.zeros(B, dtype=torch.long, device=dev)
         lo = hi = None
         if norm == "linf" and not resize:  # per-coordinate bounds: the ball ∩ the box
-            lo = torch.maximum(torch.full_like(x0, -eps), -x0).flatten(1)
-            hi = torch.minimum(torch.full_like(x0, eps), 1 - x0).flatten(1)
+            lo = torch.maximum(torch.full_like(x0, -eps), task.box[0] - x0).flatten(1)
+            hi = torch.minimum(torch.full_like(x0, eps), task.box[1] - x0).flatten(1)
         kk = torch.arange(K, device=dev)[None]
 
         def to_image(d: torch.Tensor) -> torch.Tensor:
@@ -112,7 +111,7 @@ class ZOO(ScoreAttack):
             rows = delta[:, None].repeat(1, 2 * K + 1, 1)                                         # (B, 2K+1, D)
             rows[ar, 1 + kk, coords] += self.h
             rows[ar, 1 + K + kk, coords] -= self.h
-            x = (x0[:, None] + to_image(rows.view(-1, D)).view(B, 2 * K + 1, *shape)).clamp(0, 1)
+            x = (x0[:, None] + to_image(rows.view(-1, D)).view(B, 2 * K + 1, *shape)).clamp(*task.box)
             ridx = idx.repeat_interleave(2 * K + 1)
             p = oracle.scores(x.view(-1, *shape), ridx)
             f = margin_loss(p, *task.classes(ridx), self.kappa).view(B, 2 * K + 1)
@@ -145,7 +144,7 @@ class ZOO(ScoreAttack):
                     n = L2_BALL.distance(to_image(delta))
                     delta = delta * L2_BALL.shrink(n, eps)[:, None]
                 else:
-                    delta = (L2_BALL.clip(x0, delta.view(B, *shape), eps) - x0).flatten(1)
+                    delta = (L2_BALL.clip(x0, delta.view(B, *shape), eps, task.box) - x0).flatten(1)
             # binary-search stages on c (upward only in eps-bounded runs, see the docstring)
             it += 1
             if self.max_it is not None:

@@ -1,13 +1,12 @@
 from __future__ import annotations
 
-from typing import Optional
+from typing import Literal, Optional
 
 import torch
 
-from robench.attacks.base import Attack, attack_loss, keep_active
+from robench.attacks.base import Attack, AttackView, attack_loss, keep_active
 from robench.errors import RobenchError
 from robench.geometry import geometry
-from robench.oracle import Oracle
 from robench.registry import ATTACKS
 
 
@@ -67,21 +66,18 @@ class APGD(Attack):
     """
 
     access = "gradient"
+    eps_policy = "finite"
+    layouts = ("NCHW", "NCT")
     name = "apgd_ce"
     default_loss = "ce"
 
-    def __init__(self, steps: int = 100, restarts: int = 1, rho: float = 0.75, loss: Optional[str] = None):
+    def __init__(self, steps: int = 100, restarts: int = 1, rho: float = 0.75,
+                 loss: Optional[Literal["ce", "dlr", "cw"]] = None):
         loss = loss or self.default_loss
-        if steps < 1 or restarts < 1:
-            raise RobenchError(f"{self.name} needs steps >= 1 and restarts >= 1 (got {steps}, {restarts})")
-        if not 0 < rho <= 1:
-            raise RobenchError(f"{self.name} rho must be in (0, 1], got {rho}")
-        if loss not in ("ce", "dlr", "cw"):
-            raise RobenchError(f"{self.name} loss must be ce, dlr or cw, got '{loss}'")
         self.steps, self.restarts, self.rho, self.loss = steps, restarts, rho, loss
 
     # ------------------------------------------------------------------ the loss of a run
-    def loss_fn(self, oracle: Oracle, target: Optional[torch.Tensor]):
+    def loss_fn(self, oracle: AttackView, target: Optional[torch.Tensor]):
         """Per-row loss to maximise; ``target``: per-sample class for targeted losses (else None)."""
         y = oracle.y
         if self.loss == "dlr":
@@ -90,19 +86,17 @@ class APGD(Attack):
             return lambda logits, i: dlr_loss(logits, y[i], None if target is None else target[i])
         return lambda logits, i: attack_loss(self.loss, logits, y[i], None if target is None else target[i])
 
-    def run(self, oracle: Oracle, generator: torch.Generator) -> None:
-        if oracle.eps is None:
-            raise RobenchError(f"{self.name} needs a finite budget.eps")
+    def run(self, oracle: AttackView, generator: torch.Generator) -> None:
         loss_fn = self.loss_fn(oracle, oracle.targets)
         for _ in range(self.restarts):
             if not self.single_run(oracle, generator, loss_fn, oracle.active_indices()):
                 return
 
-    def single_run(self, oracle: Oracle, generator: torch.Generator, loss_fn, idx: torch.Tensor) -> bool:
+    def single_run(self, oracle: AttackView, generator: torch.Generator, loss_fn, idx: torch.Tensor) -> bool:
         """One APGD run on samples ``idx``; False when no sample is left active."""
         if len(idx) == 0:
             return False
-        eps, norm, n_iter = oracle.eps, oracle.norm, self.steps
+        eps, norm, n_iter, box = oracle.eps, oracle.norm, self.steps, (oracle.low, oracle.high)
         geo = geometry(norm)
         x0all = oracle.x0
         x0 = x0all[idx]
@@ -113,7 +107,7 @@ class APGD(Attack):
         else:
             u = torch.randn(x0.shape, generator=generator, device=x0.device)
             d = eps * u / (u.flatten(1).norm(dim=1).view(view) + 1e-12)
-        x = (x0 + d).clamp(0, 1)
+        x = (x0 + d).clamp(*box)
         logits, grad = oracle.gradient(x, loss_fn, idx)
         loss = loss_fn(torch.nan_to_num(logits), idx)
         s = {"x": x, "x_old": x.clone(), "grad": grad, "x_best": x.clone(), "grad_best": grad.clone(),
@@ -133,10 +127,10 @@ class APGD(Attack):
             s["x_old"] = x
             eta = s["eta"].view(view)
             if norm == "linf":
-                z = geo.project_point(x + eta * g.sign(), x0, eps)
+                z = geo.project_point(x + eta * g.sign(), x0, eps, box)
             else:
-                z = geo.project_point(x + eta * g / (g.flatten(1).norm(dim=1).view(view) + 1e-12), x0, eps)
-            x = geo.project_point(x + a * (z - x) + (1 - a) * mom, x0, eps)
+                z = geo.project_point(x + eta * g / (g.flatten(1).norm(dim=1).view(view) + 1e-12), x0, eps, box)
+            x = geo.project_point(x + a * (z - x) + (1 - a) * mom, x0, eps, box)
             logits, g = oracle.gradient(x, loss_fn, idx)
             loss = loss_fn(torch.nan_to_num(logits), idx)
             s["x"], s["grad"] = x, g

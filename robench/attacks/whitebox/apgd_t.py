@@ -4,7 +4,7 @@ import torch
 
 from robench.attacks.whitebox.apgd import APGD
 from robench.errors import RobenchError
-from robench.oracle import Oracle
+from robench.attacks.base import AttackView
 from robench.registry import ATTACKS
 
 
@@ -28,13 +28,9 @@ class APGDT(APGD):
 
     def __init__(self, steps: int = 100, restarts: int = 1, rho: float = 0.75, target_classes: int = 9):
         super().__init__(steps=steps, restarts=restarts, rho=rho, loss="dlr")
-        if target_classes < 1:
-            raise RobenchError(f"apgd_t needs target_classes >= 1, got {target_classes}")
         self.target_classes = target_classes
 
-    def run(self, oracle: Oracle, generator: torch.Generator) -> None:
-        if oracle.eps is None:
-            raise RobenchError("apgd_t needs a finite budget.eps")
+    def run(self, oracle: AttackView, generator: torch.Generator) -> None:
         if oracle.targeted:
             return super().run(oracle, generator)
         k = oracle.num_classes

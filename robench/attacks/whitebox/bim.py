@@ -1,13 +1,12 @@
 from __future__ import annotations
 
-from typing import Optional
+from typing import Literal, Optional
 
 import torch
 
-from robench.attacks.base import Attack, attack_loss, keep_active
+from robench.attacks.base import Attack, AttackView, attack_loss, keep_active
 from robench.errors import RobenchError
 from robench.geometry import geometry
-from robench.oracle import Oracle
 from robench.registry import ATTACKS
 
 
@@ -39,15 +38,11 @@ class BIM(Attack):
     """
 
     access = "gradient"
+    eps_policy = "finite"
+    layouts = ("NCHW", "NCT")
     name = "bim"
 
-    def __init__(self, steps: Optional[int] = None, step_size: Optional[float] = None, loss: str = "ce"):
-        if steps is not None and steps < 1:
-            raise RobenchError(f"{self.name} needs steps >= 1 (or null for Kurakin's rule), got {steps}")
-        if step_size is not None and step_size <= 0:
-            raise RobenchError(f"{self.name} step_size must be > 0 (or null), got {step_size}")
-        if loss not in ("ce", "cw"):
-            raise RobenchError(f"{self.name} loss must be 'ce' or 'cw', got '{loss}'")
+    def __init__(self, steps: Optional[int] = None, step_size: Optional[float] = None, loss: Literal["ce", "cw"] = "ce"):
         self.steps, self.step_size, self.loss = steps, step_size, loss
 
     def schedule(self, eps: float, norm: str) -> tuple[int, float]:
@@ -57,14 +52,12 @@ class BIM(Attack):
         n = self.steps or 10
         return n, self.step_size if self.step_size is not None else 2.5 * eps / n
 
-    def loss_targets(self, oracle: Oracle) -> Optional[torch.Tensor]:
+    def loss_targets(self, oracle: AttackView) -> Optional[torch.Tensor]:
         """Class to descend per sample (None: ascend the loss of the true label)."""
         return oracle.targets
 
-    def run(self, oracle: Oracle, generator: torch.Generator) -> None:
-        eps = oracle.eps
-        if eps is None:
-            raise RobenchError(f"{self.name} needs a finite budget.eps")
+    def run(self, oracle: AttackView, generator: torch.Generator) -> None:
+        eps, box = oracle.eps, (oracle.low, oracle.high)
         steps, alpha = self.schedule(eps, oracle.norm)
         geo, x0, y = geometry(oracle.norm), oracle.x0, oracle.y
         t = self.loss_targets(oracle)
@@ -78,7 +71,7 @@ class BIM(Attack):
             if len(idx) == 0:
                 return
             _, g = oracle.gradient(x, loss_fn, idx)
-            x = geo.project_point(x + geo.step(g, alpha), x0[idx], eps)
+            x = geo.project_point(x + geo.step(g, alpha), x0[idx], eps, box)
             idx, x = keep_active(oracle, idx, x)
         if len(idx):
             oracle.labels(x, idx)

@@ -2,9 +2,8 @@ from __future__ import annotations
 
 import torch
 
-from robench.attacks.base import Attack, attack_loss, keep_active
+from robench.attacks.base import Attack, AttackView, attack_loss, keep_active
 from robench.errors import RobenchError
-from robench.oracle import Oracle
 from robench.registry import ATTACKS
 
 
@@ -19,7 +18,8 @@ class CWL2(Attack):
     """Carlini and Wagner's L2 attack [carlini2017 §VI], a minimal-perturbation attack.
 
     Minimise ``||x - x0||_2^2 + c * f(x)`` ([cheng2021 §2.2, eqs. 2.5-2.7]) over ``w`` with the
-    change of variables ``x = (tanh(w) + 1) / 2`` ([carlini2017 §V.B], method 3: x always in [0, 1]) and
+    change of variables ``x = (tanh(w) + 1) / 2`` ([carlini2017 §V.B], method 3: x always in [0, 1]; for another
+    input box [low, high], ``x = low + (high - low) (tanh(w) + 1) / 2``) and
     ``f`` the margin on logits with confidence ``kappa`` (:func:`cw_margin`), by Adam (lr 0.01,
     betas 0.9/0.999, eps 1e-8), starting from ``x0`` at every binary-search step.
 
@@ -50,6 +50,7 @@ class CWL2(Attack):
     """
 
     access = "gradient"
+    layouts = ("NCHW", "NCT")
     minimizes_distortion = True
 
     #: numeric ranges the registry checks before construction (robench.registry.validate_params)
@@ -67,14 +68,16 @@ class CWL2(Attack):
         self.c0, self.kappa, self.abort_early = initial_const, confidence, abort_early
         self.abort_per_sample = abort_per_sample
 
-    def run(self, oracle: Oracle, generator: torch.Generator) -> None:
+    def run(self, oracle: AttackView, generator: torch.Generator) -> None:
         x0, y, t = oracle.x0, oracle.y, oracle.targets
         targeted = t is not None
         cls = t if targeted else y
         n, dev = oracle.n, x0.device
-        u = (x0 * 2 - 1) * 0.999999
+        # the box [low, high] as mid +- half (images: 0.5 +- 0.5, where these are the paper's exact operations)
+        half, mid = (oracle.high - oracle.low) / 2, (oracle.high + oracle.low) / 2
+        u = (x0 * (1 / half) - mid / half) * 0.999999
         w0 = 0.5 * (torch.log1p(u) - torch.log1p(-u))  # atanh as foolbox (eagerpy) writes it: identical iterates
-        xr = torch.tanh(w0) * 0.5 + 0.5  # the distance term's reference, as in the reference code and foolbox
+        xr = torch.tanh(w0) * half + mid  # the distance term's reference, as in the reference code and foolbox
         # the search over c runs in float64 and each step uses c cast to the input's dtype (foolbox's numpy
         # consts, .astype(float32)): the same constants to the bit, so the same Adam trajectories
         f64 = dict(device=dev, dtype=torch.float64)
@@ -104,7 +107,7 @@ class CWL2(Attack):
             prev_total, prev_idx = float("inf"), None
             for it in range(self.iters):
                 th = torch.tanh(w0[idx] + delta)
-                x = th * 0.5 + 0.5
+                x = th * half + mid
                 logits, g = oracle.gradient(x, loss_fn, idx)
                 answered = ~torch.isnan(logits[:, 0])
                 d = x - xr[idx]
@@ -115,7 +118,7 @@ class CWL2(Attack):
                 ok = answered & (raw + self.kappa < 0)
                 grad_x = 2 * d + g  # g = d (c * hinge) / dx
                 # d x / d delta through tanh, with autograd's own kernel (as foolbox's backward computes it)
-                grad_w = torch.ops.aten.tanh_backward(grad_x * 0.5, th)
+                grad_w = torch.ops.aten.tanh_backward(grad_x * half, th)
                 step_t = it + 1
                 m = b1 * m + (1 - b1) * grad_w
                 v = b2 * v + (1 - b2) * grad_w ** 2

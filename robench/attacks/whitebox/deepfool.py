@@ -2,9 +2,8 @@ from __future__ import annotations
 
 import torch
 
-from robench.attacks.base import Attack, keep_active
+from robench.attacks.base import Attack, AttackView, keep_active
 from robench.errors import RobenchError
-from robench.oracle import Oracle
 from robench.registry import ATTACKS
 
 
@@ -38,6 +37,7 @@ class DeepFool(Attack):
     """
 
     access = "gradient"
+    layouts = ("NCHW", "NCT")
     minimizes_distortion = True
 
     #: numeric ranges the registry checks before construction (robench.registry.validate_params)
@@ -49,7 +49,7 @@ class DeepFool(Attack):
                                f"(got {overshoot}, {max_iter}, {candidates})")
         self.overshoot, self.max_iter, self.candidates = overshoot, max_iter, candidates
 
-    def run(self, oracle: Oracle, generator: torch.Generator) -> None:
+    def run(self, oracle: AttackView, generator: torch.Generator) -> None:
         x0, y, t = oracle.x0, oracle.y, oracle.targets
         norm, dev, k = oracle.norm, x0.device, oracle.num_classes
         view = (-1,) + (1,) * (x0.dim() - 1)
@@ -101,7 +101,7 @@ class DeepFool(Attack):
             go = torch.isfinite(ratio[ar, best])
             idx, r = idx[go], r[go]
             r_tot[idx] = r_tot[idx] + r.view(-1, *x0.shape[1:])
-            x[idx] = (x0[idx] + (1 + self.overshoot) * r_tot[idx]).clamp(0, 1)
+            x[idx] = (x0[idx] + (1 + self.overshoot) * r_tot[idx]).clamp(oracle.low, oracle.high)
             if len(idx) == 0:
                 return
             pred = oracle.labels(x[idx], idx)

@@ -2,10 +2,9 @@ from __future__ import annotations
 
 import torch
 
-from robench.attacks.base import Attack, attack_loss
+from robench.attacks.base import Attack, AttackView, attack_loss
 from robench.errors import RobenchError
 from robench.geometry import geometry
-from robench.oracle import Oracle
 from robench.registry import ATTACKS
 
 
@@ -27,6 +26,8 @@ class FGSM(Attack):
     """
 
     access = "gradient"
+    eps_policy = "finite"
+    layouts = ("NCHW", "NCT")
 
     def __init__(self, loss: str = "ce", step_size: float | None = None):
         if loss not in ("ce", "cw"):
@@ -35,10 +36,8 @@ class FGSM(Attack):
             raise RobenchError(f"fgsm step_size must be > 0 (or null for eps), got {step_size}")
         self.loss, self.step_size = loss, step_size
 
-    def run(self, oracle: Oracle, generator: torch.Generator) -> None:
+    def run(self, oracle: AttackView, generator: torch.Generator) -> None:
         eps = oracle.eps
-        if eps is None:
-            raise RobenchError("fgsm needs a finite budget.eps")
         alpha = eps if self.step_size is None else self.step_size
         x0, y, t = oracle.x0, oracle.y, oracle.targets
         idx = oracle.active_indices()
@@ -50,5 +49,5 @@ class FGSM(Attack):
 
         _, g = oracle.gradient(x0[idx], loss_fn, idx)
         geo = geometry(oracle.norm)
-        x = geo.project_point(x0[idx] + geo.step(g, alpha), x0[idx], eps)
+        x = geo.project_point(x0[idx] + geo.step(g, alpha), x0[idx], eps, (oracle.low, oracle.high))
         oracle.labels(x, idx)

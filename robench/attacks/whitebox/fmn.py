@@ -4,10 +4,9 @@ import math
 
 import torch
 
-from robench.attacks.base import Attack, attack_loss, keep_active
+from robench.attacks.base import Attack, AttackView, attack_loss, keep_active
 from robench.errors import RobenchError
 from robench.geometry import L2_BALL, geometry
-from robench.oracle import Oracle
 from robench.registry import ATTACKS
 
 
@@ -60,6 +59,7 @@ class FMN(Attack):
     """
 
     access = "gradient"
+    layouts = ("NCHW", "NCT")
     minimizes_distortion = True
 
     #: numeric ranges the registry checks before construction (robench.registry.validate_params)
@@ -76,7 +76,8 @@ class FMN(Attack):
         self.steps, self.alpha_init, self.alpha_final = steps, alpha_init, alpha_final
         self.gamma_init, self.gamma_final = gamma_init, gamma_final
 
-    def run(self, oracle: Oracle, generator: torch.Generator) -> None:
+    def run(self, oracle: AttackView, generator: torch.Generator) -> None:
+        box = (oracle.low, oracle.high)
         x0, y, t = oracle.x0, oracle.y, oracle.targets
         norm, n, dev = oracle.norm, oracle.n, x0.device
         if norm not in ("l2", "linf"):
@@ -126,6 +127,6 @@ class FMN(Attack):
                             torch.where(found[idx], e * (1 + gamma), (dn + loss.abs() / gq) * (1 + gamma)))
             e = torch.minimum(e, worst[idx])
             eps[idx] = e
-            d = (x0[idx] + d - L2_BALL.step(g, alpha)).clamp(0, 1) - x0[idx]  # an L2 step, clipped to [0, 1]
-            d = geo.project(d, e.view(view))  # then onto the eps_k-ball (shrinking towards x0 stays in [0, 1])
-            delta[idx] = (x0[idx] + d).clamp(0, 1) - x0[idx]
+            d = (x0[idx] + d - L2_BALL.step(g, alpha)).clamp(*box) - x0[idx]  # an L2 step, clipped to the box
+            d = geo.project(d, e.view(view))  # then onto the eps_k-ball (shrinking towards x0 stays in the box)
+            delta[idx] = (x0[idx] + d).clamp(*box) - x0[idx]

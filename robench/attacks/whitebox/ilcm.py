@@ -5,7 +5,7 @@ from typing import Optional
 import torch
 
 from robench.attacks.whitebox.bim import BIM
-from robench.oracle import Oracle
+from robench.attacks.base import AttackView
 from robench.registry import ATTACKS
 
 
@@ -26,7 +26,7 @@ class ILCM(BIM):
 
     name = "ilcm"
 
-    def loss_targets(self, oracle: Oracle) -> Optional[torch.Tensor]:
+    def loss_targets(self, oracle: AttackView) -> Optional[torch.Tensor]:
         if oracle.targeted:
             return oracle.targets
         idx = oracle.active_indices()

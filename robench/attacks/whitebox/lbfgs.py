@@ -6,9 +6,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from robench.attacks.base import Attack
+from robench.attacks.base import Attack, AttackView
 from robench.errors import RobenchError
-from robench.oracle import OracleView
 from robench.registry import ATTACKS
 
 
@@ -27,9 +26,9 @@ class LBFGS(Attack):
         minimise_r   c · ||r||_2^2 + CE(f(x0 + r), l)     subject to  x0 + r ∈ [0, 1]^m
 
     is solved with L-BFGS-B (scipy's ``minimize(method="L-BFGS-B")``), whose bounds express the box
-    exactly: no projection, no change of variables (torch's ``LBFGS`` has no bounds, and a tanh change
+    exactly (robench: the input domain's box [low, high] from the view, [0, 1] for images): no projection, no change of variables (torch's ``LBFGS`` has no bounds, and a tanh change
     of variables would make it a different problem than the paper's). With an Linf budget the bounds
-    are the box ∩ the eps-ball, ``[max(-x0, -eps), min(1 - x0, eps)]`` per coordinate. Choices where the
+    are the box ∩ the eps-ball, ``[max(low - x0, -eps), min(high - x0, eps)]`` per coordinate. Choices where the
     paper is silent, said here:
 
     * ``|r|``: the squared L2 norm (the paper measures distortion in L2; the square is smooth at r = 0,
@@ -64,6 +63,7 @@ class LBFGS(Attack):
 
     access = "gradient"
     minimizes_distortion = True
+    layouts = ("NCHW", "NCT")
 
     #: numeric ranges the registry checks before construction (robench.registry.validate_params)
     param_ranges = {"initial_const": ">0", "search_steps": ">=1", "max_iter": ">=1"}
@@ -75,7 +75,7 @@ class LBFGS(Attack):
             raise RobenchError(f"lbfgs needs search_steps >= 1 and max_iter >= 1 (got {search_steps}, {max_iter})")
         self.c0, self.steps, self.max_iter = float(initial_const), int(search_steps), int(max_iter)
 
-    def run(self, oracle: OracleView, generator: torch.Generator) -> None:
+    def run(self, oracle: AttackView, generator: torch.Generator) -> None:
         from scipy.optimize import minimize
 
         idx = oracle.active_indices()
@@ -103,7 +103,7 @@ class LBFGS(Attack):
                 return
             B, ic = len(idx), idx.cpu()
             x0 = x0_all[idx]
-            low, high = -x0, 1 - x0
+            low, high = oracle.low - x0, oracle.high - x0
             if linf and eps is not None:
                 low, high = low.clamp_min(-eps), high.clamp_max(eps)
             bounds = list(zip(low.flatten().double().cpu().numpy(), high.flatten().double().cpu().numpy()))
@@ -120,7 +120,7 @@ class LBFGS(Attack):
                 if not bool(oracle.active[idx].any()):
                     raise _BudgetSpent
                 r = torch.from_numpy(v).to(dev, x0.dtype).view(B, *shape)
-                x = (x0 + r).clamp(0, 1)
+                x = (x0 + r).clamp(oracle.low, oracle.high)
                 logits, g = oracle.gradient(x, loss_fn, idx)
                 ok = ~torch.isnan(logits[:, 0])
                 ce = F.cross_entropy(torch.nan_to_num(logits), goal_b, reduction="none").double()

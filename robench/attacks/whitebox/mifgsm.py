@@ -4,10 +4,9 @@ from typing import Optional
 
 import torch
 
-from robench.attacks.base import Attack, attack_loss, keep_active
+from robench.attacks.base import Attack, AttackView, attack_loss, keep_active
 from robench.errors import RobenchError
 from robench.geometry import geometry
-from robench.oracle import Oracle
 from robench.registry import ATTACKS
 
 
@@ -27,6 +26,8 @@ class MIFGSM(Attack):
     """
 
     access = "gradient"
+    eps_policy = "finite"
+    layouts = ("NCHW", "NCT")
 
     def __init__(self, steps: int = 10, decay: float = 1.0, step_size: Optional[float] = None, loss: str = "ce"):
         if steps < 1:
@@ -37,10 +38,8 @@ class MIFGSM(Attack):
             raise RobenchError(f"mifgsm loss must be 'ce' or 'cw', got '{loss}'")
         self.steps, self.decay, self.step_size, self.loss = steps, decay, step_size, loss
 
-    def run(self, oracle: Oracle, generator: torch.Generator) -> None:
-        eps = oracle.eps
-        if eps is None:
-            raise RobenchError("mifgsm needs a finite budget.eps")
+    def run(self, oracle: AttackView, generator: torch.Generator) -> None:
+        eps, box = oracle.eps, (oracle.low, oracle.high)
         alpha = self.step_size if self.step_size is not None else eps / self.steps
         geo, x0, y, t = geometry(oracle.norm), oracle.x0, oracle.y, oracle.targets
 
@@ -56,7 +55,7 @@ class MIFGSM(Attack):
             _, g = oracle.gradient(x, loss_fn, idx)
             l1 = g.flatten(1).abs().sum(1).clamp_min(1e-12).view(-1, *[1] * (g.dim() - 1))
             mom = self.decay * mom + g / l1
-            x = geo.project_point(x + geo.step(mom, alpha), x0[idx], eps)
+            x = geo.project_point(x + geo.step(mom, alpha), x0[idx], eps, box)
             idx, x, mom = keep_active(oracle, idx, x, mom)
         if len(idx):
             oracle.labels(x, idx)

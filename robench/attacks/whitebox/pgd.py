@@ -1,13 +1,12 @@
 from __future__ import annotations
 
-from typing import Optional
+from typing import Literal, Optional
 
 import torch
 
-from robench.attacks.base import Attack, attack_loss, keep_active
+from robench.attacks.base import Attack, AttackView, attack_loss, keep_active
 from robench.errors import RobenchError
 from robench.geometry import geometry
-from robench.oracle import Oracle
 from robench.registry import ATTACKS
 
 
@@ -35,20 +34,16 @@ class PGD(Attack):
     """
 
     access = "gradient"
+    eps_policy = "finite"
+    layouts = ("NCHW", "NCT")
 
     def __init__(self, steps: int = 40, step_size: Optional[float] = None, random_start: bool = True,
-                 restarts: int = 1, loss: str = "ce", early_stop: bool = True):
-        if steps < 1 or restarts < 1:
-            raise RobenchError(f"pgd needs steps >= 1 and restarts >= 1 (got steps={steps}, restarts={restarts})")
-        if loss not in ("ce", "cw"):
-            raise RobenchError(f"pgd loss must be 'ce' or 'cw', got '{loss}'")
+                 restarts: int = 1, loss: Literal["ce", "cw"] = "ce", early_stop: bool = True):
         self.steps, self.step_size, self.random_start = steps, step_size, random_start
         self.restarts, self.loss, self.early_stop = restarts, loss, early_stop
 
-    def run(self, oracle: Oracle, generator: torch.Generator) -> None:
-        eps = oracle.eps
-        if eps is None:
-            raise RobenchError("pgd needs a finite budget.eps")
+    def run(self, oracle: AttackView, generator: torch.Generator) -> None:
+        eps, box = oracle.eps, (oracle.low, oracle.high)
         alpha = self.step_size if self.step_size is not None else 2.5 * eps / self.steps
         geo, x0 = geometry(oracle.norm), oracle.x0
         y, t = oracle.y, oracle.targets
@@ -62,33 +57,12 @@ class PGD(Attack):
                 return
             x = x0[idx].clone()
             if self.random_start:
-                x = geo.random_start(x, eps, generator)
+                x = geo.random_start(x, eps, generator, box)
             for _ in range(self.steps):
                 _, g = oracle.gradient(x, loss_fn, idx)
-                x = geo.project_point(x + geo.step(g, alpha), x0[idx], eps)
+                x = geo.project_point(x + geo.step(g, alpha), x0[idx], eps, box)
                 if self.early_stop:  # drop samples the oracle has seen succeed (or out of budget)
                     idx, x = keep_active(oracle, idx, x)
                     if len(idx) == 0:
                         return
             oracle.labels(x, idx)  # the final iterate is a point the attack proposes: it must be evaluated
-
-
-# The Lp operations live in robench.geometry; these names stay for modules that import them from here.
-def random_in_ball(shape, norm: str, eps: float, generator: torch.Generator, device) -> torch.Tensor:
-    """Uniform in the ball of radius eps (:meth:`robench.geometry.Geometry.random_in_ball`)."""
-    return geometry(norm).random_in_ball(shape, eps, generator, device)
-
-
-def step(g: torch.Tensor, norm: str, alpha) -> torch.Tensor:
-    """The steepest-ascent step (:meth:`robench.geometry.Geometry.step`)."""
-    return geometry(norm).step(g, alpha)
-
-
-def project(x: torch.Tensor, x0: torch.Tensor, norm: str, eps) -> torch.Tensor:
-    """Projection onto B(x0, eps) then onto [0, 1] (:meth:`robench.geometry.Geometry.project_point`)."""
-    return geometry(norm).project_point(x, x0, eps)
-
-
-def project_delta(x0: torch.Tensor, d: torch.Tensor, norm: str, eps) -> torch.Tensor:
-    """The point x0 + d projected onto B(x0, eps), then onto [0, 1] (:meth:`robench.geometry.Geometry.clip`)."""
-    return geometry(norm).clip(x0, d, eps)

@@ -1,0 +1,1 @@
+"""Training: the one training loop the recipes plug into."""
