@@ -119,6 +119,8 @@ class AutoZOOM(ScoreAttack):
 
     name = "autozoom"
     requires = ("class_images",)
+    #: the contract test (robench.testing.contract_params): a smaller autoencoder training, same attack
+    contract_overrides = {"ae_images": 500, "ae_epochs": 1}
 
     #: numeric ranges the registry checks before construction (robench.registry.validate_params)
     param_ranges = {"q": ">=1", "lr": ">0", "const": ">0", "switch_iterations": ">=1", "levels": ">=1",
