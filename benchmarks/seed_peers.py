@@ -57,16 +57,15 @@ def fgsm_side_by_side(ckpt_dir: str, n: int, eps: float) -> None:
     from omegaconf import OmegaConf
 
     from robench.attacks.score.fd_fgsm import FDFGSM
-    from robench.models.checkpoint import checkpoint_path, load_checkpoint
-    from robench.config import configs_dir
     from robench.data import eval_slice, load_dataset
-    from robench.models import build_model
     from robench.referee.oracle import Oracle
+    from robench.registry import configs_dir
     from robench.training.loop import predict
+    from robench.victim import model_from_checkpoint
 
     splits = load_dataset(OmegaConf.load(configs_dir() / "dataset" / "mnist.yaml"))
-    model = build_model("cw_mnist", splits)
-    load_checkpoint(checkpoint_path(ckpt_dir, {"name": "mnist", "source": "embedded"}, {"name": "cw_mnist", "params": {}}, "none"), model)
+    model, _ = model_from_checkpoint(ckpt_dir, {"name": "mnist", "source": "embedded"}, {"name": "cw_mnist", "params": {}},
+                                     "none", splits)
     model.eval()
     _, x, y = eval_slice(splits, 2 * n)
     ok = predict(model, x).argmax(1) == y

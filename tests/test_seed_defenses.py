@@ -1,6 +1,6 @@
 """The seeds' defenses of issue 29: input-gradient regularisation, feature-denoising blocks, DeepCloak's mask,
 MagNet's reformer and detectors. Each test fails if its mechanism stops doing what the paper says; the
-robustness rows (clean / adaptive / non-adaptive accuracy) are measured in the README."""
+robustness rows (clean / adaptive / non-adaptive accuracy) are not measured yet (docs/defenses/training-recipes.md)."""
 import copy
 import json
 import math

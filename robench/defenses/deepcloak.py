@@ -74,13 +74,13 @@ class DeepCloak(TrainingRecipe):
     defense=deepcloak`` attacks the masked model; a white-box attack on it is end to end (the mask is a
     linear layer), the adaptive evaluation. DeepCloak's own evaluation, adversarial examples of the
     original model classified by the masked one, is ``attack=transfer`` with the unmasked checkpoint as
-    the surrogate (README, "Defenses of the seeds").
+    the surrogate (docs/defenses/training-recipes.md, "Defenses of the seeds").
 
     ``retrain: false`` (default): the features are removed and nothing is retrained; the shared training
     loop still runs its epoch (``train.epochs: 1`` in the config) with a zero loss, so the weights stay
     as they were. ``retrain: true`` fine-tunes the model with the mask in place on clean cross-entropy.
     The slides give no fraction or attack; ``fraction`` 0.05 (10 of cw_mnist's 200 penultimate features)
-    and FGSM pairs are robench's choices (README lists the fractions measured).
+    and FGSM pairs are robench's choices (no fraction has been measured against another yet).
     """
 
     #: numeric ranges the registry checks before construction (robench.registry.validate_params)

@@ -22,9 +22,8 @@ class InputGradientRegularization(TrainingRecipe):
     Batch means of both terms (the paper sums both over the examples: the same λ).
 
     ``lam`` = λ. Neither the thesis nor the survey gives a value; Ross and Doshi-Velez tune it per
-    dataset. robench's default, 10, was picked on the embedded MNIST subset with the cw_mnist
-    victim (README, "Defenses of the seeds"): larger values cost clean accuracy faster than they buy
-    robustness at eps 0.3.
+    dataset. robench's default, 10, is a starting point, not yet measured against other values
+    (docs/defenses/training-recipes.md, "Defenses of the seeds").
 
     The thesis notes the penalty is "reasonably robust" when "combined with adversarial training";
     ``adv_weight`` > 0 adds that combination (robench's option): the loss becomes

@@ -26,7 +26,7 @@ class FDFGSM(ScoreAttack):
     (targeted, descended: ``x - ε sign(FD(CE_t))``). The margin is the default because the
     cross-entropy of a confidently classified image is log p_y with p_y within float32 rounding of 1:
     a δ = 0.01 difference of it is mostly rounding (on 40 MNIST images at Linf 0.3: 57.5% success
-    with ``ce``, 92.5% with ``margin``, white-box FGSM 82.5% / 95% with the CE / C&W loss; README). With an L2 budget the step is the fast-gradient L2 step ``ε · FD / ||FD||_2``.
+    with ``ce``, 92.5% with ``margin``, white-box FGSM 82.5% / 95% with the CE / C&W loss; docs/attacks/score-based.md). With an L2 budget the step is the fast-gradient L2 step ``ε · FD / ||FD||_2``.
     The point is projected onto the ball and the input box (:mod:`robench.geometry`).
 
     Probes are valid inputs: ``x ± δ e_j`` is clipped to the domain's box [low, high] (the view's), and the difference is divided by the
