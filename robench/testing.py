@@ -155,6 +155,69 @@ def check_attack(make: Callable[[], Attack], victim, x, y, *, train=None, signal
                    domain=AUDIO, repeat=True, max_queries=max_queries)
 
 
+# ---------------------------------------------------------------------- ready for an accelerator
+#: queries per sample of a device check: enough for every shipped attack to reach its main loop
+DEVICE_QUERIES = 300
+
+
+def device_problems(make: Callable[[], Attack], victim, x, y, *, norm: str = "linf", eps: Optional[float] = EPS,
+                    targets: Optional[torch.Tensor] = None, train=None, domain: Domain = IMAGE,
+                    max_queries: int = DEVICE_QUERIES, eot_samples: int = 1) -> list:
+    """One run of the attack through the engine under the simulated second device
+    (:mod:`robench.device_check`): the slice, its targets and the training images are host data, as in a
+    real run, the batch goes to the "device" the engine names. Returns the problems found (one line each:
+    where a host tensor or generator met the batch's device)."""
+    from robench.device_check import HostDataset, mark_host, virtual_device
+
+    dev = torch.device("cpu")  # a torch.device, as the engine gets it: the simulated accelerator
+    attack = make()
+    ctx = _context(attack, victim, None if train is None else HostDataset(train))
+    prepare_attack(attack, AttackContext(device=dev, **ctx))
+    k = int(victim(x[:1]).shape[1])
+    referee = Referee(access=attack.access, norm=norm, eps=eps, max_queries=max_queries, num_classes=k,
+                      stop_on_success=not attack.minimizes_distortion, box=domain.box,
+                      eot_samples=eot_samples if attack.access != "label" else 1)
+    host = [mark_host(t.clone(), "the engine's slice (host)") for t in (x, y)]
+    t = None if targets is None else mark_host(targets.clone(), "the run's targets (host)")
+    plan = Plan.contiguous(host[0], host[1], t, torch.ones(len(y), dtype=torch.bool), 8, 0)
+    with virtual_device() as vd:
+        run_all(attack, victim, plan, referee, dev)
+    return vd.problems
+
+
+def check_devices(make: Callable[[], Attack], victim, x, y, *, train=None, signal: Optional[Tuple] = None,
+                  max_queries: int = DEVICE_QUERIES) -> None:
+    """The attack is ready for an accelerator: under the simulated second device (robench/device_check.py)
+    no tensor or generator made on the host meets the batch, for every budget norm it declares (its first
+    eps policy), untargeted and targeted, and on every input layout it declares. Raises AssertionError
+    listing each site (file:line, and where the host tensor was made)."""
+    attack = make()
+    combos, seen = [], set()
+    for norm, eps in budgets(attack):
+        if norm not in seen:
+            seen.add(norm)
+            combos.append((norm, eps))
+    layouts = getattr(attack, "layouts", ("NCHW",))
+    runs = []
+    if "NCHW" in layouts:
+        k = int(victim(x[:1]).shape[1])
+        for i, (norm, eps) in enumerate(combos):
+            runs.append((victim, x, y, train, IMAGE, norm, eps, None))
+            if i == 0:
+                runs.append((victim, x, y, train, IMAGE, norm, eps, (y + 1) % k))
+    if "NCT" in layouts:
+        sv, sx, sy, st = signal if signal is not None else tiny_signal_victim()
+        norm, eps = combos[0]
+        runs.append((sv, sx, sy, st, AUDIO, norm, eps if eps is None or norm != "linf" else 0.3, None))
+    problems = []
+    for i, (v, xx, yy, tr, dom, norm, eps, t) in enumerate(runs):  # the first run deep, the others to their loops
+        for p in device_problems(make, v, xx, yy, norm=norm, eps=eps, targets=t, train=tr, domain=dom,
+                                 max_queries=max_queries if i == 0 else max(1, max_queries // 4)):
+            line = f"{p}  [{norm}, eps={eps}, {'targeted' if t is not None else 'untargeted'}, {dom.layout}]"
+            problems.append(line)
+    assert not problems, "a GPU run would fail here:\n" + "\n".join(problems)
+
+
 # ---------------------------------------------------------------------- small victims, trained in seconds
 def _fit(model, x, y, steps: int, lr: float, seed: int) -> None:
     g = torch.Generator().manual_seed(seed)
@@ -204,15 +267,17 @@ def signal_data(n_per_class: int = 48, classes: int = 4, length: int = 256, seed
     return x[perm], y[perm]
 
 
-def tiny_signal_victim(n_test: int = 3, seed: int = 0):
-    """(model, x, y, train) over synthetic 1-D signals in [-1, 1] (:func:`signal_data`): a small 1-D CNN
-    trained in about a second, ``n_test`` correctly classified held-out signals, the training pairs."""
-    x, y = signal_data(seed=seed)
-    xt, yt, xe, ye = x[:150], y[:150], x[150:], y[150:]  # 192 signals of 4 classes (4 classes: DLR losses need them)
+def tiny_signal_victim(n_test: int = 3, seed: int = 0, classes: int = 4):
+    """(model, x, y, train) over synthetic 1-D signals in [-1, 1] (:func:`signal_data`, ``classes`` classes):
+    a small 1-D CNN trained in about a second, ``n_test`` correctly classified held-out signals, the
+    training pairs."""
+    x, y = signal_data(classes=classes, seed=seed)
+    cut = len(y) * 150 // 192
+    xt, yt, xe, ye = x[:cut], y[:cut], x[cut:], y[cut:]
     torch.manual_seed(seed)
     model = torch.nn.Sequential(torch.nn.Conv1d(1, 8, 9, padding=4), torch.nn.ReLU(), torch.nn.MaxPool1d(4),
                                 torch.nn.Conv1d(8, 8, 9, padding=4), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool1d(8),
-                                torch.nn.Flatten(), torch.nn.Linear(64, 4))
+                                torch.nn.Flatten(), torch.nn.Linear(64, classes))
     _fit(model, xt, yt, 200, 1e-2, seed)
     with torch.no_grad():
         ok = model(xe).argmax(1) == ye
@@ -237,5 +302,5 @@ def contract_params(name: str) -> dict:
     return {**params, **dict(getattr(cls, "contract_overrides", None) or {})}
 
 
-__all__: Sequence[str] = ("check_attack", "check_once", "run_once", "tiny_victim", "tiny_signal_victim",
+__all__: Sequence[str] = ("check_attack", "check_once", "run_once", "check_devices", "device_problems", "tiny_victim", "tiny_signal_victim",
                           "signal_data", "contract_params", "budgets", "Watched", "Counted")

@@ -166,7 +166,9 @@ def preflight(model: torch.nn.Module, x: torch.Tensor, *, repeats: int = 3, tol:
     The inputs were checked where they entered (:func:`check_inputs`, called by prepare_run). The
     forward passes are the engine's, not queries of any attack.
     """
-    xs = x[:8]
+    from robench.training.loop import _device
+
+    xs = x[:8].to(_device(model))  # the slice stays on the CPU; the victim may be on a GPU
     with torch.no_grad():
         outs = [model(xs).float() for _ in range(max(2, int(repeats)))]
     randomized = any(not torch.allclose(outs[0], o, atol=tol, rtol=0) for o in outs[1:])
