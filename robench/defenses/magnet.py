@@ -172,6 +172,7 @@ class MagNet(TrainingRecipe):
         self.structure_ii = _check_structure(structure_ii, "structure_ii")
         self.v_noise, self.activation, self.differentiable = float(v_noise), activation, bool(differentiable)
         self.reformer: Optional[MagNetReformer] = None
+        self.channels: Optional[int] = None  # the images' channels (bind: the dataset's shape)
 
     def bind(self, context):
         cfg = context.cfg
@@ -179,6 +180,7 @@ class MagNet(TrainingRecipe):
             raise RobenchError("magnet protects a trained classifier: set train.init_from (e.g. none)")
         splits = context.splits
         if splits is not None:
+            self.channels = int(splits.shape[0])
             side = tuple(splits.shape[1:])
             pools = sum(1 for s in self.structure_i if not isinstance(s, int))
             if any(v % 2 ** pools for v in side):
@@ -187,7 +189,12 @@ class MagNet(TrainingRecipe):
     def prepare_model(self, model):
         for p in model.parameters():
             p.requires_grad_(False)
-        channels = next(m for m in model.modules() if isinstance(m, nn.Conv2d)).in_channels
+        channels = self.channels
+        if channels is None:  # not bound to a dataset: the classifier's first convolution says it
+            conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+            if conv is None:
+                raise RobenchError("magnet: the images' channels are unknown (bind the recipe to the dataset)")
+            channels = conv.in_channels
         self.reformer = insert_reformer(model, channels, self.structure_i, self.structure_ii, self.activation)
         return model
 
@@ -215,6 +222,8 @@ class MagNetDetector:
     """
 
     kind = "detector"
+    #: the training recipe whose networks (the autoencoders) it reads inside the victim
+    needs_recipe = "magnet"
 
     #: numeric ranges the registry checks before construction (robench.registry.validate_params)
     param_ranges = {"p_i": "[1,2]", "p_ii": "[1,2]"}

@@ -71,6 +71,8 @@ class Substitute(Attack):
     access = "label"
     requires = ("class_images",)
     eps_policy = "finite"
+    #: the contract and device tests (robench.testing.contract_params): a smaller substitute training, same attack
+    contract_overrides = {"seed_size": 20, "rounds": 2, "epochs": 2}
 
     #: numeric ranges the registry checks before construction (robench.registry.validate_params)
     param_ranges = {"seed_size": ">=1", "rounds": ">=1", "lmbda": ">0", "epochs": ">=1", "lr": ">0",
