@@ -176,19 +176,22 @@ def test_magnet_reformer_detector_and_checkpoint(magnet, victim, splits, test_xy
         MagNetDetector().calibrate(victim, x[:5])
 
 
-def test_magnet_and_deepcloak_end_to_end(ckpt_dir, tmp_path):
-    """train-defense magnet (from the session victim's checkpoint; one epoch of batches of 500, no robust
-    evaluation), then robench attack loads it through the one loader and runs the detector; deepcloak
-    without a trained model to start from is refused in one line."""
-    ck = tmp_path / "ck"
+def test_magnet_and_deepcloak_end_to_end(magnet, ckpt_dir, tmp_path):
+    """robench attack on a MagNet checkpoint (the fixture's, saved where train-defense defense=magnet writes
+    it: the training loop runs MagNet in tests/test_recipes.py): the CLI loads it through the one loader
+    (the recorded surgery) and runs the detectors; deepcloak without a trained model to start from is
+    refused in one line."""
     import shutil
 
+    from robench.models.checkpoint import checkpoint_path
+
+    ck = tmp_path / "ck"
     shutil.copytree(ckpt_dir, ck)
-    p = run_cli("train-defense", "defense=magnet", "train.epochs=1", "train.batch_size=500", "progress=false",
-                "eval.n_samples=0", f"checkpoint_dir={ck}", f"hydra.run.dir={tmp_path}/t1", cwd=tmp_path)
-    assert p.returncode == 0, p.stderr
-    p = run_cli("attack", "defense=[magnet,magnet_detect]", "dataset.n_samples=20", "attack.params.steps=3",
-                "progress=false", f"checkpoint_dir={ck}", f"hydra.run.dir={tmp_path}/a1", cwd=tmp_path)
+    save_checkpoint(checkpoint_path(str(ck), {"name": "mnist", "source": "embedded"}, {"name": "cw_mnist", "params": {}},
+                                    "magnet"), magnet, {"model": "cw_mnist", "dataset": "mnist", "defense": "magnet"})
+    p = run_cli("attack", "defense=[magnet,magnet_detect]", "dataset.n_samples=10", "attack.params.steps=3",
+                "defense.detector.params.calibration_samples=200", "progress=false", f"checkpoint_dir={ck}",
+                f"hydra.run.dir={tmp_path}/a1", cwd=tmp_path)
     assert p.returncode == 0, p.stderr
     s = json.loads((tmp_path / "a1" / "summary.json").read_text())
     assert s["defense"] == "magnet+magnet_detect" and "detection" in s
