@@ -69,7 +69,7 @@ def main(argv=None) -> int:
     t = torch.as_tensor(rec["target"].to_numpy().copy(), device=device)
     b = cfg.budget
     o = Oracle(model, x0, y, access="gradient", norm=str(b.norm), eps=float(b.eps), max_queries=10 ** 9,
-               targets=t, num_classes=splits.num_classes)
+               targets=t, num_classes=splits.num_classes, box=splits.domain.box)  # the data's box (audio: [-1, 1])
     gen = torch.Generator(device=device).manual_seed(0)
     n = len(rec)
     print(f"{run}: {n} attacked (image, target) pairs, {b.norm} eps {b.eps}, run success "

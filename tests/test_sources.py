@@ -255,16 +255,21 @@ def test_robustbench_standard_end_to_end_offline(robustbench_cache, tmp_path):
 
 
 def test_robustbench_eval_preset(exported, mnist_dirs, tmp_path):
-    """experiment=robustbench_eval: autoattack_lite at the threat model's eps, the RobustBench-style line."""
+    """experiment=robustbench_eval: AutoAttack (standard: a deterministic victim) at the threat model's eps,
+    the RobustBench-style line."""
     p = run_cli("attack", "experiment=robustbench_eval", *source_overrides("module", exported), "dataset.n_samples=12",
-                "model.name=usernet", "+model.threat_model=L2", "attack.params.attacks.0.params.steps=3",
-                "attack.params.attacks.1.params.steps=3", "attack.params.attacks.1.params.target_classes=2",
+                "model.name=usernet", "+model.threat_model=L2", "attack.params.standard.0.params.steps=3",
+                "attack.params.standard.1.params.steps=3", "attack.params.standard.1.params.target_classes=2",
+                "attack.params.standard.2.params.steps=3", "attack.params.standard.2.params.target_classes=2",
                 "budget.max_queries=40", "progress=false", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
     assert p.returncode == 0, p.stderr
     s = json.loads((tmp_path / "run" / "summary.json").read_text())
-    assert s["attack"] == "ensemble" and s["norm"] == "l2" and s["eps"] == 0.5 and s["n_samples"] == 12
+    assert s["attack"] == "autoattack" and s["norm"] == "l2" and s["eps"] == 0.5 and s["n_samples"] == 12
+    assert s["attack_extra"]["autoattack"]["version"] == "standard" and s["attack_extra"]["autoattack"]["requested"] == "auto"
+    assert [m["attack"] for m in s["attack_extra"]["ensemble"]] == ["apgd_ce", "apgd_t", "fab_t", "square"]
     line = [l for l in p.stdout.splitlines() if l.startswith("RobustBench-style evaluation")]
     assert line and f"clean accuracy {100 * s['clean_accuracy']:.2f}%" in line[0] and "l2 eps=0.5, n=12" in line[0]
+    assert "(AutoAttack standard, l2 eps=0.5" in line[0] and "upper bound" not in p.stdout
     assert f"robust accuracy {100 * s['robust_accuracy']:.2f}%" in line[0]
 
 

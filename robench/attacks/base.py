@@ -107,6 +107,12 @@ class Attack:
     def prepare(self, context: AttackContext) -> None:
         """Receive the declared context (default: nothing to do)."""
 
+    def for_victim(self, randomized: bool, eot_samples: int) -> int:
+        """Told once, before the first batch, what the evaluation's pre-flight found (``randomized``: the
+        victim's outputs vary between forward passes) and the run's EOT draws (``attack.eot_samples``);
+        returns the EOT draws the run uses (default: unchanged). AutoAttack picks its version here."""
+        return eot_samples
+
     def run(self, oracle: OracleView, generator: torch.Generator) -> None:
         raise NotImplementedError
 

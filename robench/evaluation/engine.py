@@ -34,7 +34,8 @@ def choose_targets(mode: Any, y: torch.Tensor, logits: torch.Tensor, num_classes
                    generator: torch.Generator, positions: torch.Tensor | None = None,
                    n_slice: int | None = None) -> torch.Tensor:
     """random: uniform over the other classes (seeded, never the label); least_likely: the clean
-    prediction's least-likely class; an int: that class for every sample.
+    prediction's least-likely class; an int: that class for every sample (``all``: see
+    :func:`expand_all_targets`, which ``robench attack`` applies before this).
 
     Random targets are drawn for the whole unsharded slice (``n_slice`` samples) and picked at this
     shard's ``positions``, so a sample gets the same target whether or not the slice is sharded."""
@@ -45,7 +46,27 @@ def choose_targets(mode: Any, y: torch.Tensor, logits: torch.Tensor, num_classes
         return (y + off) % num_classes
     if mode == "least_likely":
         return logits.argmin(1).cpu()
+    if mode == "all":
+        from robench.errors import RobenchError
+
+        raise RobenchError("budget.target=all (every other class of each sample) is for robench attack; in Python, "
+                           "repeat the inputs and pass their targets as a tensor")
     return torch.full_like(y, int(mode))
+
+
+def expand_all_targets(num_classes: int, pos: torch.Tensor, *rows: torch.Tensor):
+    """``budget.target=all``: each sample becomes ``num_classes - 1`` consecutive rows, one per other
+    class (in increasing order: ``(y + 1) % K, (y + 2) % K, ...``), as the thesis's speech
+    experiments attack every (source, target) pair [alzantot2019 §3.5.1]. ``rows[0]`` must be the
+    labels ``y``; every tensor in ``rows`` (aligned with ``pos``) is repeated; ``pos`` (positions in
+    the unsharded slice) becomes ``pos * (K - 1) + j``, so a shard of whole batches of samples is a
+    run of whole batches of rows. Returns (targets, pos, *rows)."""
+    k = int(num_classes) - 1
+    y = rows[0]
+    reps = [r.repeat_interleave(k, 0) for r in rows]
+    j = torch.arange(k).repeat(len(y))
+    targets = (reps[0] + 1 + j) % int(num_classes)
+    return (targets, pos.repeat_interleave(k) * k + j, *reps)
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from torch import nn
 from robench.domain import IMAGE, Domain
 from robench.errors import InputError, RobenchError
 from robench.evaluation import results as R
-from robench.evaluation.engine import Plan, Referee, choose_targets
+from robench.evaluation.engine import Plan, Referee, choose_targets, expand_all_targets
 from robench.evaluation.protocols import Evaluation
 from robench.evaluation.spec import RunSpec
 
@@ -169,6 +169,10 @@ def prepare_run(spec: RunSpec, model: nn.Module, data: Slice, *, device: torch.d
             if t.shape != data.y.shape:
                 raise InputError(f"targets must hold one class per sample ({len(data.y)}), got shape {tuple(t.shape)}")
             check_labels(t, k, "targets")
+        elif b.targeted and b.target == "all":  # every (sample, other class) pair: k - 1 rows per sample
+            t, data.positions, data.y, data.indices, data.x, logits, clean_pred = expand_all_targets(
+                k, data.positions, data.y, data.indices, data.x, logits, clean_pred)
+            data.n_slice *= k - 1
         elif b.targeted:
             t = choose_targets(b.target, data.y, logits, k, torch.Generator().manual_seed(spec.seed), data.positions,
                                data.n_slice)
@@ -179,7 +183,8 @@ def prepare_run(spec: RunSpec, model: nn.Module, data: Slice, *, device: torch.d
         ev = Evaluation(spec.defense, seed=spec.seed, adaptive=spec.adaptive,
                         adaptive_eot_samples=spec.adaptive_eot_samples, recheck_repeats=spec.recheck_repeats,
                         confirm_on_sight=spec.confirm_on_sight)
-        ev.prepare(model, traits.access, spec.attack.bpda, spec.attack.eot_samples, splits, data.x)
+        ev.prepare(model, traits.access, spec.attack.bpda, spec.attack.eot_samples, splits, data.x,
+                   for_victim=getattr(attack, "for_victim", None))
         cps = b.checkpoints if b.checkpoints is not None else (
             tuple(R.default_checkpoints(b.max_queries)) if traits.minimizes_distortion else ())
         referee = Referee(access=traits.access.value, norm=b.norm.value, eps=b.eps, max_queries=b.max_queries,

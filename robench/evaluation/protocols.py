@@ -212,9 +212,12 @@ class Evaluation:
         return next((p for p in self.protocols if isinstance(p, Detection)), None)
 
     # ------------------------------------------------------------------ before the attack
-    def prepare(self, model, access: str, bpda: bool, eot: int, splits, x: Optional[torch.Tensor] = None) -> tuple[bool, int]:
+    def prepare(self, model, access: str, bpda: bool, eot: int, splits, x: Optional[torch.Tensor] = None,
+                for_victim: Optional[Callable[[bool, int], int]] = None) -> tuple[bool, int]:
         """Pre-flight checks (``x``: a few clean inputs), seeds the victim's randomness, sets BPDA,
-        calibrates the detector; returns (bpda, eot_samples) of the main run."""
+        calibrates the detector; returns (bpda, eot_samples) of the main run. ``for_victim``: the attack's
+        hook (:meth:`robench.attacks.base.Attack.for_victim`), told whether the victim is randomized and
+        the run's EOT draws, returning the EOT draws it runs with."""
         from robench.victim import preflight
 
         self.model = model
@@ -224,6 +227,8 @@ class Evaluation:
         self.has_inputs = any(isinstance(m, InputDefense) for m in model.modules())
         reseed_defenses(model, self.seed)
         bpda, eot = bool(bpda), int(eot)
+        if for_victim is not None:  # the attack told what pre-flight found (e.g. AutoAttack: version rand, EOT x20)
+            eot = int(for_victim(self.randomized, eot))
         self.gradient_attack = access == "gradient"
         if self.adaptive and self.has_inputs and self.gradient_attack:
             bpda = True

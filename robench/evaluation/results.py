@@ -41,6 +41,9 @@ robust_accuracy        n_robust / n_samples; 0 <= robust_accuracy <= clean_accur
 mean_queries, median_queries   over successful samples: queries up to the first success
 mean_queries_all       over attacked samples: all queries spent
 mean_l2, median_l2, mean_linf, median_linf, mean_l0, median_l0   over successful samples
+mean_snr_db, median_snr_db, mean_db_x, median_db_x   audio runs only (inputs N x C x T), over successful
+                       samples: SNR in dB and dB_x = dB(delta) - dB(x) [carlini2018audio] (records'
+                       columns :data:`AUDIO_COLUMNS`)
 success_at_queries     {budget: fraction of attacked samples successful within that many queries}
 checkpoints            anytime curve (budget.checkpoints; [] when none): a list of objects
                        {queries, mean_distortion, median_distortion, success_rate, adversarial_rate}
@@ -74,6 +77,7 @@ adaptive, non_adaptive     adaptive protocol only: {bpda, eot_samples, confirm_r
 detection                  detection protocol only: {detector, threshold, false_positive_rate,
                            n_adversarial, detection_rate, success_rate_undetected, ...}
 ensemble, transfer         attack-specific figures (the attack's ``summary_extra()``)
+attack_extra.autoattack    attack=autoattack: {version (the one run), requested, members}
 =========================  ================================================================
 
 """
@@ -99,6 +103,9 @@ RECORD_COLUMNS = ["index", "label", "target", "clean_pred", "attacked", "success
 # success that the final re-check did not confirm. With these, a run's totals are recomputable from its
 # records alone, which is what resuming and merging shards rely on (:func:`record_totals`).
 PENDING = "pending"  # the column marking a pending row (mid-batch, uncertified; see the module docstring)
+#: audio runs only (inputs N x C x T): perception measures of each adversarial point (robench/audio.py):
+#: snr_db = 10 log10(|x|^2 / |delta|^2), db_x = dB(delta) - dB(x) with dB(v) = 20 log10 max|v_i| [carlini2018audio]
+AUDIO_COLUMNS = ("snr_db", "db_x")
 
 
 class Record(TypedDict, total=False):
@@ -143,6 +150,11 @@ def attack_fields(res, x0, rows: Optional[List[int]] = None) -> List[Dict[str, A
     delta = res.best_x - x0 if rows is None else res.best_x[rows] - x0[rows]
     rows = list(range(len(res.success))) if rows is None else rows
     d = {k: distortion(delta, k) for k in ("l0", "l2", "linf")}
+    if x0.dim() == 3:  # N x C x T signals (audio, robench/domain.py): perception measures (robench/audio.py)
+        from robench.audio import db_x, snr_db
+
+        clean = x0[rows]
+        d.update(snr_db=snr_db(delta, clean), db_x=db_x(delta, clean))
     out = []
     for i, j in enumerate(rows):
         ok = bool(res.success[j])
@@ -151,7 +163,7 @@ def attack_fields(res, x0, rows: Optional[List[int]] = None) -> List[Dict[str, A
              "seconds": float(res.seconds_at_success[j]) if ok else res.seconds,
              "recheck_failed": bool(res.claimed[j] and not ok)}
         if res.adversarial[j]:
-            f.update(l0=float(d["l0"][i]), l2=float(d["l2"][i]), linf=float(d["linf"][i]))
+            f.update({k: float(v[i]) for k, v in d.items()})
         for c, v in zip(res.checkpoints, res.dist_at[j].tolist()):
             f[f"{CHECKPOINT_PREFIX}{c}"] = v if v != float("inf") else float("nan")
         out.append(f)
@@ -331,7 +343,7 @@ def summarize(records: List[Dict[str, Any]], meta: Dict[str, Any]) -> Dict[str, 
         "median_queries": _stat(succ.queries_at_success, _median),
         "mean_queries_all": _stat(att.queries, _mean),
     }
-    for k in ("l2", "linf", "l0"):
+    for k in ("l2", "linf", "l0") + tuple(k for k in AUDIO_COLUMNS if k in df):
         out[f"mean_{k}"] = _stat(succ[k], _mean)
         out[f"median_{k}"] = _stat(succ[k], _median)
     mq = int(meta.get("max_queries") or 1)
@@ -356,8 +368,14 @@ def _fmt(v: Any, fmt: str) -> str:
         return str(v)
 
 
+#: rows added to the table of audio runs (their summaries hold these keys; image runs' do not)
+AUDIO_TABLE_ROWS = [("mean_snr_db", "mean SNR dB (successes)", "{:.1f}"),
+                    ("mean_db_x", "mean dB_x (successes)", "{:.1f}")]
+
+
 def summary_rows(s: Dict[str, Any]) -> List[tuple]:
-    return [(label, _fmt(s.get(k), fmt)) for k, label, fmt in TABLE_ROWS]
+    rows = TABLE_ROWS + [r for r in AUDIO_TABLE_ROWS if r[0] in s]
+    return [(label, _fmt(s.get(k), fmt)) for k, label, fmt in rows]
 
 
 def title(s: Dict[str, Any]) -> str:

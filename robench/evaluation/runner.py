@@ -296,10 +296,12 @@ def restore(records: List[Dict[str, Any]], batches: Dict[int, List[int]], prior:
     with its own seed, so the records equal an uninterrupted run's."""
     if not prior:
         return set()
-    by_index = {int(r["index"]): {k: v for k, v in r.items() if k != R.PENDING} for r in prior if not r.get(R.PENDING)}
+    # keyed by (index, target): with budget.target=all a sample has one row per target
+    by_index = {(int(r["index"]), int(r["target"])): {k: v for k, v in r.items() if k != R.PENDING}
+                for r in prior if not r.get(R.PENDING)}
     done = set()
     for bt, rows in batches.items():
-        olds = [by_index.get(records[k]["index"]) for k in rows]
+        olds = [by_index.get((records[k]["index"], records[k]["target"])) for k in rows]
         if any(o is None or _num(o.get("batch", -1)) != bt for o in olds):
             continue
         if any(int(o["label"]) != records[k]["label"] or bool(o["attacked"]) != records[k]["attacked"]

@@ -46,7 +46,7 @@ class Access(str, Enum):
 
 #: norms a budget may name (an attack declares the subset it supports in ``Attack.norms``)
 NORMS = tuple(n.value for n in Norm)
-TARGET_MODES = ("random", "least_likely")
+TARGET_MODES = ("random", "least_likely", "all")  # all: every other class (engine.expand_all_targets)
 
 
 def _num(v: Any) -> bool:
@@ -67,8 +67,8 @@ def _plain_number(v: Any, key: str) -> Any:
 @dataclass(frozen=True)
 class Budget:
     """The threat model: ``norm`` (linf, l2, l0), ``eps`` (None: minimal-distortion attacks),
-    ``max_queries`` per sample, ``targeted`` and its ``target`` mode (random, least_likely or a class
-    index), ``checkpoints`` (query counts of the anytime curve; None: the default for
+    ``max_queries`` per sample, ``targeted`` and its ``target`` mode (random, least_likely, all: every
+    other class, one row per (sample, target), or a class index), ``checkpoints`` (query counts of the anytime curve; None: the default for
     minimal-distortion attacks). Every value is checked when the budget is made."""
 
     norm: Norm = Norm.LINF
@@ -98,7 +98,7 @@ class Budget:
             raise RobenchError(f"budget.targeted must be true or false, got '{self.targeted}'")
         t = self.target
         if isinstance(t, bool) or not (t in TARGET_MODES or t == "given" or _int(t)):
-            raise RobenchError(f"budget.target must be random, least_likely or a class index, got '{t}'")
+            raise RobenchError(f"budget.target must be random, least_likely, all or a class index, got '{t}'")
         if _int(t):
             if t < 0:
                 raise RobenchError(f"budget.target={t} is out of range: classes are numbered from 0")

@@ -10,7 +10,8 @@ from robench.registry import MODELS
 
 
 class Normalize(nn.Module):
-    """(x - mean) / std per channel: the first layer of every robench model, so attacks work in [0, 1]."""
+    """(x - mean) / std per channel: the first layer of every robench model, so attacks work in the data's own
+    domain ([0, 1] images, N x C x H x W; [-1, 1] waveforms, N x C x T)."""
 
     def __init__(self, mean: Sequence[float], std: Sequence[float]):
         super().__init__()
@@ -18,7 +19,10 @@ class Normalize(nn.Module):
         self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(1, -1, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.mean) / self.std
+        if x.dim() == 4:
+            return (x - self.mean) / self.std
+        shape = (1, -1) + (1,) * (x.dim() - 2)  # N x C x T signals (robench/domain.py): per channel too
+        return (x - self.mean.reshape(shape)) / self.std.reshape(shape)
 
 
 class NormalizedModel(nn.Sequential):

@@ -32,9 +32,11 @@ def robustbench_line(summary: Mapping[str, Any]) -> str:
     if isinstance(eps, float) and abs(eps * 255 - round(eps * 255)) < 1e-6 and summary.get("norm") == "linf":
         eps_s = f"{round(eps * 255)}/255"
     name = summary.get("model_name") or summary.get("model")
+    aa = (summary.get("attack_extra") or {}).get("autoattack")  # attack=autoattack: the version that ran
+    attack = f"AutoAttack {aa['version']}" if isinstance(aa, Mapping) and aa.get("version") else summary.get("attack")
     return (f"RobustBench-style evaluation of {name} ({summary.get('model_source', '?')}) on {summary.get('dataset')}: "
             f"clean accuracy {100 * summary['clean_accuracy']:.2f}%, robust accuracy "
-            f"{100 * summary['robust_accuracy']:.2f}% ({summary.get('attack')}, {summary.get('norm')} eps={eps_s}, "
+            f"{100 * summary['robust_accuracy']:.2f}% ({attack}, {summary.get('norm')} eps={eps_s}, "
             f"n={summary.get('n_samples')})")
 
 

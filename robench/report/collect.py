@@ -172,8 +172,8 @@ def merged_summary(shards: List[Dict[str, Any]]) -> Dict[str, Any]:
         if not f.exists():
             raise RobenchError(f"robench report: shard run {s['run']} has no records.csv; re-run that shard")
         records += R.read_records(f)
-    records.sort(key=lambda r: r["index"])
-    idx = [r["index"] for r in records]
+    records.sort(key=lambda r: (r["index"], r["target"]))
+    idx = [(r["index"], r["target"]) for r in records]  # (index, target): budget.target=all has a row per target
     if len(set(idx)) != len(idx):
         raise RobenchError(f"robench report: shards {', '.join(s['run'] for s in shards)} overlap (a sample appears twice)")
     first = shards[0]

@@ -170,6 +170,22 @@ def example_grid(s: Dict[str, Any], out: Path, name: str, title: str) -> List[Pa
     return _save(fig, out, name)
 
 
+def target_rates(records, num_classes=None):
+    """The numbers of :func:`target_matrix`: over the attacked targeted rows of a run's records (a DataFrame
+    with ``label``, ``target``, ``attacked``, ``success``; ``budget.target=all`` gives a row per pair),
+    ``(rate, n)``: K x K arrays, rows the true (source) class, columns the target, ``n`` the attacked
+    rows per cell and ``rate`` the share of them that succeeded (NaN where ``n`` is 0: the diagonal)."""
+    import numpy as np
+
+    r = records[records.attacked.astype(bool) & (records.target >= 0)]
+    k = int(num_classes) if num_classes is not None else (int(max(r.label.max(), r.target.max())) + 1 if len(r) else 0)
+    hit, n = np.zeros((k, k)), np.zeros((k, k))
+    for lab, tgt, ok in zip(r.label.astype(int), r.target.astype(int), r.success.astype(bool)):
+        n[lab, tgt] += 1
+        hit[lab, tgt] += ok
+    return np.where(n > 0, hit / np.maximum(n, 1), np.nan), n
+
+
 def target_matrix(s: Dict[str, Any], out: Path, name: str, title: str) -> List[Path]:
     """Targeted runs: the source-by-target success matrix (rows: true class, columns: target class, cells:
     the share of attacked pairs that reached the target; the GenAttack thesis's Fig. 3.2). [] otherwise."""
@@ -180,17 +196,10 @@ def target_matrix(s: Dict[str, Any], out: Path, name: str, title: str) -> List[P
     r = read_run_records(s)
     if r is None or not len(r):
         return []
-    r = r[r.attacked.astype(bool) & (r.target >= 0)]
-    if not len(r):
+    rate, n = target_rates(r)
+    if not n.sum():
         return []
-    import numpy as np
-
-    k = int(max(r.label.max(), r.target.max())) + 1
-    hit, n = np.zeros((k, k)), np.zeros((k, k))
-    for lab, tgt, ok in zip(r.label.astype(int), r.target.astype(int), r.success.astype(bool)):
-        n[lab, tgt] += 1
-        hit[lab, tgt] += ok
-    rate = np.where(n > 0, hit / np.maximum(n, 1), np.nan)
+    k = len(n)
     plt = require()
     fig, ax = plt.subplots(figsize=(5.2, 4.6))
     im = ax.imshow(rate, vmin=0, vmax=1, cmap="viridis")

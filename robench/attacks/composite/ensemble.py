@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import time
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
@@ -55,29 +55,35 @@ class Ensemble(Attack):
     eps_policy = "finite"
 
     def __init__(self, attacks: List[Any]):
+        self._build(attacks)
+
+    def _build(self, attacks: List[Any], where: str = "attack.params.attacks", labels: Optional[List[str]] = None) -> None:
+        """Instantiate the members (names or ``{name, params}``; ``where``: their config key, for messages),
+        their labels (``labels``, or the names, numbered when repeated) and the contribution table."""
         from robench.registry import instantiate
 
         if not attacks:
-            raise RobenchError("ensemble: attack.params.attacks is empty; list at least one registered attack")
+            raise RobenchError(f"ensemble: {where} is empty; list at least one registered attack")
         self.members: List[tuple[str, Attack]] = []
         for i, spec in enumerate(attacks):
             name, params = _member_spec(spec)
-            if name == "ensemble":
-                raise RobenchError("ensemble: an ensemble cannot contain another ensemble")
             if name not in ATTACKS:
                 raise RobenchError(f"ensemble member '{name}' is not a registered attack; valid: "
                                    f"{', '.join(ATTACKS.names())} (install or merge the plugin that provides it, "
-                                   f"or remove it from attack.params.attacks)")
-            self.members.append((name, instantiate(ATTACKS, name, params, "attack", f"attack.params.attacks[{i}].params")))
+                                   f"or remove it from {where})")
+            if isinstance(ATTACKS.get(name), type) and issubclass(ATTACKS.get(name), Ensemble):
+                raise RobenchError(f"ensemble: an ensemble cannot contain another ensemble ('{name}' in {where})")
+            self.members.append((name, instantiate(ATTACKS, name, params, "attack", f"{where}[{i}].params")))
         self.access = max((m.access for _, m in self.members), key=lambda a: ACCESS_RANK[a])
         # the norms and layouts every member handles (robench/evaluation/spec.py checks the run against them)
         self.norms = tuple(n for n in self.members[0][1].norms if all(n in m.norms for _, m in self.members))
         self.layouts = tuple(x for x in self.members[0][1].layouts if all(x in m.layouts for _, m in self.members))
-        labels, seen = [], {}
-        for name, _ in self.members:
-            seen[name] = seen.get(name, 0) + 1
-            labels.append(name if seen[name] == 1 else f"{name}#{seen[name]}")
-        self.labels = labels
+        if labels is None:
+            labels, seen = [], {}
+            for name, _ in self.members:
+                seen[name] = seen.get(name, 0) + 1
+                labels.append(name if seen[name] == 1 else f"{name}#{seen[name]}")
+        self.labels = list(labels)
         self.stats = [{"attack": l, "success": 0, "queries": 0, "seconds": 0.0} for l in labels]
 
     @property

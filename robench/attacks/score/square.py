@@ -12,16 +12,19 @@ from robench.geometry import L2_BALL, LINF_BALL
 from robench.registry import ATTACKS
 
 
-def p_selection(p_init: float, it: int, n_iters: int) -> float:
+def p_selection(p_init: float, it: int, n_iters: Optional[int]) -> float:
     """The fraction of pixels a square covers at iteration ``it`` ([andriushchenko2020 §A];
-    the schedule of the authors' code, written for 10,000 iterations and rescaled to ``n_iters``):
-    halved at iterations 10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000."""
-    it = int(it / n_iters * 10000)
+    the schedule of the authors' code, written for 10,000 iterations and rescaled to ``n_iters``;
+    ``n_iters`` None: not rescaled, AutoAttack's ``resc_schedule=False``): halved at iterations 10,
+    50, 200, 500, 1000, 2000, 4000, 6000, 8000."""
+    if n_iters is not None:
+        it = int(it / n_iters * 10000)
     for bound, div in ((10, 1), (50, 2), (200, 4), (500, 8), (1000, 16), (2000, 32), (4000, 64),
-                       (6000, 128), (8000, 256), (10000, 512)):
+                       (6000, 128), (8000, 256)):
         if it <= bound:
             return p_init / div
-    return p_init
+    return p_init / 512  # beyond 8000 (the authors' Square code goes back to p_init past 10,000, which a
+    #                      rescaled schedule never reaches; AutoAttack's stays at p_init / 512)
 
 
 def _pseudo_gaussian_rect(a: int, b: int) -> torch.Tensor:
@@ -85,10 +88,15 @@ class Square(ScoreAttack):
       moves mass between two random windows of side ``s`` (odd, >= 3): window 2 is zeroed and window 1
       receives a new bump plus its old content, scaled to use the freed norm, then the whole
       perturbation is rescaled to norm ε (Alg. 3);
-    * p schedule: :func:`p_selection` with ``n_iters`` = the budget's ``max_queries``;
-      ``p_init`` defaults to 0.05 (Linf) and 0.1 (L2), the paper's ImageNet values (§4; for
-      adversarially trained MNIST models the paper uses 0.8 for Linf);
-    * queries: the initial point costs 1, every step 1 per active sample.
+    * p schedule: :func:`p_selection` with ``n_iters`` = ``iterations``, or the budget's
+      ``max_queries`` when ``iterations`` is null; ``rescale_schedule: false`` uses the schedule's
+      iteration numbers as they are (AutoAttack's setting, ``resc_schedule=False``, with
+      ``iterations`` 5,000 and ``p_init`` 0.8 [croce2020 §5]); ``p_init`` defaults to 0.05 (Linf)
+      and 0.1 (L2), the paper's ImageNet values (§4; for adversarially trained MNIST models the
+      paper uses 0.8 for Linf);
+    * queries: the initial point costs 1, every step 1 per active sample; ``iterations`` (null:
+      until the budget is spent) caps the steps, so a run costs at most ``iterations + 1`` queries
+      per sample (AutoAttack's ``n_queries`` = 5,000 is this number of steps).
 
     1-D signals (N x C x T, e.g. audio): robench's reading, as the paper has only images: the "square"
     is an interval of ``round(p · T)`` time steps; the Linf init is random signs per time step; the L2
@@ -97,20 +105,27 @@ class Square(ScoreAttack):
     Batched: one candidate per active sample per step, all in one oracle call. Deviation: the paper's
     L2 code draws one window position per step for the whole batch; here every sample draws its own
     (as the Linf code does), so samples are attacked independently of who else is in the batch.
+    AutoAttack's copy of Square [croce2020] also draws one window and one sign pattern per step for
+    the whole batch in Linf, and does not redraw a sign pattern that changes nothing (here: the
+    paper's redraw, above); both change which random squares a sample sees, not the algorithm.
     """
 
     name = "square"
     layouts = ("NCHW", "NCT")
 
     #: numeric ranges the registry checks before construction (robench.registry.validate_params)
-    param_ranges = {"p_init": "(0,1]"}
+    param_ranges = {"p_init": "(0,1]", "iterations": ">=1"}
 
-    def __init__(self, p_init: Optional[float] = None, loss: Optional[str] = None):
+    def __init__(self, p_init: Optional[float] = None, loss: Optional[str] = None, iterations: Optional[int] = None,
+                 rescale_schedule: bool = True):
         if p_init is not None and not 0 < p_init <= 1:
             raise RobenchError(f"square p_init must be in (0, 1], got {p_init}")
         if loss not in (None, "margin", "ce"):
             raise RobenchError(f"square loss must be margin, ce or null (margin untargeted, ce targeted), got '{loss}'")
+        if iterations is not None and iterations < 1:
+            raise RobenchError(f"square iterations must be >= 1 or null (until the budget is spent), got {iterations}")
         self.p_init, self.loss = p_init, loss
+        self.iterations, self.rescale_schedule = iterations, rescale_schedule
 
     def _loss(self, p, y, t):
         kind = self.loss or ("margin" if t is None else "ce")
@@ -120,7 +135,8 @@ class Square(ScoreAttack):
         eps, idx, dev, norm, box = task.eps, task.idx, task.device, task.norm, task.box
         signal = len(task.shape) == 2  # N x C x T: worked on as N x C x 1 x T, windows are intervals of time
         c, h, w = (task.shape[0], 1, task.shape[1]) if signal else task.shape
-        n_iters = oracle.max_queries
+        n_iters = self.iterations or oracle.max_queries
+        sched = n_iters if self.rescale_schedule else None
         p_init = self.p_init if self.p_init is not None else (0.05 if norm == "linf" else 0.1)
         x0 = task.x0[idx]
         if signal:
@@ -140,10 +156,10 @@ class Square(ScoreAttack):
         it = 0
         while True:
             idx, x, x0, best = keep_active(oracle, idx, x, x0, best)
-            if len(idx) == 0:
+            if len(idx) == 0 or (self.iterations is not None and it >= self.iterations):
                 return
             it += 1
-            p = p_selection(p_init, it - 1, n_iters)
+            p = p_selection(p_init, it - 1, sched)
             if norm == "linf":
                 cand = self._linf_step(x, x0, p, eps, generator, box)
             else:

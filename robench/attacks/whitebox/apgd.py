@@ -53,7 +53,10 @@ class APGD(Attack):
     with ``P`` the projection onto the eps-ball and [0, 1]. At each checkpoint ``w_j``
     (:func:`checkpoints`: 22, 41, 57, 70, 80, 87, 93, 99 for 100 iterations) the step size halves
     when (1) the loss increased in at most ``rho = 0.75`` of the steps since the last checkpoint
-    (the authors' code uses ``<=``, the paper writes ``<``; we follow the code) or (2) the step size
+    (the authors' code uses ``<=``, the paper writes ``<``; we follow the code; and, as in the code,
+    the first period's first comparison is of ``f(x^1)`` with 0, not with ``f(x^0)``: the code's
+    ``loss_steps`` row it reads there is still zero. For the CE loss, which is positive, that step always
+    counts as an increase; for DLR losses, negative while the point is not adversarial, never) or (2) the step size
     was not reduced at the last checkpoint and the best loss has not improved since; a halved sample
     restarts from its best point (and that point's gradient). Defaults are the paper's and
     AutoAttack's standard version: 100 iterations, 1 restart, random start (the authors' code:
@@ -111,7 +114,7 @@ class APGD(Attack):
         logits, grad = oracle.gradient(x, loss_fn, idx)
         loss = loss_fn(torch.nan_to_num(logits), idx)
         s = {"x": x, "x_old": x.clone(), "grad": grad, "x_best": x.clone(), "grad_best": grad.clone(),
-             "loss_best": loss.clone(), "loss_prev": loss.clone(), "n_incr": torch.zeros_like(loss),
+             "loss_best": loss.clone(), "loss_prev": torch.zeros_like(loss), "n_incr": torch.zeros_like(loss),
              "eta": torch.full_like(loss, 2.0 * eps), "reduced_last": torch.ones_like(loss, dtype=torch.bool),
              "best_last": loss.clone()}
         idx, s = keep_active(oracle, idx, s, mask=~torch.isnan(logits[:, 0]))
