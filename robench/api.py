@@ -167,7 +167,8 @@ def evaluate(model: nn.Module, x, y=None, *, attack: Any = "pgd", budget: Option
       :func:`robench.load_adversarial`; ``save_adversarial=False`` skips them, ``["npz", "png"]`` adds
       PNG files); a folder holding the same settings resumes from its completed batches.
     * ``train_data``: a dataset of (image, label) pairs for attacks that draw target-class training
-      images (targeted hard-label starts); ``surrogate``: the model ``transfer`` crafts on.
+      images (targeted hard-label starts) and the build set of a shared perturbation (``uap``, ``patch``:
+      ``build_split=train``); ``surrogate``: the model ``transfer`` crafts on.
     Errors are :class:`~robench.errors.RobenchError` with the CLI's one-line messages (a failure of the
     model itself is chained as ``__cause__``).
     """
@@ -237,7 +238,13 @@ def evaluate(model: nn.Module, x, y=None, *, attack: Any = "pgd", budget: Option
                           torch.full_like(x, float("nan")), folder.path, {})
     else:
         prior = []
+    build_data = None  # a shared-perturbation attack builds on train_data (evaluation/protocols.py, Shared)
+    if train_data is not None and spec.traits is not None and "build_set" in spec.traits.requires:
+        import types
+
+        build_data = types.SimpleNamespace(train=train_data, test=None)
     prep = prepare_run(spec, model, Slice(x, y, idx, domain=domain), device=device, context=context, targets=given,
+                       splits=build_data,
                        make_attack=None if factory is None else _prepared(factory, context),
                        meta={"model": meta_v.get("model", type(model).__name__),
                              "dataset": meta_v.get("dataset", "tensors"), "checkpoint": meta_v.get("checkpoint")})

@@ -9,7 +9,11 @@ budget, behind a model wrapper that sees every row the victim evaluates, and che
 * the same seed gives the same records, and a subset of the samples (some rows not attacked) works;
 * every reported success is certified: the best point is misclassified, in the box and inside the ball;
 * the declarations are true: the attack runs under every budget norm it declares (``norms``), with and
-  without an eps-ball as its ``eps_policy`` says, and on every input layout it declares (``layouts``).
+  without an eps-ball as its ``eps_policy`` says, and on every input layout it declares (``layouts``);
+* an attack that builds one shared perturbation (``requires`` "build_set", robench/evaluation/shared.py)
+  builds it on at most :data:`BUILD_LIMIT` of the ``train`` pairs (the test inputs when none are given)
+  through its guarded build oracle, each build image within the budget and every evaluated row counted,
+  and the referee's evaluation of it then meets the contract above.
 
 A plugin's own test::
 
@@ -35,6 +39,8 @@ from robench.evaluation.engine import Plan, Referee, prepare_attack, run_all
 from robench.geometry import distortion
 
 MAX_QUERIES, EPS, TOL = 20, 0.3, 1e-5
+#: build images a shared-perturbation attack gets in the contract (its mechanics, not its strength)
+BUILD_LIMIT = 12
 
 
 class Watched(torch.nn.Module):
@@ -69,7 +75,8 @@ class Counted(Attack):
 
 def _context(attack, victim, train) -> dict:
     needs = {"class_images": lambda: {"class_images": ClassImages(train) if train is not None else None},
-             "surrogate": lambda: {"load_surrogate": lambda spec: (copy.deepcopy(victim), "victim copy", "-")}}
+             "surrogate": lambda: {"load_surrogate": lambda spec: (copy.deepcopy(victim), "victim copy", "-")},
+             "build_set": lambda: {}}  # the shared protocol's build set: see _shared
     ctx = {}
     for r in getattr(attack, "requires", ()):
         ctx.update(needs[r]())
@@ -99,8 +106,37 @@ def run_once(make: Callable[[], Attack], victim, x, y, attacked, *, norm="linf",
     k = int(victim(x[:1]).shape[1])
     referee = Referee(access=attack.access, norm=norm, eps=eps, max_queries=max_queries, num_classes=k,
                       stop_on_success=not attack.minimizes_distortion, box=domain.box)
+    if "build_set" in getattr(attack, "requires", ()):
+        attack = _shared(attack, watcher, x, y, train, referee, seed)
     outs = run_all(Counted(attack, watcher), watcher, Plan.contiguous(x, y, None, attacked, 8, seed), referee, "cpu")
     return outs, watcher
+
+
+def _shared(attack, watcher: Watched, x, y, train, referee: Referee, seed: int):
+    """The build phase of a shared-perturbation attack, checked (the build oracle's counts against the rows
+    the victim evaluated, each build image within its budget, every row in the box); returns the referee's
+    :class:`~robench.evaluation.shared.ApplyShared` holding the perturbation, which the contract then runs."""
+    from types import SimpleNamespace
+
+    from robench.evaluation.shared import ApplyShared, run_build, select_build_set
+
+    pairs = train if train is not None else torch.utils.data.TensorDataset(x, y)
+    splits = SimpleNamespace(train=pairs, test=pairs)
+    build = select_build_set(attack, splits, watcher, "cpu", None, limit=BUILD_LIMIT)
+    watcher.rows = watcher.out_of_box = 0
+    watcher.on = True
+    try:
+        out = run_build(attack, watcher, build, referee, "cpu", seed, type(attack).__name__)
+    finally:
+        watcher.on = False
+    assert watcher.out_of_box == 0, f"{watcher.out_of_box} build rows outside the box"
+    assert int(out.queries.max()) <= referee.max_queries, f"build budget exceeded: {out.queries.tolist()}"
+    assert watcher.rows == int(out.queries.sum()), \
+        f"build: victim evaluated {watcher.rows} rows, oracle counted {int(out.queries.sum())}"
+    watcher.rows = 0
+    apply = ApplyShared(attack, type(attack).__name__)
+    apply.perturbation = out.perturbation
+    return apply
 
 
 def check_once(make, victim, x, y, *, norm, eps, train=None, domain: Domain = IMAGE, repeat: bool = True,
@@ -177,10 +213,26 @@ def device_problems(make: Callable[[], Attack], victim, x, y, *, norm: str = "li
     referee = Referee(access=attack.access, norm=norm, eps=eps, max_queries=max_queries, num_classes=k,
                       stop_on_success=not attack.minimizes_distortion, box=domain.box,
                       eot_samples=eot_samples if attack.access != "label" else 1)
+    shared = "build_set" in getattr(attack, "requires", ())
+    if shared and targets is not None:  # a shared perturbation has one target class
+        targets = torch.full_like(targets, int(targets[0]))
     host = [mark_host(t.clone(), "the engine's slice (host)") for t in (x, y)]
     t = None if targets is None else mark_host(targets.clone(), "the run's targets (host)")
-    plan = Plan.contiguous(host[0], host[1], t, torch.ones(len(y), dtype=torch.bool), 8, 0)
+    attacked = torch.ones(len(y), dtype=torch.bool) if targets is None or not shared else y != targets
+    plan = Plan.contiguous(host[0], host[1], t, attacked, 8, 0)
     with virtual_device() as vd:
+        if shared:  # the build phase over host build images, then the referee's evaluation (evaluation/shared.py)
+            from types import SimpleNamespace
+
+            from robench.evaluation.shared import ApplyShared, run_build, select_build_set
+
+            pairs = HostDataset(train if train is not None else torch.utils.data.TensorDataset(x, y))
+            target = None if targets is None else int(targets[0])
+            build = select_build_set(attack, SimpleNamespace(train=pairs, test=pairs), victim, dev, target,
+                                     limit=BUILD_LIMIT)
+            out = run_build(attack, victim, build, referee, dev, 0, type(attack).__name__, target)
+            attack = ApplyShared(attack, type(attack).__name__)
+            attack.perturbation = out.perturbation
         run_all(attack, victim, plan, referee, dev)
     return vd.problems
 

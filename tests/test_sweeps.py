@@ -92,7 +92,7 @@ def _wait_for(cond, proc, timeout=240):
 def test_killed_sweep_resumes_with_nothing_lost_or_doubled(tmp_path, ckpt_dir):
     # 2 jobs x 4 batches of 10 samples; early_stop=false keeps every sample for all its steps
     args = ["attack", "-m", "budget.eps=0.1,0.2", "dataset.n_samples=40", "attack.batch_size=10",
-            "attack.params.steps=100", "attack.params.early_stop=false", "progress=false", f"checkpoint_dir={ckpt_dir}"]
+            "attack.params.steps=40", "attack.params.early_stop=false", "progress=false", f"checkpoint_dir={ckpt_dir}"]
     sweep, ref = tmp_path / "sweep", tmp_path / "ref"
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.Popen([sys.executable, "-m", "robench", *args, f"hydra.sweep.dir={sweep}"], cwd=tmp_path, env=env,
@@ -129,5 +129,5 @@ def test_killed_sweep_resumes_with_nothing_lost_or_doubled(tmp_path, ckpt_dir):
     for k in ("n_attacked", "n_success", "success_rate", "total_queries", "median_queries", "median_l2"):
         assert s1[k] == sref[k], k
     # a different config in the same folder is refused, in one line
-    p = run_cli(*[a.replace("steps=100", "steps=20") for a in args], f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    p = run_cli(*[a.replace("steps=40", "steps=20") for a in args], f"hydra.sweep.dir={sweep}", cwd=tmp_path)
     assert p.returncode == 2 and "holds a run with a different config (differs in attack.params.steps)" in p.stderr

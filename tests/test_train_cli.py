@@ -69,7 +69,8 @@ def test_distillation_without_teacher_names_the_command(tmp_path):
 def test_plasticity_preset_sweeps_depth_natural_then_pgd_at(tmp_path):
     sweep = tmp_path / "sweep"
     p = run_cli("train-defense", "-m", "experiment=plasticity", "model.params.width=4", "model.params.depth=1,2",
-                "train.epochs=1", "eval.n_samples=20", "progress=false", f"checkpoint_dir={tmp_path}/ck",
+                "train.epochs=1", "dataset.n_train=1000", "eval.n_samples=20", "progress=false",
+                f"checkpoint_dir={tmp_path}/ck",
                 f"hydra.sweep.dir={sweep}", cwd=tmp_path, timeout=600)
     assert p.returncode == 0, p.stderr
     rows = [json.loads((sweep / str(i) / "summary.json").read_text()) for i in range(4)]

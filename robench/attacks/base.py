@@ -10,7 +10,7 @@ from torch import nn
 from robench.referee.view import AttackView, OracleView
 
 #: what an attack may ask the engine for, beyond its oracle view (``Attack.requires``)
-CONTEXT_NEEDS = ("class_images", "surrogate")
+CONTEXT_NEEDS = ("class_images", "surrogate", "build_set")
 
 
 class ClassImages:
@@ -95,6 +95,8 @@ class Attack:
 
     ``requires``: names from :data:`CONTEXT_NEEDS` the attack needs beyond its view; the engine fills
     them into the :class:`AttackContext` it passes to :meth:`prepare` once, before the first batch.
+    ``"build_set"`` is different: the attack builds one perturbation for many samples and runs under the
+    shared protocol (robench/attacks/universal/base.py, robench/evaluation/protocols.py (Shared)).
     """
 
     access: str = "gradient"

@@ -25,9 +25,11 @@ from robench.errors import RobenchError
 #: what robench (and older robench versions, through Hydra) writes in a run folder: a folder that
 #: holds anything else is not a robench run folder and is refused as one
 RUN_FOLDER_NAMES = {".hydra", "config.yaml", "overrides.yaml", "records.csv", "progress.json", "summary.json",
-                    "summary.md", "detection.csv", "train_log.csv", "attack.log", "train-defense.log", "adversarial"}
+                    "summary.md", "detection.csv", "perturbation.csv", "train_log.csv", "attack.log",
+                    "train-defense.log", "adversarial"}
 #: what a run's outputs are (removed when a run folder is overwritten with resume=false)
-RUN_OUTPUTS = ("records.csv", "progress.json", "summary.json", "summary.md", "detection.csv", "adversarial")
+RUN_OUTPUTS = ("records.csv", "progress.json", "summary.json", "summary.md", "detection.csv", "perturbation.csv",
+               "adversarial")
 
 #: override keys that never distinguish what a run computes (not shown by ``robench report``)
 IGNORED_OVERRIDES = ("progress=", "quiet=", "resume=", "launcher=", "hydra.")

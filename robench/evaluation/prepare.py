@@ -21,7 +21,7 @@ from robench.domain import IMAGE, Domain
 from robench.errors import InputError, RobenchError
 from robench.evaluation import results as R
 from robench.evaluation.engine import Plan, Referee, choose_targets, expand_all_targets
-from robench.evaluation.protocols import Evaluation
+from robench.evaluation.protocols import Evaluation, Shared
 from robench.evaluation.spec import RunSpec
 
 
@@ -191,6 +191,8 @@ def prepare_run(spec: RunSpec, model: nn.Module, data: Slice, *, device: torch.d
                           num_classes=k, stop_on_success=not traits.minimizes_distortion,
                           recheck_repeats=ev.recheck_repeats, confirm_repeats=ev.confirm_repeats,
                           eot_samples=ev.eot_samples, checkpoints=tuple(cps), box=data.domain.box)
+        if "build_set" in traits.requires:  # one perturbation for every sample: the shared protocol
+            attack = Shared.attach(ev, spec, attack, model, device, data, splits, referee, name)
     except BaseException:
         close = getattr(attack, "close", None)
         if callable(close):
@@ -198,7 +200,7 @@ def prepare_run(spec: RunSpec, model: nn.Module, data: Slice, *, device: torch.d
         raise
 
     def fresh():  # a protocol's extra run gets its own instance, prepared like the main one
-        return factory()
+        return attack if "build_set" in traits.requires else factory()  # a shared perturbation stays the one built
 
     m = {"attack": name, "model": "model", "dataset": "tensors", "defense": ev.label, "targeted": t is not None,
          "target": (b.target if t is not None else None), "seed": spec.seed, "started": now(), "checkpoint": None,

@@ -17,6 +17,12 @@ the protocols that apply to the run's config:
   the detector is calibrated on clean training images before the attack, each successful adversarial
   point is scored after its batch (record column ``detector_score``), the clean test images give the
   false-positive rate; ``detection.csv`` has the per-sample scores.
+* :class:`Shared` (an attack that declares ``requires = ("build_set",)``: ``uap``, ``patch``; attached by
+  :meth:`Shared.attach` from prepare_run): one perturbation is built on a build set before the first test
+  batch (:meth:`Protocol.before_run`; robench/evaluation/shared.py holds the referee's build oracle, the
+  checks and the placement), then the run's attack is the referee's
+  :class:`~robench.evaluation.shared.ApplyShared`, which places it on each test input and asks for one
+  label; summary.json gets ``shared`` and the run folder ``perturbation.csv``.
 
 Randomness is measured (:func:`robench.victim.preflight`: repeated forward passes disagree), or taken
 from a defense that declares itself randomized; a flag alone never makes a randomized victim deterministic.
@@ -54,6 +60,10 @@ class Protocol:
 
     def record_columns(self, ev: "Evaluation") -> Dict[str, Any]:
         return {}
+
+    def before_run(self, ev: "Evaluation") -> None:
+        """Work before the first batch of the main run (the shared protocol builds its perturbation here)."""
+        pass
 
     def after_batch(self, ev: "Evaluation", outcome) -> None:
         pass
@@ -179,6 +189,93 @@ class Detection(Protocol):
             "success_rate_undetected": n_undetected / n_att if n_att else nan}
 
 
+class Shared(Protocol):
+    """The shared-perturbation protocol (see the module docstring; the referee's mechanics are in
+    robench/evaluation/shared.py): builds the perturbation before the first test batch (:meth:`before_run`)
+    and merges the ``shared`` block and ``perturbation.csv`` (:meth:`merge`)."""
+
+    def __init__(self, builder, apply_, model, device, build, referee, seed: int, name: str, target: Optional[int]):
+        self.builder, self.apply, self.model, self.device = builder, apply_, model, device
+        self.build, self.referee, self.seed, self.name, self.target = build, referee, seed, name, target
+        self.outcome = None
+
+    @classmethod
+    def attach(cls, ev: "Evaluation", spec, attack, model, device, data, splits, referee, name: str):
+        """Called by :func:`~robench.evaluation.prepare.prepare_run` for an attack that requires a build set:
+        the protocol's checks (one line each), the build set, the protocol appended to ``ev``; returns the
+        :class:`~robench.evaluation.shared.ApplyShared` that becomes the run's attack."""
+        from robench.attacks.universal.base import SharedAttack
+        from robench.evaluation.shared import ApplyShared, select_build_set
+
+        if not isinstance(attack, SharedAttack):
+            raise RobenchError(f"attack '{name}' requires a build set but is not a "
+                               f"robench.attacks.universal.base.SharedAttack")
+        b = spec.budget
+        target = None
+        if b.targeted:
+            if isinstance(b.target, bool) or not isinstance(b.target, int):
+                raise RobenchError(f"attack={name} builds one perturbation for every sample: a targeted run needs one "
+                                   f"target class, budget.target=<class index> (got '{b.target}')")
+            target = int(b.target)
+        if spec.adaptive:
+            raise RobenchError(f"adaptive=true re-runs a per-sample attack without BPDA/EOT; attack={name} builds one "
+                               f"shared perturbation: set attack.bpda / attack.eot_samples for its build instead")
+        build = select_build_set(attack, splits, model, device, target, data.indices)
+        apply_ = ApplyShared(attack, name)
+        ev.protocols.append(cls(attack, apply_, model, device, build, referee, spec.seed, name, target))
+        return apply_
+
+    def before_run(self, ev) -> None:
+        from robench.evaluation.shared import run_build
+
+        self.outcome = run_build(self.builder, self.model, self.build, self.referee, self.device, self.seed,
+                                 self.name, self.target)
+        self.apply.perturbation = self.outcome.perturbation
+
+    def build_success_rate(self) -> float:
+        """Success of the built perturbation on the build set, measured by the referee (uncounted forward
+        passes; a random placement drawn from a generator of its own)."""
+        from robench.evaluation.engine import batch_seed
+        from robench.evaluation.shared import BUILD_BATCH, apply
+        from robench.training.loop import predict
+
+        gen = torch.Generator().manual_seed(batch_seed(self.seed, BUILD_BATCH + 1))
+        xa = apply(self.outcome.perturbation, self.build.x, gen, self.referee.box)
+        pred = predict(self.model, xa).argmax(1).cpu()
+        hit = (pred == self.target) if self.target is not None else (pred != self.build.y)
+        return float(hit.float().mean())
+
+    def merge(self, ev, summary, records, x, extra, tables):
+        import pandas as pd
+
+        from robench.geometry import distortion
+
+        o, b = self.outcome, self.build
+        if o is None:
+            return
+        p = o.perturbation
+        v = p.values
+        block: Dict[str, Any] = {
+            "kind": p.kind, "build_split": b.split, "build_offset": b.offset, "build_samples": b.requested,
+            "build_used": len(b.y), "build_indices": [int(i) for i in b.indices.tolist()],
+            "build_queries": int(o.queries.sum()), "build_grad_queries": int(o.grad_queries.sum()),
+            "build_max_queries": int(o.queries.max()) if len(o.queries) else 0, "build_seconds": o.seconds,
+            "build_success_rate": self.build_success_rate()}
+        if p.kind == "additive":
+            block.update({f"perturbation_{n}": float(distortion(v[None], n)[0]) for n in ("linf", "l2", "l0")})
+        else:
+            block.update({"placement": p.placement, "patch_side": int(v.shape[-1]),
+                          "row": p.row if p.placement == "fixed" else None,
+                          "col": p.col if p.placement == "fixed" else None})
+        summary["shared"] = block
+        c, hh, ww = v.shape
+        grid = torch.stack(torch.meshgrid(torch.arange(c), torch.arange(hh), torch.arange(ww), indexing="ij"), -1)
+        tables["perturbation.csv"] = pd.DataFrame({"channel": grid[..., 0].flatten().tolist(),
+                                                   "row": grid[..., 1].flatten().tolist(),
+                                                   "col": grid[..., 2].flatten().tolist(),
+                                                   "value": v.flatten().tolist()})
+
+
 class Evaluation:
     """The protocols of one attack run and the victim facts they share, from the run's validated
     settings (robench/evaluation/spec.py decides every rule on them): the ``defense`` config, the ``seed``,
@@ -268,6 +365,10 @@ class Evaluation:
         for p in self.protocols:
             out.update(p.record_columns(self))
         return out
+
+    def before_run(self) -> None:
+        for p in self.protocols:
+            p.before_run(self)
 
     def after_batch(self, outcome) -> None:
         for p in self.protocols:

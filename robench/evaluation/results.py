@@ -12,7 +12,8 @@ Files of an attack run folder:
   exist; engine.Flusher): uncertified, for display, replaced when the batch completes, dropped on resume;
 * ``progress.json``: batches / samples done and ``pending`` rows, for the sweep display;
 * ``summary.json``: :func:`summarize`'s dictionary, schema version :data:`SCHEMA_VERSION`;
-* ``summary.md``: the same numbers as a Markdown table.
+* ``summary.md``: the same numbers as a Markdown table;
+* ``perturbation.csv``: shared-perturbation runs only (protocols.Shared): channel, row, col, value.
 
 Summary schema, version 1 (README, "Metrics"):
 
@@ -78,6 +79,18 @@ detection                  detection protocol only: {detector, threshold, false_
                            n_adversarial, detection_rate, success_rate_undetected, ...}
 ensemble, transfer         attack-specific figures (the attack's ``summary_extra()``)
 attack_extra.autoattack    attack=autoattack: {version (the one run), requested, members}
+shared                     shared-perturbation runs only (attacks that require a build set: uap, patch;
+                           protocols.Shared): {kind ("additive" or "patch"), build_split,
+                           build_offset, build_samples (requested), build_used (correctly classified and,
+                           targeted, not of the target class), build_indices (the dataset indices of the
+                           images that built the perturbation), build_queries, build_grad_queries,
+                           build_max_queries (the largest count of one build image; each is capped at
+                           budget.max_queries), build_seconds, build_success_rate (the perturbation's
+                           success on its own build set, measured by the referee, uncounted)}, plus
+                           perturbation_linf, perturbation_l2, perturbation_l0 (additive) or placement,
+                           patch_side, row, col (patch; row and col null for a random placement). The
+                           headline keys above cover the evaluation phase only (one query per sample);
+                           ``perturbation.csv`` holds the perturbation's values
 =========================  ================================================================
 
 """

@@ -198,6 +198,7 @@ class Runner:
                  int(idx[0]) if len(idx) else -1, int(idx[-1]) if len(idx) else -1, len(batches),
                  prep.spec.attack.batch_size, plan.seed)
         self._flush()
+        prep.evaluation.before_run()  # e.g. the shared protocol's build phase (evaluation/protocols.py, Shared)
         violations: List[Dict[str, Any]] = []
         n_done = sum(records[k]["attacked"] for bt in self.done for k in batches[bt])
         n_succ = sum(records[k]["success"] for bt in self.done for k in batches[bt])

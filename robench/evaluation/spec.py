@@ -193,6 +193,9 @@ class AttackTraits:
         if isolate and "surrogate" in self.requires:
             raise RobenchError(f"isolate=true cannot run '{name}': it requires a surrogate model, which the "
                                f"sandbox cannot read; run it without isolate")
+        if isolate and "build_set" in self.requires:
+            raise RobenchError(f"isolate=true cannot run '{name}': it builds a shared perturbation on a build set "
+                               f"(evaluation/protocols.py, Shared), which the sandbox cannot read; run it without isolate")
 
     def check_budget(self, budget: Budget, name: str) -> None:
         """The rule for ``budget.eps`` and ``budget.norm``, decided here only (before anything is written)."""
