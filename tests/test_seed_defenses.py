@@ -4,12 +4,10 @@ robustness rows (clean / adaptive / non-adaptive accuracy) are not measured yet 
 import copy
 import json
 import math
-from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.utils.data import TensorDataset
 
 from robench.models.checkpoint import save_checkpoint
 from robench.defenses.adversarial import pgd
