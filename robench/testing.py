@@ -337,16 +337,21 @@ def tiny_signal_victim(n_test: int = 3, seed: int = 0, classes: int = 4):
 
 
 def contract_params(name: str) -> dict:
-    """An attack's shipped constructor parameters (configs/attack/<name>.yaml), as the CLI composes them."""
+    """An attack's shipped constructor parameters (configs/attack/<name>.yaml), as the CLI composes them,
+    with the attack class's ``contract_overrides`` on top: settings of its own preparation that do not
+    change what it does per query but cost seconds at the shipped size (AutoZOOM's autoencoder epochs)."""
     from omegaconf import OmegaConf
 
-    from robench.registry import config_dirs
+    from robench.registry import ATTACKS, config_dirs
 
+    params: dict = {}
     for d in config_dirs():
         f = d / "attack" / f"{name}.yaml"
         if f.exists():
-            return OmegaConf.to_container(OmegaConf.load(f), resolve=True).get("params") or {}
-    return {}
+            params = OmegaConf.to_container(OmegaConf.load(f), resolve=True).get("params") or {}
+            break
+    cls = ATTACKS.get(name) if name in ATTACKS.names() else None
+    return {**params, **dict(getattr(cls, "contract_overrides", None) or {})}
 
 
 __all__: Sequence[str] = ("check_attack", "check_once", "run_once", "check_devices", "device_problems", "tiny_victim", "tiny_signal_victim",

@@ -6,6 +6,8 @@ batch. The lists are the registry's: a new plugin is covered without editing thi
 attacks at the bottom show the check fails where a GPU run would, and passes deliberate host bookkeeping."""
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -61,9 +63,18 @@ def test_input_defense_is_ready_for_a_gpu(name, tiny):
 @pytest.mark.parametrize("name", [n for n in DEFENSES.names() if _kind(n) == "detector"])
 def test_detector_is_ready_for_a_gpu(name, tiny):
     """A detector calibrates on clean host images and scores points against the victim on its device."""
+    import copy
+
+    from robench.defenses.base import TrainContext
+
     model, x, _, _ = tiny
     spec = _shipped(name)
     det = instantiate(DEFENSES, spec.detector[0], {**spec.detector[1], "calibration_samples": 4}, "defense")
+    needs = getattr(det, "needs_recipe", None)  # a detector that reads a recipe's networks in the victim (magnet_detect)
+    if needs:
+        recipe = instantiate(DEFENSES, needs, _shipped(needs).recipe_params, "defense")
+        recipe.bind(TrainContext(splits=SimpleNamespace(shape=tuple(x.shape[1:]))))
+        model = recipe.prepare_model(copy.deepcopy(model)).eval()
     with virtual_device() as vd:
         det.calibrate(model, mark_host(x.clone()))
         det.scores(model, mark_host(x.clone()))

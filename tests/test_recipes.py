@@ -20,7 +20,8 @@ RECIPES = {"none": {}, "pgd_at": {"eps": 0.3, "steps": 2}, "fgsm_at": {"eps": 0.
            "gaussian_aug": {}, "mixup": {}, "label_smoothing": {}, "distillation": {"teacher": "none"},
            "distillation_teacher": {}, "free_at": {"eps": 0.3, "replays": 2},
            "bn_finetune": {"eps": 0.3, "steps": 2}, "bn_finetune_std": {"eps": 0.3}, "advprop": {"eps": 0.3, "steps": 2},
-           "robmask": {"eps_max": 0.3, "steps": 2}}
+           "robmask": {"eps_max": 0.3, "steps": 2}, "input_grad_reg": {"lam": 10.0},
+           "deepcloak": {"eps": 0.3, "retrain": True, "samples": 100}, "magnet": {}}
 BN_RECIPES = {"bn_finetune", "bn_finetune_std", "advprop", "robmask"}  # condition a BN model (tests/test_methods.py)
 
 

@@ -44,13 +44,24 @@ class ClassImages:
                 out[-1] = out[-1].repeat((n + len(out[-1]) - 1) // len(out[-1]), 1, 1, 1)[:n]
         return torch.stack(out)
 
+    def sample(self, n: int, gen: torch.Generator) -> torch.Tensor:
+        """``n`` training images drawn uniformly without replacement (all of them, shuffled, when the
+        split has fewer), labels not returned: what an attacker holding unlabeled in-distribution
+        images has (AutoZOOM's autoencoder data, the substitute attack's seed set). ``gen`` seeds a
+        CPU generator, as in :meth:`draw`."""
+        xs, _ = self._all()
+        cpu = torch.Generator().manual_seed(int(torch.randint(2 ** 31 - 1, (1,), generator=gen, device=gen.device)))
+        return xs[torch.randperm(len(xs), generator=cpu)[:int(n)]]
+
 
 @dataclass(frozen=True)
 class AttackContext:
     """The narrow context the engine hands to :meth:`Attack.prepare`: only what the attack declared in
     ``requires`` is filled in (None otherwise). Never the run's config, the victim or the test split.
 
-    * ``class_images``: a :class:`ClassImages` over the training split (``requires`` "class_images");
+    * ``class_images``: a :class:`ClassImages` over the training split (``requires`` "class_images"):
+      images of given classes (:meth:`ClassImages.draw`) or a uniform, label-free sample
+      (:meth:`ClassImages.sample`);
     * ``load_surrogate(spec) -> (model, label, checkpoint path)``: builds a surrogate model from a spec
       ``{model, params, defense, checkpoint}`` (``requires`` "surrogate"; transfer);
     * ``device``: where the victim runs.

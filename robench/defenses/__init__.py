@@ -7,3 +7,4 @@ from robench.defenses import (cat, distillation, fast_at, fgsm_at, free_at, gaus
                               mixup, pgd_at, sprout, trades, bn_methods)
 from robench.defenses import bit_depth, jpeg, median_smoothing, random_resize_pad, tvm  # noqa: F401
 from robench.defenses import feature_squeeze  # noqa: F401
+from robench.defenses import deepcloak, input_grad, magnet  # noqa: F401  (registration)

@@ -147,4 +147,10 @@ class DefendedModel(nn.Module):
 
 
 def undefended(model: nn.Module) -> nn.Module:
-    return model.model if isinstance(model, DefendedModel) else model
+    """The classifier without its input transformations: a :class:`DefendedModel`'s model, or a
+    ``Sequential`` without the transformations a model surgery put inside it (MagNet's reformer)."""
+    if isinstance(model, DefendedModel):
+        return model.model
+    if isinstance(model, nn.Sequential) and any(isinstance(m, InputDefense) for m in model.children()):
+        return nn.Sequential(*[m for m in model.children() if not isinstance(m, InputDefense)])
+    return model

@@ -87,10 +87,23 @@ def condition_bn(model: nn.Module, k: int = 2, n_stats: int = 1, eps_max: float 
     return model
 
 
+#: model surgeries of other defenses, by the record's kind: the module holding ``apply_surgery(model, record)``
+#: (and optionally ``configure(model, params)``), imported on use
+OTHER_SURGERIES = {"deepcloak": "robench.defenses.deepcloak", "magnet": "robench.defenses.magnet"}
+
+
+def _other(kind: str):
+    import importlib
+
+    return importlib.import_module(OTHER_SURGERIES[kind])
+
+
 def apply_surgery(model: nn.Module, record: Optional[dict]) -> nn.Module:
     """Re-apply a ``model.robench_surgery`` record (from a checkpoint's metadata); None: nothing."""
     if not record:
         return model
+    if record.get("kind") in OTHER_SURGERIES:  # the surgeries of other defenses (DeepCloak, MagNet)
+        return _other(record["kind"]).apply_surgery(model, record)
     if record.get("kind") != "conditional_bn":
         raise RobenchError(f"unknown model surgery '{record.get('kind')}' in the checkpoint")
     condition_bn(model, record["k"], record["n_stats"], record["eps_max"])
@@ -137,6 +150,10 @@ def configure(model: nn.Module, params: dict) -> str:
     """Set a loaded conditional-BN model from its recipe's parameters (``robench attack``): RobMask's
     ``eval_eps`` (the model is told that eps), bn_finetune's ``mix`` p (γ̂ = pγ + (1 − p)γ′); else the
     checkpoint's own setting. Returns what the model was told, for the summary."""
+    kind = (getattr(model, "robench_surgery", {}) or {}).get("kind")
+    if kind in OTHER_SURGERIES:
+        mod = _other(kind)
+        return mod.configure(model, params) if hasattr(mod, "configure") else kind
     if params.get("eval_eps") is not None:
         tell_eps(model, float(params["eval_eps"]))
         return f"eps {float(params['eval_eps']):g} (RobMask code {[round(v, 4) for v in encode_eps(float(params['eval_eps']), conditional_layers(model)[0].eps_max).tolist()]})"
