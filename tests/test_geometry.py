@@ -181,10 +181,11 @@ def test_every_score_attack_runs_the_shared_preamble():
 
         assert cls.eps_policy == "finite"
         with pytest.raises(RobenchError, match=f"attack={name} is an eps-bounded attack"):
-            AttackTraits.of(cls(), name).check_budget(Budget(eps=None), name)
+            AttackTraits.of(cls(), name).check_budget(Budget(norm=cls.norms[0], eps=None), name)
         # nothing active: the preamble returns before any query or random draw
-        o = Oracle(Fixed(), x0, torch.zeros(3, dtype=torch.long), access="scores", norm="linf", eps=0.1,
-                   max_queries=0, num_classes=2)
+        norm = "linf" if "linf" in cls.norms else cls.norms[0]  # one_pixel, sparse_rs: L0 only
+        o = Oracle(Fixed(), x0, torch.zeros(3, dtype=torch.long), access="scores", norm=norm,
+                   eps=2 if norm == "l0" else 0.1, max_queries=0, num_classes=2)
         g = torch.Generator().manual_seed(0)
         cls().run(o, g)
         assert int(o.queries.sum()) == 0 and torch.equal(g.get_state(), torch.Generator().manual_seed(0).get_state())
