@@ -297,10 +297,22 @@ def test_every_shipped_preset_passes_validation():
             if a == "external":
                 return ["attack=external", "attack.code=tests/hostile_plugins.py:Honest"]
             cls = ATTACKS.get(a) if a in ATTACKS else None  # a config option may name another attack (autoattack_lite)
-            return [f"attack={a}"] + (["budget.eps=null"] if getattr(cls, "eps_policy", "") == "null" else [])
+            norms = tuple(getattr(cls, "norms", ("linf",)))
+            return [f"attack={a}"] + (["budget.eps=null"] if getattr(cls, "eps_policy", "") == "null" else []) + \
+                ([] if "linf" in norms else ["budget=l0_24"] if norms == ("l0",) else [f"budget.norm={norms[0]}"])
 
-        runs = [("run_attack", [*attack_args(attacks[i % len(attacks)]), f"defense={defenses[i % len(defenses)]}",
-                                f"model={models[i % len(models)]}"]) for i in range(n)]
+        def l0_only(a):
+            from robench.registry import ATTACKS
+
+            return a in ATTACKS and tuple(getattr(ATTACKS.get(a), "norms", ())) == ("l0",)
+
+        runs = []
+        for i in range(n):
+            a, d, m = attacks[i % len(attacks)], defenses[i % len(defenses)], models[i % len(models)]
+            if l0_only(a) and d != "none":  # recipes conditioned on an Linf/L2 budget refuse L0: the defense with
+                runs.append(("run_attack", [*attack_args("pgd"), f"defense={d}", f"model={m}"]))  # another attack
+                d = "none"
+            runs.append(("run_attack", [*attack_args(a), f"defense={d}", f"model={m}"]))
         runs += [("run_train", [f"defense={d}"]) for d in defenses if _kind(d) == "train"]
         runs += [("run_attack" if "train" not in e and "plasticity" not in e else "run_train", [f"experiment={e}"])
                  for e in group_options("experiment")]

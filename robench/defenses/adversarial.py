@@ -90,6 +90,7 @@ def warm(eps: float, epoch: float, warmup_epochs: float) -> float:
 
 def check_threat(norm: str, eps: float, what: str) -> None:
     if norm not in ("linf", "l2"):
-        raise RobenchError(f"{what}: norm must be 'linf' or 'l2', got '{norm}'")
+        raise RobenchError(f"{what}: norm must be 'linf' or 'l2', got '{norm}' (it defaults to budget.norm: "
+                           f"set defense.params.norm=linf or l2)")
     if eps is None or not float(eps) > 0:
         raise RobenchError(f"{what}: eps must be a number > 0, got '{eps}' (it defaults to budget.eps)")

@@ -200,7 +200,9 @@ class AttackTraits:
     def check_budget(self, budget: Budget, name: str) -> None:
         """The rule for ``budget.eps`` and ``budget.norm``, decided here only (before anything is written)."""
         if budget.norm.value not in self.norms:
-            raise RobenchError(f"attack={name} supports budget.norm {' or '.join(self.norms)}, got '{budget.norm.value}'")
+            hint = " (e.g. budget=l0_24: at most 24 changed pixels)" if self.norms == ("l0",) else ""
+            raise RobenchError(f"attack={name} supports budget.norm {' or '.join(self.norms)}, got "
+                               f"'{budget.norm.value}'{hint}")
         if self.eps_policy == "finite" and budget.eps is None:
             raise RobenchError(f"attack={name} is an eps-bounded attack: set budget.eps to a number "
                                f"(budget.eps=null is for minimal-distortion attacks)")
