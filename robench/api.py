@@ -147,7 +147,7 @@ def evaluate(model: nn.Module, x, y=None, *, attack: Any = "pgd", budget: Option
              recheck_repeats: Optional[int] = None, confirm_on_sight: Optional[bool] = None,
              train_data=None, surrogate: Optional[nn.Module] = None, isolate: bool = False,
              domain: Optional[Domain] = None, save_adversarial: Union[bool, Sequence[str], None] = None,
-             **attack_params) -> Result:
+             victim_speed: Optional[dict] = None, **attack_params) -> Result:
     """Attack ``model`` on ``(x, y)`` (or an iterable of ``(x, y)`` batches) and return a :class:`Result`.
 
     * ``model``: any ``nn.Module`` taking [0, 1] NCHW images (or, ``domain=robench.domain.AUDIO``, N x C x T
@@ -169,6 +169,8 @@ def evaluate(model: nn.Module, x, y=None, *, attack: Any = "pgd", budget: Option
     * ``train_data``: a dataset of (image, label) pairs for attacks that draw target-class training
       images (targeted hard-label starts) and the build set of a shared perturbation (``uap``, ``patch``:
       ``build_split=train``); ``surrogate``: the model ``transfer`` crafts on.
+    * ``victim_speed``: ``{"channels_last": True, "compile": True, "cudnn_benchmark": True}``, any of them:
+      faster forward passes of ``model``, applied to it in place (:func:`robench.victim.speed_up`; off by default).
     Errors are :class:`~robench.errors.RobenchError` with the CLI's one-line messages (a failure of the
     model itself is chained as ``__cause__``).
     """
@@ -192,6 +194,9 @@ def evaluate(model: nn.Module, x, y=None, *, attack: Any = "pgd", budget: Option
         model = Normalized(model, mean, std, channels=x.shape[1], ndim=x.dim())
     device = _device_of(model) if device is None else resolve_device(device)
     model = model.to(device).eval()
+    from robench.victim import speed_up
+
+    model = speed_up(model, victim_speed)
     name, factory, traits = _attack_of(attack, attack_params, bool(isolate))
     budget = budget if budget is not None else Budget()
     if not isinstance(budget, Budget):

@@ -195,6 +195,9 @@ def validate_attack_config(cfg: Any) -> dict:
     _common(c)
     check_bool("resume", c.get("resume", True))
     check_bool("save_adversarial", c.get("save_adversarial", False))
+    from robench.victim import check_speed
+
+    check_speed(c.get("victim_speed"))
     fm = c.get("adversarial_formats", ["npz"])
     from robench.evaluation.adversarial import FORMATS
 

@@ -156,3 +156,32 @@ def test_saved_adversarial_examples_match_the_records(victim, test_xy, tmp_path)
     assert len(list((tmp_path / "run" / "adversarial" / "png").glob("*.png"))) == 12
     with pytest.raises(robench.RobenchError, match="no saved adversarial examples"):
         robench.load_adversarial(tmp_path)
+
+
+def test_victim_speed_options(victim, test_xy, tmp_path):
+    """victim_speed (docs/gpu.md, "A faster victim"): channels_last puts the 4-d weights in channels-last
+    format and attacks run on it with the referee's counts as always; bad settings are one-line refusals,
+    in the API and on the command line, before anything is written."""
+    import copy
+
+    from robench.errors import RobenchError
+
+    x, y = test_xy
+    x, y = x[:8], y[:8]
+    fast = copy.deepcopy(victim)
+    res = robench.evaluate(fast, x, y, attack="square", budget=robench.Budget("linf", 0.3, max_queries=40),
+                           victim_speed={"channels_last": True}, batch_size=8)
+    conv = [p for p in fast.parameters() if p.dim() == 4]
+    assert conv and all(p.is_contiguous(memory_format=torch.channels_last) for p in conv)
+    assert any(not p.is_contiguous() for p in conv)  # (a 1-channel kernel is both)
+    with torch.no_grad():  # the same network: its decisions on the clean images are the plain model's
+        assert torch.equal(fast(x).argmax(1), victim(x).argmax(1))
+    assert int(res.records["queries"].max()) <= 40 and len(res.records) == 8
+    for bad, msg in (({"channel_last": True}, "victim_speed.channel_last is not a setting"),
+                     ({"compile": "yes"}, "victim_speed.compile")):
+        with pytest.raises(RobenchError, match=msg):
+            robench.evaluate(victim, x, y, attack="square", victim_speed=bad, run_dir=tmp_path / "r")
+        assert not (tmp_path / "r").exists()
+    r = run_cli("attack", "victim_speed.compile=maybe", "dataset.n_samples=4", f"hydra.run.dir={tmp_path / 'c'}")
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "victim_speed.compile" in r.stderr
+    assert not (tmp_path / "c").exists()

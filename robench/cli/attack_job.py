@@ -23,7 +23,7 @@ from robench.evaluation.prepare import Slice, prepare_run
 from robench.evaluation.runner import ConsoleDisplay, Runner
 from robench.evaluation.spec import RunSpec
 from robench.models.sources import victim_summary
-from robench.victim import load_victim, surrogate_loader
+from robench.victim import load_victim, speed_up, surrogate_loader
 
 log = logging.getLogger("robench")
 
@@ -53,6 +53,7 @@ def run_attack(cfg: DictConfig, folder: RunFolder) -> Dict[str, Any]:
     data = Slice(x, y, idx, positions=idx - offset, n_slice=len(eval_indices(len(splits.test), n_samples, offset, None)),
                  domain=splits.domain)
     model, meta = load_victim(cfg, splits, device)
+    model = speed_up(model, _plain(cfg.victim_speed) if cfg.get("victim_speed") is not None else None)
     context = AttackContext(device=device, class_images=ClassImages(splits.train),
                             load_surrogate=surrogate_loader(cfg.checkpoint_dir, _plain(cfg.dataset), splits, device))
     victim = {**victim_summary(cfg, meta, splits), **({"model_told": meta["model_told"]} if meta.get("model_told") else {})}
