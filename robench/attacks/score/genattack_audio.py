@@ -47,8 +47,14 @@ class GenAttackAudio(ScoreAttack):
     """GenAttack for speech ([alzantot2019 §3.4, Algorithm 2]; Alzantot et al. [alzantot2018speech]):
     noise on the 8 least-significant bits of 16-bit samples, found by a genetic algorithm that sees
     only the victim's probabilities. The thesis leaves every hyper-parameter to its reference code
-    (nesl/adversarial_audio, ``audio_attack.py``, the version with ``refine_every``); the defaults are
-    that code's:
+    (nesl/adversarial_audio, ``audio_attack.py``). The defaults below are the low-byte settings of that
+    code's early versions (mutation 0.05 / 0.10 and the refinement to ``limit``, which survive only as
+    commented-out lines in its later commits). Its final version (commit 4341ee6) differs, and this is a
+    deliberate choice not to follow it: it mutates each 16-bit sample with probability 0.0005 by an
+    integer in [-16, 16) at temperature 0.01, and its mutation reads the little-endian sample as
+    big-endian, so the change lands on the high byte (up to 4,096 int16 steps), far outside "the 8
+    least-significant bits" the thesis states and outside any small Linf budget (REPRODUCTION.md
+    section 7 measures what the low-byte settings reach on FSDD). The defaults:
 
     * a member is an integer change of the clip's samples, in steps ``q = (high - low) / 2**sample_bits``
       (one int16 step, 1/32768, on [-1, 1]); only the low byte of each sample changes, the high byte
