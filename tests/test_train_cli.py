@@ -82,3 +82,20 @@ def test_plasticity_preset_sweeps_depth_natural_then_pgd_at(tmp_path):
     t = pd.read_csv(sweep / "train_report.csv")
     assert list(t["defense"]) == ["none", "pgd_at", "none", "pgd_at"]
     assert {"train acc", "clean acc", "robust acc", "model params"} <= set(t.columns)
+
+
+def test_end_of_training_evaluation_takes_any_attack(victim, splits):
+    """robust_eval.robust_accuracy: an eval config without ``params`` (``~eval.params``) runs the attack's
+    defaults, and a shared-perturbation attack gets the dataset for its build set (both used to fail)."""
+    import torch
+    from omegaconf import OmegaConf
+
+    from robench.evaluation.robust_eval import robust_accuracy
+
+    budget = OmegaConf.create({"norm": "linf", "eps": 0.3, "max_queries": 100, "targeted": False, "target": "random",
+                               "checkpoints": None})
+    for ecfg in ({"attack": "fgsm", "n_samples": 10, "batch_size": 10},
+                 {"attack": "uap", "params": {"build_samples": 10, "max_passes": 1}, "n_samples": 10, "batch_size": 10}):
+        r = robust_accuracy(victim, splits, OmegaConf.create(ecfg), budget, 0, torch.device("cpu"))
+        assert r["attack"] == ecfg["attack"] and r["n_samples"] == 10
+        assert 0 <= r["robust_accuracy"] <= r["clean_accuracy"] <= 1

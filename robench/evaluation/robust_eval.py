@@ -32,7 +32,8 @@ def robust_accuracy(model, splits, ecfg, budget, seed: int, device: torch.device
     b = Budget.from_mapping(OmegaConf.to_container(budget, resolve=True))
     if b.targeted:
         raise RobenchError("the end-of-training evaluation is untargeted: keep budget.targeted=false for train-defense")
-    params = OmegaConf.to_container(ecfg.get("params") or {}, resolve=True)
+    raw = ecfg.get("params")
+    params = OmegaConf.to_container(raw, resolve=True) if raw is not None and OmegaConf.is_config(raw) else dict(raw or {})
     name = str(ecfg.get("attack", "pgd"))
     refusal = gradient_refusal(model, getattr(ATTACKS.get(name), "access", ""), name)
     if refusal:  # model=gbdt: evaluate it with a score- or label-based attack (robench attack)
@@ -42,7 +43,7 @@ def robust_accuracy(model, splits, ecfg, budget, seed: int, device: torch.device
     model.eval()
     t0 = time.perf_counter()
     prep = prepare_run(spec, model, Slice(x, y, idx, domain=splits.domain), device=device,
-                       num_classes=splits.num_classes)
+                       num_classes=splits.num_classes, splits=splits)  # splits: a shared attack's build set
     try:
         s, _, _ = Runner(prep).run()
     finally:
