@@ -194,7 +194,7 @@ def evaluate(model: nn.Module, x, y=None, *, attack: Any = "pgd", budget: Option
         model = Normalized(model, mean, std, channels=x.shape[1], ndim=x.dim())
     device = _device_of(model) if device is None else resolve_device(device)
     model = model.to(device).eval()
-    from robench.victim import speed_up
+    from robench.victim import check_speed, speed_up
 
     model = speed_up(model, victim_speed)
     name, factory, traits = _attack_of(attack, attack_params, bool(isolate))
@@ -235,6 +235,9 @@ def evaluate(model: nn.Module, x, y=None, *, attack: Any = "pgd", budget: Option
                     "bpda": spec.attack.bpda, "eot_samples": spec.attack.eot_samples,
                     "recheck_repeats": recheck_repeats, "confirm_on_sight": confirm_on_sight,
                     "targets": None if given is None else given.tolist()}
+        speed = check_speed(victim_speed)
+        if speed:  # part of the run's identity: a folder run at another setting is not resumed into
+            settings["victim_speed"] = speed
         folder = RunFolder(run_dir, settings, resume=resume)
         done_summary, prior = folder.prior()
         if done_summary is not None:
