@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from robench.audio import FULL_SCALE, read_wav
-from robench.data.base import DatasetSplits
+from robench.data.base import DatasetSplits, class_files, folder_dirs
 from robench.domain import Domain
 from robench.errors import RobenchError
 from robench.registry import DATASETS
@@ -168,50 +168,13 @@ def fsdd(cfg) -> DatasetSplits:
 
 def _scan_audio(folder: Path, labels: str) -> Tuple[List[Tuple[Path, int]], List[str], List[int]]:
     """(file, label) pairs of ``folder/<class>/*.wav`` (class order: sorted names, or numeric names)."""
-    classes = sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
-    if not classes:
-        raise RobenchError(f"{folder} holds no class folders: the layout is {folder}/<class>/<clip>.wav")
-    if labels == "numeric":
-        try:
-            idx = [int(c) for c in classes]
-        except ValueError:
-            raise RobenchError(f"dataset.labels=numeric needs class folders named by their index, found "
-                               f"'{next(c for c in classes if not c.lstrip('-').isdigit())}' in {folder}") from None
-        if min(idx) < 0:
-            raise RobenchError(f"dataset.labels=numeric: class folder {min(idx)} in {folder} is negative")
-        classes = [c for _, c in sorted(zip(idx, classes))]
-        idx = sorted(idx)
-    elif labels == "sorted":
-        idx = list(range(len(classes)))
-    else:
-        raise RobenchError(f"dataset.labels must be sorted or numeric, got '{labels}'")
-    items = []
-    for c, k in zip(classes, idx):
-        items += [(p, k) for p in sorted((folder / c).iterdir()) if p.suffix.lower() == ".wav" and p.is_file()]
-    if not items:
-        raise RobenchError(f"no .wav files under {folder}/<class>/")
-    return items, classes, idx
+    return class_files(folder, labels, (".wav",), "<clip>.wav", ".wav files")
 
 
 @DATASETS.register("audio_folder")
 def audio_folder(cfg) -> DatasetSplits:
     """Your own audio: dataset.root=DIR with class folders of 16-bit mono WAV files (DIR/<class>/*.wav, or DIR/test and DIR/train), one sample rate, fixed length."""
-    if cfg.get("root") in (None, ""):
-        raise RobenchError("dataset=audio_folder needs dataset.root=DIR (layout: DIR/<class>/<clip>.wav)")
-    root = Path(str(cfg.root)).expanduser()
-    if not root.is_dir():
-        raise RobenchError(f"dataset.root {root} is not a folder")
-
-    def pick(key: str, names: Sequence[str]) -> Optional[Path]:
-        if cfg.get(key):
-            p = root / str(cfg.get(key))
-            if not p.is_dir():
-                raise RobenchError(f"dataset.{key}: {p} is not a folder")
-            return p
-        return next((root / n for n in names if (root / n).is_dir()), None)
-
-    test_dir = pick("test_dir", ("test", "val")) or root
-    train_dir = pick("train_dir", ("train",)) or test_dir
+    _, test_dir, train_dir = folder_dirs(cfg, "audio_folder", "<clip>.wav")
     labels = str(cfg.get("labels", "sorted"))
     test_items, classes, idx = _scan_audio(test_dir, labels)
     if train_dir != test_dir:

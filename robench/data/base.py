@@ -1,7 +1,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence, Tuple
+from pathlib import Path
+from typing import Any, List, Optional, Sequence, Tuple
 
 import torch
 from torch.utils.data import Dataset
@@ -83,3 +84,55 @@ def eval_slice(splits: DatasetSplits, n_samples: Optional[int], offset: int = 0,
         raise RobenchError("the evaluation slice is empty: check dataset.n_samples, dataset.offset and dataset.shard")
     xs, ys = zip(*(splits.test[int(i)] for i in idx))
     return idx, torch.stack(xs).float(), torch.as_tensor(ys, dtype=torch.long)
+
+
+# ---------------------------------------------------------------- users' class folders (dataset=folder, audio_folder)
+def folder_dirs(cfg: Any, dataset: str, layout: str) -> Tuple[Path, Path, Path]:
+    """(root, test folder, train folder) of a class-folder dataset: ``dataset.root=DIR`` holding ``DIR/<class>/...``,
+    or ``DIR/test`` (``val``) and ``DIR/train`` (``dataset.test_dir`` / ``train_dir`` name others); the
+    train folder is the test folder when there is none. ``layout``: the file pattern, for the messages."""
+    if cfg.get("root") in (None, ""):
+        raise RobenchError(f"dataset={dataset} needs dataset.root=DIR (layout: DIR/<class>/{layout})")
+    root = Path(str(cfg.root)).expanduser()
+    if not root.is_dir():
+        raise RobenchError(f"dataset.root {root} is not a folder")
+
+    def pick(key: str, names: Sequence[str]) -> Optional[Path]:
+        if cfg.get(key):
+            p = root / str(cfg.get(key))
+            if not p.is_dir():
+                raise RobenchError(f"dataset.{key}: {p} is not a folder")
+            return p
+        return next((root / n for n in names if (root / n).is_dir()), None)
+
+    test_dir = pick("test_dir", ("test", "val")) or root
+    return root, test_dir, pick("train_dir", ("train",)) or test_dir
+
+
+def class_files(folder: Path, labels: str, suffixes: Sequence[str], layout: str,
+                kind: str) -> Tuple[List[Tuple[Path, int]], List[str], List[int]]:
+    """(file, label) pairs of ``folder/<class>/*`` with one of ``suffixes``, the class names and their labels
+    (``labels=sorted``: 0.. in name order; ``numeric``: the folder names, non-negative integers)."""
+    classes = sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not classes:
+        raise RobenchError(f"{folder} holds no class folders: the layout is {folder}/<class>/{layout}")
+    if labels == "numeric":
+        try:
+            idx = [int(c) for c in classes]
+        except ValueError:
+            raise RobenchError(f"dataset.labels=numeric needs class folders named by their index, found "
+                               f"'{next(c for c in classes if not c.lstrip('-').isdigit())}' in {folder}") from None
+        if min(idx) < 0:
+            raise RobenchError(f"dataset.labels=numeric: class folder {min(idx)} in {folder} is negative")
+        classes = [c for _, c in sorted(zip(idx, classes))]
+        idx = sorted(idx)
+    elif labels == "sorted":
+        idx = list(range(len(classes)))
+    else:
+        raise RobenchError(f"dataset.labels must be sorted or numeric, got '{labels}'")
+    items = []
+    for c, k in zip(classes, idx):
+        items += [(p, k) for p in sorted((folder / c).iterdir()) if p.suffix.lower() in suffixes and p.is_file()]
+    if not items:
+        raise RobenchError(f"no {kind} under {folder}/<class>/")
+    return items, classes, idx

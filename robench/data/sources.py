@@ -14,7 +14,7 @@ from typing import Any, List, Optional, Sequence, Tuple
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
-from robench.data.base import DatasetSplits
+from robench.data.base import DatasetSplits, class_files, folder_dirs
 from robench.data.torchvision_sets import torchvision_split
 from robench.errors import RobenchError
 from robench.registry import DATASETS
@@ -192,27 +192,7 @@ class ImageFiles(Dataset):
 
 
 def _scan(folder: Path, labels: str, order: str) -> Tuple[List[Tuple[Path, int]], List[str], List[int]]:
-    classes = sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
-    if not classes:
-        raise RobenchError(f"{folder} holds no class folders: the layout is {folder}/<class>/<image>.png|jpg")
-    if labels == "numeric":
-        try:
-            idx = [int(c) for c in classes]
-        except ValueError:
-            raise RobenchError(f"dataset.labels=numeric needs class folders named by their index, found "
-                               f"'{next(c for c in classes if not c.lstrip('-').isdigit())}' in {folder}") from None
-        classes = [c for _, c in sorted(zip(idx, classes))]
-        idx = sorted(idx)
-    elif labels == "sorted":
-        idx = list(range(len(classes)))
-    else:
-        raise RobenchError(f"dataset.labels must be sorted or numeric, got '{labels}'")
-    items = []
-    for c, k in zip(classes, idx):
-        files = sorted(p for p in (folder / c).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-        items += [(p, k) for p in files]
-    if not items:
-        raise RobenchError(f"no PNG or JPEG images under {folder}/<class>/")
+    items, classes, idx = class_files(folder, labels, IMAGE_SUFFIXES, "<image>.png|jpg", "PNG or JPEG images")
     if order == "filename":
         items.sort(key=lambda t: (t[0].name, t[1]))
     elif order != "class":
@@ -243,22 +223,7 @@ def _first_size(items, what: str) -> Tuple[str, Tuple[int, int]]:
 @DATASETS.register("folder")
 def folder(cfg) -> DatasetSplits:
     """Your own images: dataset.root=DIR in ImageFolder layout (DIR/<class>/*.png or *.jpg, or DIR/test and DIR/train), resize and centre-crop options."""
-    if cfg.get("root") in (None, ""):
-        raise RobenchError("dataset=folder needs dataset.root=DIR (ImageFolder layout: DIR/<class>/<image>.png)")
-    root = Path(str(cfg.root)).expanduser()
-    if not root.is_dir():
-        raise RobenchError(f"dataset.root {root} is not a folder")
-
-    def pick(key: str, names: Sequence[str]) -> Optional[Path]:
-        if cfg.get(key):
-            p = root / str(cfg.get(key))
-            if not p.is_dir():
-                raise RobenchError(f"dataset.{key}: {p} is not a folder")
-            return p
-        return next((root / n for n in names if (root / n).is_dir()), None)
-
-    test_dir = pick("test_dir", ("test", "val")) or root
-    train_dir = pick("train_dir", ("train",)) or test_dir
+    root, test_dir, train_dir = folder_dirs(cfg, "folder", "<image>.png")
     labels, order = str(cfg.get("labels", "sorted")), str(cfg.get("order", "class"))
     test_items, classes, idx = _scan(test_dir, labels, order)
     train_items, tr_classes, _ = _scan(train_dir, labels, order) if train_dir != test_dir else (test_items, classes, idx)
