@@ -5,7 +5,7 @@ from typing import Optional
 import torch
 
 from robench.attacks.base import AttackView, keep_active
-from robench.attacks.score._common import ScoreAttack, ScoreTask, bview, ce_loss, log_probs, own_and_other
+from robench.attacks.score._common import ScoreAttack, ScoreTask, bview, ce_loss, margin_loss
 from robench.errors import RobenchError
 from robench.registry import ATTACKS
 
@@ -71,13 +71,7 @@ class SparseRS(ScoreAttack):
 
     def _losses(self, p: torch.Tensor, y: torch.Tensor, t: Optional[torch.Tensor]):
         """(loss to minimise, margin: negative exactly when adversarial); NaN rows (unanswered) +inf."""
-        logp = log_probs(p)
-        if t is None:
-            own, other = own_and_other(logp, y)
-            margin = own - other
-        else:
-            own, other = own_and_other(logp, t)
-            margin = other - own
+        margin = margin_loss(p, y, t, kappa=float("inf"))  # unclamped: negative exactly when adversarial
         kind = self.loss or ("margin" if t is None else "ce")
         loss = margin if kind == "margin" else ce_loss(p, y, t)
         inf = float("inf")
