@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import contextlib
+
 from types import SimpleNamespace
 from typing import Any, Dict, Optional
 
@@ -16,6 +18,24 @@ from robench.registry import ATTACKS
 
 _SUBSTITUTE_KEYS = {"model", "params"}
 
+
+
+@contextlib.contextmanager
+def _one_cpu_thread(device: torch.device):
+    """On the CPU the substitute attack runs on one thread (training, augmentation and crafting): with 2
+    threads the same seed gave different adversarial points in about a third of the tries (the contract's
+    same-seed check; the crafting attack takes signs of the substitute's small gradients, so last-bit
+    differences of multi-threaded kernels flip them), and an attack must give the same records for the same
+    seed. Its label queries to the victim (made inside the run) run on that one thread too. A no-op on CUDA."""
+    if torch.device(device).type != "cpu":
+        yield
+        return
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
 
 @ATTACKS.register("substitute")
 class Substitute(Attack):
@@ -164,6 +184,10 @@ class Substitute(Attack):
 
     # ------------------------------------------------------------------ the attack
     def run(self, oracle: AttackView, generator: torch.Generator) -> None:
+        with _one_cpu_thread(oracle.x0.device):
+            self._run(oracle, generator)
+
+    def _run(self, oracle: AttackView, generator: torch.Generator) -> None:
         if oracle.eps is None:
             raise RobenchError("substitute is an eps-bounded attack (its training queries are judged against the "
                                "samples that pay for them): set budget.eps to a number")
