@@ -196,7 +196,8 @@ def evaluate(model: nn.Module, x, y=None, *, attack: Any = "pgd", budget: Option
     model = model.to(device).eval()
     from robench.victim import check_speed, speed_up
 
-    model = speed_up(model, victim_speed)
+    speed = check_speed(victim_speed)  # before any work: a bad setting is one line
+    model = speed_up(model, speed)
     name, factory, traits = _attack_of(attack, attack_params, bool(isolate))
     budget = budget if budget is not None else Budget()
     if not isinstance(budget, Budget):
@@ -235,7 +236,6 @@ def evaluate(model: nn.Module, x, y=None, *, attack: Any = "pgd", budget: Option
                     "bpda": spec.attack.bpda, "eot_samples": spec.attack.eot_samples,
                     "recheck_repeats": recheck_repeats, "confirm_on_sight": confirm_on_sight,
                     "targets": None if given is None else given.tolist()}
-        speed = check_speed(victim_speed)
         if speed:  # part of the run's identity: a folder run at another setting is not resumed into
             settings["victim_speed"] = speed
         folder = RunFolder(run_dir, settings, resume=resume)
