@@ -231,3 +231,19 @@ def test_eot_counts_every_draw_and_averages(victim, test_xy):
     assert float(g3.abs().sum()) > 0
     # averaging: the mean of 3 noisy gradients differs from any single one
     assert not torch.allclose(g1, g2)
+
+
+def test_rank_within_group_matches_a_python_count():
+    # the fast path (no sample twice in a call) and the general one, against counting in Python
+    from robench.referee.oracle import _rank_within_group
+
+    g = torch.Generator().manual_seed(0)
+    for trial in range(200):
+        n = int(torch.randint(1, 12, (1,), generator=g))
+        m = int(torch.randint(0, 30, (1,), generator=g))
+        idx = torch.randperm(n, generator=g)[:m] if trial % 2 else torch.randint(0, n, (m,), generator=g)
+        seen, want = {}, []
+        for i in idx.tolist():
+            want.append(seen.get(i, 0))
+            seen[i] = seen.get(i, 0) + 1
+        assert _rank_within_group(idx, n).tolist() == want

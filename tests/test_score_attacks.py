@@ -269,3 +269,49 @@ def test_prefix_with_n_correct():
 
     c = torch.tensor([True, False, True, True, False])
     assert prefix_with_n_correct(c, 2) == 3 and prefix_with_n_correct(c, 3) == 4 and prefix_with_n_correct(c, 9) == 5
+
+
+def _linf_step_reference(x, x0, p, eps, generator, box):
+    """Square's Linf step as the paper states it: redraw the whole sign pattern, judged on the full image,
+    while it would not change the point (up to 10 draws). The fast step must give the same candidate."""
+    import math
+
+    from robench.attacks.score._common import bview
+    from robench.attacks.score.square import _window_mask
+    from robench.geometry import LINF_BALL
+
+    b, c, h, w = x.shape
+    s = min(max(int(round(math.sqrt(p * h * w))), 1), h - 1)
+    mask, _, _ = _window_mask(b, h, w, s, generator, x.device, s)
+    new = (x - x0).clone()
+    todo = torch.ones(b, dtype=torch.bool)
+    for _ in range(10):
+        signs = (torch.randint(0, 2, (b, c, 1, 1), generator=generator) * 2 - 1).to(x.dtype) * eps
+        new = torch.where(mask & bview(todo, 4), signs.expand(b, c, h, w), new)
+        todo = ~((((x0 + new).clamp(*box) - x).abs() * mask).flatten(1).amax(1) > 1e-7)
+        if not bool(todo.any()):
+            break
+    return LINF_BALL.clip(x0, new, eps, box)
+
+
+@pytest.mark.parametrize("c", [1, 3])
+def test_square_linf_step_equals_the_papers_redraw_loop(c):
+    # images at the box's edges (0 and 1, where one sign changes nothing) and a current point already at +-eps
+    # on many pixels, so rows need several redraws and some never change; small and large squares
+    g = torch.Generator().manual_seed(0)
+    for trial in range(30):
+        b, eps = 17, [0.3, 0.1, 8 / 255][trial % 3]
+        x0 = torch.rand(b, c, 12, 12, generator=g)
+        x0 = torch.where(x0 < 0.4, 0.0, torch.where(x0 > 0.8, 1.0, x0))
+        signs = torch.randint(0, 3, x0.shape, generator=g) - 1
+        x = (x0 + signs * eps).clamp(0, 1)
+        p = [0.8, 0.05, 0.01, 0.002][trial % 4]
+        seed = 1000 + trial
+        ref = _linf_step_reference(x, x0, p, eps, torch.Generator().manual_seed(seed), (0.0, 1.0))
+        gen = torch.Generator().manual_seed(seed)
+        got = Square._linf_step(x, x0, p, eps, gen, (0.0, 1.0))
+        assert torch.equal(got, ref), trial
+        # and the random stream is left where the reference leaves it (the next steps draw the same numbers)
+        g2 = torch.Generator().manual_seed(seed)
+        _linf_step_reference(x, x0, p, eps, g2, (0.0, 1.0))
+        assert torch.equal(torch.rand(4, generator=gen), torch.rand(4, generator=g2))

@@ -314,7 +314,12 @@ class Oracle:
             if idx.shape[0] != x.shape[0]:
                 raise ValueError("idx must give one sample index per row of x")
             rank = _rank_within_group(idx, self.n)
-        ok = self.active[idx] & (rank < self.remaining[idx])
+        # active and within budget: rank < max_queries - queries (rank >= 0, so also queries < max_queries),
+        # and not yet successful when the run stops on success (self.active & (rank < self.remaining))
+        left = self._max_queries - self._queries
+        if self._stop_on_success:
+            left = left.masked_fill(self._success, 0)
+        ok = rank < left[idx]
         all_ok = bool(ok.all())
         return idx, rank, ok, all_ok
 
@@ -339,7 +344,8 @@ class Oracle:
     def _criterion(self, x: torch.Tensor, idx: torch.Tensor, pred: torch.Tensor):
         """(is adversarial and a valid image, is that and within eps, distortion) per row."""
         is_adv = (pred == self._targets[idx]) if self._targeted else (pred != self._y[idx])
-        in_box = (x >= self._low - self._tol).flatten(1).all(1) & (x <= self._high + self._tol).flatten(1).all(1)
+        lo, hi = torch.aminmax(x.flatten(1), dim=1)  # NaN propagates: a NaN row is outside the box
+        in_box = (lo >= self._low - self._tol) & (hi <= self._high + self._tol)
         dist = self._geometry.distance(x - self._x0[idx])
         valid = is_adv & in_box
         within = valid if self._eps is None else valid & (dist <= self._eps + self._tol)
@@ -356,6 +362,10 @@ class Oracle:
         if gradient:
             self._grad_queries += counts
         valid, within, dist = self._criterion(x, idx, logits.argmax(1))
+        if not bool(valid.any()):  # no adversarial row in this call (most calls): no success, no new best point,
+            if self._watch is not None:  # no anytime-curve entry; the counts above are all that changes
+                self._watch()
+            return
         if self._confirm_repeats > 0 and bool(within.any()):
             rows = within.nonzero().flatten()
             ok = torch.ones(len(rows), dtype=torch.bool, device=self.device)
@@ -405,8 +415,10 @@ _OUTSIDE = 1e6
 
 def _rank_within_group(idx: torch.Tensor, n: int) -> torch.Tensor:
     """For each row, how many earlier rows of this call belong to the same sample (0, 1, 2, ...)."""
+    counts = torch.bincount(idx, minlength=n)
+    if len(idx) == 0 or int(counts.max()) <= 1:  # one row per sample (the common call): every rank is 0
+        return torch.zeros_like(idx)
     sorted_idx, order = torch.sort(idx, stable=True)
-    counts = torch.bincount(sorted_idx, minlength=n)
     starts = torch.cumsum(counts, 0) - counts
     rank_sorted = torch.arange(len(idx), device=idx.device) - starts[sorted_idx]
     rank = torch.empty_like(rank_sorted)

@@ -180,16 +180,24 @@ class Square(ScoreAttack):
             sh = s
         mask, _, _ = _window_mask(b, h, w, s, generator, x.device, sh)
         delta = x - x0
-        new = delta.clone()
+        # Whether +eps or -eps on a row's window, per channel, would move the current point (the largest
+        # change of a pixel in the window): computed once for both signs, so the redraw loop below works on
+        # (b, c) sign tables instead of whole images. Same numbers as judging each drawn pattern on the full
+        # image (the window's pixels get x0 +- eps, the same float32 eps the drawn signs carry).
+        e = torch.ones((), dtype=x.dtype, device=x.device) * eps
+        ch = torch.stack([(((x0 + e).clamp(*box) - x).abs() * mask).amax((2, 3)),
+                          (((x0 - e).clamp(*box) - x).abs() * mask).amax((2, 3))])  # (2, b, c): [+eps, -eps]
         todo = torch.ones(b, dtype=torch.bool, device=x.device)
+        final = None
         for _ in range(10):  # redraw the signs of rows whose window would not change
-            signs = (torch.randint(0, 2, (b, c, 1, 1), generator=generator, device=x.device) * 2 - 1).to(x.dtype) * eps
-            cand = torch.where(mask & bview(todo, 4), signs.expand(b, c, h, w), new)
-            new = cand
-            changed = (((x0 + new).clamp(*box) - x).abs() * mask).flatten(1).amax(1) > 1e-7
+            bits = torch.randint(0, 2, (b, c, 1, 1), generator=generator, device=x.device)[:, :, 0, 0]
+            final = bits if final is None else torch.where(todo[:, None], bits, final)
+            changed = torch.where(final.bool(), ch[0], ch[1]).amax(1) > 1e-7  # bit 1: +eps
             todo = ~changed
             if not bool(todo.any()):
                 break
+        signs = (final * 2 - 1).to(x.dtype) * eps
+        new = torch.where(mask, signs[:, :, None, None].expand(b, c, h, w), delta)
         return LINF_BALL.clip(x0, new, eps, box)
 
     # ------------------------------------------------------------------ L2 (Alg. 3)
