@@ -164,7 +164,8 @@ def test_fitness_box_and_errors(audio_victim):
 
 @pytest.mark.parametrize("preset, targeted, attack", [("genattack_speech_fsdd", True, "genattack_audio"),
                                                       ("genattack_speech_fsdd_untargeted", False, "genattack_audio"),
-                                                      ("genattack_speech_fsdd_ceiling", True, "pgd")])
+                                                      ("genattack_speech_fsdd_ceiling", True, "pgd"),
+                                                      ("genattack_speech_fsdd_reference_final", True, "genattack_audio")])
 def test_speech_presets_compose(preset, targeted, attack):
     from hydra import compose, initialize_config_dir
 
@@ -173,12 +174,18 @@ def test_speech_presets_compose(preset, targeted, attack):
     with initialize_config_dir(version_base="1.3", config_dir=str(configs_dir())):
         cfg = compose("run_attack", overrides=[f"experiment={preset}"])
     assert cfg.dataset.name == "fsdd" and cfg.model.name == "kws_cnn" and cfg.attack.name == attack
-    assert cfg.budget.eps * 32768 == 4 and cfg.budget.targeted is targeted
+    final = preset.endswith("reference_final")
+    assert cfg.budget.eps * 32768 == (4096 if final else 4) and cfg.budget.targeted is targeted
     assert cfg.budget.target == ("all" if targeted else "random")
     validate_attack_config(cfg)
-    if attack == "genattack_audio":  # the reference code's settings, 500 generations
+    if attack == "genattack_audio":  # the reference code's settings (early or final), 500 generations
         p = cfg.attack.params
-        assert (p.pop_size, p.elite_size, p.temperature, p.limit, p.refine_every) == (20, 2, 0.03, 4, 5)
+        if final:
+            assert (p.pop_size, p.elite_size, p.temperature, p.mutation_prob, p.mutation_range, p.mutation_byte,
+                    p.step_prob, p.init_prob, p.init_range, p.refine_every) == (20, 2, 0.01, 0.0005, 16, "high", 0.0,
+                                                                                 0.0005, 16, None)
+        else:
+            assert (p.pop_size, p.elite_size, p.temperature, p.limit, p.refine_every) == (20, 2, 0.03, 4, 5)
         assert cfg.budget.max_queries == p.pop_size + 499 * (p.pop_size - p.elite_size)
 
 
@@ -227,3 +234,46 @@ def test_saved_clips_are_wav_files_of_the_adversarial_points(audio_victim, tmp_p
         if bool(a.success[k]):
             with torch.no_grad():
                 assert int(model(clip[None]).argmax(1)) != int(a.label[k])
+
+
+def test_high_byte_variant_of_the_final_reference_code(audio_victim):
+    """mutation_byte=high (experiment=genattack_speech_fsdd_reference_final): sparse mutations by multiples of
+    256 steps on top of initial changes in [-16, 16) steps, every row within the budget, counts exact, and it
+    finds targeted points where dense or sparse random noise of the same size does not."""
+    model, x, y = audio_victim
+    E, max_q = 512, 3000
+    targets = (y + 1 + torch.randint(0, K - 1, (len(y),), generator=torch.Generator().manual_seed(3))) % K
+    rec = Recorder(model)
+    oracle = Oracle(rec, x, y, access="scores", norm="linf", eps=E * STEP, max_queries=max_q, targets=targets,
+                    num_classes=K, box=BOX)
+    GenAttackAudio(temperature=0.01, mutation_prob=0.0005, mutation_range=16, mutation_byte="high", step_prob=0.0,
+                   init_prob=0.0005, init_range=16, refine_every=None).run(oracle.view(), torch.Generator().manual_seed(0))
+    rec.on = False
+    res = oracle.finalize()
+    rows = torch.cat(rec.rows)
+    assert int(res.queries.sum()) == len(rows)
+    # each row's clip: the one it equals on most samples (the changes are sparse; offsets()' nearest-in-Linf
+    # pick assumes changes smaller than the clips' differences, which 512 steps are not)
+    u, c0 = rows * 32768, x * 32768
+    near = torch.cat([(r[:, None] == c0[None]).flatten(2).sum(2).argmax(1) for r in u.split(1024)])
+    d = u - c0[near]
+    assert torch.equal(d, d.round()) and float(d.abs().max()) <= E
+    # every change is an initial one in [-16, 16) plus whole high-byte units (or clipped to the budget's edge)
+    assert bool((torch.remainder(d + 16, 256) < 32).all())
+    assert float(d.abs().max()) >= 256  # the high byte did move
+    changed = (d != 0).flatten(1).float().mean(1)
+    assert float(changed.max()) < 0.1  # sparse: 0.0005 per sample and generation, at most 166 generations here
+    n_ga = int(res.success.sum())
+    g = torch.Generator().manual_seed(1)
+    dense, sparse = torch.zeros(len(y), dtype=torch.bool), torch.zeros(len(y), dtype=torch.bool)
+    with torch.no_grad():
+        for _ in range(max_q // 100):
+            noise = torch.randint(-E, E + 1, (len(y), 100, 1, T), generator=g).float() * STEP
+            dense |= (model((x[:, None] + noise).reshape(-1, 1, T)).argmax(1).view(len(y), 100) == targets[:, None]).any(1)
+            m = torch.rand((len(y), 100, 1, T), generator=g) < 0.02
+            noise = torch.where(m, (torch.randint(0, 2, m.shape, generator=g) * 2 - 1).float() * E * STEP, 0.0)
+            sparse |= (model((x[:, None] + noise).reshape(-1, 1, T)).argmax(1).view(len(y), 100) == targets[:, None]).any(1)
+    print(f"high-byte genattack_audio {n_ga} / {len(y)}, dense noise {int(dense.sum())}, sparse noise {int(sparse.sum())}")
+    assert n_ga >= max(int(dense.sum()), int(sparse.sum())) + 4, (n_ga, int(dense.sum()), int(sparse.sum()))
+    with pytest.raises(RobenchError, match="mutation_byte"):
+        GenAttackAudio(mutation_byte="middle")

@@ -63,8 +63,9 @@ class AutoAttack(Ensemble):
     says which version ran; ``ensemble`` has each member's first breaks, queries and seconds.
 
     Budget: the members share each sample's ``budget.max_queries``. At most, standard costs
-    101 (APGD-CE) + 910 (1 ranking query + 9 x 101, APGD-T) + 1,801 (1 + 9 x 200, FAB-T: one gradient
-    row per iteration plus one for each backward step) + 5,001 (Square) = 7,813 queries per sample,
+    101 (APGD-CE) + 910 (1 ranking query + 9 x 101, APGD-T) + 1,801 (1 + 9 x 200, FAB-T: per target a
+    gradient row, then per iteration a forward test and a gradient row, the last iteration the test only)
+    + 5,001 (Square) = 7,813 queries per sample,
     rand 2 x 101 x 20 = 4,040: the default 10,000 covers both, and a smaller budget starves the last
     members first.
 

@@ -2,7 +2,7 @@
 the 8 least-significant bits of 16-bit audio samples, score-based (probabilities only)."""
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 
@@ -49,12 +49,13 @@ class GenAttackAudio(ScoreAttack):
     only the victim's probabilities. The thesis leaves every hyper-parameter to its reference code
     (nesl/adversarial_audio, ``audio_attack.py``). The defaults below are the low-byte settings of that
     code's early versions (mutation 0.05 / 0.10 and the refinement to ``limit``, which survive only as
-    commented-out lines in its later commits). Its final version (commit 4341ee6) differs, and this is a
-    deliberate choice not to follow it: it mutates each 16-bit sample with probability 0.0005 by an
-    integer in [-16, 16) at temperature 0.01, and its mutation reads the little-endian sample as
-    big-endian, so the change lands on the high byte (up to 4,096 int16 steps), far outside "the 8
-    least-significant bits" the thesis states and outside any small Linf budget (REPRODUCTION.md
-    section 7 measures what the low-byte settings reach on FSDD). The defaults:
+    commented-out lines in its later commits): they are what the thesis states ("the 8 least-significant
+    bits", limit 4). Its final version (commit 4341ee6) differs: it mutates each 16-bit sample with
+    probability 0.0005 by an integer in [-16, 16) at temperature 0.01, and its mutation reads the
+    little-endian sample as big-endian, so the change lands on the high byte (up to 4,096 int16 steps), far
+    outside any small Linf budget. ``mutation_byte=high`` with the settings of
+    ``experiment=genattack_speech_fsdd_reference_final`` is that version, as a robench variant (below);
+    REPRODUCTION.md section 7 measures both. The defaults:
 
     * a member is an integer change of the clip's samples, in steps ``q = (high - low) / 2**sample_bits``
       (one int16 step, 1/32768, on [-1, 1]); only the low byte of each sample changes, the high byte
@@ -83,6 +84,16 @@ class GenAttackAudio(ScoreAttack):
       checks the fittest) or when its query budget is spent. The thesis allows 500 iterations
       (generations 0-499): ``pop_size + 499 (pop_size - elite_size)`` = 9,002 queries with the defaults.
 
+    ``mutation_byte=high`` (the final reference code's mutation; robench's reading of it): the big mutation
+    moves the whole sample by ``256 x`` its integer (the high byte; the reference code's byte-swapped
+    addition also carries +-1 into the low byte now and then, which robench does not reproduce), the members
+    are no longer held to their block of 256 values (only the budget and the box bound them), ``init_range``
+    R draws the initial changes uniformly from [-R, R) steps instead of +-1 (the final code's initial members:
+    probability 0.0005, [-16, 16), on the right byte), and ``refine_every: null`` drops the refinement (the
+    final code has none). Crossover stays uniform per sample (Algorithm 2's); the final code's crossover
+    copies only the low byte from the first parent and the high byte always from the second, a side effect
+    of the byte swap that robench does not copy either.
+
     robench's threat model on top (deliberate deviations, in int16 steps ``E = floor(eps / q)``): every
     member is clipped to ``|s' - s| <= E`` after initialisation and after each mutation, so *every*
     queried row lies in the budget's Linf ball (the reference code lets members drift past ``limit``
@@ -103,11 +114,12 @@ class GenAttackAudio(ScoreAttack):
 
     param_ranges = {"pop_size": ">=2", "elite_size": ">=1", "temperature": ">0", "mutation_prob": "[0,1]",
                     "mutation_range": ">=1", "step_prob": "[0,1]", "init_prob": "[0,1]", "limit": ">=1",
-                    "refine_every": ">=1", "sample_bits": ">=8"}
+                    "refine_every": ">=1", "sample_bits": ">=8", "init_range": ">=1"}
 
     def __init__(self, pop_size: int = 20, elite_size: int = 2, temperature: float = 0.03, mutation_prob: float = 0.05,
                  mutation_range: int = 4, step_prob: float = 0.10, init_prob: float = 0.2, limit: int = 4,
-                 refine_every: int = 5, sample_bits: int = 16, fitness: str = "prob"):
+                 refine_every: Optional[int] = 5, sample_bits: int = 16, fitness: str = "prob",
+                 mutation_byte: str = "low", init_range: Optional[int] = None):
         if fitness not in ("prob", "log_odds"):
             raise RobenchError(f"genattack_audio fitness must be prob (the reference code's) or log_odds (the image "
                                f"attack's), got '{fitness}'")
@@ -120,14 +132,25 @@ class GenAttackAudio(ScoreAttack):
         for k, v in (("mutation_prob", mutation_prob), ("step_prob", step_prob), ("init_prob", init_prob)):
             if not 0.0 <= v <= 1.0:
                 raise RobenchError(f"genattack_audio {k} must be in [0, 1], got {v}")
-        for k, v in (("mutation_range", mutation_range), ("limit", limit), ("refine_every", refine_every)):
+        if mutation_byte not in ("low", "high"):
+            raise RobenchError(f"genattack_audio mutation_byte must be low (the thesis's 8 least-significant bits) or "
+                               f"high (the final reference code's), got '{mutation_byte}'")
+        for k, v in (("mutation_range", mutation_range), ("limit", limit), ("refine_every", refine_every),
+                     ("init_range", init_range)):
+            if v is None and k in ("refine_every", "init_range"):
+                continue
             if int(v) != v or v < 1:
                 raise RobenchError(f"genattack_audio {k} must be an integer >= 1, got {v}")
         if int(sample_bits) != sample_bits or not 8 <= sample_bits <= 24:
             raise RobenchError(f"genattack_audio sample_bits must be an integer in 8..24 (16: int16 audio), got {sample_bits}")
         self.pop_size, self.elite = int(pop_size), int(elite_size)
         self.tau, self.p_mut, self.rng, self.p_step = float(temperature), float(mutation_prob), int(mutation_range), float(step_prob)
-        self.p_init, self.limit, self.refine_every, self.bits = float(init_prob), int(limit), int(refine_every), int(sample_bits)
+        self.p_init, self.limit, self.bits = float(init_prob), int(limit), int(sample_bits)
+        self.refine_every = None if refine_every is None else int(refine_every)
+        self.high = mutation_byte == "high"
+        self.init_range = None if init_range is None else int(init_range)
+        #: steps of one unit of the big mutation: 1 on the low byte, 256 on the high byte
+        self.unit = 256 if self.high else 1
 
     def bands(self, view, x0: torch.Tensor, steps: int, limit: int) -> Tuple[torch.Tensor, ...]:
         """Per sample of the clips x0 (n, *shape), the integer changes allowed, as int16 tensors
@@ -142,9 +165,13 @@ class GenAttackAudio(ScoreAttack):
         u = torch.floor((x - low) / q + 1e-6)
         lowbyte = torch.remainder(u, 256)
         up = torch.floor((high - x) / q + 1e-6).clamp_min(0)  # steps to the top of the box
-        lo_b, hi_b = -lowbyte, torch.minimum(255 - lowbyte, up)
-        return tuple(t.to(torch.int16) for t in (lo_b.clamp_min(-steps), hi_b.clamp_max(steps),
-                                                 lo_b.clamp_min(-limit), hi_b.clamp_max(limit)))
+        if self.high:  # the whole sample moves (the final reference code's mutation): only the box bounds it
+            lo_b, hi_b = -u, up
+        else:
+            lo_b, hi_b = -lowbyte, torch.minimum(255 - lowbyte, up)
+        dt = torch.int32 if self.high else torch.int16
+        return tuple(t.to(dt) for t in (lo_b.clamp_min(-steps), hi_b.clamp_max(steps),
+                                        lo_b.clamp_min(-limit), hi_b.clamp_max(limit)))
 
     def _mutate(self, child: torch.Tensor, v: torch.Tensor, idx: torch.Tensor, lo: torch.Tensor,
                 hi: torch.Tensor) -> torch.Tensor:
@@ -155,6 +182,8 @@ class GenAttackAudio(ScoreAttack):
         of that interval); then every sample is clipped to the band [lo, hi] of its clip (``idx``)."""
         p_mut, p_small = self.p_mut, (1.0 - self.p_mut) * self.p_step
         big = torch.floor(v * (2 * self.rng / max(p_mut, 1e-30))) - self.rng
+        if self.unit != 1:
+            big = big * self.unit
         small = torch.where(v < p_mut + p_small / 2, -1.0, 1.0)
         change = torch.where(v < p_mut, big, torch.where(v < p_mut + p_small, small, 0.0)).to(child.dtype)
         return torch.maximum(torch.minimum(child + change, hi[idx][:, None]), lo[idx][:, None])
@@ -185,7 +214,11 @@ class GenAttackAudio(ScoreAttack):
         B = len(idx)
         # initial population: +-1 on each sample's low byte with probability init_prob, then the budget
         u = torch.rand((2, B, P, *shape), generator=generator, device=dev)
-        pop = torch.where(u[0] < self.p_init, torch.where(u[1] < 0.5, -1, 1), 0).to(torch.int16)
+        if self.init_range is None:  # +-1, equally likely
+            first = torch.where(u[1] < 0.5, -1, 1)
+        else:  # uniform in [-init_range, init_range) steps (the final reference code's, on the low byte)
+            first = torch.floor(u[1] * (2 * self.init_range)) - self.init_range
+        pop = torch.where(u[0] < self.p_init, first, 0).to(torch.int32 if self.high else torch.int16)
         pop = clip(pop, idx, lo_all, hi_all)
         fit = evaluate(pop, idx)
         gen = 0
@@ -206,7 +239,7 @@ class GenAttackAudio(ScoreAttack):
             take1, v = split_uniform(torch.rand((B, P - E, *shape), generator=generator, device=dev))
             child = torch.where(take1, pop[ar[:, None], par[:, :P - E]], pop[ar[:, None], par[:, P - E:]])
             child = self._mutate(child, v, idx, lo_all, hi_all)
-            if gen % self.refine_every == 0:  # the reference code's refinement, every member
+            if self.refine_every is not None and gen % self.refine_every == 0:  # the reference code's refinement, every member
                 child = clip(child, idx, lo_ref, hi_ref)
                 refined = clip(elite, idx, lo_ref, hi_ref)
                 moved = (refined != elite).flatten(2).any(2)
