@@ -30,7 +30,7 @@ Results are appended to ``--out`` (JSON lines), one line per (victim, threat, co
 run can be continued (``--resume`` skips lines already there) and tabulated later (``--table``).
 
     PYTHONPATH=AA_DIR python benchmarks/bench_autoattack.py --checkpoint-dir CK [--defenses none,pgd_at,trades]
-        [--threats linf:0.3,l2:2.0] [--n 1000] [--what aa,fab] [--fab-n 1000] [--out bench_autoattack.jsonl]
+        [--threats linf:0.3,l2:2.0] [--n 1000] [--offset 0] [--what aa,fab] [--fab-n 1000] [--out bench_autoattack.jsonl]
     python benchmarks/bench_autoattack.py --table bench_autoattack.jsonl
 """
 from __future__ import annotations
@@ -305,7 +305,8 @@ def table(path: Path) -> None:
             continue
         oo = ", ".join(f"{e['index']} ({e['robench_member']})" for e in r["robust_only_original"]) or "-"
         orb = ", ".join(f"{e['index']} ({e['original_attack']})" for e in r["robust_only_robench"]) or "-"
-        print(f"| {r['defense']} | {r['threat']} | {r['n']} | {100 * r['robust_original']:.1f}% | "
+        n = f"{r['n']} (from {r['offset']})" if r.get("offset") else f"{r['n']}"
+        print(f"| {r['defense']} | {r['threat']} | {n} | {100 * r['robust_original']:.1f}% | "
               f"{100 * r['robust_robench']:.1f}% | {100 * (r['robust_robench'] - r['robust_original']):+.1f} | "
               f"{100 * r['agreement']:.1f}% | {oo} | {orb} | {r['wall_original']:.0f} | {r['wall_robench']:.0f} | "
               f"{r['wall_robench'] / r['wall_original']:.2f} | {r['rows_original']:,} ({r['grad_rows_original']:,}) | "
@@ -328,6 +329,8 @@ def main(argv=None) -> int:
     p.add_argument("--defenses", default="none,pgd_at,trades")
     p.add_argument("--threats", default="linf:0.3,l2:2.0")
     p.add_argument("--n", type=int, default=1000, help="first n embedded test images (AutoAttack)")
+    p.add_argument("--offset", type=int, default=0, help="start at this test image (a later slice of --n images; "
+                   "the printed indices count from it)")
     p.add_argument("--fab-n", type=int, default=1000, help="first n embedded test images (FAB alone)")
     p.add_argument("--what", default="aa,fab", help="aa (AutoAttack standard), fab (FAB alone)")
     p.add_argument("--fab-steps", type=int, default=100)
@@ -355,17 +358,18 @@ def main(argv=None) -> int:
     out = Path(args.out)
     done = set()
     if args.resume and out.exists():
-        done = {(r["defense"], r["threat"], r["what"]) for r in map(json.loads, out.read_text().splitlines()) if r}
+        done = {(r["defense"], r["threat"], r["what"], r.get("offset", 0)) for r in map(json.loads, out.read_text().splitlines())
+                if r}
     device = torch.device("cpu")
     for defense in [d for d in args.defenses.split(",") if d]:
         model, splits = load_victim(args.checkpoint_dir, defense, device)
         for threat in [t for t in args.threats.split(",") if t]:
             norm, eps = threat.split(":")
             for what in [w for w in args.what.split(",") if w]:
-                if (defense, threat, what) in done:
+                if (defense, threat, what, args.offset) in done:
                     continue
                 n = args.n if what == "aa" else args.fab_n
-                _, x, y = eval_slice(splits, n)
+                _, x, y = eval_slice(splits, n, args.offset)
                 x, y = x.to(device), y.to(device)
                 t = time.perf_counter()
                 if what == "aa":
@@ -375,7 +379,8 @@ def main(argv=None) -> int:
                 else:
                     print(f"--what: unknown comparison {what!r}; valid: aa, fab")
                     return 2
-                r.update({"defense": defense, "threat": threat, "what": what, "seconds": time.perf_counter() - t,
+                r.update({"defense": defense, "threat": threat, "what": what, "offset": args.offset,
+                          "seconds": time.perf_counter() - t,
                           "threads": args.threads})
                 with out.open("a") as f:
                     f.write(json.dumps(r) + "\n")

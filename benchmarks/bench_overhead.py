@@ -98,6 +98,7 @@ class Timed(nn.Module):
         self.__dict__["bare"] = copy.deepcopy(model)  # not a submodule: the guard's hooks never reach it
         self.bare_seconds = 0.0
         self.rows = 0
+        self.sizes = []  # rows per call, in order (the floor loop replays them)
 
     def forward(self, x):
         out = self.model(x)
@@ -106,6 +107,7 @@ class Timed(nn.Module):
             self.bare(x.detach())
             self.bare_seconds += time.perf_counter() - t
         self.rows += x.shape[0]
+        self.sizes.append(x.shape[0])
         return out
 
 
@@ -114,8 +116,34 @@ def digest(records) -> str:
     return hashlib.sha256(records[cols].to_csv(index=False).encode()).hexdigest()[:12]
 
 
+def floor_loop(model, x, y, sizes, eps: float = 0.15, seed: int = 0):
+    """The floor of any eager-mode query loop: for each call of the robench run (``sizes``: its rows per call, in
+    order), a minimal random-search step without robench (a random +-eps candidate, clamped, one forward of that
+    many rows, the margin, keep the better): about ten tensor operations besides the forward. Returns
+    (wall, bare) measured as for ``run_one``: its ratio is what PyTorch's per-call and per-operation costs alone
+    add on this victim and these batch sizes."""
+    timed = Timed(model)
+    g = torch.Generator().manual_seed(seed)
+    n = x.shape[0]
+    best = torch.full((n,), float("inf"))
+    cur = x.clone()
+    t = time.perf_counter()
+    with torch.no_grad():
+        for b in sizes:
+            rows = torch.arange(b) % n
+            cand = (cur[rows] + eps * torch.sign(torch.randn(cur[rows].shape, generator=g))).clamp(0, 1)
+            z = timed(cand)
+            own = z.gather(1, y[rows, None]).squeeze(1)
+            m = own - z.scatter(1, y[rows, None], float("-inf")).amax(1)
+            better = m < best[rows]
+            best[rows] = torch.where(better, m, best[rows])
+            cur[rows] = torch.where(better[:, None, None, None], cand, cur[rows])
+    return time.perf_counter() - t, timed.bare_seconds
+
+
 def run_one(model, x, y, key: str, speed=None):
-    """(wall seconds, bare forward seconds, rows, record digest, records) of one robench.evaluate call."""
+    """(wall seconds, bare forward seconds, rows, record digest, records, rows per call) of one robench.evaluate
+    call."""
     import robench
 
     name, params, (norm, eps, mq), _ = ATTACKS[key]
@@ -125,7 +153,7 @@ def run_one(model, x, y, key: str, speed=None):
     res = robench.evaluate(timed, x, y, attack=name, budget=robench.Budget(norm, eps, max_queries=mq), seed=0,
                            batch_size=len(y), **kw, **params)
     wall = time.perf_counter() - t
-    return wall, timed.bare_seconds, timed.rows, digest(res.records), res.records
+    return wall, timed.bare_seconds, timed.rows, digest(res.records), res.records, timed.sizes
 
 
 def main(argv=None) -> int:
@@ -172,10 +200,11 @@ def main(argv=None) -> int:
         rows = {k: [] for k in keys}
         for r in range(1 if args.digest_only else args.repeats):
             for k in (keys if r % 2 == 0 else keys[::-1]):
-                wall, bare, n_rows, dg, _ = run_one(model, *data[k], k)
-                rows[k].append(((wall - bare) / bare, wall, bare, n_rows, dg))
+                wall, bare, n_rows, dg, _, sizes = run_one(model, *data[k], k)
+                fw, fb = floor_loop(model, *data[k], sizes)
+                rows[k].append(((wall - bare) / bare, wall, bare, n_rows, dg, (fw - fb) / fb))
         print(f"{'attack':10s} {'budget':18s} {'n':>3s} {'rows':>8s} {'wall s':>8s} {'victim s':>8s} "
-              f"{'us/row':>7s} {'ratio':>6s} {'min..max':>12s} digest")
+              f"{'us/row':>7s} {'ratio':>6s} {'min..max':>12s} {'floor':>6s} digest")
         for k in keys:
             rs = rows[k]
             ratio = statistics.median(v[0] for v in rs)
@@ -185,8 +214,9 @@ def main(argv=None) -> int:
             norm, eps, mq = ATTACKS[k][2]
             print(f"{k:10s} {f'{norm} {eps} {mq}q':18s} {len(data[k][1]):3d} {int(n_rows):8d} {wall:8.2f} {bare:8.2f} "
                   f"{1e6 * bare / n_rows:7.1f} {ratio:6.3f} {f'{min(v[0] for v in rs):.3f}..{max(v[0] for v in rs):.3f}':>12s} "
-                  f"{','.join(sorted(dgs))}")
+                  f"{statistics.median(v[5] for v in rs):6.3f} {','.join(sorted(dgs))}")
             print(f"RATIO {vname} {k} {ratio:.4f}")
+            print(f"FLOOR {vname} {k} {statistics.median(v[5] for v in rs):.4f}")
     print(f"MAX_RATIO {worst:.4f}")
     return 0
 
