@@ -158,8 +158,10 @@ def test_shards_are_whole_batches():
         eval_indices(1000, 20, 0, "2/3", unit=10)
 
 
-def test_list_experiments_shows_the_table_comment(capsys):
+def test_list_experiments_shows_the_table_comment(capsys, monkeypatch):
     from robench.cli import list_plugins, preset_comment
+
+    monkeypatch.setenv("COLUMNS", "250")  # content, not layout: a narrow terminal folds the cells (never cuts them)
 
     assert preset_comment("# @package _global_\n# Table 2.1 of X.\n# second line\n\n# usage\nkey: 1\n") == \
         "Table 2.1 of X. second line"

@@ -444,8 +444,8 @@ def list_plugins(args: List[str]) -> None:
     console = Console()
     for w in want:
         t = Table(title=w, title_justify="left", show_header=True, header_style="bold")
-        t.add_column("name")
-        t.add_column("config")
+        t.add_column("name", overflow="fold")
+        t.add_column("config", overflow="fold")  # wrapped, never cut with an ellipsis: the value is meant to be copied
         t.add_column("description")
         if w in ("launchers", "experiments"):
             from robench.config import config_dirs
