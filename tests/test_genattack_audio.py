@@ -241,7 +241,7 @@ def test_high_byte_variant_of_the_final_reference_code(audio_victim):
     256 steps on top of initial changes in [-16, 16) steps, every row within the budget, counts exact, and it
     finds targeted points where dense or sparse random noise of the same size does not."""
     model, x, y = audio_victim
-    E, max_q = 512, 3000
+    E, max_q = 512, 1500
     targets = (y + 1 + torch.randint(0, K - 1, (len(y),), generator=torch.Generator().manual_seed(3))) % K
     rec = Recorder(model)
     oracle = Oracle(rec, x, y, access="scores", norm="linf", eps=E * STEP, max_queries=max_q, targets=targets,
@@ -252,17 +252,17 @@ def test_high_byte_variant_of_the_final_reference_code(audio_victim):
     res = oracle.finalize()
     rows = torch.cat(rec.rows)
     assert int(res.queries.sum()) == len(rows)
-    # each row's clip: the one it equals on most samples (the changes are sparse; offsets()' nearest-in-Linf
+    # each row's clip: the one it equals on most of its first 64 samples (the changes are sparse; offsets()' nearest-in-Linf
     # pick assumes changes smaller than the clips' differences, which 512 steps are not)
     u, c0 = rows * 32768, x * 32768
-    near = torch.cat([(r[:, None] == c0[None]).flatten(2).sum(2).argmax(1) for r in u.split(1024)])
+    near = torch.cat([(r[:, None, :, :64] == c0[None, :, :, :64]).flatten(2).sum(2).argmax(1) for r in u.split(1024)])
     d = u - c0[near]
     assert torch.equal(d, d.round()) and float(d.abs().max()) <= E
     # every change is an initial one in [-16, 16) plus whole high-byte units (or clipped to the budget's edge)
     assert bool((torch.remainder(d + 16, 256) < 32).all())
     assert float(d.abs().max()) >= 256  # the high byte did move
     changed = (d != 0).flatten(1).float().mean(1)
-    assert float(changed.max()) < 0.1  # sparse: 0.0005 per sample and generation, at most 166 generations here
+    assert float(changed.max()) < 0.1  # sparse: 0.0005 per sample and generation, at most 83 generations here
     n_ga = int(res.success.sum())
     g = torch.Generator().manual_seed(1)
     dense, sparse = torch.zeros(len(y), dtype=torch.bool), torch.zeros(len(y), dtype=torch.bool)
