@@ -86,10 +86,10 @@ class Index:
 
 
 # ---------------------------------------------------------------- the original AutoAttack
-def run_original_aa(model: Counted, x, y, norm: str, eps: float, index: Index):
+def run_original_aa(model: Counted, x, y, norm: str, eps: float, index: Index, seed: int = SEED):
     from autoattack import AutoAttack
 
-    aa = AutoAttack(model, norm={"linf": "Linf", "l2": "L2"}[norm], eps=eps, version="standard", seed=SEED,
+    aa = AutoAttack(model, norm={"linf": "Linf", "l2": "L2"}[norm], eps=eps, version="standard", seed=seed,
                     verbose=False, device=str(x.device))
     broke: Dict[int, str] = {}
     seconds: Dict[str, float] = {}
@@ -264,6 +264,21 @@ def compare_aa(model, x, y, norm, eps) -> Dict[str, Any]:
             "recheck_failed_robench": ours["recheck_failed"], "load": [load0, load1, load2]}
 
 
+def compare_self(model, x, y, norm, eps) -> Dict[str, Any]:
+    """The original against itself with another seed (``--what self``): how far two runs of the reference
+    disagree, the noise floor for robench's agreement with it."""
+    index = Index(x)
+    cm = Counted(model)
+    a = run_original_aa(cm, x, y, norm, eps, index, seed=SEED)
+    b = run_original_aa(cm, x, y, norm, eps, index, seed=SEED + 1)
+    ra, rb = a["robust"], b["robust"]
+    return {"n": len(y), "robust_seed0": float(ra.float().mean()), "robust_seed1": float(rb.float().mean()),
+            "agreement": float((ra == rb).float().mean()),
+            "robust_only_seed0": [{"index": i, "seed1_attack": b["broke"].get(i)} for i in (ra & ~rb).nonzero().flatten().tolist()],
+            "robust_only_seed1": [{"index": i, "seed0_attack": a["broke"].get(i)} for i in (rb & ~ra).nonzero().flatten().tolist()],
+            "wall_seed0": a["wall"], "wall_seed1": b["wall"]}
+
+
 def compare_fab(model, x, y, norm, steps, restarts) -> Dict[str, Any]:
     cm = Counted(model)
     with torch.no_grad():
@@ -321,6 +336,17 @@ def table(path: Path) -> None:
               f"{100 * r['success_original']:.1f}% | {100 * r['success_robench']:.1f}% | {r['median_original']:.4f} | "
               f"{r['median_robench']:.4f} | {r['median_robench'] / r['median_original']:.4f} | {r['mean_original']:.4f} | "
               f"{r['mean_robench']:.4f} | {r['wall_original']:.0f} | {r['wall_robench']:.0f} |")
+    print()
+    print("| victim | threat | n | original seed 0 robust | seed 1 robust | agreement | robust for seed 0 only (seed 1's attack) | robust for seed 1 only (seed 0's attack) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in lines:
+        if r["what"] != "self":
+            continue
+        n = f"{r['n']} (from {r['offset']})" if r.get("offset") else f"{r['n']}"
+        a = ", ".join(f"{e['index']} ({e['seed1_attack']})" for e in r["robust_only_seed0"]) or "-"
+        b = ", ".join(f"{e['index']} ({e['seed0_attack']})" for e in r["robust_only_seed1"]) or "-"
+        print(f"| {r['defense']} | {r['threat']} | {n} | {100 * r['robust_seed0']:.1f}% | {100 * r['robust_seed1']:.1f}% | "
+              f"{100 * r['agreement']:.1f}% | {a} | {b} |")
 
 
 def main(argv=None) -> int:
@@ -332,7 +358,8 @@ def main(argv=None) -> int:
     p.add_argument("--offset", type=int, default=0, help="start at this test image (a later slice of --n images; "
                    "the printed indices count from it)")
     p.add_argument("--fab-n", type=int, default=1000, help="first n embedded test images (FAB alone)")
-    p.add_argument("--what", default="aa,fab", help="aa (AutoAttack standard), fab (FAB alone)")
+    p.add_argument("--what", default="aa,fab", help="aa (AutoAttack standard), fab (FAB alone), self (the original "
+                   "against itself with seed 1: its run-to-run agreement)")
     p.add_argument("--fab-steps", type=int, default=100)
     p.add_argument("--fab-restarts", type=int, default=1)
     p.add_argument("--aa-path", default=None, help="folder holding the original `autoattack` package")
@@ -368,7 +395,7 @@ def main(argv=None) -> int:
             for what in [w for w in args.what.split(",") if w]:
                 if (defense, threat, what, args.offset) in done:
                     continue
-                n = args.n if what == "aa" else args.fab_n
+                n = args.fab_n if what == "fab" else args.n
                 _, x, y = eval_slice(splits, n, args.offset)
                 x, y = x.to(device), y.to(device)
                 t = time.perf_counter()
@@ -376,8 +403,10 @@ def main(argv=None) -> int:
                     r = compare_aa(model, x, y, norm, float(eps))
                 elif what == "fab":
                     r = compare_fab(model, x, y, norm, args.fab_steps, args.fab_restarts)
+                elif what == "self":
+                    r = compare_self(model, x, y, norm, float(eps))
                 else:
-                    print(f"--what: unknown comparison {what!r}; valid: aa, fab")
+                    print(f"--what: unknown comparison {what!r}; valid: aa, fab, self")
                     return 2
                 r.update({"defense": defense, "threat": threat, "what": what, "offset": args.offset,
                           "seconds": time.perf_counter() - t,
