@@ -68,18 +68,22 @@ class Recorder(torch.nn.Module):
         return self.model(x)
 
 
-def test_low_byte_budget_counts_and_success_over_random_noise(audio_victim):
-    model, x, y = audio_victim
-    steps, max_q = 8, 1500
+def run_targeted(attack: GenAttackAudio, model, x, y, steps: int, max_q: int):
+    """(every row the victim evaluated, the oracle's result, the targets) of a targeted run within ``steps``."""
     targets = (y + 1 + torch.randint(0, K - 1, (len(y),), generator=torch.Generator().manual_seed(3))) % K
     rec = Recorder(model)
     oracle = Oracle(rec, x, y, access="scores", norm="linf", eps=steps * STEP, max_queries=max_q, targets=targets,
                     num_classes=K, box=BOX)
-    GenAttackAudio(limit=steps, mutation_range=steps).run(oracle.view(), torch.Generator().manual_seed(0))
+    attack.run(oracle.view(), torch.Generator().manual_seed(0))
     rec.on = False
-    res = oracle.finalize()
+    return torch.cat(rec.rows), oracle.finalize(), targets
 
-    rows = torch.cat(rec.rows)
+
+def test_low_byte_budget_counts_and_success_over_random_noise(audio_victim):
+    model, x, y = audio_victim
+    steps, max_q = 8, 1500
+    rows, res, targets = run_targeted(GenAttackAudio(limit=steps, mutation_range=steps), model, x, y, steps, max_q)
+
     # the oracle's counts equal the rows the victim evaluated; per sample: 20 + 18 k, capped by the budget
     assert int(res.queries.sum()) == len(rows)
     for q in res.queries.tolist():
@@ -242,15 +246,9 @@ def test_high_byte_variant_of_the_final_reference_code(audio_victim):
     finds targeted points where dense or sparse random noise of the same size does not."""
     model, x, y = audio_victim
     E, max_q = 512, 1500
-    targets = (y + 1 + torch.randint(0, K - 1, (len(y),), generator=torch.Generator().manual_seed(3))) % K
-    rec = Recorder(model)
-    oracle = Oracle(rec, x, y, access="scores", norm="linf", eps=E * STEP, max_queries=max_q, targets=targets,
-                    num_classes=K, box=BOX)
-    GenAttackAudio(temperature=0.01, mutation_prob=0.0005, mutation_range=16, mutation_byte="high", step_prob=0.0,
-                   init_prob=0.0005, init_range=16, refine_every=None).run(oracle.view(), torch.Generator().manual_seed(0))
-    rec.on = False
-    res = oracle.finalize()
-    rows = torch.cat(rec.rows)
+    attack = GenAttackAudio(temperature=0.01, mutation_prob=0.0005, mutation_range=16, mutation_byte="high",
+                            step_prob=0.0, init_prob=0.0005, init_range=16, refine_every=None)
+    rows, res, targets = run_targeted(attack, model, x, y, E, max_q)
     assert int(res.queries.sum()) == len(rows)
     # each row's clip: the one it equals on most of its first 64 samples (the changes are sparse; offsets()' nearest-in-Linf
     # pick assumes changes smaller than the clips' differences, which 512 steps are not)
