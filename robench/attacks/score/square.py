@@ -178,26 +178,35 @@ class Square(ScoreAttack):
         else:
             s = min(max(int(round(math.sqrt(p * h * w))), 1), h - 1)
             sh = s
-        mask, _, _ = _window_mask(b, h, w, s, generator, x.device, sh)
-        delta = x - x0
+        dev = x.device
+        # the window of each row, as _window_mask draws it (same random numbers), held as index tensors
+        ch0 = torch.randint(0, max(h - sh, 1), (b,), generator=generator, device=dev)
+        cw0 = torch.randint(0, max(w - s, 1), (b,), generator=generator, device=dev)
+        ri = (ch0[:, None] + torch.arange(sh, device=dev))[:, :, None]   # (b, sh, 1)
+        ci = (cw0[:, None] + torch.arange(s, device=dev))[:, None, :]    # (b, 1, s)
+        rows = torch.arange(b, device=dev)[:, None, None]
+        win = (rows, slice(None), ri, ci)  # x[win]: (b, sh, s, c), each row's window
         # Whether +eps or -eps on a row's window, per channel, would move the current point (the largest
-        # change of a pixel in the window): computed once for both signs, so the redraw loop below works on
-        # (b, c) sign tables instead of whole images. Same numbers as judging each drawn pattern on the full
-        # image (the window's pixels get x0 +- eps, the same float32 eps the drawn signs carry).
-        e = torch.ones((), dtype=x.dtype, device=x.device) * eps
-        ch = torch.stack([(((x0 + e).clamp(*box) - x).abs() * mask).amax((2, 3)),
-                          (((x0 - e).clamp(*box) - x).abs() * mask).amax((2, 3))])  # (2, b, c): [+eps, -eps]
-        todo = torch.ones(b, dtype=torch.bool, device=x.device)
+        # change of a pixel in the window): computed once for both signs on the windows' pixels only, so the
+        # redraw loop below works on (b, c) sign tables instead of whole images. Same numbers as judging each
+        # drawn pattern on the full image (the window's pixels get x0 +- eps, the same float32 eps the drawn
+        # signs carry; outside the window nothing changes).
+        xw, x0w = x[win], x0[win]
+        e = torch.ones((), dtype=x.dtype, device=dev) * eps
+        chg = torch.stack([((x0w + e).clamp(*box) - xw).abs().amax((1, 2)),
+                           ((x0w - e).clamp(*box) - xw).abs().amax((1, 2))])  # (2, b, c): [+eps, -eps]
+        todo = torch.ones(b, dtype=torch.bool, device=dev)
         final = None
         for _ in range(10):  # redraw the signs of rows whose window would not change
-            bits = torch.randint(0, 2, (b, c, 1, 1), generator=generator, device=x.device)[:, :, 0, 0]
+            bits = torch.randint(0, 2, (b, c, 1, 1), generator=generator, device=dev)[:, :, 0, 0]
             final = bits if final is None else torch.where(todo[:, None], bits, final)
-            changed = torch.where(final.bool(), ch[0], ch[1]).amax(1) > 1e-7  # bit 1: +eps
+            changed = torch.where(final.bool(), chg[0], chg[1]).amax(1) > 1e-7  # bit 1: +eps
             todo = ~changed
             if not bool(todo.any()):
                 break
         signs = (final * 2 - 1).to(x.dtype) * eps
-        new = torch.where(mask, signs[:, :, None, None].expand(b, c, h, w), delta)
+        new = x - x0
+        new[win] = signs[:, None, None, :].expand(b, sh, s, c)
         return LINF_BALL.clip(x0, new, eps, box)
 
     # ------------------------------------------------------------------ L2 (Alg. 3)
