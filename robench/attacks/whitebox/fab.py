@@ -210,21 +210,22 @@ class FAB(Attack):
                 return own - z.gather(1, y[i, None]).squeeze(1)
             return own - z.scatter(1, classes[i, j:j + 1], float("-inf")).amax(1)
 
-        def grad_col(xq, iq, j):
-            logits, g = oracle.gradient(xq, lambda z, i: boundary(z, i, j), iq)
-            ok = ~torch.isnan(logits[:, 0])
-            return logits, boundary(torch.nan_to_num(logits), iq, j), g, ok
+        def linearise(x, idx):
+            """(f (B, m), its gradients (B, m, ...), answered) at rows x: m gradient rows per sample."""
+            df = torch.empty(len(idx), m, dtype=x.dtype, device=x.device)
+            dg = torch.empty(len(idx), m, *x.shape[1:], dtype=x.dtype, device=x.device)
+            ok = torch.ones(len(idx), dtype=torch.bool, device=x.device)
+            for j in range(m):
+                logits, dg[:, j] = oracle.gradient(x, lambda z, i: boundary(z, i, j), idx)
+                df[:, j] = boundary(torch.nan_to_num(logits), idx, j)
+                ok &= ~torch.isnan(logits[:, 0])
+            return df, dg, ok
 
-        # the linearisation at the start: m gradient rows per sample
+        # the linearisation at the start
         idx, x, x0 = self._affordable(oracle, idx, m * eot, x, x0)
         if len(idx) == 0:
             return
-        df = torch.empty(len(idx), m, dtype=x.dtype, device=x.device)
-        dg = torch.empty(len(idx), m, *x.shape[1:], dtype=x.dtype, device=x.device)
-        ok = torch.ones(len(idx), dtype=torch.bool, device=x.device)
-        for j in range(m):
-            _, df[:, j], dg[:, j], okj = grad_col(x, idx, j)
-            ok &= okj
+        df, dg, ok = linearise(x, idx)
         idx, x, x0, df, dg = keep_active(oracle, idx, x, x0, df, dg, mask=ok)
 
         for it in range(self.steps):
@@ -246,10 +247,7 @@ class FAB(Attack):
             idx, x, x0, df, dg = keep_active(oracle, idx, x, x0, df, dg, mask=ok)
             if last or len(idx) == 0:
                 return
-            ok = torch.ones(len(idx), dtype=torch.bool, device=x.device)
-            for j in range(m):
-                _, df[:, j], dg[:, j], okj = grad_col(x, idx, j)
-                ok &= okj
+            df, dg, ok = linearise(x, idx)
             idx, x, x0, df, dg = keep_active(oracle, idx, x, x0, df, dg, mask=ok)
 
     @staticmethod
