@@ -58,12 +58,19 @@ def meta_pseudo_gaussian_1d(s: int) -> torch.Tensor:
     return (d / d.norm()).float()
 
 
+def _window_corners(b: int, h: int, w: int, s: int, sh: int, generator, device):
+    """Each row's window corner (row, column), uniform in [0, h-sh) x [0, w-s) (the authors'
+    ``randint(0, h - s)``; at least position 0): the two draws every window of the attack takes, in this order."""
+    ch = torch.randint(0, max(h - sh, 1), (b,), generator=generator, device=device)
+    cw = torch.randint(0, max(w - s, 1), (b,), generator=generator, device=device)
+    return ch, cw
+
+
 def _window_mask(b: int, h: int, w: int, s: int, generator, device, sh: Optional[int] = None):
     """(b, 1, h, w) bool masks of one sh×s window per row (sh = s: a square), its corner uniform in
     [0, h-sh) × [0, w-s) (the authors' ``randint(0, h - s)``; at least position 0)."""
     sh = s if sh is None else sh
-    ch = torch.randint(0, max(h - sh, 1), (b,), generator=generator, device=device)
-    cw = torch.randint(0, max(w - s, 1), (b,), generator=generator, device=device)
+    ch, cw = _window_corners(b, h, w, s, sh, generator, device)
     r = torch.arange(h, device=device)
     c = torch.arange(w, device=device)
     mh = (r[None] >= ch[:, None]) & (r[None] < ch[:, None] + sh)
@@ -179,9 +186,8 @@ class Square(ScoreAttack):
             s = min(max(int(round(math.sqrt(p * h * w))), 1), h - 1)
             sh = s
         dev = x.device
-        # the window of each row, as _window_mask draws it (same random numbers), held as index tensors
-        ch0 = torch.randint(0, max(h - sh, 1), (b,), generator=generator, device=dev)
-        cw0 = torch.randint(0, max(w - s, 1), (b,), generator=generator, device=dev)
+        # the window of each row, held as index tensors
+        ch0, cw0 = _window_corners(b, h, w, s, sh, generator, dev)
         ri = (ch0[:, None] + torch.arange(sh, device=dev))[:, :, None]   # (b, sh, 1)
         ci = (cw0[:, None] + torch.arange(s, device=dev))[:, None, :]    # (b, 1, s)
         rows = torch.arange(b, device=dev)[:, None, None]
