@@ -151,12 +151,15 @@ class GenAttackAudio(ScoreAttack):
         self.init_range = None if init_range is None else int(init_range)
         #: steps of one unit of the big mutation: 1 on the low byte, 256 on the high byte
         self.unit = 256 if self.high else 1
+        #: the members' integer type: a low-byte change fits int16, a whole-sample one may not
+        self.dtype = torch.int32 if self.high else torch.int16
 
     def bands(self, view, x0: torch.Tensor, steps: int, limit: int) -> Tuple[torch.Tensor, ...]:
-        """Per sample of the clips x0 (n, *shape), the integer changes allowed, as int16 tensors
-        (lo, hi) for the budget (``|d| <= steps``) and (lo, hi) for the refinement (``|d| <= limit``):
-        the low byte of the sample's code ``u = floor((x0 - low) / q)`` stays in 0..255 (its high byte
-        never changes) and ``x0 + d q`` stays in the box [low, high]. On 16-bit data (int16 / 32768
+        """Per sample of the clips x0 (n, *shape), the integer changes allowed, as tensors of the members'
+        type (``self.dtype``): (lo, hi) for the budget (``|d| <= steps``) and (lo, hi) for the refinement
+        (``|d| <= limit``): the low byte of the sample's code ``u = floor((x0 - low) / q)`` stays in 0..255
+        (its high byte never changes; with ``mutation_byte=high`` only the box bounds the sample) and
+        ``x0 + d q`` stays in the box [low, high]. On 16-bit data (int16 / 32768
         on [-1, 1]) ``u`` is the sample's own unsigned code, whose low byte is that of the int16 value;
         other inputs are moved in the same steps of q."""
         low, high = signal_box(view)
@@ -169,8 +172,7 @@ class GenAttackAudio(ScoreAttack):
             lo_b, hi_b = -u, up
         else:
             lo_b, hi_b = -lowbyte, torch.minimum(255 - lowbyte, up)
-        dt = torch.int32 if self.high else torch.int16
-        return tuple(t.to(dt) for t in (lo_b.clamp_min(-steps), hi_b.clamp_max(steps),
+        return tuple(t.to(self.dtype) for t in (lo_b.clamp_min(-steps), hi_b.clamp_max(steps),
                                         lo_b.clamp_min(-limit), hi_b.clamp_max(limit)))
 
     def _mutate(self, child: torch.Tensor, v: torch.Tensor, idx: torch.Tensor, lo: torch.Tensor,
@@ -218,7 +220,7 @@ class GenAttackAudio(ScoreAttack):
             first = torch.where(u[1] < 0.5, -1, 1)
         else:  # uniform in [-init_range, init_range) steps (the final reference code's, on the low byte)
             first = torch.floor(u[1] * (2 * self.init_range)) - self.init_range
-        pop = torch.where(u[0] < self.p_init, first, 0).to(torch.int32 if self.high else torch.int16)
+        pop = torch.where(u[0] < self.p_init, first, 0).to(self.dtype)
         pop = clip(pop, idx, lo_all, hi_all)
         fit = evaluate(pop, idx)
         gen = 0
