@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import contextlib
-
 from types import SimpleNamespace
 from typing import Any, Dict, Optional
 
@@ -17,7 +16,6 @@ from robench.referee.own_model import own_model_oracle
 from robench.registry import ATTACKS
 
 _SUBSTITUTE_KEYS = {"model", "params"}
-
 
 
 @contextlib.contextmanager
@@ -36,6 +34,7 @@ def _one_cpu_thread(device: torch.device):
         yield
     finally:
         torch.set_num_threads(n)
+
 
 @ATTACKS.register("substitute")
 class Substitute(Attack):
