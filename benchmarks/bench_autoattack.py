@@ -311,21 +311,82 @@ def _count(broke: Dict[int, str]) -> Dict[str, int]:
     return out
 
 
-def table(path: Path) -> None:
-    lines = [json.loads(l) for l in path.read_text().splitlines() if l.strip()]
+def combine(lines: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """One AutoAttack row per (victim, threat) over its slices (``--offset``/``--n`` runs).
+
+    Of two lines for the same slice the later one counts (a rerun); slices that overlap without being the
+    same are refused (counting an image twice would move the rate). Rates are recomputed from counts, so a
+    combined row is what one run over the union of the slices would print, except its wall times (sums of
+    the slices' walls, each measured in its own process).
+    """
+    last: Dict[tuple, Dict[str, Any]] = {}
+    for r in lines:
+        if r["what"] == "aa":
+            last[(r["defense"], r["threat"], r.get("offset", 0), r["n"])] = r
+    groups: Dict[tuple, List[Dict[str, Any]]] = {}
+    for (d, t, o, n), r in last.items():
+        groups.setdefault((d, t), []).append(r)
+    out = []
+    for (d, t), rs in groups.items():
+        rs.sort(key=lambda r: r.get("offset", 0))
+        for a, b in zip(rs, rs[1:]):
+            if a.get("offset", 0) + a["n"] > b.get("offset", 0):
+                raise SystemExit(f"--table: {d} {t}: slices from {a.get('offset', 0)} (n={a['n']}) and "
+                                 f"{b.get('offset', 0)} (n={b['n']}) overlap; remove one line of the pair")
+        n = sum(r["n"] for r in rs)
+        c = {"defense": d, "threat": t, "n": n, "slices": [(r.get("offset", 0), r["n"]) for r in rs]}
+        for side in ("original", "robench"):
+            c[f"robust_{side}"] = sum(round(r[f"robust_{side}"] * r["n"]) for r in rs) / n
+            for k in (f"wall_{side}", f"rows_{side}", f"grad_rows_{side}"):
+                c[k] = sum(r[k] for r in rs)
+        c["agreement"] = sum(round(r["agreement"] * r["n"]) for r in rs) / n
+        c["robust_only_original"] = [dict(e, index=e["index"] + r.get("offset", 0)) for r in rs
+                                     for e in r["robust_only_original"]]
+        c["robust_only_robench"] = [dict(e, index=e["index"] + r.get("offset", 0)) for r in rs
+                                    for e in r["robust_only_robench"]]
+        out.append(c)
+    return out
+
+
+def _ranges(slices) -> str:
+    """[(0, 100), (100, 200)] -> '0-299'; gaps shown as separate ranges."""
+    parts: List[List[int]] = []
+    for o, n in slices:
+        if parts and parts[-1][1] == o:
+            parts[-1][1] = o + n
+        else:
+            parts.append([o, o + n])
+    return ", ".join(f"{a}-{b - 1}" for a, b in parts)
+
+
+def table(paths: List[Path]) -> None:
+    lines = [json.loads(l) for path in paths for l in path.read_text().splitlines() if l.strip()]
     print("| victim | threat | n | robust original | robust robench | diff (points) | agreement | only original robust (robench member) | only robench robust (original attack) | wall original s | wall robench s | ratio | rows original (grad) | rows robench (grad) |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in lines:
         if r["what"] != "aa":
             continue
-        oo = ", ".join(f"{e['index']} ({e['robench_member']})" for e in r["robust_only_original"]) or "-"
-        orb = ", ".join(f"{e['index']} ({e['original_attack']})" for e in r["robust_only_robench"]) or "-"
+        o = r.get("offset", 0)
+        oo = ", ".join(f"{e['index'] + o} ({e['robench_member']})" for e in r["robust_only_original"]) or "-"
+        orb = ", ".join(f"{e['index'] + o} ({e['original_attack']})" for e in r["robust_only_robench"]) or "-"
         n = f"{r['n']} (from {r['offset']})" if r.get("offset") else f"{r['n']}"
         print(f"| {r['defense']} | {r['threat']} | {n} | {100 * r['robust_original']:.1f}% | "
               f"{100 * r['robust_robench']:.1f}% | {100 * (r['robust_robench'] - r['robust_original']):+.1f} | "
               f"{100 * r['agreement']:.1f}% | {oo} | {orb} | {r['wall_original']:.0f} | {r['wall_robench']:.0f} | "
               f"{r['wall_robench'] / r['wall_original']:.2f} | {r['rows_original']:,} ({r['grad_rows_original']:,}) | "
               f"{r['rows_robench']:,} ({r['grad_rows_robench']:,}) |")
+    print()
+    print("Combined over slices (the later line of a rerun slice counts; wall times are sums over the slices' runs):")
+    print()
+    print("| victim | threat | images | n | robust original | robust robench | diff (points) | agreement | only original robust (robench member) | only robench robust (original attack) | wall original s | wall robench s | ratio |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in combine(lines):
+        oo = ", ".join(f"{e['index']} ({e['robench_member']})" for e in r["robust_only_original"]) or "-"
+        orb = ", ".join(f"{e['index']} ({e['original_attack']})" for e in r["robust_only_robench"]) or "-"
+        print(f"| {r['defense']} | {r['threat']} | {_ranges(r['slices'])} | {r['n']} | {100 * r['robust_original']:.1f}% | "
+              f"{100 * r['robust_robench']:.1f}% | {100 * (r['robust_robench'] - r['robust_original']):+.1f} | "
+              f"{100 * r['agreement']:.1f}% | {oo} | {orb} | {r['wall_original']:.0f} | {r['wall_robench']:.0f} | "
+              f"{r['wall_robench'] / r['wall_original']:.2f} |")
     print()
     print("| victim | threat | n correct | steps x restarts | success original | success robench | median original | median robench | ratio | mean original | mean robench | wall original s | wall robench s |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
@@ -343,8 +404,9 @@ def table(path: Path) -> None:
         if r["what"] != "self":
             continue
         n = f"{r['n']} (from {r['offset']})" if r.get("offset") else f"{r['n']}"
-        a = ", ".join(f"{e['index']} ({e['seed1_attack']})" for e in r["robust_only_seed0"]) or "-"
-        b = ", ".join(f"{e['index']} ({e['seed0_attack']})" for e in r["robust_only_seed1"]) or "-"
+        o = r.get("offset", 0)
+        a = ", ".join(f"{e['index'] + o} ({e['seed1_attack']})" for e in r["robust_only_seed0"]) or "-"
+        b = ", ".join(f"{e['index'] + o} ({e['seed0_attack']})" for e in r["robust_only_seed1"]) or "-"
         print(f"| {r['defense']} | {r['threat']} | {n} | {100 * r['robust_seed0']:.1f}% | {100 * r['robust_seed1']:.1f}% | "
               f"{100 * r['agreement']:.1f}% | {a} | {b} |")
 
@@ -356,7 +418,7 @@ def main(argv=None) -> int:
     p.add_argument("--threats", default="linf:0.3,l2:2.0")
     p.add_argument("--n", type=int, default=1000, help="first n embedded test images (AutoAttack)")
     p.add_argument("--offset", type=int, default=0, help="start at this test image (a later slice of --n images; "
-                   "the printed indices count from it)")
+                   "the indices in --out count from it, --table prints test-set indices)")
     p.add_argument("--fab-n", type=int, default=1000, help="first n embedded test images (FAB alone)")
     p.add_argument("--what", default="aa,fab", help="aa (AutoAttack standard), fab (FAB alone), self (the original "
                    "against itself with seed 1: its run-to-run agreement)")
@@ -366,10 +428,11 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default="bench_autoattack.jsonl")
     p.add_argument("--resume", action="store_true", help="skip (victim, threat, comparison) lines already in --out")
-    p.add_argument("--table", default=None, help="print the Markdown tables of a --out file and exit")
+    p.add_argument("--table", default=None, help="print the Markdown tables of --out files (comma-separated; "
+                   "AutoAttack lines also combined over slices) and exit")
     args = p.parse_args(argv)
     if args.table:
-        table(Path(args.table))
+        table([Path(t) for t in args.table.split(",") if t])
         return 0
     if args.aa_path:
         sys.path.insert(0, args.aa_path)

@@ -247,3 +247,35 @@ def test_rank_within_group_matches_a_python_count():
             want.append(seen.get(i, 0))
             seen[i] = seen.get(i, 0) + 1
         assert _rank_within_group(idx, n).tolist() == want
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.float64])
+def test_non_finite_logits_stop_and_large_finite_ones_do_not(dtype):
+    # the oracle checks one sum of the logits first: a sum that overflows on large but finite logits must
+    # not stop the run, and one NaN, +inf or -inf anywhere must, whatever the row and dtype
+    from robench.errors import VictimError
+
+    big = torch.finfo(dtype).max / 2
+
+    class Fixed(nn.Module):
+        def __init__(self, out):
+            super().__init__()
+            self.out = out
+
+        def forward(self, x):
+            return self.out[: len(x)]
+
+    x0, y = torch.full((6, 1, 2, 2), 0.5), torch.zeros(6, dtype=torch.long)
+    g = torch.Generator().manual_seed(0)
+    for trial in range(40):
+        out = ((torch.rand(6, 3, generator=g, dtype=torch.float64) * 2 - 1) * big).to(dtype)
+        out[:, 0] = big  # finite; the sum of the column alone overflows
+        o = Oracle(Fixed(out), x0, y, access="scores", eps=0.1, max_queries=10, num_classes=3)
+        o.scores(x0)
+        assert o.broken is None
+        bad = out.clone()
+        r, c = int(torch.randint(0, 6, (1,), generator=g)), int(torch.randint(0, 3, (1,), generator=g))
+        bad[r, c] = [float("nan"), float("inf"), -float("inf")][trial % 3]
+        o = Oracle(Fixed(bad), x0, y, access="scores", eps=0.1, max_queries=10, num_classes=3)
+        with pytest.raises(VictimError, match="non-finite logits"):
+            o.scores(x0)

@@ -315,3 +315,20 @@ def test_square_linf_step_equals_the_papers_redraw_loop(c):
         g2 = torch.Generator().manual_seed(seed)
         _linf_step_reference(x, x0, p, eps, g2, (0.0, 1.0))
         assert torch.equal(torch.rand(4, generator=gen), torch.rand(4, generator=g2))
+
+
+def test_square_sign_redraw_in_one_draw_equals_the_loop():
+    # the CPU path (all draws at once, then the generator rewound and advanced) against the loop other devices
+    # run: the same bits and the same generator state after, for tables where rows need 1 to 10 draws or never move
+    from robench.attacks.score.square import _redraw_signs
+
+    g = torch.Generator().manual_seed(3)
+    for trial in range(200):
+        b, c = int(torch.randint(1, 40, (1,), generator=g)), [1, 3][trial % 2]
+        moves = torch.rand(2, b, c, generator=g) < [0.05, 0.5, 0.9][trial % 3]
+        seed = 7000 + trial
+        g1, g2 = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)
+        a = _redraw_signs(moves, g1, one_draw=True)
+        r = _redraw_signs(moves, g2, one_draw=False)
+        assert torch.equal(a, r), trial
+        assert torch.equal(g1.get_state(), g2.get_state()), trial

@@ -33,6 +33,7 @@ skip rows that are not answered.
 """
 from __future__ import annotations
 
+import math
 import time
 from typing import Callable, Optional, Tuple
 
@@ -287,7 +288,10 @@ class Oracle:
             first = (str(e).strip().splitlines() or [""])[0][:200]
             self._broken = f"the victim raised {type(e).__name__} on a query: {first}"
             raise VictimError(self._broken) from e
-        if not bool(torch.isfinite(out.detach()).all()):
+        # one sum first (a non-finite logit makes it non-finite; a finite sum means every logit is finite), the
+        # elementwise check only when the sum is not finite (it can overflow on large finite logits)
+        o = out.detach()
+        if not math.isfinite(float(o.sum())) and not bool(torch.isfinite(o).all()):
             self._broken = (f"the victim returned non-finite logits (NaN or inf) for a query of {x.shape[0]} row(s); "
                             f"the run stopped (records of completed batches are kept)")
             raise VictimError(self._broken)
@@ -344,7 +348,8 @@ class Oracle:
     def _criterion(self, x: torch.Tensor, idx: torch.Tensor, pred: torch.Tensor):
         """(is adversarial and a valid image, is that and within eps, distortion) per row."""
         is_adv = (pred == self._targets[idx]) if self._targeted else (pred != self._y[idx])
-        lo, hi = torch.aminmax(x.flatten(1), dim=1)  # NaN propagates: a NaN row is outside the box
+        xf = x.flatten(1)  # amin and amax, not aminmax: on the CPU aminmax over a dimension is about 8 times slower
+        lo, hi = xf.amin(1), xf.amax(1)  # NaN propagates: a NaN row is outside the box
         in_box = (lo >= self._low - self._tol) & (hi <= self._high + self._tol)
         dist = self._geometry.distance(x - self._x0[idx])
         valid = is_adv & in_box

@@ -78,6 +78,41 @@ def _window_mask(b: int, h: int, w: int, s: int, generator, device, sh: Optional
     return (mh[:, :, None] & mw[:, None, :])[:, None], ch, cw
 
 
+def _redraw_signs(moves: torch.Tensor, generator: torch.Generator, tries: int = 10,
+                  one_draw: Optional[bool] = None) -> torch.Tensor:
+    """The paper's redraw loop on sign tables: draw a (b, c) table of bits (1: +eps), redraw the rows whose
+    drawn signs would move no pixel (``moves[0]``/``moves[1]``: whether +eps/-eps on a row's window moves a
+    pixel of channel c), at most ``tries`` draws; a row keeps the bits of the draw that moved it (or the last).
+
+    On a CPU generator the ``tries`` draws are taken in one call, the rows' first moving draw found at once,
+    and the generator then rewound and advanced by exactly the draws the loop would have taken (CPU draws
+    are sequential, so one (k, b, c) draw is k (b, c) draws): the same bits and the same state after as the
+    loop, without its ~8 small operations per round (about 5 rounds per step once windows are one or two
+    pixels on a batch of 70). Other devices run the loop (``one_draw``: force either way; the tests compare them).
+    """
+    b, c = moves.shape[1:]
+    if b == 0:
+        return torch.zeros((0, c), dtype=torch.long, device=moves.device)
+    if one_draw if one_draw is not None else generator.device.type == "cpu":
+        state = generator.get_state()
+        bits = torch.randint(0, 2, (tries, b, c), generator=generator, device=moves.device)
+        moved = torch.where(bits.bool(), moves[0], moves[1]).any(2)           # (tries, b)
+        first = torch.where(moved.any(0), moved.int().argmax(0), tries - 1)   # the draw each row keeps
+        rounds = int(first.max()) + 1  # the loop's rounds: up to the last row's first moving draw, all if one never moves
+        generator.set_state(state)
+        torch.randint(0, 2, (rounds, b, c), generator=generator, device=moves.device)
+        return bits[first, torch.arange(b, device=moves.device)]
+    todo = torch.ones(b, dtype=torch.bool, device=moves.device)
+    final = None
+    for _ in range(tries):
+        bits = torch.randint(0, 2, (b, c), generator=generator, device=moves.device)
+        final = bits if final is None else torch.where(todo[:, None], bits, final)
+        todo = ~torch.where(final.bool(), moves[0], moves[1]).any(1)
+        if not bool(todo.any()):
+            break
+    return final
+
+
 @ATTACKS.register("square")
 class Square(ScoreAttack):
     """Square Attack (Andriushchenko et al. [andriushchenko2020]): random search with square-shaped updates,
@@ -186,33 +221,25 @@ class Square(ScoreAttack):
             s = min(max(int(round(math.sqrt(p * h * w))), 1), h - 1)
             sh = s
         dev = x.device
-        # the window of each row, held as index tensors
+        # the window of each row as linear indices into its flattened (c, h*w) image: gathered and scattered
+        # along the last dimension (cheaper than advanced indexing with row, column and sample index tensors)
         ch0, cw0 = _window_corners(b, h, w, s, sh, generator, dev)
-        ri = (ch0[:, None] + torch.arange(sh, device=dev))[:, :, None]   # (b, sh, 1)
-        ci = (cw0[:, None] + torch.arange(s, device=dev))[:, None, :]    # (b, 1, s)
-        rows = torch.arange(b, device=dev)[:, None, None]
-        win = (rows, slice(None), ri, ci)  # x[win]: (b, sh, s, c), each row's window
-        # Whether +eps or -eps on a row's window, per channel, would move the current point (the largest
-        # change of a pixel in the window): computed once for both signs on the windows' pixels only, so the
-        # redraw loop below works on (b, c) sign tables instead of whole images. Same numbers as judging each
+        lin = ((ch0[:, None] + torch.arange(sh, device=dev)) * w)[:, :, None] + (cw0[:, None] + torch.arange(s, device=dev))[:, None, :]
+        win = lin.view(b, 1, sh * s).expand(b, c, sh * s)                 # (b, c, sh*s)
+        xw = x.reshape(b, c, h * w).gather(2, win)
+        x0w = x0.reshape(b, c, h * w).gather(2, win)
+        # Whether +eps or -eps on a row's window, per channel, would move the current point (a pixel of the
+        # window changing by more than 1e-7): computed once for both signs on the windows' pixels only, so the
+        # redraw below works on (b, c) sign tables instead of whole images. Same numbers as judging each
         # drawn pattern on the full image (the window's pixels get x0 +- eps, the same float32 eps the drawn
         # signs carry; outside the window nothing changes).
-        xw, x0w = x[win], x0[win]
         e = torch.ones((), dtype=x.dtype, device=dev) * eps
-        chg = torch.stack([((x0w + e).clamp(*box) - xw).abs().amax((1, 2)),
-                           ((x0w - e).clamp(*box) - xw).abs().amax((1, 2))])  # (2, b, c): [+eps, -eps]
-        todo = torch.ones(b, dtype=torch.bool, device=dev)
-        final = None
-        for _ in range(10):  # redraw the signs of rows whose window would not change
-            bits = torch.randint(0, 2, (b, c, 1, 1), generator=generator, device=dev)[:, :, 0, 0]
-            final = bits if final is None else torch.where(todo[:, None], bits, final)
-            changed = torch.where(final.bool(), chg[0], chg[1]).amax(1) > 1e-7  # bit 1: +eps
-            todo = ~changed
-            if not bool(todo.any()):
-                break
+        moves = torch.stack([((x0w + e).clamp(*box) - xw).abs().amax(2),
+                             ((x0w - e).clamp(*box) - xw).abs().amax(2)]) > 1e-7  # (2, b, c): [+eps, -eps]
+        final = _redraw_signs(moves, generator)
         signs = (final * 2 - 1).to(x.dtype) * eps
         new = x - x0
-        new[win] = signs[:, None, None, :].expand(b, sh, s, c)
+        new.view(b, c, h * w).scatter_(2, win, signs[:, :, None].expand(b, c, sh * s))
         return LINF_BALL.clip(x0, new, eps, box)
 
     # ------------------------------------------------------------------ L2 (Alg. 3)
