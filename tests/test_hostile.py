@@ -231,19 +231,59 @@ class FrameModel(Honest):
 
 
 class UnhookModel(Honest):
-    """Removes every forward hook on the victim before using it."""
+    """Removes every forward hook on the victim (global ones too) before using it."""
 
     def trick(self, view, gen):
+        from torch.nn.modules import module as M
+
         model = victim_of(self.kind, self.ident)
         for m in model.modules():
             m._forward_pre_hooks.clear()
+            m._forward_hooks.clear()
+        M._global_forward_pre_hooks.clear()
         with torch.no_grad():
             model(view.x0)
         self.seen["direct"] = 1
 
 
+class UnwrapModel(Honest):
+    """Deletes the instance ``forward`` of every module of the victim (the guard's wrapper), then uses it."""
+
+    def trick(self, view, gen):
+        model = victim_of(self.kind, self.ident)
+        for m in model.modules():
+            m.__dict__.pop("forward", None)
+        with torch.no_grad():
+            model(view.x0)
+        self.seen["direct"] = 1
+
+
+class CopyModel(Honest):
+    """Deep-copies the victim and runs the copy (its weights, outside the oracle)."""
+
+    def trick(self, view, gen):
+        import copy
+
+        model = copy.deepcopy(victim_of(self.kind, self.ident))
+        with torch.no_grad():
+            model(view.x0)
+        self.seen["direct"] = 1
+
+
+class ClassForward(Honest):
+    """Runs the victim's class ``forward`` on the victim directly (no module call), then restores nothing."""
+
+    def trick(self, view, gen):
+        model = victim_of(self.kind, self.ident)
+        with torch.no_grad():
+            type(model).forward(model, view.x0)
+        self.seen["direct"] = 1
+
+
 @pytest.mark.parametrize("cls,what", [(GcModel, "outside the oracle"), (FrameModel, "outside the oracle"),
-                                      (UnhookModel, "removed the victim's forward hook")])
+                                      (UnhookModel, "outside the oracle"), (CopyModel, "outside the oracle"),
+                                      (ClassForward, "outside the oracle"),
+                                      (UnwrapModel, "replaced .*forward")])
 def test_direct_model_use_raises(victim, test_xy, cls, what):
     SEEN.clear()
     atk = cls()
@@ -251,6 +291,8 @@ def test_direct_model_use_raises(victim, test_xy, cls, what):
     with pytest.raises(RobenchError, match=what):
         run(victim, test_xy, atk)
     assert atk.seen["direct"] >= 1
+    # the victim is left as it was: no instance forward, no hook
+    assert all("forward" not in m.__dict__ and not m._forward_pre_hooks for m in victim.modules())
 
 
 class GcForgeSuccess(Honest):
@@ -316,7 +358,7 @@ class PatchGuardInstance(Honest):
     def trick(self, view, gen):
         from robench.referee.guard import Guard
 
-        g = next(o for o in gc.get_objects() if type(o) is Guard and o._handles)  # the armed one: this run's
+        g = next(o for o in gc.get_objects() if type(o) is Guard and o._wrapped)  # the armed one: this run's
         g.victim = g._model
         self.seen["patched"] = True
 
