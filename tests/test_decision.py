@@ -315,3 +315,63 @@ def test_perlin_noise_is_unit_norm_low_frequency_and_seeded():
     gauss = torch.nn.functional.normalize(torch.randn(4, 784, generator=torch.Generator().manual_seed(0)), dim=1)
     step = lambda v: (v.view(4, 28, 28).diff(dim=2).abs().mean())  # noqa: E731
     assert step(a) < 0.6 * step(gauss)   # neighbouring pixels move together (about 0.5 at 7 cells)
+
+
+def _transition_reference(s, l, h, probe, adv, ans, hi_adv, tol, ratio, out_step, lam_max, dtype):
+    """boundary_distance's state update as it was written first: one masked assignment per case."""
+    from robench.attacks.decision.common import _BIN, _CHK, _DONE, _DOWN, _OUT, _UP, _V
+
+    ns, nl, nh, nadv = s.clone(), l.clone(), h.clone(), hi_adv.clone()
+    m = s == _V
+    ns[m & adv], nh[m & adv], nadv[m & adv], nl[m & adv] = _DOWN, probe[m & adv], True, probe[m & adv] * (1 - ratio)
+    ns[m & ~adv], nl[m & ~adv], nh[m & ~adv] = _UP, probe[m & ~adv], probe[m & ~adv] * (1 + ratio)
+    m = s == _UP
+    ns[m & adv], nadv[m & adv] = _BIN, True
+    g = m & ~adv
+    nl[g], nh[g] = h[g], h[g] * (1 + ratio)
+    ns[g & (nh > lam_max)] = _DONE
+    m = s == _DOWN
+    g = m & adv
+    nh[g], nl[g] = l[g], l[g] * (1 - ratio)
+    ns[m & ~adv] = _BIN
+    m = s == _BIN
+    mid = (l + h) / 2
+    nh[m & adv], nadv[m & adv] = mid[m & adv], True
+    nl[m & ~adv] = mid[m & ~adv]
+    m = s == _OUT
+    ns[m & adv], nadv[m & adv], nl[m & adv] = _BIN, True, (h[m & adv] - out_step).clamp_min(0)
+    g = m & ~adv
+    nl[g], nh[g] = h[g], h[g] + out_step
+    ns[g & (nh > lam_max)] = _DONE
+    m = s == _CHK
+    ns[m & adv], nh[m & adv], nadv[m & adv], nl[m & adv] = _BIN, probe[m & adv], True, 0.0
+    ns[m & ~adv] = _DONE
+    mid32, nl32, nh32 = ((nl + nh) / 2).to(dtype), nl.to(dtype), nh.to(dtype)
+    ns[(ns == _BIN) & ((nh - nl <= tol) | (mid32 <= nl32) | (mid32 >= nh32))] = _DONE
+    ns[(ns == _DOWN) & (nl < 1e-6)] = _DONE
+    ns[~ans] = _DONE
+    nadv = torch.where(ans | (s != _BIN), nadv, hi_adv)
+    return ns, nl, nh, nadv
+
+
+def test_boundary_search_transition_table_equals_the_masked_assignments():
+    # every (state, adversarial, answered) case, brackets near lam_max, near lo = 1e-6, narrower than tol and
+    # than float32's spacing: the table look-up gives the same next state and bits of lo, hi as the reference
+    from robench.attacks.decision.common import _transition
+
+    g = torch.Generator().manual_seed(0)
+    for trial in range(300):
+        n = 64
+        s = torch.randint(0, 6, (n,), generator=g)
+        ans = torch.rand(n, generator=g) < 0.9
+        adv = (torch.rand(n, generator=g) < 0.5) & ans
+        scale = [1.0, 1e-6, 30.0, 1e-3][trial % 4]
+        l = torch.rand(n, generator=g, dtype=torch.float64) * scale
+        h = l + torch.rand(n, generator=g, dtype=torch.float64) * scale * [1.0, 1e-8, 1e-3, 0.1][trial // 4 % 4]
+        probe = torch.where(torch.rand(n, generator=g) < 0.5, h, (l + h) / 2).float().double()
+        hi_adv = torch.rand(n, generator=g) < 0.5
+        tol = torch.full((n,), [1e-3, 1e-9, 1e-6][trial % 3], dtype=torch.float64)
+        args = (s, l, h, probe, adv, ans, hi_adv, tol, 0.01, 0.28, 30.0 + (trial % 2) * 1e-9, torch.float32)
+        got, ref = _transition(*args), _transition_reference(*args)
+        for a, b in zip(got, ref):
+            assert torch.equal(a, b), trial

@@ -59,6 +59,46 @@ _V, _UP, _DOWN, _BIN, _OUT, _CHK, _DONE = range(7)
 LOCAL, BOUND, SCRATCH = 0, 1, 2
 
 
+# The search's transition per (state, probe adversarial): which candidate becomes lo and hi, and the next state.
+# Candidates (columns of _transition's table): 0 probe, 1 lo, 2 hi, 3 mid = (lo + hi) / 2, 4 probe (1 - ratio),
+# 5 probe (1 + ratio), 6 hi (1 + ratio), 7 lo (1 - ratio), 8 max(hi - out_step, 0), 9 hi + out_step, 10 zero.
+# Row k = 2 state + adversarial, for the live states _V.._CHK:
+#   _V:    adv -> _DOWN, lo = probe (1 - ratio), hi = probe     else _UP, lo = probe, hi = probe (1 + ratio)
+#   _UP:   adv -> _BIN (bracket kept)                           else lo = hi, hi = hi (1 + ratio) (_DONE past lam_max)
+#   _DOWN: adv -> lo = lo (1 - ratio), hi = lo                  else _BIN (bracket kept)
+#   _BIN:  adv -> hi = mid                                      else lo = mid
+#   _OUT:  adv -> _BIN, lo = max(hi - out_step, 0)              else lo = hi, hi = hi + out_step (_DONE past lam_max)
+#   _CHK:  adv -> _BIN, lo = 0, hi = probe                      else _DONE
+_NL = (0, 4, 2, 1, 1, 7, 3, 1, 2, 8, 1, 10)
+_NH = (5, 0, 6, 2, 2, 1, 2, 3, 9, 2, 2, 0)
+_NS = (1, 2, 1, 3, 3, 2, 3, 3, 4, 3, 6, 3)  # _UP, _DOWN, _UP, _BIN, _BIN, _DOWN, _BIN, _BIN, _OUT, _BIN, _DONE, _BIN
+_TABLES: dict = {}
+
+
+def _transition(s, l, h, probe, adv, ans, hi_adv, tol, ratio: float, out_step: float, lam_max: float, dtype):
+    """(next state, lo, hi, hi seen adversarial) of live rows: the state machine of :func:`boundary_distance` as
+    table look-ups on (state, adversarial) (about 35 tensor operations per step; one masked assignment per case
+    took about 180). Same numbers: every new bound is one of the candidates, computed as before."""
+    dev = s.device
+    key = (dev, str(dev))
+    if key not in _TABLES:
+        _TABLES[key] = tuple(torch.tensor(t, dtype=torch.long, device=dev) for t in (_NL, _NH, _NS))
+    tnl, tnh, tns = _TABLES[key]
+    k = s * 2 + adv.long()
+    cand = torch.stack([probe, l, h, (l + h) / 2, probe * (1 - ratio), probe * (1 + ratio), h * (1 + ratio),
+                        l * (1 - ratio), (h - out_step).clamp_min(0), h + out_step, torch.zeros_like(h)], 1)
+    nl = cand.gather(1, tnl[k][:, None]).squeeze(1)
+    nh = cand.gather(1, tnh[k][:, None]).squeeze(1)
+    ns = tns[k]
+    ns = torch.where(((s == _UP) | (s == _OUT)) & ~adv & (nh > lam_max), _DONE, ns)
+    nadv = hi_adv | (adv & (s != _DOWN))
+    # bracket narrow enough (or lo collapsed to 0 while shrinking): done; unanswered: done
+    # ... or no probe in the image's dtype lies strictly between lo and hi any more
+    mid32, nl32, nh32 = ((nl + nh) / 2).to(dtype), nl.to(dtype), nh.to(dtype)
+    done = ((ns == _BIN) & ((nh - nl <= tol) | (mid32 <= nl32) | (mid32 >= nh32))) | ((ns == _DOWN) & (nl < 1e-6)) | ~ans
+    return torch.where(done, _DONE, ns), nl, nh, nadv
+
+
 def boundary_distance(oracle: AttackView, x0: torch.Tensor, theta: torch.Tensor, idx: torch.Tensor,
                       v: torch.Tensor, mode: torch.Tensor | int, tol: float, ratio: float = 0.01,
                       out_step: float = 0.1, lam_max: float = 30.0) -> torch.Tensor:
@@ -104,44 +144,7 @@ def boundary_distance(oracle: AttackView, x0: torch.Tensor, theta: torch.Tensor,
         probe = probe.to(x0.dtype)
         adv, ans = adversarial(oracle, ray_point(x0[live], theta[live], probe, (oracle.low, oracle.high)), idx[live])
         probe = probe.double()
-        ns, nl, nh, nadv = s.clone(), l.clone(), h.clone(), hi_adv[live].clone()
-        # LOCAL start
-        m = s == _V
-        ns[m & adv], nh[m & adv], nadv[m & adv], nl[m & adv] = _DOWN, probe[m & adv], True, probe[m & adv] * (1 - ratio)
-        ns[m & ~adv], nl[m & ~adv], nh[m & ~adv] = _UP, probe[m & ~adv], probe[m & ~adv] * (1 + ratio)
-        # growing: hi not adversarial yet
-        m = s == _UP
-        ns[m & adv], nadv[m & adv] = _BIN, True
-        g = m & ~adv
-        nl[g], nh[g] = h[g], h[g] * (1 + ratio)
-        ns[g & (nh > lam_max)] = _DONE
-        # shrinking: lo still adversarial
-        m = s == _DOWN
-        g = m & adv
-        nh[g], nl[g] = l[g], l[g] * (1 - ratio)
-        ns[m & ~adv] = _BIN
-        # bisection
-        m = s == _BIN
-        mid = (l + h) / 2
-        nh[m & adv], nadv[m & adv] = mid[m & adv], True
-        nl[m & ~adv] = mid[m & ~adv]
-        # outward search from scratch
-        m = s == _OUT
-        ns[m & adv], nadv[m & adv], nl[m & adv] = _BIN, True, (h[m & adv] - out_step).clamp_min(0)
-        g = m & ~adv
-        nl[g], nh[g] = h[g], h[g] + out_step
-        ns[g & (nh > lam_max)] = _DONE
-        # upper-bound check
-        m = s == _CHK
-        ns[m & adv], nh[m & adv], nadv[m & adv], nl[m & adv] = _BIN, probe[m & adv], True, 0.0
-        ns[m & ~adv] = _DONE
-        # bracket narrow enough (or lo collapsed to 0 while shrinking): done; unanswered: done
-        # ... or no probe in the image's dtype lies strictly between lo and hi any more
-        mid32, nl32, nh32 = ((nl + nh) / 2).to(x0.dtype), nl.to(x0.dtype), nh.to(x0.dtype)
-        ns[(ns == _BIN) & ((nh - nl <= tol[live]) | (mid32 <= nl32) | (mid32 >= nh32))] = _DONE
-        ns[(ns == _DOWN) & (nl < 1e-6)] = _DONE
-        ns[~ans] = _DONE
-        nadv = torch.where(ans | (s != _BIN), nadv, hi_adv[live])
+        ns, nl, nh, nadv = _transition(s, l, h, probe, adv, ans, hi_adv[live], tol[live], ratio, out_step, lam_max, x0.dtype)
         st[live], lo[live], hi[live], hi_adv[live] = ns, nl, nh, nadv
     hi = hi.to(x0.dtype)  # the lambda that was queried (probes are rounded the same way)
     return torch.where(hi_adv, hi, torch.full_like(hi, float("inf")))
