@@ -44,18 +44,31 @@ BUILD_LIMIT = 12
 
 
 class Watched(torch.nn.Module):
-    """The victim behind a counter: rows evaluated while ``on``, and any row outside the box."""
+    """The victim behind a counter: rows evaluated while ``on``, and any row outside the box.
+
+    A row evaluated without gradients counts once; a row evaluated with gradients counts once per backward
+    pass through its logits (a tensor hook), so the m gradients :meth:`~robench.referee.oracle.Oracle.jacobian`
+    takes from one forward pass count as the m queries they are.
+    """
 
     def __init__(self, model, box=(0.0, 1.0)):
         super().__init__()
         self.model, self.box, self.on, self.rows, self.out_of_box = model, box, False, 0, 0
 
+    def _backward(self, n: int) -> None:
+        self.rows += n
+
     def forward(self, x):
+        out = self.model(x)
         if self.on:
-            self.rows += x.shape[0]
             lo, hi = self.box
             self.out_of_box += int(((x < lo - TOL) | (x > hi + TOL)).flatten(1).any(1).sum())
-        return self.model(x)
+            if out.requires_grad:
+                n = x.shape[0]
+                out.register_hook(lambda g: self._backward(n))
+            else:
+                self.rows += x.shape[0]
+        return out
 
 
 class Counted(Attack):

@@ -54,6 +54,27 @@ def test_projection_is_the_minimal_box_constrained_one(norm):
     assert (d[:, 3] == 0).all()
 
 
+class BackwardCounting(CountingModel):
+    """Also counts, per sample, the rows of every backward pass through the victim's logits (a tensor hook: one
+    call per ``autograd.grad``), and the forward rows computed with gradients."""
+
+    def __init__(self, model, x0):
+        super().__init__(model, x0)
+        self.grad_forward = torch.zeros(len(x0), dtype=torch.long)
+        self.backward = torch.zeros(len(x0), dtype=torch.long)
+
+    def forward(self, x):
+        out = super().forward(x)
+        if self.enabled and out.requires_grad:
+            owner = torch.bincount(torch.cdist(x.detach().flatten(1), self.x0).argmin(1), minlength=len(self.x0))
+            self.grad_forward += owner
+
+            def hook(g, owner=owner):
+                self.backward += owner
+            out.register_hook(hook)
+        return out
+
+
 def _run(attack, model, x0, y, norm="linf", eps=None, targets=None, max_queries=100_000, stop=None, checkpoints=None):
     o = Oracle(model, x0, y, access="gradient", norm=norm, eps=eps, max_queries=max_queries, targets=targets,
                num_classes=10, stop_on_success=not attack.minimizes_distortion if stop is None else stop,
@@ -72,17 +93,20 @@ def _dist(r, x0, norm):
 @pytest.mark.parametrize("norm", ["linf", "l2"])
 def test_fab_minimal_distortions_beat_noise_and_deepfool_and_are_counted(victim, test_xy, norm):
     x0, y = test_xy[0][:16], test_xy[1][:16]
-    counter = CountingModel(victim, x0)
+    counter = BackwardCounting(victim, x0)
     steps = 14
     cps = tuple(range(10, 400, 10))
     r = _run(FAB(steps=steps), counter, x0, y, norm=norm, checkpoints=cps)
     assert r.success.all()
     check_certified(victim, x0, y, r, norm, float("inf"))
-    # every row the victim evaluated is a counted query; untargeted, the authors' order: 9 gradient rows at the
-    # start, then per iteration a forward row testing the new point and 9 gradient rows where it lands (the
-    # last iteration: the test only)
-    assert counter.rows == int(r.queries.sum()) and torch.equal(counter.per_sample, r.queries)
+    # every row the victim evaluated is counted: a forward row without gradients is one query, each backward
+    # pass through a row one gradient query. Untargeted, the authors' order: 9 gradients at the start, then per
+    # iteration a forward row testing the new point and 9 gradients where it lands (the last iteration: the test
+    # only), the 9 gradients of a point from one forward pass and 9 backward passes
+    assert torch.equal(counter.backward, r.grad_queries)
+    assert torch.equal(counter.per_sample - counter.grad_forward + counter.backward, r.queries)
     assert (r.grad_queries == 9 * steps).all() and (r.queries == 10 * steps).all()
+    assert (counter.grad_forward == steps).all() and (counter.per_sample == 2 * steps).all()
     d = _dist(r, x0, norm)
     # the distortion shrinks after the first adversarial point: median over the samples, first vs last
     first = torch.tensor([row[torch.isfinite(row)][0] for row in r.dist_at])

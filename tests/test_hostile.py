@@ -139,6 +139,36 @@ class ClosureModel(Honest):
         self.seen["model"] = True
 
 
+class ClosureAnswers(Honest):
+    """Runs the oracle's counting model with answers=0 and with a tensor (to run it uncounted), then as a jacobian
+    row would (answers=3) without telling the oracle."""
+
+    def trick(self, view, gen):
+        o = oracle_of(view)
+        with torch.no_grad():
+            for bad in (0, -2, torch.tensor(0), True, 0.5):
+                try:
+                    o._model(torch.rand_like(o._x0), answers=bad)
+                except RobenchError:
+                    self.seen.setdefault("refused", []).append(repr(bad))
+            o._model(torch.rand_like(o._x0), answers=3)
+        self.seen["model"] = True
+
+
+class JacobianThenZero(Honest):
+    """Takes honest jacobian queries (3 answers per row from one forward), then lowers its query counter by what
+    the forward passes did not run."""
+
+    access = "gradient"
+
+    def trick(self, view, gen):
+        o = oracle_of(view)
+        view.jacobian(view.x0, lambda z, i: z[:, :3], 3, torch.arange(view.n))
+        self.seen["spent"] = int(o._queries.sum())
+        o._queries -= 2
+        self.seen["reported"] = int(o._queries.sum())
+
+
 class ZeroQueries(Honest):
     """Spends, zeroes the counter, spends again."""
 
@@ -183,6 +213,7 @@ class PatchOracleClass(Honest):
 
 
 @pytest.mark.parametrize("cls,what", [(ClosureEps, "eps"), (ClosureModel, "rows for"), (ZeroQueries, "rows for"),
+                                      (ClosureAnswers, "rows for"), (JacobianThenZero, "rows for"),
                                       (ReplaceCriterion, "_criterion"), (ReplaceRecord, "_record"),
                                       (PatchOracleClass, "Oracle._criterion")])
 def test_closure_tricks_raise(victim, test_xy, baseline, cls, what):
@@ -199,6 +230,8 @@ def test_closure_tricks_raise(victim, test_xy, baseline, cls, what):
         assert atk.seen["success"] > baseline.summary["n_success"]
     if "spent" in atk.seen:
         assert atk.seen["reported"] < atk.seen["spent"]
+    if "refused" in atk.seen:  # every way to run the counting model uncounted was refused
+        assert len(atk.seen["refused"]) == 5, atk.seen["refused"]
     if "free" in atk.seen:
         assert atk.seen["free"]
     # class-level patches are undone

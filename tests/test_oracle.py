@@ -279,3 +279,61 @@ def test_non_finite_logits_stop_and_large_finite_ones_do_not(dtype):
         o = Oracle(Fixed(bad), x0, y, access="scores", eps=0.1, max_queries=10, num_classes=3)
         with pytest.raises(VictimError, match="non-finite logits"):
             o.scores(x0)
+
+
+def test_jacobian_answers_and_counts_as_m_gradient_calls(victim, test_xy):
+    # one forward and m backward passes against m gradient() calls on the same rows: the same logits and
+    # gradients (bit for bit), counts, successes and their query numbers; repeated samples in a call
+    x0, y = test_xy[0][:6], test_xy[1][:6]
+    g = torch.Generator().manual_seed(0)
+    hits = 0
+    for trial in range(12):
+        m = [2, 3, 9][trial % 3]
+        idx = torch.randint(0, 6, (10,), generator=g)
+        cols = torch.stack([torch.randperm(10, generator=g)[:m] for _ in range(10)])
+
+        def loss(z, i, cols=cols):
+            return z.gather(1, cols) - z.gather(1, y[i, None])
+
+        a = Oracle(victim, x0, y, access="gradient", eps=1.0, max_queries=10_000, num_classes=10, stop_on_success=False)
+        b = Oracle(victim, x0, y, access="gradient", eps=1.0, max_queries=10_000, num_classes=10, stop_on_success=False)
+        for _ in range(3):
+            w = torch.rand(10, 1, 1, 1, generator=g)  # towards another sample's image: some rows misclassified
+            x = (1 - w) * x0[idx] + w * x0[(idx + 1) % 6]
+            la, ja = a.jacobian(x, loss, m, idx)
+            per = [b.gradient(x, lambda z, i, j=j: loss(z, i)[:, j], idx) for j in range(m)]
+            assert torch.equal(la, per[0][0]) and torch.equal(ja, torch.stack([gb for _, gb in per], 1))
+        ra, rb = a.finalize(), b.finalize()
+        for f in ("queries", "grad_queries", "success", "claimed", "queries_at_success", "adversarial", "best_x"):
+            assert torch.equal(getattr(ra, f), getattr(rb, f)), (trial, f)
+        hits += int(ra.success.sum())
+    assert 0 < hits < 12 * 6  # the comparison covers successes and misses
+
+
+def test_jacobian_budget_and_query_numbers_match_an_independent_count(victim, test_xy):
+    x0, y = test_xy[0][:5], test_xy[1][:5]
+    g = torch.Generator().manual_seed(1)
+    for trial in range(20):
+        m = int(torch.randint(2, 6, (1,), generator=g))
+        mq = int(torch.randint(m, 5 * m, (1,), generator=g))
+        o = Oracle(victim, x0, y, access="gradient", eps=1.0, max_queries=mq, num_classes=10, stop_on_success=False)
+        used = torch.zeros(5, dtype=torch.long)
+        for call in range(4):
+            idx = torch.randint(0, 5, (7,), generator=g)
+            x = x0[idx]
+            logits, _ = o.jacobian(x, lambda z, i: z[:, :m] - z[:, m:2 * m], m, idx)
+            ans = ~torch.isnan(logits[:, 0])
+            # independent: a row is answered iff its sample has m queries left after the earlier rows of the call
+            exp = torch.zeros(7, dtype=torch.bool)
+            for r in range(7):
+                s = int(idx[r])
+                if used[s] + m <= mq:
+                    used[s] += m
+                    exp[r] = True
+            assert torch.equal(ans, exp), (trial, call)
+        assert torch.equal(o.queries, used) and torch.equal(o.grad_queries, used)
+    o = Oracle(victim, x0, y, access="gradient", eps=1.0, max_queries=100, num_classes=10)
+    with pytest.raises(ValueError, match="m must be an integer"):
+        o.jacobian(x0, lambda z, i: z, 0)
+    with pytest.raises(ValueError, match=r"\(rows, m\)"):
+        o.jacobian(x0, lambda z, i: z[:, :1], 2)

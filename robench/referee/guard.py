@@ -5,8 +5,9 @@ closure cells, ``gc.get_objects()`` or frames to the :class:`~robench.referee.or
 :class:`Guard` is what :func:`robench.evaluation.engine.execute` wraps around every ``attack.run``:
 
 * **counting victim**: the oracle gets a closure over the engine's model that counts the rows it
-  evaluates; after the batch, the oracle's reported queries must match those rows (exactly, or within
-  the confirmations' factor ``1 + confirm_repeats``): a zeroed ``_queries`` or a forward pass through
+  evaluates (a row of :meth:`~robench.referee.oracle.Oracle.jacobian` as the m queries it answers, from the
+  oracle's ``answers=m``); after the batch, the oracle's reported queries must match those rows (exactly,
+  or within the confirmations' factor ``1 + confirm_repeats``): a zeroed ``_queries`` or a forward pass through
   the oracle's model outside its bookkeeping shows as a mismatch;
 * **stray forwards**: every module of the victim gets, for the attack's run, an instance ``forward`` that
   notes a run outside an oracle call and calls the module's own (an attack that found the model through
@@ -54,9 +55,13 @@ class Guard:
         self.attack_name = attack_name
         st = [0, 0, 0]  # [depth inside an oracle call, rows evaluated, stray module runs]
 
-        def victim(x):
+        def victim(x, answers=1):
+            # answers: the queries each row answers (Oracle.jacobian: m gradients from one forward), counted
+            # as that many rows so the reported queries still match exactly
+            if type(answers) is not int or answers < 1:  # an int >= 1, nothing else (no bool, no tensor)
+                raise RobenchError(f"the counting victim was called with answers={answers!r}")
             st[0] += 1
-            st[1] += x.shape[0]
+            st[1] += x.shape[0] * answers
             try:
                 return model(x)
             finally:
@@ -69,6 +74,7 @@ class Guard:
                 return f(*args, **kwargs)
             return forward
 
+        victim.counts_answers = True  # the oracle passes answers= to this model only
         self.victim = victim
         self._st = st
         self._stray = stray

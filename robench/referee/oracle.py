@@ -59,6 +59,7 @@ class Oracle:
         if norm not in GEOMETRIES:
             raise ValueError(f"norm must be one of {', '.join(GEOMETRIES)}, got {norm!r}")
         self._model = model
+        self._counts_answers = bool(getattr(model, "counts_answers", False))  # the engine's counting victim (guard)
         self._access = access
         self._norm = norm
         self._geometry = geometry(norm)  # distance in the budget's norm (robench.geometry)
@@ -236,6 +237,50 @@ class Oracle:
         grad[ok] = g
         return self._scatter_rows(logits, ok, x.shape[0]), grad
 
+    def jacobian(self, x: torch.Tensor, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], m: int,
+                 idx: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits, J) for rows ``x``: ``loss_fn(logits, idx_rows)`` returns (rows, m) losses, ``J`` (rows, m, ...)
+        the gradient of each column with respect to the row.
+
+        One forward pass and m backward passes (FAB's K - 1 logit-difference gradients, as the authors take
+        them [croce2020fab]), counted exactly as m :meth:`gradient` calls on the same rows: m gradient queries
+        per answered row, a row answered only when its sample has m queries left (all m or none), the row judged
+        once with the query number the first of the m calls gives it. Unanswered rows get NaN logits and zero
+        gradients. With
+        ``eot_samples > 1`` the columns are m :meth:`gradient` calls (each with its own draws of the victim's
+        randomness). Needs access ``gradient``.
+        """
+        self._require("gradient")
+        if isinstance(m, bool) or not isinstance(m, int) or m < 1:
+            raise ValueError(f"jacobian: m must be an integer >= 1 (the loss columns), got {m!r}")
+        if self._eot_samples > 1 or m == 1:
+            cols = [self.gradient(x, lambda z, i, j=j: loss_fn(z, i)[:, j], idx) for j in range(m)]
+            return cols[0][0], torch.stack([g for _, g in cols], 1)
+        idx, rank, ok, all_ok = self._admit(x, idx, per_row=m)
+        if not all_ok and not bool(ok.any()):
+            return self._scatter_rows(None, ok, x.shape[0]), x.new_zeros((x.shape[0], m, *x.shape[1:]))
+        xr, ir, rr = (x, idx, rank) if all_ok else (x[ok], idx[ok], rank[ok])
+        xr = xr.detach().requires_grad_(True)
+        jac = xr.new_zeros((xr.shape[0], m, *xr.shape[1:]))
+        with torch.enable_grad():
+            logits = self._eval(xr, answers=m)
+            loss = loss_fn(logits, ir)
+            if tuple(loss.shape) != (xr.shape[0], m):
+                raise ValueError(f"jacobian: loss_fn must return (rows, m) = ({xr.shape[0]}, {m}) losses, "
+                                 f"got {tuple(loss.shape)}")
+            if loss.requires_grad:
+                for j in range(m):
+                    g, = torch.autograd.grad(loss[:, j].sum(), xr, retain_graph=j < m - 1, allow_unused=True)
+                    if g is not None:
+                        jac[:, j] = g
+        logits = logits.detach()
+        self._record(xr.detach(), ir, rr, logits, gradient=True, per_row=m)
+        if all_ok:
+            return logits, jac
+        out = x.new_zeros((x.shape[0], m, *x.shape[1:]))
+        out[ok] = jac
+        return self._scatter_rows(logits, ok, x.shape[0]), out
+
     # ------------------------------------------------------------------ end of the attack
     def finalize(self) -> OracleResult:
         """Re-check every success with fresh, uncounted forward passes and freeze the result."""
@@ -278,12 +323,12 @@ class Oracle:
         if ACCESS_RANK[self._access] < ACCESS_RANK[level]:
             raise AccessError(f"an attack with access '{self._access}' asked for {level}-level answers")
 
-    def _eval(self, x: torch.Tensor) -> torch.Tensor:
+    def _eval(self, x: torch.Tensor, answers: int = 1) -> torch.Tensor:
         """The victim's logits for rows ``x``. A victim that raises, or returns non-finite logits, stops
         the run: :class:`~robench.errors.VictimError`, sticky (every later query and the engine see it too,
         so an attack cannot swallow it)."""
         try:
-            out = self._model(x)
+            out = self._model(x, answers=answers) if answers != 1 and self._counts_answers else self._model(x)
         except Exception as e:  # the victim's own failure, in one line, chained
             first = (str(e).strip().splitlines() or [""])[0][:200]
             self._broken = f"the victim raised {type(e).__name__} on a query: {first}"
@@ -302,8 +347,9 @@ class Oracle:
         """Why the victim failed during this batch (None: it did not)."""
         return self._broken
 
-    def _admit(self, x: torch.Tensor, idx: Optional[torch.Tensor]):
-        """Rows that get answered: their sample is active and still has budget for this row."""
+    def _admit(self, x: torch.Tensor, idx: Optional[torch.Tensor], per_row: int = 1):
+        """Rows that get answered: their sample is active and still has budget for this row (``per_row``
+        queries each)."""
         if self._broken is not None:
             raise VictimError(self._broken)
         if self._finalized is not None:
@@ -323,7 +369,7 @@ class Oracle:
         left = self._max_queries - self._queries
         if self._stop_on_success:
             left = left.masked_fill(self._success, 0)
-        ok = rank < left[idx]
+        ok = rank < left[idx] if per_row == 1 else (rank + 1) * per_row <= left[idx]
         all_ok = bool(ok.all())
         return idx, rank, ok, all_ok
 
@@ -357,12 +403,16 @@ class Oracle:
         return valid, within, dist
 
     def _record(self, x: torch.Tensor, idx: torch.Tensor, rank: torch.Tensor, logits: torch.Tensor,
-                gradient: bool) -> None:
+                gradient: bool, per_row: int = 1) -> None:
         n = self.n
         call = len(self._call_times)
         self._call_times.append(time.perf_counter())
-        qnum = self._queries[idx] + rank + 1  # query number of each row, per sample
+        # query number of each row, per sample (a row worth per_row queries: the number its first query would get
+        # in per_row calls of one query each, as the first of those calls judges it)
+        qnum = self._queries[idx] + rank + 1
         counts = torch.bincount(idx, minlength=n)
+        if per_row != 1:
+            counts = counts * per_row
         self._queries += counts
         if gradient:
             self._grad_queries += counts

@@ -44,4 +44,4 @@ VIEW_FACTS = ("x0", "y", "targets", "targeted", "eps", "norm", "max_queries", "n
               "queries_at_success", "best_dist", "best_x", "dist_at")
 #: the query methods of each access level (a level also has those of the levels below it)
 VIEW_METHODS = {"label": ("labels",), "scores": ("labels", "scores"),
-                "gradient": ("labels", "scores", "logits", "gradient")}
+                "gradient": ("labels", "scores", "logits", "gradient", "jacobian")}

@@ -96,6 +96,10 @@ class OracleView:
         """(logits, d loss / d x) (access ``gradient``); see :meth:`Oracle.gradient`."""
         return self.__ask("gradient", x, loss_fn, idx)
 
+    def jacobian(self, x: torch.Tensor, loss_fn: Callable, m: int, idx: Optional[torch.Tensor] = None):
+        """(logits, d loss_j / d x for j < m) (access ``gradient``); see :meth:`Oracle.jacobian`."""
+        return self.__ask("jacobian", x, loss_fn, m, idx)
+
     def active_indices(self) -> torch.Tensor:
         return self.__ask("active_indices")
 
@@ -153,6 +157,9 @@ class AttackView(Protocol):
     def logits(self, x: torch.Tensor, idx: Optional[torch.Tensor] = None) -> torch.Tensor: ...
 
     def gradient(self, x: torch.Tensor, loss_fn: Callable,
+                 idx: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]: ...
+
+    def jacobian(self, x: torch.Tensor, loss_fn: Callable, m: int,
                  idx: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]: ...
 
     def active_indices(self) -> torch.Tensor: ...

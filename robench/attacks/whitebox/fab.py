@@ -210,16 +210,15 @@ class FAB(Attack):
                 return own - z.gather(1, y[i, None]).squeeze(1)
             return own - z.scatter(1, classes[i, j:j + 1], float("-inf")).amax(1)
 
+        def boundaries(z, i):
+            return torch.stack([boundary(z, i, j) for j in range(m)], 1)
+
         def linearise(x, idx):
-            """(f (B, m), its gradients (B, m, ...), answered) at rows x: m gradient rows per sample."""
-            df = torch.empty(len(idx), m, dtype=x.dtype, device=x.device)
-            dg = torch.empty(len(idx), m, *x.shape[1:], dtype=x.dtype, device=x.device)
-            ok = torch.ones(len(idx), dtype=torch.bool, device=x.device)
-            for j in range(m):
-                logits, dg[:, j] = oracle.gradient(x, lambda z, i: boundary(z, i, j), idx)
-                df[:, j] = boundary(torch.nan_to_num(logits), idx, j)
-                ok &= ~torch.isnan(logits[:, 0])
-            return df, dg, ok
+            """(f (B, m), its gradients (B, m, ...), answered) at rows x: m gradient queries per sample, taken
+            from one forward pass and m backward passes (:meth:`~robench.referee.oracle.Oracle.jacobian`, the
+            authors' way; m forward passes before)."""
+            logits, dg = oracle.jacobian(x, boundaries, m, idx)
+            return boundaries(torch.nan_to_num(logits), idx), dg, ~torch.isnan(logits[:, 0])
 
         # the linearisation at the start
         idx, x, x0 = self._affordable(oracle, idx, m * eot, x, x0)

@@ -52,6 +52,9 @@ class ProxyView:
     def gradient(self, x, loss_fn, idx=None):
         raise AccessError(f"an attack with access '{self.access}' asked for gradient-level answers")
 
+    def jacobian(self, x, loss_fn, m, idx=None):
+        raise AccessError(f"an attack with access '{self.access}' asked for gradient-level answers")
+
     def active_indices(self):
         return self._ask("active_indices")
 
