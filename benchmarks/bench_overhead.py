@@ -5,12 +5,12 @@ This benchmark runs each attack through ``robench.evaluate`` (the engine, the or
 flusher: what a user runs) on one thread, against two MNIST victims, and measures in the same process:
 
 * ``wall``: the seconds of the ``robench.evaluate`` call;
-* ``victim``: the seconds a bare copy of the victim (the same weights, no hooks, no wrapper) takes on every
+* ``victim``: the seconds a bare copy of the victim (the same weights, no instance forwards, no wrapper) takes on every
   batch of rows the victim is asked for during that call, timed right before or after the real forward on the
   same rows (interleaved, so load on a shared machine hits both alike; alternating, because whichever runs
   second finds warm caches);
 * ``ratio = (wall - victim) / victim``: the run's time per unit of bare forward time (1.00: robench adds nothing;
-  the real forward carries the guard's hooks, which count as robench's).
+  the real forward carries the guard's forward wrappers, which count as robench's).
 
 Victims: ``lenet`` (LeNet-5: conv 6@5x5, pool, conv 16@5x5, pool, FC 120, 84, 10; 44k weights) and
 ``cw_mnist`` (robench's registered C&W MNIST CNN; 312k weights), each trained here for a few epochs on the
@@ -95,7 +95,7 @@ class Timed(nn.Module):
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
-        self.__dict__["bare"] = copy.deepcopy(model)  # not a submodule: the guard's hooks never reach it
+        self.__dict__["bare"] = copy.deepcopy(model)  # not a submodule: the guard's forward wrappers never reach it
         self.bare_seconds = 0.0
         self.rows = 0
         self.sizes = []  # rows per call, in order (the floor loop replays them)
