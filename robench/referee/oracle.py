@@ -214,26 +214,42 @@ class Oracle:
         g = g.view(k, m, *x.shape[1:]).sum(0) / cnt.view(-1, *([1] * (x.dim() - 1)))
         return logits[:m], g
 
-    def _gradient_rows(self, x, loss_fn, idx):
-        idx, rank, ok, all_ok = self._admit(x, idx)
+    def _gradient_rows(self, x, loss_fn, idx, m: Optional[int] = None):
+        """Logits and gradients of rows ``x`` from one forward pass. ``m`` None (:meth:`gradient`): the gradient
+        of the sum of ``loss_fn``'s losses, one query per row. ``m`` (:meth:`jacobian`): ``loss_fn`` returns
+        (rows, m) losses, one backward pass per column, (rows, m, ...) gradients, m queries per row."""
+        per = 1 if m is None else m
+
+        def zeros(n):
+            return x.new_zeros((n, *x.shape[1:]) if m is None else (n, m, *x.shape[1:]))
+
+        idx, rank, ok, all_ok = self._admit(x, idx, per_row=per)
         if not all_ok and not bool(ok.any()):
-            return self._scatter_rows(None, ok, x.shape[0]), torch.zeros_like(x)
+            return self._scatter_rows(None, ok, x.shape[0]), zeros(x.shape[0])
         xr, ir, rr = (x, idx, rank) if all_ok else (x[ok], idx[ok], rank[ok])
         xr = xr.detach().requires_grad_(True)
+        g = None
         with torch.enable_grad():
-            logits = self._eval(xr)
+            logits = self._eval(xr, answers=per)
             loss = loss_fn(logits, ir)
-            if loss.requires_grad:
+            if m is not None and tuple(loss.shape) != (xr.shape[0], m):
+                raise ValueError(f"jacobian: loss_fn must return (rows, m) = ({xr.shape[0]}, {m}) losses, "
+                                 f"got {tuple(loss.shape)}")
+            if loss.requires_grad and m is None:
                 g, = torch.autograd.grad(loss.sum(), xr, allow_unused=True)
-            else:
-                g = None
+            elif loss.requires_grad:
+                g = zeros(xr.shape[0])
+                for j in range(m):
+                    gj, = torch.autograd.grad(loss[:, j].sum(), xr, retain_graph=j < m - 1, allow_unused=True)
+                    if gj is not None:
+                        g[:, j] = gj
         if g is None:
-            g = torch.zeros_like(xr)
+            g = zeros(xr.shape[0])
         logits = logits.detach()
-        self._record(xr.detach(), ir, rr, logits, gradient=True)
+        self._record(xr.detach(), ir, rr, logits, gradient=True, per_row=per)
         if all_ok:
             return logits, g
-        grad = torch.zeros_like(x)
+        grad = zeros(x.shape[0])
         grad[ok] = g
         return self._scatter_rows(logits, ok, x.shape[0]), grad
 
@@ -246,9 +262,8 @@ class Oracle:
         them [croce2020fab]), counted exactly as m :meth:`gradient` calls on the same rows: m gradient queries
         per answered row, a row answered only when its sample has m queries left (all m or none), the row judged
         once with the query number the first of the m calls gives it. Unanswered rows get NaN logits and zero
-        gradients. With
-        ``eot_samples > 1`` the columns are m :meth:`gradient` calls (each with its own draws of the victim's
-        randomness). Needs access ``gradient``.
+        gradients. With ``eot_samples > 1`` the columns are m :meth:`gradient` calls (each with its own draws of
+        the victim's randomness). Needs access ``gradient``.
         """
         self._require("gradient")
         if isinstance(m, bool) or not isinstance(m, int) or m < 1:
@@ -256,30 +271,7 @@ class Oracle:
         if self._eot_samples > 1 or m == 1:
             cols = [self.gradient(x, lambda z, i, j=j: loss_fn(z, i)[:, j], idx) for j in range(m)]
             return cols[0][0], torch.stack([g for _, g in cols], 1)
-        idx, rank, ok, all_ok = self._admit(x, idx, per_row=m)
-        if not all_ok and not bool(ok.any()):
-            return self._scatter_rows(None, ok, x.shape[0]), x.new_zeros((x.shape[0], m, *x.shape[1:]))
-        xr, ir, rr = (x, idx, rank) if all_ok else (x[ok], idx[ok], rank[ok])
-        xr = xr.detach().requires_grad_(True)
-        jac = xr.new_zeros((xr.shape[0], m, *xr.shape[1:]))
-        with torch.enable_grad():
-            logits = self._eval(xr, answers=m)
-            loss = loss_fn(logits, ir)
-            if tuple(loss.shape) != (xr.shape[0], m):
-                raise ValueError(f"jacobian: loss_fn must return (rows, m) = ({xr.shape[0]}, {m}) losses, "
-                                 f"got {tuple(loss.shape)}")
-            if loss.requires_grad:
-                for j in range(m):
-                    g, = torch.autograd.grad(loss[:, j].sum(), xr, retain_graph=j < m - 1, allow_unused=True)
-                    if g is not None:
-                        jac[:, j] = g
-        logits = logits.detach()
-        self._record(xr.detach(), ir, rr, logits, gradient=True, per_row=m)
-        if all_ok:
-            return logits, jac
-        out = x.new_zeros((x.shape[0], m, *x.shape[1:]))
-        out[ok] = jac
-        return self._scatter_rows(logits, ok, x.shape[0]), out
+        return self._gradient_rows(x, loss_fn, idx, m)
 
     # ------------------------------------------------------------------ end of the attack
     def finalize(self) -> OracleResult:

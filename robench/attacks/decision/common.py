@@ -80,10 +80,9 @@ def _transition(s, l, h, probe, adv, ans, hi_adv, tol, ratio: float, out_step: f
     table look-ups on (state, adversarial) (about 35 tensor operations per step; one masked assignment per case
     took about 180). Same numbers: every new bound is one of the candidates, computed as before."""
     dev = s.device
-    key = (dev, str(dev))
-    if key not in _TABLES:
-        _TABLES[key] = tuple(torch.tensor(t, dtype=torch.long, device=dev) for t in (_NL, _NH, _NS))
-    tnl, tnh, tns = _TABLES[key]
+    if dev not in _TABLES:
+        _TABLES[dev] = tuple(torch.tensor(t, dtype=torch.long, device=dev) for t in (_NL, _NH, _NS))
+    tnl, tnh, tns = _TABLES[dev]
     k = s * 2 + adv.long()
     cand = torch.stack([probe, l, h, (l + h) / 2, probe * (1 - ratio), probe * (1 + ratio), h * (1 + ratio),
                         l * (1 - ratio), (h - out_step).clamp_min(0), h + out_step, torch.zeros_like(h)], 1)
