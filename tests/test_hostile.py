@@ -185,7 +185,8 @@ class ReplaceCriterion(Honest):
 
     def trick(self, view, gen):
         o = oracle_of(view)
-        o._criterion = lambda x, idx, pred: (torch.ones_like(idx, dtype=torch.bool),) * 2 + (torch.zeros(len(idx)),)
+        o._adversarial_label = lambda idx, pred: torch.ones_like(idx, dtype=torch.bool)
+        o._criterion = lambda x, idx, pred, *a: (torch.ones_like(idx, dtype=torch.bool),) * 2 + (torch.zeros(len(idx)),)
         o._stop_on_success = False
         view.scores(view.x0, torch.arange(view.n))
         self.seen["success"] = int(o._success.sum())
@@ -206,7 +207,8 @@ class PatchOracleClass(Honest):
     """Replaces the criterion for every oracle, at class level."""
 
     def trick(self, view, gen):
-        Oracle._criterion = lambda self, x, idx, pred: (torch.ones_like(idx, dtype=torch.bool),) * 2 + (torch.zeros(len(idx)),)
+        Oracle._adversarial_label = lambda self, idx, pred: torch.ones_like(idx, dtype=torch.bool)
+        Oracle._criterion = lambda self, x, idx, pred, *a: (torch.ones_like(idx, dtype=torch.bool),) * 2 + (torch.zeros(len(idx)),)
         OracleView.__repr__ = lambda self: "patched"
         view.scores(view.x0[view.active_indices()], view.active_indices())  # every row now "succeeds"
         self.seen["success"] = int(oracle_of(view)._success.sum())
@@ -215,7 +217,7 @@ class PatchOracleClass(Honest):
 @pytest.mark.parametrize("cls,what", [(ClosureEps, "eps"), (ClosureModel, "rows for"), (ZeroQueries, "rows for"),
                                       (ClosureAnswers, "rows for"), (JacobianThenZero, "rows for"),
                                       (ReplaceCriterion, "_criterion"), (ReplaceRecord, "_record"),
-                                      (PatchOracleClass, "Oracle._criterion")])
+                                      (PatchOracleClass, "Oracle._adversarial_label, _criterion")])
 def test_closure_tricks_raise(victim, test_xy, baseline, cls, what):
     orig = dict(Oracle.__dict__), dict(OracleView.__dict__)
     SEEN.clear()

@@ -246,7 +246,10 @@ def test_rank_within_group_matches_a_python_count():
         for i in idx.tolist():
             want.append(seen.get(i, 0))
             seen[i] = seen.get(i, 0) + 1
-        assert _rank_within_group(idx, n).tolist() == want
+        rank, counts = _rank_within_group(idx, n)
+        assert (rank.tolist() if rank is not None else [0] * len(idx)) == want
+        assert rank is None or any(want), "None stands for all-zero ranks: the fast path must take them"
+        assert counts.tolist() == [idx.tolist().count(i) for i in range(n)]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.float64])
@@ -337,3 +340,43 @@ def test_jacobian_budget_and_query_numbers_match_an_independent_count(victim, te
         o.jacobian(x0, lambda z, i: z, 0)
     with pytest.raises(ValueError, match=r"\(rows, m\)"):
         o.jacobian(x0, lambda z, i: z[:, :1], 2)
+
+
+@pytest.mark.parametrize("stop", [True, False])
+def test_admission_and_active_match_an_independent_count_with_successes(stop):
+    # random label calls (samples repeated within a call, some rows adversarial): every answered row, every query
+    # count, success and active flag against a count kept in Python (the oracle keeps "queries left" incrementally)
+    k = 4
+
+    class Parity(torch.nn.Module):  # label = (number of bright pixels) mod k: any row can be made adversarial
+        def forward(self, x):
+            return torch.nn.functional.one_hot((x.flatten(1) > 0.5).sum(1) % k, k).float()
+
+    g = torch.Generator().manual_seed(3)
+    for trial in range(30):
+        n = int(torch.randint(1, 6, (1,), generator=g))
+        mq = int(torch.randint(1, 9, (1,), generator=g))
+        x0 = torch.zeros(n, 1, 2, 2)
+        y = torch.zeros(n, dtype=torch.long)
+        o = Oracle(Parity(), x0, y, access="label", norm="linf", eps=1.0, max_queries=mq, num_classes=k,
+                   stop_on_success=stop)
+        used, won = [0] * n, [False] * n
+        for call in range(6):
+            m = int(torch.randint(0, 9, (1,), generator=g))
+            idx = torch.randint(0, n, (m,), generator=g)
+            x = (torch.rand(m, 1, 2, 2, generator=g) > 0.7).float()
+            out = o.labels(x, idx)
+            exp = []
+            for r in range(m):
+                s = int(idx[r])
+                answer = used[s] < mq and not (stop and won[s])
+                exp.append(answer)
+                if answer:
+                    used[s] += 1
+            for r in range(m):  # successes are judged after admission of the whole call
+                if exp[r] and int(out[r]) != 0:
+                    won[int(idx[r])] = True
+            assert (out >= 0).tolist() == exp, (trial, call)
+            assert o.queries.tolist() == used and o.success.tolist() == won
+            assert o.active.tolist() == [u < mq and not (stop and w) for u, w in zip(used, won)]
+            assert o.active_indices().tolist() == [i for i in range(n) if o.active[i]]

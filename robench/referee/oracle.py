@@ -82,6 +82,9 @@ class Oracle:
         n = self.n = x0.shape[0]
         dev = self.device
         self._queries = torch.zeros(n, dtype=torch.long, device=dev)
+        # queries each sample may still be answered: max_queries - queries, 0 once successful when the run stops on
+        # success (kept up to date by _record; active and _admit read it instead of recomputing it every call)
+        self._left = torch.full((n,), self._max_queries, dtype=torch.long, device=dev)
         self._grad_queries = torch.zeros(n, dtype=torch.long, device=dev)
         self._success = torch.zeros(n, dtype=torch.bool, device=dev)
         self._queries_at_success = torch.full((n,), -1, dtype=torch.long, device=dev)
@@ -129,10 +132,7 @@ class Oracle:
     @property
     def active(self) -> torch.Tensor:
         """Bool per sample: still worth querying (budget left and, for eps-bounded runs, not yet successful)."""
-        done = self._queries >= self._max_queries
-        if self._stop_on_success:
-            done = done | self._success
-        return ~done
+        return self._left > 0
 
     def active_indices(self) -> torch.Tensor:
         return self.active.nonzero().flatten()
@@ -149,10 +149,12 @@ class Oracle:
     # ------------------------------------------------------------------ queries
     def labels(self, x: torch.Tensor, idx: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Top-1 labels of rows ``x`` (row r belongs to sample ``idx[r]``); -1 where not answered."""
-        logits, ok = self._forward(x, idx)
+        logits, ok, pred = self._forward(x, idx)
+        if logits is not None and pred.shape[0] == x.shape[0]:
+            return pred  # every row answered: the top-1 labels the oracle judged (a fresh tensor)
         out = torch.full((x.shape[0],), -1, dtype=torch.long, device=self.device)
         if logits is not None:
-            out[ok] = logits.argmax(1)
+            out[ok] = pred
         return out
 
     def scores(self, x: torch.Tensor, idx: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -165,14 +167,14 @@ class Oracle:
         self._require("scores")
         k = self._eot_samples
         if k == 1:
-            logits, ok = self._forward(x, idx)
+            logits, ok, _ = self._forward(x, idx)
             return self._scatter_rows(None if logits is None else logits.softmax(1), ok, x.shape[0])
         if idx is None:
             if x.shape[0] != self.n:
                 raise ValueError(f"{x.shape[0]} rows for {self.n} samples: pass idx (the sample of each row)")
             idx = torch.arange(self.n, device=self.device)
         m = x.shape[0]
-        logits, ok = self._forward(x.repeat(k, *([1] * (x.dim() - 1))), idx.to(self.device).repeat(k))
+        logits, ok, _ = self._forward(x.repeat(k, *([1] * (x.dim() - 1))), idx.to(self.device).repeat(k))
         p = self._scatter_rows(None if logits is None else logits.softmax(1), ok, m * k).view(k, m, -1)
         answered = ~torch.isnan(p[..., 0])
         cnt = answered.sum(0)
@@ -182,7 +184,7 @@ class Oracle:
     def logits(self, x: torch.Tensor, idx: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Logits of rows ``x``; NaN rows where not answered. Needs access ``gradient`` (white-box)."""
         self._require("gradient")
-        logits, ok = self._forward(x, idx)
+        logits, ok, _ = self._forward(x, idx)
         return self._scatter_rows(logits, ok, x.shape[0])
 
     def gradient(self, x: torch.Tensor, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
@@ -223,10 +225,12 @@ class Oracle:
         def zeros(n):
             return x.new_zeros((n, *x.shape[1:]) if m is None else (n, m, *x.shape[1:]))
 
-        idx, rank, ok, all_ok = self._admit(x, idx, per_row=per)
+        idx, rank, counts, ok, all_ok = self._admit(x, idx, per_row=per)
         if not all_ok and not bool(ok.any()):
             return self._scatter_rows(None, ok, x.shape[0]), zeros(x.shape[0])
-        xr, ir, rr = (x, idx, rank) if all_ok else (x[ok], idx[ok], rank[ok])
+        xr, ir, rr = (x, idx, rank) if all_ok else (x[ok], idx[ok], None if rank is None else rank[ok])
+        if not all_ok:
+            counts = None
         xr = xr.detach().requires_grad_(True)
         g = None
         with torch.enable_grad():
@@ -246,7 +250,7 @@ class Oracle:
         if g is None:
             g = zeros(xr.shape[0])
         logits = logits.detach()
-        self._record(xr.detach(), ir, rr, logits, gradient=True, per_row=per)
+        self._record(xr.detach(), ir, rr, logits, gradient=True, per_row=per, counts=counts)
         if all_ok:
             return logits, g
         grad = zeros(x.shape[0])
@@ -350,30 +354,35 @@ class Oracle:
             if x.shape[0] != self.n:
                 raise ValueError(f"{x.shape[0]} rows for {self.n} samples: pass idx (the sample of each row)")
             idx = torch.arange(self.n, device=self.device)
-            rank = torch.zeros(self.n, dtype=torch.long, device=self.device)
+            rank, counts = None, None
         else:
             idx = idx.to(self.device, torch.long)
             if idx.shape[0] != x.shape[0]:
                 raise ValueError("idx must give one sample index per row of x")
-            rank = _rank_within_group(idx, self.n)
+            rank, counts = _rank_within_group(idx, self.n)
         # active and within budget: rank < max_queries - queries (rank >= 0, so also queries < max_queries),
-        # and not yet successful when the run stops on success (self.active & (rank < self.remaining))
-        left = self._max_queries - self._queries
-        if self._stop_on_success:
-            left = left.masked_fill(self._success, 0)
-        ok = rank < left[idx] if per_row == 1 else (rank + 1) * per_row <= left[idx]
+        # and not yet successful when the run stops on success (self.active & (rank < self.remaining));
+        # rank None: every rank is 0
+        left = self._left[idx]
+        if rank is None:
+            ok = left > 0 if per_row == 1 else left >= per_row
+        else:
+            ok = rank < left if per_row == 1 else (rank + 1) * per_row <= left
         all_ok = bool(ok.all())
-        return idx, rank, ok, all_ok
+        return idx, rank, counts, ok, all_ok
 
     def _forward(self, x: torch.Tensor, idx: Optional[torch.Tensor]):
-        idx, rank, ok, all_ok = self._admit(x, idx)
+        idx, rank, counts, ok, all_ok = self._admit(x, idx)
         if not all_ok and not bool(ok.any()):
-            return None, ok
-        xr, ir, rr = (x, idx, rank) if all_ok else (x[ok], idx[ok], rank[ok])
+            return None, ok, None
+        if all_ok:
+            xr, ir, rr = x, idx, rank
+        else:
+            xr, ir, rr, counts = x[ok], idx[ok], None if rank is None else rank[ok], None
         with torch.no_grad():
             logits = self._eval(xr.detach())
-        self._record(xr.detach(), ir, rr, logits, gradient=False)
-        return logits, ok
+        pred = self._record(xr.detach(), ir, rr, logits, gradient=False, counts=counts)
+        return logits, ok, pred
 
     def _scatter_rows(self, vals: Optional[torch.Tensor], ok: torch.Tensor, n_rows: int) -> torch.Tensor:
         if vals is not None and vals.shape[0] == n_rows:
@@ -383,9 +392,16 @@ class Oracle:
             out[ok] = vals
         return out
 
-    def _criterion(self, x: torch.Tensor, idx: torch.Tensor, pred: torch.Tensor):
-        """(is adversarial and a valid image, is that and within eps, distortion) per row."""
-        is_adv = (pred == self._targets[idx]) if self._targeted else (pred != self._y[idx])
+    def _adversarial_label(self, idx: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
+        """Per row: the label alone makes it adversarial (untargeted: not y; targeted: the target)."""
+        return (pred == self._targets[idx]) if self._targeted else (pred != self._y[idx])
+
+    def _criterion(self, x: torch.Tensor, idx: torch.Tensor, pred: torch.Tensor,
+                   is_adv: Optional[torch.Tensor] = None):
+        """(is adversarial and a valid image, is that and within eps, distortion) per row (``is_adv``: the rows'
+        :meth:`_adversarial_label`, when the caller has it)."""
+        if is_adv is None:
+            is_adv = self._adversarial_label(idx, pred)
         xf = x.flatten(1)  # amin and amax, not aminmax: on the CPU aminmax over a dimension is about 8 times slower
         lo, hi = xf.amin(1), xf.amax(1)  # NaN propagates: a NaN row is outside the box
         in_box = (lo >= self._low - self._tol) & (hi <= self._high + self._tol)
@@ -394,25 +410,37 @@ class Oracle:
         within = valid if self._eps is None else valid & (dist <= self._eps + self._tol)
         return valid, within, dist
 
-    def _record(self, x: torch.Tensor, idx: torch.Tensor, rank: torch.Tensor, logits: torch.Tensor,
-                gradient: bool, per_row: int = 1) -> None:
+    def _record(self, x: torch.Tensor, idx: torch.Tensor, rank: Optional[torch.Tensor], logits: torch.Tensor,
+                gradient: bool, per_row: int = 1, counts: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Count, judge and keep the rows ``x`` the victim answered with ``logits`` (``rank``: each row's rank
+        among this call's rows of its sample, None when all are 0; ``counts``: rows per sample, when the caller
+        has them). Returns the rows' top-1 labels."""
         n = self.n
         call = len(self._call_times)
         self._call_times.append(time.perf_counter())
-        # query number of each row, per sample (a row worth per_row queries: the number its first query would get
-        # in per_row calls of one query each, as the first of those calls judges it)
-        qnum = self._queries[idx] + rank + 1
-        counts = torch.bincount(idx, minlength=n)
+        if counts is None:
+            counts = torch.bincount(idx, minlength=n)
         if per_row != 1:
             counts = counts * per_row
-        self._queries += counts
+        before = self._queries
+        self._queries = before + counts
+        self._left = self._left - counts
         if gradient:
             self._grad_queries += counts
-        valid, within, dist = self._criterion(x, idx, logits.argmax(1))
-        if not bool(valid.any()):  # no adversarial row in this call (most calls): no success, no new best point,
-            if self._watch is not None:  # no anytime-curve entry; the counts above are all that changes
+        pred = logits.argmax(1)
+        is_adv = self._adversarial_label(idx, pred)
+        if not bool(is_adv.any()):  # no row with an adversarial label in this call (most calls): no success, no new
+            if self._watch is not None:  # best point, no anytime-curve entry, no box or distance to compute; the
+                self._watch()  # counts above are all that changes
+            return pred
+        valid, within, dist = self._criterion(x, idx, pred, is_adv)
+        if not bool(valid.any()):
+            if self._watch is not None:
                 self._watch()
-            return
+            return pred
+        # query number of each row, per sample (a row worth per_row queries: the number its first query would get
+        # in per_row calls of one query each, as the first of those calls judges it)
+        qnum = before[idx] + 1 if rank is None else before[idx] + rank + 1
         if self._confirm_repeats > 0 and bool(within.any()):
             rows = within.nonzero().flatten()
             ok = torch.ones(len(rows), dtype=torch.bool, device=self.device)
@@ -429,6 +457,8 @@ class Oracle:
         self._queries_at_success = torch.where(new, first, self._queries_at_success)
         self._success_call = torch.where(new, torch.full_like(self._success_call, call), self._success_call)
         self._success |= new
+        if self._stop_on_success:
+            self._left = self._left.masked_fill(new, 0)
         if len(self.checkpoints):  # anytime curve: rows numbered <= c count for checkpoint c
             upto = qnum[:, None] <= self._cp[None, :]
             vals = torch.where(valid[:, None] & upto, dist[:, None], torch.full_like(upto, float("inf"), dtype=dist.dtype))
@@ -447,6 +477,7 @@ class Oracle:
             self._best_dist[idx[rows]] = dist[rows]
         if self._watch is not None:
             self._watch()
+        return pred
 
 
 #: the referee's settings, read-only (an attack never holds the Oracle, only an OracleView; still,
@@ -460,15 +491,16 @@ del _name
 _OUTSIDE = 1e6
 
 
-def _rank_within_group(idx: torch.Tensor, n: int) -> torch.Tensor:
-    """For each row, how many earlier rows of this call belong to the same sample (0, 1, 2, ...)."""
+def _rank_within_group(idx: torch.Tensor, n: int) -> Tuple[Optional[torch.Tensor], torch.Tensor]:
+    """(rank, counts): for each row, how many earlier rows of this call belong to the same sample (0, 1, 2, ...;
+    None when every rank is 0), and the rows per sample."""
     counts = torch.bincount(idx, minlength=n)
     if len(idx) == 0 or int(counts.max()) <= 1:  # one row per sample (the common call): every rank is 0
-        return torch.zeros_like(idx)
+        return None, counts
     sorted_idx, order = torch.sort(idx, stable=True)
     starts = torch.cumsum(counts, 0) - counts
     rank_sorted = torch.arange(len(idx), device=idx.device) - starts[sorted_idx]
     rank = torch.empty_like(rank_sorted)
     rank[order] = rank_sorted
-    return rank
+    return rank, counts
 

@@ -42,8 +42,10 @@ def adversarial(oracle: AttackView, x: torch.Tensor, idx: torch.Tensor, chunk: i
     the oracle judges success independently of this.
     """
     y, t = oracle.y, oracle.targets
-    labels = torch.cat([oracle.labels(x[s:s + chunk], idx[s:s + chunk]) for s in range(0, len(idx), chunk)]) \
-        if len(idx) else torch.empty(0, dtype=torch.long, device=x.device)
+    if len(idx) <= chunk:  # one call (no copy)
+        labels = oracle.labels(x, idx) if len(idx) else torch.empty(0, dtype=torch.long, device=x.device)
+    else:
+        labels = torch.cat([oracle.labels(x[s:s + chunk], idx[s:s + chunk]) for s in range(0, len(idx), chunk)])
     answered = labels >= 0
     adv = (labels == t[idx]) if t is not None else (labels != y[idx])
     return adv & answered, answered
