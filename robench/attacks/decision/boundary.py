@@ -67,25 +67,29 @@ class BoundaryAttack(Attack):
             s = (found & oracle.active & (src >= self.conv)).nonzero().flatten()
             if len(s) == 0:
                 return
-            xo, xb = x0[s], best[s]
+            full = len(s) == n  # every sample (s is then 0..n-1): no gathers
+            xo, xb = (x0, best) if full else (x0[s], best[s])
+            sph_s, src_s = (sph, src) if full else (sph[s], src[s])
+            xof = xo.flatten(1)
             diff = (xo - xb).flatten(1)
-            dnorm = diff.norm(dim=1).clamp_min(1e-12)
+            dnorm = diff.norm(dim=1).clamp_min_(1e-12)
             unit = diff / dnorm[:, None]
             eta = torch.randn(diff.shape, generator=generator, device=dev)
-            eta = eta - (eta * unit).sum(1, keepdim=True) * unit
-            eta = eta * (sph[s] * dnorm / eta.norm(dim=1).clamp_min(1e-12))[:, None]
-            sph_c = (xo.flatten(1) + (eta - diff) / torch.sqrt(sph[s] ** 2 + 1)[:, None]).clamp(oracle.low, oracle.high)
-            new_dir = xo.flatten(1) - sph_c
-            new_norm = new_dir.norm(dim=1).clamp_min(1e-12)
-            length = (src[s] * dnorm + new_norm - dnorm).clamp_min(0) / new_norm
-            cand = (sph_c + length[:, None] * new_dir).clamp(oracle.low, oracle.high).view_as(xb)
+            eta -= (eta * unit).sum(1, keepdim=True) * unit
+            eta *= (sph_s * dnorm / eta.norm(dim=1).clamp_min_(1e-12))[:, None]
+            # (the same operations as x0 + (eta - diff) / sqrt(sph^2 + 1) etc., in place where a buffer is free)
+            sph_c = eta.sub_(diff).div_(torch.sqrt(sph_s ** 2 + 1)[:, None]).add_(xof).clamp_(oracle.low, oracle.high)
+            new_dir = xof - sph_c
+            new_norm = new_dir.norm(dim=1).clamp_min_(1e-12)
+            length = (src_s * dnorm + new_norm - dnorm).clamp_min_(0).div_(new_norm)
+            cand = new_dir.mul_(length[:, None]).add_(sph_c).clamp_(oracle.low, oracle.high).view_as(xb)
             check = step % self.k == 0
             if check:  # the orthogonal candidate and the full candidate, one call
                 adv2, _ = adversarial(oracle, torch.cat([sph_c.view_as(xb), cand]), torch.cat([s, s]))
                 sph_adv, adv = adv2[:len(s)], adv2[len(s):]
             else:
                 adv, _ = adversarial(oracle, cand, s)
-            closer = (cand - xo).flatten(1).norm(dim=1) < dnorm
+            closer = (cand.flatten(1) - xof).norm(dim=1) < dnorm
             ok = adv & closer
             best[s[ok]] = cand[ok]
             if check:
