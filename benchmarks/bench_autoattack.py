@@ -434,6 +434,21 @@ def main(argv=None) -> int:
     if args.table:
         table([Path(t) for t in args.table.split(",") if t])
         return 0
+    threats = []
+    for threat in [t for t in args.threats.split(",") if t]:
+        norm, _, eps = threat.partition(":")
+        try:
+            ok = norm in ("linf", "l2", "l1") and 0 < float(eps) < float("inf")
+        except ValueError:
+            ok = False
+        if not ok:
+            print(f"--threats: {threat!r} is not NORM:EPS (NORM linf, l2 or l1, EPS > 0), e.g. --threats linf:0.3,l2:2.0")
+            return 2
+        threats.append((threat, norm, float(eps)))
+    whats = [w for w in args.what.split(",") if w]
+    if not whats or set(whats) - {"aa", "fab", "self"}:
+        print(f"--what: unknown comparison(s) in {args.what!r}; valid: aa, fab, self")
+        return 2
     if args.aa_path:
         sys.path.insert(0, args.aa_path)
     try:
@@ -453,9 +468,8 @@ def main(argv=None) -> int:
     device = torch.device("cpu")
     for defense in [d for d in args.defenses.split(",") if d]:
         model, splits = load_victim(args.checkpoint_dir, defense, device)
-        for threat in [t for t in args.threats.split(",") if t]:
-            norm, eps = threat.split(":")
-            for what in [w for w in args.what.split(",") if w]:
+        for threat, norm, eps in threats:
+            for what in whats:
                 if (defense, threat, what, args.offset) in done:
                     continue
                 n = args.fab_n if what == "fab" else args.n
@@ -466,11 +480,8 @@ def main(argv=None) -> int:
                     r = compare_aa(model, x, y, norm, float(eps))
                 elif what == "fab":
                     r = compare_fab(model, x, y, norm, args.fab_steps, args.fab_restarts)
-                elif what == "self":
-                    r = compare_self(model, x, y, norm, float(eps))
                 else:
-                    print(f"--what: unknown comparison {what!r}; valid: aa, fab, self")
-                    return 2
+                    r = compare_self(model, x, y, norm, float(eps))
                 r.update({"defense": defense, "threat": threat, "what": what, "offset": args.offset,
                           "seconds": time.perf_counter() - t,
                           "threads": args.threads})

@@ -1,0 +1,29 @@
+"""The benchmark scripts' argument errors: one line that says how to fix it, exit status 2, nothing run."""
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _script(name):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize("args,what", [
+    (["--threats", "linf"], "--threats: 'linf' is not NORM:EPS"),
+    (["--threats", "linf:0.3,l3:2"], "--threats: 'l3:2' is not NORM:EPS"),
+    (["--threats", "l2:-1"], "--threats: 'l2:-1' is not NORM:EPS"),
+    (["--threats", "l2:nan"], "--threats: 'l2:nan' is not NORM:EPS"),
+    (["--what", "aa,fast"], "--what: unknown comparison(s) in 'aa,fast'"),
+])
+def test_bench_autoattack_refuses_bad_arguments_in_one_line(tmp_path, capsys, args, what):
+    out = tmp_path / "out.jsonl"
+    rc = _script("bench_autoattack").main(["--checkpoint-dir", str(tmp_path / "none"), "--out", str(out), *args])
+    printed = capsys.readouterr().out
+    assert rc == 2 and printed.startswith(what) and printed.count("\n") == 1
+    assert not out.exists() and list(tmp_path.iterdir()) == []
