@@ -188,6 +188,15 @@ def main(argv=None) -> int:
     if bad:
         print(f"unknown attack(s) {bad}; valid: {', '.join(ATTACKS)}")
         return 2
+    if args.repeats < 1 or (args.n is not None and args.n < 1) or args.epochs < 1:
+        print(f"--repeats, --n and --epochs must be >= 1 (got {args.repeats}, {args.n}, {args.epochs})")
+        return 2
+    for v in victims:  # LeNet here, or an MNIST model of robench's registry
+        try:
+            build(v, splits)
+        except Exception as e:
+            print(f"victim {v!r}: {(str(e).splitlines() or [type(e).__name__])[0]}")
+            return 2
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), weights {args.weights}, "
           f"repeats {args.repeats}, load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     worst = 0.0

@@ -27,3 +27,16 @@ def test_bench_autoattack_refuses_bad_arguments_in_one_line(tmp_path, capsys, ar
     printed = capsys.readouterr().out
     assert rc == 2 and printed.startswith(what) and printed.count("\n") == 1
     assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("args,what", [
+    (["--victims", "foo"], "victim 'foo': unknown model 'foo'"),
+    (["--attacks", "nes,bogus"], "unknown attack(s) ['bogus']"),
+    (["--repeats", "0"], "--repeats, --n and --epochs must be >= 1"),
+])
+def test_bench_overhead_refuses_bad_arguments_in_one_line(tmp_path, capsys, args, what):
+    rc = _script("bench_overhead").main(["--cache", str(tmp_path / "cache"), "--attacks", "nes", *args])
+    printed = capsys.readouterr().out
+    line = [ln for ln in printed.splitlines() if not ln.startswith("torch ")]  # the header line may come first
+    assert rc == 2 and len(line) == 1 and line[0].startswith(what), printed
+    assert not (tmp_path / "cache").exists()
