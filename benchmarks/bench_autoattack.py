@@ -49,6 +49,8 @@ from omegaconf import OmegaConf
 from robench.config import configs_dir
 
 SEED, BS, MAX_QUERIES = 0, 250, 10_000
+#: the threat norms this comparison runs, as the original AutoAttack names them
+_AA_NORMS = {"linf": "Linf", "l2": "L2"}
 
 
 class Counted(torch.nn.Module):
@@ -89,7 +91,7 @@ class Index:
 def run_original_aa(model: Counted, x, y, norm: str, eps: float, index: Index, seed: int = SEED):
     from autoattack import AutoAttack
 
-    aa = AutoAttack(model, norm={"linf": "Linf", "l2": "L2"}[norm], eps=eps, version="standard", seed=seed,
+    aa = AutoAttack(model, norm=_AA_NORMS[norm], eps=eps, version="standard", seed=seed,
                     verbose=False, device=str(x.device))
     broke: Dict[int, str] = {}
     seconds: Dict[str, float] = {}
@@ -182,7 +184,7 @@ def run_robench_aa(model: Counted, x, y, norm: str, eps: float, index: Index):
 def run_original_fab(model: Counted, x, y, norm: str, steps: int, restarts: int):
     from autoattack.fab_pt import FABAttack_PT
 
-    fab = FABAttack_PT(model, norm={"linf": "Linf", "l2": "L2"}[norm], n_restarts=restarts, n_iter=steps, seed=SEED,
+    fab = FABAttack_PT(model, norm=_AA_NORMS[norm], n_restarts=restarts, n_iter=steps, seed=SEED,
                        device=str(x.device))
     torch.random.manual_seed(SEED)
     p = float("inf") if norm == "linf" else 2
@@ -438,11 +440,11 @@ def main(argv=None) -> int:
     for threat in [t for t in args.threats.split(",") if t]:
         norm, _, eps = threat.partition(":")
         try:
-            ok = norm in ("linf", "l2", "l1") and 0 < float(eps) < float("inf")
+            ok = norm in _AA_NORMS and 0 < float(eps) < float("inf")
         except ValueError:
             ok = False
         if not ok:
-            print(f"--threats: {threat!r} is not NORM:EPS (NORM linf, l2 or l1, EPS > 0), e.g. --threats linf:0.3,l2:2.0")
+            print(f"--threats: {threat!r} is not NORM:EPS (NORM {' or '.join(_AA_NORMS)}, EPS > 0), e.g. --threats linf:0.3,l2:2.0")
             return 2
         threats.append((threat, norm, float(eps)))
     whats = [w for w in args.what.split(",") if w]

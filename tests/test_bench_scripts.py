@@ -19,6 +19,7 @@ def _script(name):
     (["--threats", "linf:0.3,l3:2"], "--threats: 'l3:2' is not NORM:EPS"),
     (["--threats", "l2:-1"], "--threats: 'l2:-1' is not NORM:EPS"),
     (["--threats", "l2:nan"], "--threats: 'l2:nan' is not NORM:EPS"),
+    (["--threats", "l1:10"], "--threats: 'l1:10' is not NORM:EPS (NORM linf or l2"),
     (["--what", "aa,fast"], "--what: unknown comparison(s) in 'aa,fast'"),
 ])
 def test_bench_autoattack_refuses_bad_arguments_in_one_line(tmp_path, capsys, args, what):

@@ -345,7 +345,7 @@ def test_jacobian_budget_and_query_numbers_match_an_independent_count(victim, te
 @pytest.mark.parametrize("stop", [True, False])
 def test_admission_and_active_match_an_independent_count_with_successes(stop):
     # random label calls (samples repeated within a call, some rows adversarial): every answered row, every query
-    # count, success and active flag against a count kept in Python (the oracle keeps "queries left" incrementally)
+    # count, success and active flag against a count kept in Python
     k = 4
 
     class Parity(torch.nn.Module):  # label = (number of bright pixels) mod k: any row can be made adversarial

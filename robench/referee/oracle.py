@@ -82,9 +82,6 @@ class Oracle:
         n = self.n = x0.shape[0]
         dev = self.device
         self._queries = torch.zeros(n, dtype=torch.long, device=dev)
-        # queries each sample may still be answered: max_queries - queries, 0 once successful when the run stops on
-        # success (kept up to date by _record; active and _admit read it instead of recomputing it every call)
-        self._left = torch.full((n,), self._max_queries, dtype=torch.long, device=dev)
         self._grad_queries = torch.zeros(n, dtype=torch.long, device=dev)
         self._success = torch.zeros(n, dtype=torch.bool, device=dev)
         self._queries_at_success = torch.full((n,), -1, dtype=torch.long, device=dev)
@@ -132,7 +129,10 @@ class Oracle:
     @property
     def active(self) -> torch.Tensor:
         """Bool per sample: still worth querying (budget left and, for eps-bounded runs, not yet successful)."""
-        return self._left > 0
+        done = self._queries >= self._max_queries
+        if self._stop_on_success:
+            done = done | self._success
+        return ~done
 
     def active_indices(self) -> torch.Tensor:
         return self.active.nonzero().flatten()
@@ -228,9 +228,7 @@ class Oracle:
         idx, rank, counts, ok, all_ok = self._admit(x, idx, per_row=per)
         if not all_ok and not bool(ok.any()):
             return self._scatter_rows(None, ok, x.shape[0]), zeros(x.shape[0])
-        xr, ir, rr = (x, idx, rank) if all_ok else (x[ok], idx[ok], None if rank is None else rank[ok])
-        if not all_ok:
-            counts = None
+        xr, ir, rr, counts = self._answered(x, idx, rank, counts, ok, all_ok)
         xr = xr.detach().requires_grad_(True)
         g = None
         with torch.enable_grad():
@@ -363,7 +361,10 @@ class Oracle:
         # active and within budget: rank < max_queries - queries (rank >= 0, so also queries < max_queries),
         # and not yet successful when the run stops on success (self.active & (rank < self.remaining));
         # rank None: every rank is 0
-        left = self._left[idx]
+        left = self._max_queries - self._queries
+        if self._stop_on_success:
+            left = left.masked_fill(self._success, 0)
+        left = left[idx]
         if rank is None:
             ok = left > 0 if per_row == 1 else left >= per_row
         else:
@@ -371,14 +372,18 @@ class Oracle:
         all_ok = bool(ok.all())
         return idx, rank, counts, ok, all_ok
 
+    @staticmethod
+    def _answered(x, idx, rank, counts, ok, all_ok):
+        """The admitted rows of a call: (rows, their samples, their ranks, rows per sample or None to recount)."""
+        if all_ok:
+            return x, idx, rank, counts
+        return x[ok], idx[ok], None if rank is None else rank[ok], None
+
     def _forward(self, x: torch.Tensor, idx: Optional[torch.Tensor]):
         idx, rank, counts, ok, all_ok = self._admit(x, idx)
         if not all_ok and not bool(ok.any()):
             return None, ok, None
-        if all_ok:
-            xr, ir, rr = x, idx, rank
-        else:
-            xr, ir, rr, counts = x[ok], idx[ok], None if rank is None else rank[ok], None
+        xr, ir, rr, counts = self._answered(x, idx, rank, counts, ok, all_ok)
         with torch.no_grad():
             logits = self._eval(xr.detach())
         pred = self._record(xr.detach(), ir, rr, logits, gradient=False, counts=counts)
@@ -424,17 +429,16 @@ class Oracle:
             counts = counts * per_row
         before = self._queries
         self._queries = before + counts
-        self._left = self._left - counts
         if gradient:
             self._grad_queries += counts
         pred = logits.argmax(1)
+        # no row with an adversarial label (most calls): no box or distance to compute; no valid row: no success,
+        # no new best point, no anytime-curve entry; the counts above are all that changes
         is_adv = self._adversarial_label(idx, pred)
-        if not bool(is_adv.any()):  # no row with an adversarial label in this call (most calls): no success, no new
-            if self._watch is not None:  # best point, no anytime-curve entry, no box or distance to compute; the
-                self._watch()  # counts above are all that changes
-            return pred
-        valid, within, dist = self._criterion(x, idx, pred, is_adv)
-        if not bool(valid.any()):
+        valid = None
+        if bool(is_adv.any()):
+            valid, within, dist = self._criterion(x, idx, pred, is_adv)
+        if valid is None or not bool(valid.any()):
             if self._watch is not None:
                 self._watch()
             return pred
@@ -457,8 +461,6 @@ class Oracle:
         self._queries_at_success = torch.where(new, first, self._queries_at_success)
         self._success_call = torch.where(new, torch.full_like(self._success_call, call), self._success_call)
         self._success |= new
-        if self._stop_on_success:
-            self._left = self._left.masked_fill(new, 0)
         if len(self.checkpoints):  # anytime curve: rows numbered <= c count for checkpoint c
             upto = qnum[:, None] <= self._cp[None, :]
             vals = torch.where(valid[:, None] & upto, dist[:, None], torch.full_like(upto, float("inf"), dtype=dist.dtype))
