@@ -180,6 +180,19 @@ class ZeroQueries(Honest):
         self.seen["spent"], self.seen["reported"] = spent + int(o._queries.sum()), int(o._queries.sum())
 
 
+class RaiseThenRestoreMax(Honest):
+    """Raises the oracle's budget, spends past it, puts the budget back before the batch ends."""
+
+    def trick(self, view, gen):
+        o = oracle_of(view)
+        mq, o._max_queries = o._max_queries, 10 ** 6
+        idx = torch.arange(view.n).repeat(5 * MAXQ)
+        x0 = view.x0[idx]
+        view.scores((x0 + view.eps * torch.sign(torch.randn(x0.shape, generator=gen))).clamp(0, 1), idx)
+        o._max_queries = mq
+        self.seen["free"] = int(o._queries.max()) > MAXQ  # over the budget, every row honestly counted
+
+
 class ReplaceCriterion(Honest):
     """Every row is a success."""
 
@@ -216,6 +229,7 @@ class PatchOracleClass(Honest):
 
 @pytest.mark.parametrize("cls,what", [(ClosureEps, "eps"), (ClosureModel, "rows for"), (ZeroQueries, "rows for"),
                                       (ClosureAnswers, "rows for"), (JacobianThenZero, "rows for"),
+                                      (RaiseThenRestoreMax, f"over the budget of {MAXQ}"),
                                       (ReplaceCriterion, "_criterion"), (ReplaceRecord, "_record"),
                                       (PatchOracleClass, "Oracle._adversarial_label, _criterion")])
 def test_closure_tricks_raise(victim, test_xy, baseline, cls, what):

@@ -8,7 +8,8 @@ closure cells, ``gc.get_objects()`` or frames to the :class:`~robench.referee.or
   evaluates (a row of :meth:`~robench.referee.oracle.Oracle.jacobian` as the m queries it answers, from the
   oracle's ``answers=m``); after the batch, the oracle's reported queries must match those rows (exactly,
   or within the confirmations' factor ``1 + confirm_repeats``): a zeroed ``_queries`` or a forward pass through
-  the oracle's model outside its bookkeeping shows as a mismatch;
+  the oracle's model outside its bookkeeping shows as a mismatch; and no sample's reported queries may exceed the
+  configured budget (a budget raised for a while and put back compares equal afterwards);
 * **stray forwards**: every module of the victim gets, for the attack's run, an instance ``forward`` that
   notes a run outside an oracle call and calls the module's own (an attack that found the model through
   ``gc`` and queried it uncounted); removing or replacing it, or the class's ``forward``, is flagged too.
@@ -153,6 +154,9 @@ class Guard:
                 v.append(f"changed the oracle's {k[1:]} ({d.get(k)!r}, configured {getattr(referee, f)!r})")
         if (d.get("_low"), d.get("_high")) != tuple(float(b) for b in referee.box):
             v.append(f"changed the oracle's input box ({d.get('_low')!r}, {d.get('_high')!r}), configured {referee.box!r}")
+        over = int(queries.max()) if len(queries) else 0
+        if over > referee.max_queries:  # a budget raised for a while and put back: the settings compare equal after
+            v.append(f"spent {over} queries on a sample, over the budget of {referee.max_queries}")
         rows, q = self._rows, int(queries.sum())
         k = max(0, int(referee.confirm_repeats))
         if not (q <= rows <= q * (1 + k)):
