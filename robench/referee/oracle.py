@@ -84,6 +84,7 @@ class Oracle:
         self._queries = torch.zeros(n, dtype=torch.long, device=dev)
         self._grad_queries = torch.zeros(n, dtype=torch.long, device=dev)
         self._success = torch.zeros(n, dtype=torch.bool, device=dev)
+        self._all_succeeded = n == 0  # every sample has succeeded (no first success left to book)
         self._queries_at_success = torch.full((n,), -1, dtype=torch.long, device=dev)
         self._success_call = torch.full((n,), -1, dtype=torch.long, device=dev)
         self._best_dist = torch.full((n,), float("inf"), device=dev)
@@ -453,14 +454,17 @@ class Oracle:
                     ok &= self._criterion(x[rows], idx[rows], self._eval(x[rows]).argmax(1))[1]
             within = within.clone()
             within[rows] = ok
-        # first success: the smallest query number among this call's successful rows
-        big = torch.iinfo(torch.long).max
-        first = torch.full((n,), big, dtype=torch.long, device=self.device)
-        first.scatter_reduce_(0, idx, torch.where(within, qnum, big), "amin")
-        new = (~self._success) & (first < big)
-        self._queries_at_success = torch.where(new, first, self._queries_at_success)
-        self._success_call = torch.where(new, torch.full_like(self._success_call, call), self._success_call)
-        self._success |= new
+        # first success: the smallest query number among this call's successful rows (nothing to do once every
+        # sample has succeeded, as in minimal-distortion runs after their start; the flag can only skip successes)
+        if not self._all_succeeded:
+            big = torch.iinfo(torch.long).max
+            first = torch.full((n,), big, dtype=torch.long, device=self.device)
+            first.scatter_reduce_(0, idx, torch.where(within, qnum, big), "amin")
+            new = (~self._success) & (first < big)
+            self._queries_at_success = torch.where(new, first, self._queries_at_success)
+            self._success_call = torch.where(new, torch.full_like(self._success_call, call), self._success_call)
+            self._success |= new
+            self._all_succeeded = bool(self._success.all())
         if len(self.checkpoints):  # anytime curve: rows numbered <= c count for checkpoint c
             upto = qnum[:, None] <= self._cp[None, :]
             vals = torch.where(valid[:, None] & upto, dist[:, None], torch.full_like(upto, float("inf"), dtype=dist.dtype))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Callable, Optional, Tuple
 
+import numpy as np
 import torch
 
 from robench.attacks.base import Attack, AttackView
@@ -71,33 +72,44 @@ LOCAL, BOUND, SCRATCH = 0, 1, 2
 #   _BIN:  adv -> hi = mid                                      else lo = mid
 #   _OUT:  adv -> _BIN, lo = max(hi - out_step, 0)              else lo = hi, hi = hi + out_step (_DONE past lam_max)
 #   _CHK:  adv -> _BIN, lo = 0, hi = probe                      else _DONE
-_NL = (0, 4, 2, 1, 1, 7, 3, 1, 2, 8, 1, 10)
-_NH = (5, 0, 6, 2, 2, 1, 2, 3, 9, 2, 2, 0)
-_NS = (1, 2, 1, 3, 3, 2, 3, 3, 4, 3, 6, 3)  # _UP, _DOWN, _UP, _BIN, _BIN, _DOWN, _BIN, _BIN, _OUT, _BIN, _DONE, _BIN
-_TABLES: dict = {}
+_NL = np.array((0, 4, 2, 1, 1, 7, 3, 1, 2, 8, 1, 10))
+_NH = np.array((5, 0, 6, 2, 2, 1, 2, 3, 9, 2, 2, 0))
+_NS = np.array((1, 2, 1, 3, 3, 2, 3, 3, 4, 3, 6, 3))  # _UP, _DOWN, _UP, _BIN, _BIN, _DOWN, _BIN, _BIN, _OUT, _BIN, _DONE, _BIN
+#: numpy's dtype of each float image dtype numpy has (a probe is rounded to the image's dtype)
+_NP_FLOAT = {torch.float32: np.float32, torch.float64: np.float64, torch.float16: np.float16}
+
+
+def _round_to(a: np.ndarray, dtype: torch.dtype) -> np.ndarray:
+    """float64 values rounded to the image dtype ``dtype`` (round to nearest even, as torch's ``.to``); values of that
+    dtype, as numpy holds them (bfloat16, which numpy lacks: through torch, back as float64)."""
+    npd = _NP_FLOAT.get(dtype)
+    if npd is not None:
+        return a.astype(npd)
+    return torch.from_numpy(a).to(dtype).double().numpy()
 
 
 def _transition(s, l, h, probe, adv, ans, hi_adv, tol, ratio: float, out_step: float, lam_max: float, dtype):
     """(next state, lo, hi, hi seen adversarial) of live rows: the state machine of :func:`boundary_distance` as
-    table look-ups on (state, adversarial) (about 35 tensor operations per step; one masked assignment per case
-    took about 180). Same numbers: every new bound is one of the candidates, computed as before."""
-    dev = s.device
-    if dev not in _TABLES:
-        _TABLES[dev] = tuple(torch.tensor(t, dtype=torch.long, device=dev) for t in (_NL, _NH, _NS))
-    tnl, tnh, tns = _TABLES[dev]
-    k = s * 2 + adv.long()
-    cand = torch.stack([probe, l, h, (l + h) / 2, probe * (1 - ratio), probe * (1 + ratio), h * (1 + ratio),
-                        l * (1 - ratio), (h - out_step).clamp_min(0), h + out_step, torch.zeros_like(h)], 1)
-    nl = cand.gather(1, tnl[k][:, None]).squeeze(1)
-    nh = cand.gather(1, tnh[k][:, None]).squeeze(1)
-    ns = tns[k]
-    ns = torch.where(((s == _UP) | (s == _OUT)) & ~adv & (nh > lam_max), _DONE, ns)
-    nadv = hi_adv | (adv & (s != _DOWN))
+    table look-ups on (state, adversarial), on the host in numpy (float64 lo, hi, probe; ``dtype``: the image's torch
+    dtype). Every new bound is one of the candidates, each an IEEE operation on float64 (the same bits as the same
+    operation in torch); one masked assignment per case was the first version (tests/test_decision.py)."""
+    if (s == _BIN).all():  # every row bisecting (most steps): the two rows of the table for _BIN
+        mid = (l + h) / 2
+        nl, nh, ns, nadv = np.where(adv, l, mid), np.where(adv, mid, h), s, hi_adv | adv
+    else:
+        k = s * 2 + adv
+        cand = np.stack([probe, l, h, (l + h) / 2, probe * (1 - ratio), probe * (1 + ratio), h * (1 + ratio),
+                         l * (1 - ratio), np.maximum(h - out_step, 0.0), h + out_step, np.zeros_like(h)], 1)
+        rows = np.arange(len(s))
+        nl = cand[rows, _NL[k]]
+        nh = cand[rows, _NH[k]]
+        ns = np.where(((s == _UP) | (s == _OUT)) & ~adv & (nh > lam_max), _DONE, _NS[k])
+        nadv = hi_adv | (adv & (s != _DOWN))
     # bracket narrow enough (or lo collapsed to 0 while shrinking): done; unanswered: done
     # ... or no probe in the image's dtype lies strictly between lo and hi any more
-    mid32, nl32, nh32 = ((nl + nh) / 2).to(dtype), nl.to(dtype), nh.to(dtype)
+    mid32, nl32, nh32 = _round_to((nl + nh) / 2, dtype), _round_to(nl, dtype), _round_to(nh, dtype)
     done = ((ns == _BIN) & ((nh - nl <= tol) | (mid32 <= nl32) | (mid32 >= nh32))) | ((ns == _DOWN) & (nl < 1e-6)) | ~ans
-    return torch.where(done, _DONE, ns), nl, nh, nadv
+    return np.where(done, _DONE, ns), nl, nh, nadv
 
 
 def boundary_distance(oracle: AttackView, x0: torch.Tensor, theta: torch.Tensor, idx: torch.Tensor,
@@ -118,37 +130,48 @@ def boundary_distance(oracle: AttackView, x0: torch.Tensor, theta: torch.Tensor,
       ``lam_max``), then bisect the last step.
 
     The returned lambda was itself queried and seen adversarial (the oracle holds that point).
+
+    The search's state (a state, lo, hi and a flag per row) lives on the host in numpy: a step is a few dozen
+    operations on at most a few hundred numbers, which cost about a microsecond each in numpy and several in torch
+    (a kernel launch each on a GPU). Only the probes go to the device, and only the labels come back.
     """
     n = len(idx)
     dev = x0.device
     # The bracket is kept in float64 and each probe is rounded to the image's dtype: a tolerance below
     # float32's spacing at lambda (e.g. 1e-7 at lambda ~ 3) would otherwise never be met, as (lo + hi) / 2
     # rounds back to lo or hi, and the loop would spend the whole budget re-querying one point.
-    tol = torch.as_tensor(tol, dtype=torch.float64, device=dev).expand(n)
-    v = v.to(dev, torch.float64).clone()
-    mode = torch.full((n,), mode, dtype=torch.long, device=dev) if isinstance(mode, int) else mode.to(dev)
-    lo = torch.zeros(n, dtype=torch.float64, device=dev)
-    hi = v.clone()
-    hi_adv = torch.zeros(n, dtype=torch.bool, device=dev)
-    st = torch.where(mode == LOCAL, _V, torch.where(mode == BOUND, _CHK, _OUT)).to(torch.long)
-    hi = torch.where(mode == SCRATCH, torch.full_like(hi, out_step), hi)
-    st = torch.where(~torch.isfinite(v) & (mode != SCRATCH), torch.full_like(st, _DONE), st)
+    tol = np.broadcast_to(tol.detach().double().cpu().numpy() if torch.is_tensor(tol) else np.float64(tol), (n,))
+    v = v.detach().double().cpu().numpy().copy()
+    mode = np.full(n, mode) if isinstance(mode, int) else mode.cpu().numpy()
+    idx_np = idx.cpu().numpy()
+    lo = np.zeros(n)
+    hi = v.copy()
+    hi_adv = np.zeros(n, dtype=bool)
+    st = np.where(mode == LOCAL, _V, np.where(mode == BOUND, _CHK, _OUT))
+    hi = np.where(mode == SCRATCH, out_step, hi)
+    st = np.where(~np.isfinite(v) & (mode != SCRATCH), _DONE, st)
+    box = (oracle.low, oracle.high)
     while True:
-        live = (st != _DONE).nonzero().flatten()
+        live = np.flatnonzero(st != _DONE)
         if len(live):
-            live = live[oracle.active[idx[live]]]
+            live = live[oracle.active.cpu().numpy()[idx_np[live]]]
         if len(live) == 0:
             break
         s, l, h = st[live], lo[live], hi[live]
-        probe = torch.where(s == _UP, h, torch.where(s == _DOWN, l, torch.where(s == _BIN, (l + h) / 2, h)))
-        probe = torch.where((s == _V) | (s == _CHK), v[live], probe)
-        probe = probe.to(x0.dtype)
-        adv, ans = adversarial(oracle, ray_point(x0[live], theta[live], probe, (oracle.low, oracle.high)), idx[live])
-        probe = probe.double()
-        ns, nl, nh, nadv = _transition(s, l, h, probe, adv, ans, hi_adv[live], tol[live], ratio, out_step, lam_max, x0.dtype)
+        probe = np.where(s == _UP, h, np.where(s == _DOWN, l, np.where(s == _BIN, (l + h) / 2, h)))
+        probe = np.where((s == _V) | (s == _CHK), v[live], probe)
+        probe = _round_to(probe, x0.dtype)
+        if len(live) == n:  # every row (live is then 0..n-1): no gathers
+            xl, tl, il = x0, theta, idx
+        else:
+            r = torch.from_numpy(live).to(dev)
+            xl, tl, il = x0[r], theta[r], idx[r]
+        adv, ans = adversarial(oracle, ray_point(xl, tl, torch.from_numpy(probe).to(dev, x0.dtype), box), il)
+        ns, nl, nh, nadv = _transition(s, l, h, probe.astype(np.float64), adv.cpu().numpy(), ans.cpu().numpy(),
+                                       hi_adv[live], tol[live], ratio, out_step, lam_max, x0.dtype)
         st[live], lo[live], hi[live], hi_adv[live] = ns, nl, nh, nadv
-    hi = hi.to(x0.dtype)  # the lambda that was queried (probes are rounded the same way)
-    return torch.where(hi_adv, hi, torch.full_like(hi, float("inf")))
+    hi = torch.from_numpy(_round_to(hi, x0.dtype)).to(dev, x0.dtype)  # the lambda that was queried (probes are rounded the same way)
+    return torch.where(torch.from_numpy(hi_adv).to(dev), hi, torch.full_like(hi, float("inf")))
 
 
 def search_scale(x0: torch.Tensor, norm: str) -> Tuple[float, float]:
