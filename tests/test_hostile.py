@@ -202,7 +202,7 @@ class ReplaceCriterion(Honest):
         o._criterion = lambda x, idx, pred, *a: (torch.ones_like(idx, dtype=torch.bool),) * 2 + (torch.zeros(len(idx)),)
         o._stop_on_success = False
         view.scores(view.x0, torch.arange(view.n))
-        self.seen["success"] = int(o._success.sum())
+        self.seen["success"] = int(o.success.sum())  # the property: with no stop on success, booking is deferred
 
 
 class ReplaceRecord(Honest):

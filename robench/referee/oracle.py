@@ -30,6 +30,13 @@ An attack gets an :class:`OracleView` of an :class:`Oracle` for a batch of sampl
 
 Everything stays on the victim's device; the hot path does not synchronise with the host except to
 skip rows that are not answered.
+
+When nothing during the batch depends on success (``stop_on_success`` off, as in minimal-distortion runs,
+and no ``confirm_repeats``), a call only counts its rows and copies those with an adversarial label; the
+judging (box, distortion, first success, anytime curve, best point) runs in bulk on the copies when any of
+its results is read (``success``, ``best_dist``, ``best_x``, ``dist_at``, ``queries_at_success``, a snapshot,
+``finalize``) or once the copies hold ``_PENDING_VALUES`` values. The result is the same as judging each call
+as it comes: of rows with equal distortion, the earliest call's is kept, and in that call the last row's.
 """
 from __future__ import annotations
 
@@ -100,6 +107,12 @@ class Oracle:
         self._t0 = time.perf_counter()
         self._finalized: Optional[OracleResult] = None
         self._watch = watch  # the engine's flush check, called after every answered call (engine.Flusher)
+        # Deferred booking: when nothing during the batch depends on success (no stop on success, no confirmation
+        # of successes as they are seen; derived from those settings on every call, never stored), the rows with
+        # an adversarial label are copied here and judged in bulk when their outcome is next read (a property,
+        # snapshot, finalize) or once they hold ``_PENDING_VALUES`` values
+        self._pending: list = []  # (rows' copy, their samples, their query numbers, call number)
+        self._pending_values = 0
         if num_classes is None:  # output width only, never shown to the attack: not a query
             with torch.no_grad():
                 num_classes = int(model(self._x0[:1]).shape[1])
@@ -119,13 +132,18 @@ class Oracle:
                        doc="Target classes (targeted runs), else None.")
     queries = property(lambda self: self._queries.clone(), doc="Queries spent per sample.")
     grad_queries = property(lambda self: self._grad_queries.clone(), doc="Of which gradient (forward+backward) rows.")
-    success = property(lambda self: self._success.clone(), doc="Samples the oracle has seen succeed.")
-    queries_at_success = property(lambda self: self._queries_at_success.clone(),
+    success = property(lambda self: self._settled("_success"), doc="Samples the oracle has seen succeed.")
+    queries_at_success = property(lambda self: self._settled("_queries_at_success"),
                                   doc="Query number of each sample's first success (-1: none yet).")
-    best_dist = property(lambda self: self._best_dist.clone(), doc="Distortion of each sample's best adversarial point.")
-    best_x = property(lambda self: self._best_x.clone(), doc="Each sample's best adversarial point (x0 where none).")
-    dist_at = property(lambda self: self._dist_at.clone(),
+    best_dist = property(lambda self: self._settled("_best_dist"), doc="Distortion of each sample's best adversarial point.")
+    best_x = property(lambda self: self._settled("_best_x"), doc="Each sample's best adversarial point (x0 where none).")
+    dist_at = property(lambda self: self._settled("_dist_at"),
                        doc="(n, len(checkpoints)): best adversarial distortion within each checkpoint's queries.")
+
+    def _settled(self, name: str) -> torch.Tensor:
+        """A copy of the bookkeeping tensor ``name`` with every row answered so far booked."""
+        self._settle()
+        return getattr(self, name).clone()
 
     @property
     def active(self) -> torch.Tensor:
@@ -281,6 +299,7 @@ class Oracle:
         """Re-check every success with fresh, uncounted forward passes and freeze the result."""
         if self._finalized is not None:
             return self._finalized
+        self._settle()
         confirmed = self._success.clone()
         sel = self._success.nonzero().flatten()
         if len(sel):
@@ -298,6 +317,7 @@ class Oracle:
         """The bookkeeping as it stands, mid-batch: successes as seen (``success`` = ``claimed``, no
         re-check), ``seconds`` so far. No forward pass, no random draw: taking it changes nothing.
         The engine writes the rows of finished samples from it as *pending* rows (README, "What a run writes")."""
+        self._settle()
         return self._result(self._success.clone())
 
     def _result(self, confirmed: torch.Tensor) -> OracleResult:
@@ -385,9 +405,10 @@ class Oracle:
         if not all_ok and not bool(ok.any()):
             return None, ok, None
         xr, ir, rr, counts = self._answered(x, idx, rank, counts, ok, all_ok)
+        xr = xr.detach()
         with torch.no_grad():
-            logits = self._eval(xr.detach())
-        pred = self._record(xr.detach(), ir, rr, logits, gradient=False, counts=counts)
+            logits = self._eval(xr)
+        pred = self._record(xr, ir, rr, logits, gradient=False, counts=counts)
         return logits, ok, pred
 
     def _scatter_rows(self, vals: Optional[torch.Tensor], ok: torch.Tensor, n_rows: int) -> torch.Tensor:
@@ -433,19 +454,46 @@ class Oracle:
         if gradient:
             self._grad_queries += counts
         pred = logits.argmax(1)
-        # no row with an adversarial label (most calls): no box or distance to compute; no valid row: no success,
-        # no new best point, no anytime-curve entry; the counts above are all that changes
+        # no row with an adversarial label (most calls): no box or distance to compute, no success, no new best
+        # point, no anytime-curve entry; the counts above are all that changes
         is_adv = self._adversarial_label(idx, pred)
-        valid = None
         if bool(is_adv.any()):
-            valid, within, dist = self._criterion(x, idx, pred, is_adv)
-        if valid is None or not bool(valid.any()):
-            if self._watch is not None:
-                self._watch()
-            return pred
-        # query number of each row, per sample (a row worth per_row queries: the number its first query would get
-        # in per_row calls of one query each, as the first of those calls judges it)
-        qnum = before[idx] + 1 if rank is None else before[idx] + rank + 1
+            # query number of each row, per sample (a row worth per_row queries: the number its first query would
+            # get in per_row calls of one query each, as the first of those calls judges it)
+            qnum = before[idx] + 1 if rank is None else before[idx] + rank + 1
+            if not self._stop_on_success and self._confirm_repeats == 0:  # judged later, in bulk, on a copy of the
+                # rows (the attack may reuse its tensors)
+                xa = x[is_adv]
+                self._pending.append((xa, idx[is_adv], qnum[is_adv], call))
+                self._pending_values += xa.numel()
+                if self._pending_values >= _PENDING_VALUES:
+                    self._settle()
+            else:
+                valid, within, dist = self._criterion(x, idx, pred, is_adv)
+                if bool(valid.any()):
+                    self._book(x, idx, qnum, call, valid, within, dist)
+        if self._watch is not None:
+            self._watch()
+        return pred
+
+    def _settle(self) -> None:
+        """Book the deferred rows (all of them, as one call would, in the order they were answered)."""
+        if not self._pending:
+            return
+        xs, ids, qs, calls = zip(*self._pending)
+        self._pending, self._pending_values = [], 0
+        x, idx, qnum = torch.cat(xs), torch.cat(ids), torch.cat(qs)
+        call = torch.cat([torch.full((len(i),), c, dtype=torch.long, device=self.device) for i, c in zip(ids, calls)])
+        valid, within, dist = self._criterion(x, idx, None, torch.ones_like(idx, dtype=torch.bool))
+        if bool(valid.any()):
+            self._book(x, idx, qnum, call, valid, within, dist)
+
+    def _book(self, x: torch.Tensor, idx: torch.Tensor, qnum: torch.Tensor, call, valid: torch.Tensor,
+              within: torch.Tensor, dist: torch.Tensor) -> None:
+        """Book rows with at least one valid adversarial one: first successes, the anytime curve, the best points.
+        ``qnum``: each row's query number; ``call``: the call number, one for all rows or one per row (rows of
+        several calls, in the order they were answered)."""
+        n = self.n
         if self._confirm_repeats > 0 and bool(within.any()):
             rows = within.nonzero().flatten()
             ok = torch.ones(len(rows), dtype=torch.bool, device=self.device)
@@ -454,15 +502,21 @@ class Oracle:
                     ok &= self._criterion(x[rows], idx[rows], self._eval(x[rows]).argmax(1))[1]
             within = within.clone()
             within[rows] = ok
-        # first success: the smallest query number among this call's successful rows (nothing to do once every
-        # sample has succeeded, as in minimal-distortion runs after their start; the flag can only skip successes)
+        # first success: the smallest query number among the successful rows (a sample's query numbers are
+        # distinct, so it names one row; nothing to do once every sample has succeeded, as in minimal-distortion
+        # runs after their start; the flag can only skip successes)
         if not self._all_succeeded:
             big = torch.iinfo(torch.long).max
             first = torch.full((n,), big, dtype=torch.long, device=self.device)
             first.scatter_reduce_(0, idx, torch.where(within, qnum, big), "amin")
             new = (~self._success) & (first < big)
             self._queries_at_success = torch.where(new, first, self._queries_at_success)
-            self._success_call = torch.where(new, torch.full_like(self._success_call, call), self._success_call)
+            if torch.is_tensor(call):  # the call of that row
+                hit = within & (qnum == first[idx])
+                at = torch.full_like(self._success_call, -1).scatter_(0, idx[hit], call[hit])
+            else:
+                at = torch.full_like(self._success_call, call)
+            self._success_call = torch.where(new, at, self._success_call)
             self._success |= new
             self._all_succeeded = bool(self._success.all())
         if len(self.checkpoints):  # anytime curve: rows numbered <= c count for checkpoint c
@@ -479,11 +533,14 @@ class Oracle:
         improved = (key == self._best_key[idx]) & (key < old[idx])
         if bool(improved.any()):
             rows = improved.nonzero().flatten()
+            if torch.is_tensor(call):  # rows of several calls: of equal keys, the first call's (a later call's equal
+                # key is no improvement), and in that call the last row (what one call's assignment keeps)
+                order = call[rows] * (len(idx) + 1) - rows
+                pick = torch.full((n,), torch.iinfo(torch.long).max, dtype=torch.long, device=self.device)
+                pick.scatter_reduce_(0, idx[rows], order, "amin")
+                rows = rows[order == pick[idx[rows]]]
             self._best_x[idx[rows]] = x[rows]
             self._best_dist[idx[rows]] = dist[rows]
-        if self._watch is not None:
-            self._watch()
-        return pred
 
 
 #: the referee's settings, read-only (an attack never holds the Oracle, only an OracleView; still,
@@ -495,6 +552,8 @@ del _name
 
 #: added to the ranking key of adversarial points outside the eps-ball so any point inside ranks first
 _OUTSIDE = 1e6
+#: deferred rows are booked once they hold this many values (4M: 16 MB of float32; 5,000 MNIST rows)
+_PENDING_VALUES = 1 << 22
 
 
 def _rank_within_group(idx: torch.Tensor, n: int) -> Tuple[Optional[torch.Tensor], torch.Tensor]:

@@ -63,8 +63,9 @@ class BoundaryAttack(Attack):
         n_sph = torch.zeros(n, dtype=torch.long, device=dev)
         n_step = torch.zeros(n, dtype=torch.long, device=dev)
         a = self.step_adaptation
+        going = found & (src >= self.conv)  # src changes only on the steps that update the statistics
         for step in range(1, self.max_steps + 1):
-            s = (found & oracle.active & (src >= self.conv)).nonzero().flatten()
+            s = (going & oracle.active).nonzero().flatten()
             if len(s) == 0:
                 return
             full = len(s) == n  # every sample (s is then 0..n-1): no gathers
@@ -111,3 +112,4 @@ class BoundaryAttack(Attack):
                 src[s] *= torch.where(up, a, torch.where(down, 1 / a, 1.0))
                 reset = s[up | down]
                 step_stats[reset], n_step[reset] = float("nan"), 0
+                going = found & (src >= self.conv)

@@ -36,6 +36,13 @@ def normalize(v: torch.Tensor, norm: str) -> torch.Tensor:
     return geometry(norm).normalize(v)
 
 
+def _labels(oracle: AttackView, x: torch.Tensor, idx: torch.Tensor, chunk: int = CHUNK) -> torch.Tensor:
+    """The oracle's labels of rows ``x`` (-1: not answered), in calls of at most ``chunk`` rows."""
+    if len(idx) <= chunk:  # one call (no copy)
+        return oracle.labels(x, idx) if len(idx) else torch.empty(0, dtype=torch.long, device=x.device)
+    return torch.cat([oracle.labels(x[s:s + chunk], idx[s:s + chunk]) for s in range(0, len(idx), chunk)])
+
+
 def adversarial(oracle: AttackView, x: torch.Tensor, idx: torch.Tensor, chunk: int = CHUNK) -> Tuple[torch.Tensor, torch.Tensor]:
     """(adversarial, answered) per row: one counted label query per row (split into calls of ``chunk``).
 
@@ -43,10 +50,7 @@ def adversarial(oracle: AttackView, x: torch.Tensor, idx: torch.Tensor, chunk: i
     the oracle judges success independently of this.
     """
     y, t = oracle.y, oracle.targets
-    if len(idx) <= chunk:  # one call (no copy)
-        labels = oracle.labels(x, idx) if len(idx) else torch.empty(0, dtype=torch.long, device=x.device)
-    else:
-        labels = torch.cat([oracle.labels(x[s:s + chunk], idx[s:s + chunk]) for s in range(0, len(idx), chunk)])
+    labels = _labels(oracle, x, idx, chunk)
     answered = labels >= 0
     adv = (labels == t[idx]) if t is not None else (labels != y[idx])
     return adv & answered, answered
@@ -54,7 +58,7 @@ def adversarial(oracle: AttackView, x: torch.Tensor, idx: torch.Tensor, chunk: i
 
 def ray_point(x0: torch.Tensor, theta: torch.Tensor, lam: torch.Tensor, box=(0.0, 1.0)) -> torch.Tensor:
     """x0 + lam * theta clipped to the input box (the domain bound of [cheng2021 §2.4.2]; images: [0, 1])."""
-    return (x0 + view_b(lam, x0) * theta).clamp(box[0], box[1])
+    return (x0 + view_b(lam, x0) * theta).clamp_(box[0], box[1])
 
 
 # states of the boundary search
@@ -151,10 +155,14 @@ def boundary_distance(oracle: AttackView, x0: torch.Tensor, theta: torch.Tensor,
     hi = np.where(mode == SCRATCH, out_step, hi)
     st = np.where(~np.isfinite(v) & (mode != SCRATCH), _DONE, st)
     box = (oracle.low, oracle.high)
+    t = oracle.targets  # adversarial: the label is the target (targeted) or not y, per row's sample
+    want, hit = (t, True) if t is not None else (oracle.y, False)
+    want = want.cpu().numpy()[idx_np]
+    # A row whose sample the oracle no longer answers (budget spent; success in an eps-bounded run) comes back
+    # unanswered and its search ends there, with the bound it had: what skipping it would give, without asking
+    # the oracle which samples are active before every step.
     while True:
         live = np.flatnonzero(st != _DONE)
-        if len(live):
-            live = live[oracle.active.cpu().numpy()[idx_np[live]]]
         if len(live) == 0:
             break
         s, l, h = st[live], lo[live], hi[live]
@@ -166,9 +174,11 @@ def boundary_distance(oracle: AttackView, x0: torch.Tensor, theta: torch.Tensor,
         else:
             r = torch.from_numpy(live).to(dev)
             xl, tl, il = x0[r], theta[r], idx[r]
-        adv, ans = adversarial(oracle, ray_point(xl, tl, torch.from_numpy(probe).to(dev, x0.dtype), box), il)
-        ns, nl, nh, nadv = _transition(s, l, h, probe.astype(np.float64), adv.cpu().numpy(), ans.cpu().numpy(),
-                                       hi_adv[live], tol[live], ratio, out_step, lam_max, x0.dtype)
+        lab = _labels(oracle, ray_point(xl, tl, torch.from_numpy(probe).to(dev, x0.dtype), box), il).cpu().numpy()
+        ans = lab >= 0
+        adv = ((lab == want[live]) if hit else (lab != want[live])) & ans
+        ns, nl, nh, nadv = _transition(s, l, h, probe.astype(np.float64), adv, ans, hi_adv[live], tol[live], ratio,
+                                       out_step, lam_max, x0.dtype)
         st[live], lo[live], hi[live], hi_adv[live] = ns, nl, nh, nadv
     hi = torch.from_numpy(_round_to(hi, x0.dtype)).to(dev, x0.dtype)  # the lambda that was queried (probes are rounded the same way)
     return torch.where(torch.from_numpy(hi_adv).to(dev), hi, torch.full_like(hi, float("inf")))
