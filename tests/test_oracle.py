@@ -380,3 +380,85 @@ def test_admission_and_active_match_an_independent_count_with_successes(stop):
             assert o.queries.tolist() == used and o.success.tolist() == won
             assert o.active.tolist() == [u < mq and not (stop and w) for u, w in zip(used, won)]
             assert o.active_indices().tolist() == [i for i in range(n) if o.active[i]]
+
+
+@pytest.mark.parametrize("eps", [None, 0.9])
+def test_deferred_booking_equals_judging_each_call_row_by_row(eps, monkeypatch):
+    # With no stop on success the oracle defers its judging and books rows in bulk. Random label calls (samples
+    # repeated within a call, points on a 0.5 grid so that many distortions tie, some rows outside the box), read
+    # at random moments (each read books what is pending) and with a small pending limit in half the trials: first
+    # successes, best points, distortions and the anytime curve equal a row-by-row reference kept in Python, which
+    # judges each call as it comes (of equal keys a later call's row is no improvement; within a call the last
+    # row of the smallest key is kept).
+    import robench.referee.oracle as om
+
+    k = 3
+
+    class Parity(torch.nn.Module):  # label = (number of pixels >= 0.5) mod k
+        def forward(self, x):
+            return torch.nn.functional.one_hot((x.flatten(1) >= 0.5).sum(1) % k, k).float()
+
+    g = torch.Generator().manual_seed(5)
+    inf = float("inf")
+    for trial in range(40):
+        monkeypatch.setattr(om, "_PENDING_VALUES", 1 << 22 if trial % 2 else 12)
+        n = int(torch.randint(1, 5, (1,), generator=g))
+        mq = int(torch.randint(3, 30, (1,), generator=g))
+        cps = sorted({int(c) for c in torch.randint(1, mq + 1, (3,), generator=g)})
+        x0 = torch.zeros(n, 1, 2, 2)
+        y = torch.zeros(n, dtype=torch.long)
+        o = Oracle(Parity(), x0, y, access="label", norm="l2", eps=eps, max_queries=mq, num_classes=k,
+                   stop_on_success=False, checkpoints=cps)
+        used = [0] * n
+        won, q_at, call_at = [False] * n, [-1] * n, [-1] * n
+        key, best_d, best_x = [inf] * n, [inf] * n, [x0[i].clone() for i in range(n)]
+        dist_at = [[inf] * len(cps) for _ in range(n)]
+        answered_calls = 0
+        for _ in range(12):
+            m = int(torch.randint(0, 7, (1,), generator=g))
+            idx = torch.randint(0, n, (m,), generator=g)
+            x = torch.randint(0, 3, (m, 1, 2, 2), generator=g).float() / 2
+            x[torch.rand(m, generator=g) < 0.1] += 0.75  # some rows leave the box
+            out = o.labels(x, idx)
+            assert sum(p[0].numel() for p in o._pending) < om._PENDING_VALUES  # the copies stay under the limit
+            rows = []
+            for r in range(m):
+                s = int(idx[r])
+                if used[s] < mq:
+                    used[s] += 1
+                    rows.append((r, s, used[s]))
+            assert (out >= 0).sum() == len(rows)
+            if m and not rows:  # nothing answered: not a call (an empty call is one, with nothing to judge)
+                continue
+            call = answered_calls
+            answered_calls += 1
+            cand = {}
+            for r, s, qn in rows:
+                lab = int(((x[r] >= 0.5).sum()) % k)
+                valid = lab != 0 and bool(x[r].min() >= 0) and bool(x[r].max() <= 1)
+                if not valid:
+                    continue
+                d = float(x[r].flatten().norm())  # x0 = 0
+                within = eps is None or d <= eps + 1e-5
+                if within and not won[s]:
+                    won[s], q_at[s], call_at[s] = True, qn, call
+                for j, c in enumerate(cps):
+                    if qn <= c:
+                        dist_at[s][j] = min(dist_at[s][j], d)
+                kk = d if within else d + 1e6
+                if kk <= cand.get(s, (inf,))[0]:  # the last row of the smallest key in this call
+                    cand[s] = (kk, d, r)
+            for s, (kk, d, r) in cand.items():
+                if kk < key[s]:
+                    key[s], best_d[s], best_x[s] = kk, d, x[r].clone()
+            if torch.rand(1, generator=g) < 0.3:  # a read books what is pending
+                assert o.success.tolist() == won and o.best_dist.tolist() == pytest.approx(best_d)
+        res = o.finalize()
+        assert res.queries.tolist() == used and res.claimed.tolist() == won, trial
+        assert res.queries_at_success.tolist() == q_at, trial
+        assert o.best_dist.tolist() == pytest.approx(best_d, rel=1e-6), trial
+        assert res.adversarial.tolist() == [d < inf for d in best_d], trial
+        assert torch.equal(res.best_x, torch.stack(best_x)), trial
+        assert res.dist_at.flatten().tolist() == pytest.approx(sum(dist_at, []), rel=1e-6), trial
+        at = [o._call_times[c] - o._t0 if c >= 0 else None for c in call_at]  # the time of the success's call
+        assert [None if a != a else a for a in res.seconds_at_success.tolist()] == pytest.approx(at), trial
