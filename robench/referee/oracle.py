@@ -350,7 +350,7 @@ class Oracle:
             raise VictimError(self._broken) from e
         # one sum first (a non-finite logit makes it non-finite; a finite sum means every logit is finite), the
         # elementwise check only when the sum is not finite (it can overflow on large finite logits)
-        o = out.detach()
+        o = out.detach() if out.requires_grad else out
         if not math.isfinite(float(o.sum())) and not bool(torch.isfinite(o).all()):
             self._broken = (f"the victim returned non-finite logits (NaN or inf) for a query of {x.shape[0]} row(s); "
                             f"the run stopped (records of completed batches are kept)")
@@ -405,7 +405,8 @@ class Oracle:
         if not all_ok and not bool(ok.any()):
             return None, ok, None
         xr, ir, rr, counts = self._answered(x, idx, rank, counts, ok, all_ok)
-        xr = xr.detach()
+        if xr.requires_grad:
+            xr = xr.detach()
         with torch.no_grad():
             logits = self._eval(xr)
         pred = self._record(xr, ir, rr, logits, gradient=False, counts=counts)
@@ -483,7 +484,9 @@ class Oracle:
         xs, ids, qs, calls = zip(*self._pending)
         self._pending, self._pending_values = [], 0
         x, idx, qnum = torch.cat(xs), torch.cat(ids), torch.cat(qs)
-        call = torch.cat([torch.full((len(i),), c, dtype=torch.long, device=self.device) for i, c in zip(ids, calls)])
+        lens = [len(i) for i in ids]
+        call = torch.repeat_interleave(torch.tensor(calls, dtype=torch.long, device=self.device),
+                                       torch.tensor(lens, dtype=torch.long, device=self.device), output_size=sum(lens))
         valid, within, dist = self._criterion(x, idx, None, torch.ones_like(idx, dtype=torch.bool))
         if bool(valid.any()):
             self._book(x, idx, qnum, call, valid, within, dist)

@@ -64,13 +64,14 @@ class BoundaryAttack(Attack):
         n_step = torch.zeros(n, dtype=torch.long, device=dev)
         a = self.step_adaptation
         going = found & (src >= self.conv)  # src changes only on the steps that update the statistics
+        den = torch.sqrt(sph ** 2 + 1)[:, None]  # so does sph: the orthogonal step's normaliser, kept
         for step in range(1, self.max_steps + 1):
             s = (going & oracle.active).nonzero().flatten()
             if len(s) == 0:
                 return
             full = len(s) == n  # every sample (s is then 0..n-1): no gathers
             xo, xb = (x0, best) if full else (x0[s], best[s])
-            sph_s, src_s = (sph, src) if full else (sph[s], src[s])
+            sph_s, src_s, den_s = (sph, src, den) if full else (sph[s], src[s], den[s])
             xof = xo.flatten(1)
             diff = (xo - xb).flatten(1)
             dnorm = diff.norm(dim=1).clamp_min_(1e-12)
@@ -79,7 +80,7 @@ class BoundaryAttack(Attack):
             eta -= (eta * unit).sum(1, keepdim=True) * unit
             eta *= (sph_s * dnorm / eta.norm(dim=1).clamp_min_(1e-12))[:, None]
             # (the same operations as x0 + (eta - diff) / sqrt(sph^2 + 1) etc., in place where a buffer is free)
-            sph_c = eta.sub_(diff).div_(torch.sqrt(sph_s ** 2 + 1)[:, None]).add_(xof).clamp_(oracle.low, oracle.high)
+            sph_c = eta.sub_(diff).div_(den_s).add_(xof).clamp_(oracle.low, oracle.high)
             new_dir = xof - sph_c
             new_norm = new_dir.norm(dim=1).clamp_min_(1e-12)
             length = (src_s * dnorm + new_norm - dnorm).clamp_min_(0).div_(new_norm)
@@ -113,3 +114,4 @@ class BoundaryAttack(Attack):
                 reset = s[up | down]
                 step_stats[reset], n_step[reset] = float("nan"), 0
                 going = found & (src >= self.conv)
+                den = torch.sqrt(sph ** 2 + 1)[:, None]
