@@ -35,19 +35,30 @@ def export(ref: str, dest: Path) -> Path:
 
 
 def ratios(tree: Path, script: str, args: list) -> dict:
-    """{name: ratio} from one run of ``script`` in ``tree`` (lines ``RATIO <value>`` or ``RATIO <name> <value> ...``)."""
+    """{name: ratio} from one run of ``script`` in ``tree`` (lines ``RATIO <value>``, ``RATIO <name> <value> ...`` or
+    bench_overhead.py's ``RATIO <victim> <attack> <value>``)."""
     env = dict(os.environ, PYTHONPATH=str(tree))
     p = subprocess.run([sys.executable, str(tree / "benchmarks" / script), *args], cwd=tree, env=env,
                        capture_output=True, text=True)
     if p.returncode != 0:
         sys.exit(f"{script} failed in {tree}:\n{p.stdout[-2000:]}\n{p.stderr[-2000:]}")
+    out = parse_ratios(p.stdout)
+    if not out:
+        sys.exit(f"{script} printed no RATIO line in {tree}")
+    return out
+
+
+def parse_ratios(stdout: str) -> dict:
+    """{name: ratio} of a benchmark's ``RATIO`` lines (see :func:`ratios`)."""
     out = {}
-    for line in p.stdout.splitlines():
+    for line in stdout.splitlines():
+        two = re.fullmatch(r"RATIO\s+(\S+)\s+(\S+)\s+([0-9.]+)", line.strip())  # bench_overhead: victim, attack
+        if two and not two.group(2).replace(".", "").isdigit():
+            out[f"{two.group(1)}/{two.group(2)}"] = float(two.group(3))
+            continue
         m = re.match(r"RATIO\s+(?:(\S+)\s+)?([0-9.]+)", line.strip())
         if m and not (m.group(1) or "").replace(".", "").isdigit():
             out[m.group(1) or "oracle"] = float(m.group(2))
-    if not out:
-        sys.exit(f"{script} printed no RATIO line in {tree}")
     return out
 
 

@@ -41,3 +41,12 @@ def test_bench_overhead_refuses_bad_arguments_in_one_line(tmp_path, capsys, args
     line = [ln for ln in printed.splitlines() if not ln.startswith("torch ")]  # the header line may come first
     assert rc == 2 and len(line) == 1 and line[0].startswith(what), printed
     assert not (tmp_path / "cache").exists()
+
+
+def test_compare_versions_reads_every_benchmarks_ratio_lines():
+    # bench_oracle's bare RATIO, bench_torchattacks' named one with columns after it, bench_overhead's victim and
+    # attack; an earlier line of the same name is replaced, lines that are not ratios are skipped
+    out = "\n".join(["RATIO 0.93", "RATIO pgd 0.21 12.3 s", "RATIO cw_mnist signopt 1.1280", "FLOOR cw_mnist signopt 1.07",
+                     "RATIO lenet nes 1.2", "RATIO lenet nes 1.1459", "RATIO 3 4", "ratio pgd 9", "MAX_RATIO 1.63"])
+    assert _script("compare_versions").parse_ratios(out) == {
+        "oracle": 0.93, "pgd": 0.21, "cw_mnist/signopt": 1.128, "lenet/nes": 1.1459}
