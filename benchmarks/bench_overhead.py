@@ -22,8 +22,12 @@ Each (victim, attack) runs ``--repeats`` times (the order alternates attacks eve
 reported with its min..max, and a digest of the records (time columns aside), which must not change with a
 speed-up (``--digest-only`` prints just those). Last line: ``MAX_RATIO <value>`` over the table.
 
+``--channels-last`` / ``--compile`` give robench's victim ``victim_speed`` (the bare copy stays plain: a ratio
+below 1 is the speed-up); ``--count-ops`` prints, instead of timings, the tensor operations dispatched outside
+the victim's forward per victim call (``OPS <victim> <attack> <value>``).
+
     OMP_NUM_THREADS=1 python benchmarks/bench_overhead.py [--victims lenet,cw_mnist] [--attacks square,...]
-        [--repeats 3] [--weights trained|random] [--cache DIR] [--channels-last] [--compile]
+        [--repeats 3] [--weights trained|random] [--cache DIR] [--channels-last] [--compile] [--count-ops]
 """
 from __future__ import annotations
 
@@ -107,6 +111,7 @@ class Timed(nn.Module):
             self.bare_seconds += time.perf_counter() - t
 
     def forward(self, x):
+        self.inside = True  # (for --count-ops: operations in here are the victim's)
         first = len(self.sizes) % 2 == 1  # alternate which runs first: the second runs on warm caches (about 8%
         if first:                         # faster on LeNet), so neither side gets that advantage every time
             self._bare(x)
@@ -115,7 +120,31 @@ class Timed(nn.Module):
             self._bare(x)
         self.rows += x.shape[0]
         self.sizes.append(x.shape[0])
+        self.inside = False
         return out
+
+
+def count_ops(model, x, y, key: str) -> float:
+    """Tensor operations dispatched outside the victim's forward per victim call, in one robench.evaluate run
+    (a ``TorchDispatchMode`` counts every operation; those inside :class:`Timed`'s forward are not counted)."""
+    import robench
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    name, params, (norm, eps, mq), _ = ATTACKS[key]
+    timed = Timed(model)
+    timed.inside = False
+    n = [0]
+
+    class Count(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if not timed.inside:
+                n[0] += 1
+            return func(*args, **(kwargs or {}))
+
+    with Count():
+        robench.evaluate(timed, x, y, attack=name, budget=robench.Budget(norm, eps, max_queries=mq), seed=0,
+                         batch_size=len(y), **params)
+    return n[0] / max(1, len(timed.sizes))
 
 
 def digest(records) -> str:
@@ -154,6 +183,8 @@ def run_one(model, x, y, key: str, speed=None):
     import robench
 
     name, params, (norm, eps, mq), _ = ATTACKS[key]
+    if speed is not None:  # robench converts the victim it gets in place: a copy, so the next bare copy is plain
+        model = copy.deepcopy(model)
     timed = Timed(model)
     kw = {} if speed is None else {"victim_speed": speed}
     t = time.perf_counter()
@@ -173,8 +204,15 @@ def main(argv=None) -> int:
     p.add_argument("--cache", default=os.environ.get("ROBENCH_BENCH_CACHE", str(Path.home() / ".cache" / "robench" / "bench_overhead")))
     p.add_argument("--n", type=int, default=None, help="images per attack (default: the attack's row of ATTACKS)")
     p.add_argument("--digest-only", action="store_true", help="one run each; print the record digests")
+    p.add_argument("--channels-last", action="store_true",
+                   help="victim_speed.channels_last for robench's victim (the bare copy stays as it is)")
+    p.add_argument("--compile", action="store_true", help="victim_speed.compile for robench's victim (likewise)")
+    p.add_argument("--count-ops", action="store_true",
+                   help="one run each under a dispatch counter; print the tensor operations per victim call outside "
+                        "the forward (OPS lines; no timing)")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
+    speed = {k: True for k, on in (("channels_last", args.channels_last), ("compile", args.compile)) if on} or None
 
     from omegaconf import OmegaConf
 
@@ -210,13 +248,17 @@ def main(argv=None) -> int:
         with torch.no_grad():
             acc = (model(x).argmax(1) == y).float().mean().item()
         data = {k: (x[:args.n or ATTACKS[k][3]], y[:args.n or ATTACKS[k][3]]) for k in keys}
+        if args.count_ops:
+            for k in keys:
+                print(f"OPS {vname} {k} {count_ops(model, *data[k], k):.1f}")
+            continue
         run_one(model, x[:4], y[:4], "square")  # warm-up: imports, first-call costs
         print(f"\nvictim {vname} ({sum(p.numel() for p in model.parameters()):,} weights, clean accuracy {acc:.1%} "
               f"on 200 test images)")
         rows = {k: [] for k in keys}
         for r in range(1 if args.digest_only else args.repeats):
             for k in (keys if r % 2 == 0 else keys[::-1]):
-                wall, bare, n_rows, dg, _, sizes = run_one(model, *data[k], k)
+                wall, bare, n_rows, dg, _, sizes = run_one(model, *data[k], k, speed)
                 fw, fb = floor_loop(model, *data[k], sizes)
                 rows[k].append(((wall - bare) / bare, wall, bare, n_rows, dg, (fw - fb) / fb))
         print(f"{'attack':10s} {'budget':18s} {'n':>3s} {'rows':>8s} {'wall s':>8s} {'victim s':>8s} "
