@@ -18,11 +18,13 @@ demo: $(STAMP)
 	$(BIN)/robench train-defense dataset=mnist model=cw_mnist defense=none
 	$(BIN)/robench attack dataset=mnist model=cw_mnist defense=none attack=pgd budget=linf_0.3
 
+# worksteal: tests spread one by one and an idle worker takes queued tests from the other (loadscope kept each
+# module on one worker and left one idle at the end: 5:32 against 5:06 for the same tree on 2 cores)
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n auto --dist loadscope
+	$(BIN)/python -m pytest -q -n auto --dist worksteal
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -n auto --dist loadscope -m "not slow"
+	$(BIN)/python -m pytest -q -n auto --dist worksteal -m "not slow"
 
 docs: $(STAMP)
 	$(BIN)/mkdocs build --strict --quiet
