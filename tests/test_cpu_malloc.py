@@ -47,11 +47,13 @@ def test_tune_reuses_freed_memory():
     if not applied:
         pytest.skip("this C library has no mallopt (not glibc)")
     _, plain, plain_env = _probe("plain", GLIBC_TUNABLES="")   # glibc's defaults, whatever started pytest
-    assert child_env == "glibc.malloc.arena_max=2:" + TUNABLES   # workers start tuned; the caller's setting kept
-    assert plain_env == ""
+    # every assertion shows all four (a failure seen once, 2026-12-08, unexplained: CI's log will show which)
+    seen = dict(tuned=tuned, plain=plain, child_env=child_env, plain_env=plain_env)
+    assert child_env == "glibc.malloc.arena_max=2:" + TUNABLES, seen  # workers start tuned; the caller's setting kept
+    assert plain_env == "", seen
     page_per_activation = 500 * 32 * 28 * 28 * 4 // 4096       # 12,250 pages of 4 KiB
-    assert plain > 10 * page_per_activation, plain             # glibc's default: fresh pages every step
-    assert tuned * 10 < plain, (tuned, plain)                  # tuned: the freed blocks are reused (measured: 1
+    assert plain > 10 * page_per_activation, seen              # glibc's default: fresh pages every step
+    assert tuned * 10 < plain, seen                            # tuned: the freed blocks are reused (measured: 1
                                                                # page in 3 steps, against 220,901)
 
 
