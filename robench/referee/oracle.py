@@ -148,10 +148,13 @@ class Oracle:
     @property
     def active(self) -> torch.Tensor:
         """Bool per sample: still worth querying (budget left and, for eps-bounded runs, not yet successful)."""
-        done = self._queries >= self._max_queries
-        if self._stop_on_success:
-            done = done | self._success
-        return ~done
+        return self._left() > 0
+
+    def _left(self) -> torch.Tensor:
+        """Queries each sample may still be answered: max_queries - queries, 0 once successful when the run stops
+        on success (derived from the counters on every call, never stored: stored, an attack could raise it)."""
+        left = self._max_queries - self._queries
+        return left.masked_fill(self._success, 0) if self._stop_on_success else left
 
     def active_indices(self) -> torch.Tensor:
         return self.active.nonzero().flatten()
@@ -382,10 +385,7 @@ class Oracle:
         # active and within budget: rank < max_queries - queries (rank >= 0, so also queries < max_queries),
         # and not yet successful when the run stops on success (self.active & (rank < self.remaining));
         # rank None: every rank is 0
-        left = self._max_queries - self._queries
-        if self._stop_on_success:
-            left = left.masked_fill(self._success, 0)
-        left = left[idx]
+        left = self._left()[idx]
         if rank is None:
             ok = left > 0 if per_row == 1 else left >= per_row
         else:
@@ -472,7 +472,7 @@ class Oracle:
             else:
                 valid, within, dist = self._criterion(x, idx, pred, is_adv)
                 if bool(valid.any()):
-                    self._book(x, idx, qnum, call, valid, within, dist)
+                    self._book(x, idx, qnum, torch.full_like(idx, call), valid, within, dist)
         if self._watch is not None:
             self._watch()
         return pred
@@ -491,11 +491,11 @@ class Oracle:
         if bool(valid.any()):
             self._book(x, idx, qnum, call, valid, within, dist)
 
-    def _book(self, x: torch.Tensor, idx: torch.Tensor, qnum: torch.Tensor, call, valid: torch.Tensor,
+    def _book(self, x: torch.Tensor, idx: torch.Tensor, qnum: torch.Tensor, call: torch.Tensor, valid: torch.Tensor,
               within: torch.Tensor, dist: torch.Tensor) -> None:
         """Book rows with at least one valid adversarial one: first successes, the anytime curve, the best points.
-        ``qnum``: each row's query number; ``call``: the call number, one for all rows or one per row (rows of
-        several calls, in the order they were answered)."""
+        ``qnum``: each row's query number; ``call``: each row's call number (rows of one call or of several, in
+        the order they were answered)."""
         n = self.n
         if self._confirm_repeats > 0 and bool(within.any()):
             rows = within.nonzero().flatten()
@@ -514,11 +514,8 @@ class Oracle:
             first.scatter_reduce_(0, idx, torch.where(within, qnum, big), "amin")
             new = (~self._success) & (first < big)
             self._queries_at_success = torch.where(new, first, self._queries_at_success)
-            if torch.is_tensor(call):  # the call of that row
-                hit = within & (qnum == first[idx])
-                at = torch.full_like(self._success_call, -1).scatter_(0, idx[hit], call[hit])
-            else:
-                at = torch.full_like(self._success_call, call)
+            hit = within & (qnum == first[idx])  # the call of that row
+            at = torch.full_like(self._success_call, -1).scatter_(0, idx[hit], call[hit])
             self._success_call = torch.where(new, at, self._success_call)
             self._success |= new
             self._all_succeeded = bool(self._success.all())
@@ -536,12 +533,12 @@ class Oracle:
         improved = (key == self._best_key[idx]) & (key < old[idx])
         if bool(improved.any()):
             rows = improved.nonzero().flatten()
-            if torch.is_tensor(call):  # rows of several calls: of equal keys, the first call's (a later call's equal
-                # key is no improvement), and in that call the last row (what one call's assignment keeps)
-                order = call[rows] * (len(idx) + 1) - rows
-                pick = torch.full((n,), torch.iinfo(torch.long).max, dtype=torch.long, device=self.device)
-                pick.scatter_reduce_(0, idx[rows], order, "amin")
-                rows = rows[order == pick[idx[rows]]]
+            # of equal keys: the first call's (a later call's equal key is no improvement), and in that call the
+            # last row's (what judging the call alone kept)
+            order = call[rows] * (len(idx) + 1) - rows
+            pick = torch.full((n,), torch.iinfo(torch.long).max, dtype=torch.long, device=self.device)
+            pick.scatter_reduce_(0, idx[rows], order, "amin")
+            rows = rows[order == pick[idx[rows]]]
             self._best_x[idx[rows]] = x[rows]
             self._best_dist[idx[rows]] = dist[rows]
 

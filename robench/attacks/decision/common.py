@@ -49,10 +49,16 @@ def adversarial(oracle: AttackView, x: torch.Tensor, idx: torch.Tensor, chunk: i
     Adversarial means "the victim's top-1 label is not y" (untargeted) or "is the target" (targeted);
     the oracle judges success independently of this.
     """
-    y, t = oracle.y, oracle.targets
-    labels = _labels(oracle, x, idx, chunk)
+    t = oracle.targets
+    want = t[idx] if t is not None else oracle.y[idx]
+    return _judge(_labels(oracle, x, idx, chunk), want, t is not None)
+
+
+def _judge(labels, want, targeted: bool):
+    """(adversarial, answered) of labels (-1: not answered) against each row's ``want`` (its target when
+    ``targeted``, else its true label); torch tensors or numpy arrays alike."""
     answered = labels >= 0
-    adv = (labels == t[idx]) if t is not None else (labels != y[idx])
+    adv = (labels == want) if targeted else (labels != want)
     return adv & answered, answered
 
 
@@ -155,9 +161,8 @@ def boundary_distance(oracle: AttackView, x0: torch.Tensor, theta: torch.Tensor,
     hi = np.where(mode == SCRATCH, out_step, hi)
     st = np.where(~np.isfinite(v) & (mode != SCRATCH), _DONE, st)
     box = (oracle.low, oracle.high)
-    t = oracle.targets  # adversarial: the label is the target (targeted) or not y, per row's sample
-    want, hit = (t, True) if t is not None else (oracle.y, False)
-    want = want.cpu().numpy()[idx_np]
+    t = oracle.targets  # adversarial (_judge): the label is the target (targeted) or not y, per row's sample
+    want = (t if t is not None else oracle.y).cpu().numpy()[idx_np]
     # A row whose sample the oracle no longer answers (budget spent; success in an eps-bounded run) comes back
     # unanswered and its search ends there, with the bound it had: what skipping it would give, without asking
     # the oracle which samples are active before every step.
@@ -175,8 +180,7 @@ def boundary_distance(oracle: AttackView, x0: torch.Tensor, theta: torch.Tensor,
             r = torch.from_numpy(live).to(dev)
             xl, tl, il = x0[r], theta[r], idx[r]
         lab = _labels(oracle, ray_point(xl, tl, torch.from_numpy(probe).to(dev, x0.dtype), box), il).cpu().numpy()
-        ans = lab >= 0
-        adv = ((lab == want[live]) if hit else (lab != want[live])) & ans
+        adv, ans = _judge(lab, want[live], t is not None)
         ns, nl, nh, nadv = _transition(s, l, h, probe.astype(np.float64), adv, ans, hi_adv[live], tol[live], ratio,
                                        out_step, lam_max, x0.dtype)
         st[live], lo[live], hi[live], hi_adv[live] = ns, nl, nh, nadv
