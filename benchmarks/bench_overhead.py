@@ -110,8 +110,11 @@ class Timed(nn.Module):
             self.bare(x.detach())
             self.bare_seconds += time.perf_counter() - t
 
+    #: True while a forward runs (--count-ops: operations in there are the victim's)
+    inside = False
+
     def forward(self, x):
-        self.inside = True  # (for --count-ops: operations in here are the victim's)
+        Timed.inside = True
         first = len(self.sizes) % 2 == 1  # alternate which runs first: the second runs on warm caches (about 8%
         if first:                         # faster on LeNet), so neither side gets that advantage every time
             self._bare(x)
@@ -120,31 +123,26 @@ class Timed(nn.Module):
             self._bare(x)
         self.rows += x.shape[0]
         self.sizes.append(x.shape[0])
-        self.inside = False
+        Timed.inside = False
         return out
 
 
 def count_ops(model, x, y, key: str) -> float:
-    """Tensor operations dispatched outside the victim's forward per victim call, in one robench.evaluate run
-    (a ``TorchDispatchMode`` counts every operation; those inside :class:`Timed`'s forward are not counted)."""
-    import robench
+    """Tensor operations dispatched outside the victim's forward per victim call, in one :func:`run_one` (a
+    ``TorchDispatchMode`` counts every operation; those inside :class:`Timed`'s forward are not counted)."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    name, params, (norm, eps, mq), _ = ATTACKS[key]
-    timed = Timed(model)
-    timed.inside = False
     n = [0]
 
     class Count(TorchDispatchMode):
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            if not timed.inside:
+            if not Timed.inside:
                 n[0] += 1
             return func(*args, **(kwargs or {}))
 
     with Count():
-        robench.evaluate(timed, x, y, attack=name, budget=robench.Budget(norm, eps, max_queries=mq), seed=0,
-                         batch_size=len(y), **params)
-    return n[0] / max(1, len(timed.sizes))
+        sizes = run_one(model, x, y, key)[5]
+    return n[0] / max(1, len(sizes))
 
 
 def digest(records) -> str:
